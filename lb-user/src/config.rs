@@ -1,0 +1,605 @@
+//! The config file (TOML): parsing, validation with `FILE:LINE: reason`
+//! errors, and the typed view the daemon runs from.
+
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// One problem found in a config file, located by line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.file.display(), self.line, self.reason)
+    }
+}
+
+/// Why a config could not be used: unreadable, or one or more errors.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ConfigError>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeCfg {
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => lb_common::PROTO_TCP,
+            Protocol::Udp => lb_common::PROTO_UDP,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Nat,
+    Dsr,
+    Http,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Nat => "nat",
+            Mode::Dsr => "dsr",
+            Mode::Http => "http",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    global: RawGlobal,
+    #[serde(default)]
+    service: Vec<RawService>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGlobal {
+    interface: Option<String>,
+    #[serde(default)]
+    xdp_mode: XdpModeCfg,
+    admin: Option<Spanned<String>>,
+    #[serde(default)]
+    nonlocal_bind: bool,
+    vip_interface: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Spanned<String>,
+    vip: Spanned<String>,
+    port: Spanned<i64>,
+    #[serde(default)]
+    protocol: Protocol,
+    mode: Mode,
+    balance: Option<Spanned<String>>,
+    snat: Option<Spanned<String>>,
+    #[serde(default)]
+    backend: Vec<RawBackend>,
+    health: Option<RawHealth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    name: Spanned<String>,
+    address: Spanned<String>,
+    #[serde(default = "one")]
+    weight: Spanned<i64>,
+    #[serde(default)]
+    backup: bool,
+    cookie: Option<String>,
+}
+
+fn one() -> Spanned<i64> {
+    Spanned::new(0..0, 1)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    kind: Spanned<String>,
+    path: Option<String>,
+    expect: Option<String>,
+    interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    rise: Option<u32>,
+    fall: Option<u32>,
+}
+
+/// A validated config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub path: PathBuf,
+    pub global: Global,
+    pub services: Vec<Service>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Global {
+    pub interface: Option<String>,
+    pub xdp_mode: XdpModeCfg,
+    pub admin: SocketAddr,
+    pub nonlocal_bind: bool,
+    pub vip_interface: Option<String>,
+}
+
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9900";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub name: String,
+    pub vip: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub mode: Mode,
+    pub balance: String,
+    pub snat: Option<IpAddr>,
+    pub backends: Vec<Backend>,
+    pub health: Health,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backend {
+    pub name: String,
+    pub address: SocketAddr,
+    pub weight: u32,
+    pub backup: bool,
+    pub cookie: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Health {
+    pub kind: HealthKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum HealthKind {
+    None,
+    Tcp,
+    Http { path: String, expect: String },
+}
+
+/// Largest weight accepted; Maglev shares are proportional to it.
+pub const MAX_WEIGHT: i64 = 256;
+
+/// Parses `"500ms"`, `"2s"`, `"30m"`, `"5h"`, `"1d"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("duration {s:?} needs a unit (ms, s, m, h, d)"))?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("duration {s:?} does not start with a number"))?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        "d" => n * 86_400_000,
+        _ => {
+            return Err(format!(
+                "duration {s:?}: unknown unit {unit:?} (ms, s, m, h, d)"
+            ))
+        }
+    };
+    Ok(Duration::from_millis(ms))
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(path, &text).map_err(LoadError::Invalid)
+}
+
+/// Validates config text; `path` is only used in error messages.
+pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<ConfigError>> {
+    let mut v = Validator {
+        path,
+        text,
+        errors: Vec::new(),
+    };
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let line = e.span().map_or(1, |s| v.line(s.start));
+            v.err(line, e.message().trim().to_string());
+            return Err(v.errors);
+        }
+    };
+    let cfg = v.config(raw);
+    if v.errors.is_empty() {
+        Ok(cfg)
+    } else {
+        v.errors.sort_by_key(|e| e.line);
+        Err(v.errors)
+    }
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+    text: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn line(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
+    }
+
+    fn err(&mut self, line: usize, reason: String) {
+        self.errors.push(ConfigError {
+            file: self.path.to_owned(),
+            line,
+            reason,
+        });
+    }
+
+    fn at<T>(&mut self, s: &Spanned<T>, reason: String) {
+        let line = self.line(s.span().start);
+        self.err(line, reason);
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let admin = match &raw.global.admin {
+            None => DEFAULT_ADMIN.parse().unwrap(),
+            Some(a) => a.get_ref().parse().unwrap_or_else(|_| {
+                self.at(
+                    a,
+                    format!("admin: {:?} is not an address:port", a.get_ref()),
+                );
+                DEFAULT_ADMIN.parse().unwrap()
+            }),
+        };
+        let global = Global {
+            interface: raw.global.interface,
+            xdp_mode: raw.global.xdp_mode,
+            admin,
+            nonlocal_bind: raw.global.nonlocal_bind,
+            vip_interface: raw.global.vip_interface,
+        };
+        let mut services: Vec<Service> = Vec::new();
+        let mut seen = Vec::<(String, (IpAddr, u16, Protocol))>::new();
+        for rs in raw.service {
+            let name_span = rs.name.clone();
+            let Some(svc) = self.service(rs) else {
+                continue;
+            };
+            if seen.iter().any(|(n, _)| *n == svc.name) {
+                self.at(&name_span, format!("duplicate service name {:?}", svc.name));
+            }
+            let key = (svc.vip, svc.port, svc.protocol);
+            if let Some((other, _)) = seen.iter().find(|(_, k)| *k == key) {
+                self.at(
+                    &name_span,
+                    format!(
+                        "service {:?} uses {}:{}/{} already taken by service {:?}",
+                        svc.name,
+                        svc.vip,
+                        svc.port,
+                        svc.protocol.as_str(),
+                        other
+                    ),
+                );
+            }
+            seen.push((svc.name.clone(), key));
+            services.push(svc);
+        }
+        if services.len() > lb_common::MAX_SERVICES as usize {
+            self.err(1, format!("more than {} services", lb_common::MAX_SERVICES));
+        }
+        Config {
+            path: self.path.to_owned(),
+            global,
+            services,
+        }
+    }
+
+    fn service(&mut self, rs: RawService) -> Option<Service> {
+        let name = rs.name.get_ref().clone();
+        if name.is_empty() {
+            self.at(&rs.name, "service name is empty".into());
+        }
+        let vip = rs.vip.get_ref().parse::<IpAddr>().map_err(|_| {
+            self.at(
+                &rs.vip,
+                format!("vip {:?} is not an IP address", rs.vip.get_ref()),
+            );
+        });
+        let port = u16::try_from(*rs.port.get_ref())
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| {
+                self.at(
+                    &rs.port,
+                    format!("port {} is not in 1-65535", rs.port.get_ref()),
+                )
+            });
+        let balance = match &rs.balance {
+            None if rs.mode == Mode::Http => "roundrobin".to_string(),
+            None => "source".to_string(),
+            Some(b) => {
+                let ok = match rs.mode {
+                    Mode::Nat | Mode::Dsr => matches!(b.get_ref().as_str(), "source" | "5tuple"),
+                    Mode::Http => {
+                        let s = b.get_ref().as_str();
+                        matches!(s, "roundrobin" | "leastconn" | "source" | "uri")
+                            || (s.starts_with("hdr(") && s.ends_with(')') && s.len() > 5)
+                    }
+                };
+                if !ok {
+                    let allowed = if rs.mode == Mode::Http {
+                        "roundrobin, leastconn, source, uri, hdr(NAME)"
+                    } else {
+                        "source, 5tuple"
+                    };
+                    self.at(
+                        b,
+                        format!(
+                            "balance {:?} is not valid for mode {} ({allowed})",
+                            b.get_ref(),
+                            rs.mode.as_str()
+                        ),
+                    );
+                }
+                b.get_ref().clone()
+            }
+        };
+        let snat = rs.snat.as_ref().and_then(|s| {
+            if rs.mode != Mode::Nat {
+                self.at(s, "snat applies to mode \"nat\" only".into());
+            }
+            s.get_ref().parse::<IpAddr>().ok().or_else(|| {
+                self.at(s, format!("snat {:?} is not an IP address", s.get_ref()));
+                None
+            })
+        });
+        if rs.mode == Mode::Http && rs.protocol == Protocol::Udp {
+            self.at(&rs.name, "mode \"http\" needs protocol \"tcp\"".into());
+        }
+        let mut backends = Vec::new();
+        for rb in rs.backend {
+            let bname = rb.name.get_ref().clone();
+            if backends.iter().any(|b: &Backend| b.name == bname) {
+                self.at(
+                    &rb.name,
+                    format!("duplicate backend name {bname:?} in service {name:?}"),
+                );
+            }
+            let address = rb.address.get_ref().parse::<SocketAddr>().map_err(|_| {
+                self.at(
+                    &rb.address,
+                    format!("backend address {:?} is not ip:port", rb.address.get_ref()),
+                );
+            });
+            let w = *rb.weight.get_ref();
+            if !(0..=MAX_WEIGHT).contains(&w) {
+                self.at(&rb.weight, format!("weight {w} is not in 0-{MAX_WEIGHT}"));
+            }
+            if let Ok(address) = address {
+                backends.push(Backend {
+                    name: bname,
+                    address,
+                    weight: w.clamp(0, MAX_WEIGHT) as u32,
+                    backup: rb.backup,
+                    cookie: rb.cookie,
+                });
+            }
+        }
+        let health = self.health(rs.health);
+        Some(Service {
+            name,
+            vip: vip.ok()?,
+            port: port.ok()?,
+            protocol: rs.protocol,
+            mode: rs.mode,
+            balance,
+            snat,
+            backends,
+            health,
+        })
+    }
+
+    fn health(&mut self, raw: Option<RawHealth>) -> Health {
+        // HAProxy's defaults: inter 2s, rise 2, fall 3.
+        let mut h = Health {
+            kind: HealthKind::Tcp,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+        };
+        let Some(raw) = raw else { return h };
+        h.kind = match raw.kind.get_ref().as_str() {
+            "none" => HealthKind::None,
+            "tcp" => HealthKind::Tcp,
+            "http" => HealthKind::Http {
+                path: raw.path.unwrap_or_else(|| "/".into()),
+                expect: raw.expect.unwrap_or_else(|| "200-399".into()),
+            },
+            other => {
+                self.at(
+                    &raw.kind,
+                    format!("health kind {other:?} is not tcp, http or none"),
+                );
+                HealthKind::Tcp
+            }
+        };
+        for (field, target) in [
+            (raw.interval, &mut h.interval),
+            (raw.timeout, &mut h.timeout),
+        ] {
+            if let Some(s) = field {
+                match parse_duration(s.get_ref()) {
+                    Ok(d) => *target = d,
+                    Err(e) => self.at(&s, e),
+                }
+            }
+        }
+        h.rise = raw.rise.unwrap_or(h.rise).max(1);
+        h.fall = raw.fall.unwrap_or(h.fall).max(1);
+        h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        parse(Path::new("x.toml"), text)
+            .err()
+            .unwrap_or_default()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("5h"), Ok(Duration::from_secs(5 * 3600)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let c = parse(
+            Path::new("x.toml"),
+            r#"
+[global]
+interface = "eth0"
+[[service]]
+name = "web"
+vip = "198.18.0.10"
+port = 80
+mode = "nat"
+  [[service.backend]]
+  name = "a"
+  address = "198.18.1.10:8080"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.global.admin, DEFAULT_ADMIN.parse().unwrap());
+        let s = &c.services[0];
+        assert_eq!(
+            (s.port, s.protocol, s.balance.as_str()),
+            (80, Protocol::Tcp, "source")
+        );
+        assert_eq!(s.backends[0].weight, 1);
+        assert_eq!(s.health.rise, 2);
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let e = errors("[global]\nbogus = 1\n");
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("x.toml:2: unknown field `bogus`"), "{e:?}");
+
+        let e = errors(
+            "[[service]]\nname = \"a\"\nvip = \"1.2.3\"\nport = 80\nmode = \"nat\"\n\
+             [[service.backend]]\nname = \"b\"\naddress = \"nope\"\nweight = 999\n",
+        );
+        assert_eq!(
+            e,
+            vec![
+                "x.toml:3: vip \"1.2.3\" is not an IP address",
+                "x.toml:8: backend address \"nope\" is not ip:port",
+                "x.toml:9: weight 999 is not in 0-256",
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicate_vip_port_is_refused() {
+        let svc = |n: &str| {
+            format!(
+                "[[service]]\nname = \"{n}\"\nvip = \"198.18.0.1\"\nport = 80\nmode = \"nat\"\n"
+            )
+        };
+        let e = errors(&(svc("a") + &svc("b")));
+        assert_eq!(e.len(), 1);
+        assert!(
+            e[0].starts_with("x.toml:7: service \"b\" uses 198.18.0.1:80/tcp"),
+            "{e:?}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod examples {
+    /// Every bundled example must pass `xlb check`.
+    #[test]
+    fn bundled_examples_are_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().is_some_and(|e| e == "toml") {
+                super::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 2, "examples found: {n}");
+    }
+}

@@ -1,0 +1,6 @@
+//! xlb user space: config, XDP loader and map manager, admin API.
+pub mod admin;
+pub mod config;
+pub mod daemon;
+pub mod dataplane;
+pub mod status;

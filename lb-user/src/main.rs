@@ -1,0 +1,123 @@
+//! `xlb`: the command line.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use hyper::{Method, StatusCode};
+use lb_user::{admin, config, daemon, status::Status};
+
+#[derive(Parser)]
+#[command(
+    name = "xlb",
+    version,
+    about = "XDP layer-4 load balancer with an L7 HTTP proxy"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Load and attach the XDP program, apply the config, serve until SIGTERM/SIGINT (SIGHUP reloads).
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        /// Interface for the XDP program (overrides global.interface).
+        #[arg(long)]
+        iface: Option<String>,
+    },
+    /// Validate a config: a summary, or FILE:LINE: reason for each error.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Services, backends and counters of the running daemon.
+    Status {
+        #[arg(long, default_value = config::DEFAULT_ADMIN)]
+        admin: SocketAddr,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the running daemon re-read its config file.
+    Reload {
+        #[arg(long, default_value = config::DEFAULT_ADMIN)]
+        admin: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli.cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xlb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn run(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Run { config, iface } => Ok(runtime()?.block_on(daemon::run(config, iface))?),
+        Cmd::Check { config } => {
+            let cfg = config::load(&config)?;
+            println!("{}: OK", config.display());
+            for s in &cfg.services {
+                println!(
+                    "service {} {}:{}/{} mode={} balance={} backends={}",
+                    s.name,
+                    s.vip,
+                    s.port,
+                    s.protocol.as_str(),
+                    s.mode.as_str(),
+                    s.balance,
+                    s.backends.len()
+                );
+            }
+            Ok(())
+        }
+        Cmd::Status { admin, json } => {
+            let (code, body) =
+                runtime()?.block_on(admin::request(admin, Method::GET, "/api/status"))?;
+            if code != StatusCode::OK {
+                bail!(
+                    "admin API answered {code}: {}",
+                    String::from_utf8_lossy(&body)
+                );
+            }
+            if json {
+                println!("{}", String::from_utf8_lossy(&body));
+            } else {
+                let status: Status =
+                    serde_json::from_slice(&body).context("admin API sent malformed status")?;
+                print!("{}", status.render());
+            }
+            Ok(())
+        }
+        Cmd::Reload { admin } => {
+            let (code, body) =
+                runtime()?.block_on(admin::request(admin, Method::POST, "/api/reload"))?;
+            let text = String::from_utf8_lossy(&body);
+            if code != StatusCode::OK {
+                bail!("reload refused, running config kept:\n{}", text.trim_end());
+            }
+            print!("{text}");
+            Ok(())
+        }
+    }
+}

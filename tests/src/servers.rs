@@ -1,0 +1,186 @@
+//! Tiny backend servers that answer with their own name, and a client
+//! helper that connects from a chosen source address inside a namespace.
+
+use std::{
+    io::{self, BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread,
+    time::Duration,
+};
+
+use socket2::{Domain, Socket, Type};
+
+use crate::Netns;
+
+/// How a server talks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Sends `NAME\n` on connect, then answers each line `L` with `NAME L\n`
+    /// (long-lived streams).
+    Tcp,
+    /// HTTP/1.1 with keep-alive; every response has body `NAME\n` and an
+    /// `X-Backend: NAME` header.
+    Http,
+}
+
+/// A server thread; stopped (listener closed, connections shut) on drop.
+#[derive(Debug)]
+pub struct Server {
+    pub addr: SocketAddr,
+    pub name: String,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Starts a server on `addr` inside `ns`; returns once it listens.
+    pub fn start(ns: &Netns, addr: SocketAddr, name: &str, kind: Kind) -> io::Result<Server> {
+        let listener = ns.enter(|| TcpListener::bind(addr))??;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, n) = (stop.clone(), name.to_string());
+        let thread = ns.spawn(move || accept_loop(listener, &n, kind, &s))?;
+        Ok(Server {
+            addr,
+            name: name.to_string(),
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn accept_loop(listener: TcpListener, name: &str, kind: Kind, stop: &Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let (name, stop) = (name.to_string(), stop.clone());
+                let _ = stream.set_nonblocking(false);
+                // Short read timeouts let connection threads notice a stop.
+                let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+                thread::spawn(move || {
+                    let _ = match kind {
+                        Kind::Tcp => serve_tcp(stream, &name, &stop),
+                        Kind::Http => serve_http(stream, &name, &stop),
+                    };
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                thread::sleep(Duration::from_millis(5))
+            }
+            Err(_) => thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
+fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Reads one line, retrying read timeouts until a stop is requested.
+fn read_line(r: &mut impl BufRead, buf: &mut String, stop: &AtomicBool) -> io::Result<usize> {
+    loop {
+        match r.read_line(buf) {
+            Err(e) if timed_out(&e) && !stop.load(Ordering::Relaxed) => continue,
+            other => return other,
+        }
+    }
+}
+
+fn serve_tcp(mut stream: TcpStream, name: &str, stop: &AtomicBool) -> io::Result<()> {
+    stream.write_all(format!("{name}\n").as_bytes())?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if read_line(&mut reader, &mut line, stop)? == 0 {
+            return Ok(());
+        }
+        stream.write_all(format!("{name} {}", line).as_bytes())?;
+    }
+}
+
+fn serve_http(mut stream: TcpStream, name: &str, stop: &AtomicBool) -> io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    loop {
+        let mut request_line = String::new();
+        if read_line(&mut reader, &mut request_line, stop)? == 0 {
+            return Ok(());
+        }
+        let mut content_length = 0usize;
+        let mut close = false;
+        loop {
+            let mut h = String::new();
+            if read_line(&mut reader, &mut h, stop)? == 0 {
+                return Ok(());
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            let lower = h.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                content_length = v.trim().parse().unwrap_or(0);
+            } else if lower.starts_with("connection:") && lower.contains("close") {
+                close = true;
+            }
+        }
+        let mut body = vec![0; content_length];
+        reader.read_exact(&mut body)?;
+        let reply = format!("{name}\n");
+        let conn = if close { "close" } else { "keep-alive" };
+        write!(
+            stream,
+            "HTTP/1.1 200 OK\r\nX-Backend: {name}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {conn}\r\n\r\n{reply}",
+            reply.len()
+        )?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+/// Connects to `dst` from `src` (an address of a host in `ns`).
+pub fn connect_from(
+    ns: &Netns,
+    src: SocketAddr,
+    dst: SocketAddr,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    ns.enter(|| {
+        let s = Socket::new(Domain::for_address(dst), Type::STREAM, None)?;
+        s.bind(&src.into())?;
+        s.connect_timeout(&dst.into(), timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        Ok(TcpStream::from(s))
+    })?
+}
+
+/// Connects from `src`, reads the greeting line of a [`Kind::Tcp`] server and
+/// returns the name in it.
+pub fn tcp_hello(
+    ns: &Netns,
+    src: SocketAddr,
+    dst: SocketAddr,
+    timeout: Duration,
+) -> io::Result<String> {
+    let stream = connect_from(ns, src, dst, timeout)?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    Ok(line.trim_end().to_string())
+}

@@ -1,0 +1,124 @@
+//! `cargo xtask`: toolchain bootstrap, eBPF build, running, tests.
+
+mod build;
+mod lab_run;
+mod setup;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need (only what is missing).
+    Setup,
+    /// Build the XDP object and the `xlb` binary (release) with the object embedded.
+    Build,
+    /// Run xlb: with ARGS, `xlb run ARGS` on a real NIC; with none, the lab demo.
+    Run {
+        /// Lab demo only: stop after this many seconds (default: until Ctrl-C).
+        #[arg(long)]
+        duration: Option<u64>,
+        /// Arguments for `xlb run`, e.g. `-- --config xlb.toml --iface eth0`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Formatting, clippy (user space and the eBPF crate), then every test.
+    Test {
+        /// Skip `cargo fmt --check` and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// `cargo fmt --check` and clippy -D warnings.
+    Lint,
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
+}
+
+/// Runs a command, failing with its command line if it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let st = cmd.status().with_context(|| format!("starting {shown}"))?;
+    if !st.success() {
+        bail!("{shown} failed ({st})");
+    }
+    Ok(())
+}
+
+/// `cargo` for host builds, from the same toolchain that runs xtask.
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn lint() -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    // Includes lb-ebpf compiled for the host: its code is linted on its own
+    // target-independent terms; the bpf build itself runs with -D warnings too.
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Setup => setup::setup(),
+        Cmd::Build => {
+            let obj = build::ebpf()?;
+            build::xlb(&obj, true).map(drop)
+        }
+        Cmd::Lint => lint(),
+        Cmd::Run { duration, args } => {
+            let obj = build::ebpf()?;
+            let xlb = build::xlb(&obj, true)?;
+            if args.is_empty() {
+                lab_run::demo(&xlb, duration)
+            } else {
+                let err = std::os::unix::process::CommandExt::exec(
+                    Command::new(&xlb).arg("run").args(&args),
+                );
+                Err(err).with_context(|| format!("executing {}", xlb.display()))
+            }
+        }
+        Cmd::Test { no_lint, args } => {
+            let obj = build::ebpf()?;
+            let xlb = build::xlb(&obj, false)?;
+            if !no_lint {
+                lint()?;
+            }
+            // Lab tests share the machine's CPUs and timing: one at a time.
+            let mut cmd = cargo();
+            cmd.args(["test", "--workspace"])
+                .env("XLB_EBPF_OBJ", &obj)
+                .env("XLB_BIN", &xlb)
+                .arg("--")
+                .arg("--test-threads=1")
+                .args(&args);
+            run(&mut cmd)
+        }
+    }
+}
