@@ -92,7 +92,7 @@ pub fn demo(xlb_bin: &Path, duration: Option<u64>) -> Result<()> {
         };
         println!("client {src_ip} -> {dst}: {outcome}");
         round += 1;
-        if round % 5 == 0 {
+        if round.is_multiple_of(5) {
             let st = lab
                 .xlb
                 .ns
