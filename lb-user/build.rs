@@ -9,9 +9,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=XLB_EBPF_OBJ");
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let default = manifest.join("../target/ebpf/bpfel-unknown-none/release/lb-ebpf");
-    let src = env::var_os("XLB_EBPF_OBJ")
-        .map(PathBuf::from)
-        .unwrap_or(default);
+    let src = env::var_os("XLB_EBPF_OBJ").map(PathBuf::from).unwrap_or(default);
     println!("cargo:rerun-if-changed={}", src.display());
     let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("xlb.bpf.o");
     match fs::read(&src) {

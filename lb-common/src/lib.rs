@@ -4,13 +4,23 @@
 //! asserted at compile time, so both sides agree on the layout byte for byte.
 //! Fields in network byte order carry a `_be` suffix; `[u8; N]` addresses are
 //! network order by nature.
-#![no_std]
+#![cfg_attr(not(any(feature = "user", test)), no_std)]
+
+pub mod csum;
+pub mod hash;
+#[cfg(any(feature = "user", test))]
+pub mod maglev;
 
 /// Map names, shared so user space never spells them differently.
 pub mod maps {
     pub const SERVICES: &str = "SERVICES";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const OUTCOMES: &str = "OUTCOMES";
+    pub const RINGS: &str = "RINGS";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const FLOWS: &str = "FLOWS";
+    pub const REVERSE: &str = "REVERSE";
 }
 
 /// Name of the XDP entry point in the object file.
@@ -18,11 +28,30 @@ pub const XDP_PROGRAM: &str = "xlb";
 
 /// Capacity of the service map and of the per-service counter array.
 pub const MAX_SERVICES: u32 = 1024;
+/// Slots of one Maglev ring (a prime).
+pub const RING_SIZE: u32 = 65537;
+/// A ring slot that names no backend (service without a usable backend).
+pub const RING_EMPTY: u32 = u32::MAX;
+/// Rings in the `RINGS` array: two per L4 service (the live one and the one
+/// being written), so at most `MAX_RINGS / 2` nat/dsr services.
+pub const MAX_RINGS: u32 = 128;
+/// Capacity of the backend array (ids are indexes).
+pub const MAX_BACKENDS: u32 = 4096;
+/// Capacity of each of the flow and reverse-NAT LRU tables.
+pub const MAX_FLOWS: u32 = 262_144;
+/// Source ports the full-NAT allocates from, below Linux's default
+/// ephemeral range (32768-60999) so xlb's own connections never collide.
+pub const SNAT_PORT_MIN: u16 = 1024;
+pub const SNAT_PORT_MAX: u16 = 32767;
+/// Attempts at finding a free SNAT port before a new flow is dropped.
+pub const SNAT_PORT_TRIES: u32 = 8;
 
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
+pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
 
 /// Key of the service map: (VIP, port, protocol).
 ///
@@ -37,15 +66,14 @@ pub struct ServiceKey {
 }
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
 
+const fn pad_v4(a: [u8; 4]) -> [u8; 16] {
+    [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+}
+
 impl ServiceKey {
     pub const fn v4(addr: [u8; 4], port: u16, proto: u8) -> Self {
-        let mut a = [0u8; 16];
-        a[0] = addr[0];
-        a[1] = addr[1];
-        a[2] = addr[2];
-        a[3] = addr[3];
         Self {
-            addr: a,
+            addr: pad_v4(addr),
             port_be: port.to_be(),
             proto,
             family: FAMILY_V4,
@@ -62,16 +90,45 @@ impl ServiceKey {
     }
 }
 
+/// Service forwards with full-NAT.
+pub const SVC_F_NAT: u32 = 1 << 0;
+/// Service forwards with L2 direct routing (destination MAC rewrite only).
+pub const SVC_F_DSR: u32 = 1 << 1;
+/// New flows hash the 5-tuple instead of the source address.
+pub const SVC_F_HASH_5TUPLE: u32 = 1 << 2;
+// Neither SVC_F_NAT nor SVC_F_DSR: passed to the kernel (L7 proxy services).
+
 /// Value of the service map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceValue {
-    /// Index into the per-service arrays (counters, later Maglev tables).
+    /// Index into the per-service counter array.
     pub id: u32,
     /// `SVC_F_*` bits.
     pub flags: u32,
+    /// The live Maglev ring: slots `ring * RING_SIZE ..` of `RINGS`.
+    pub ring: u32,
+    pub _pad: u32,
+    /// nat: source address towards the backends (same family as the VIP).
+    pub snat: [u8; 16],
 }
-const _: () = assert!(core::mem::size_of::<ServiceValue>() == 8);
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 32);
+
+/// Backend is out (failed or removed): its flows are re-balanced.
+pub const BE_F_DOWN: u8 = 1 << 0;
+
+/// One entry of the backend array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: [u8; 16],
+    pub port_be: u16,
+    pub family: u8,
+    /// `BE_F_*` bits.
+    pub flags: u8,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Backend>() == 24);
 
 /// Per-CPU counters of one service.
 #[repr(C)]
@@ -79,21 +136,82 @@ const _: () = assert!(core::mem::size_of::<ServiceValue>() == 8);
 pub struct ServiceStats {
     pub packets: u64,
     pub bytes: u64,
+    pub new_flows: u64,
 }
-const _: () = assert!(core::mem::size_of::<ServiceStats>() == 16);
+const _: () = assert!(core::mem::size_of::<ServiceStats>() == 24);
+
+/// Per-CPU counters of one backend (packets forwarded to it).
+pub type BackendStats = ServiceStats;
+
+/// A 5-tuple as seen on the wire: key of the flow and reverse-NAT tables.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// Flow table value: client → VIP flow pinned to a backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    pub backend: u32,
+    /// nat: the source port towards the backend.
+    pub snat_port_be: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 8);
+
+/// Reverse-NAT value, keyed by the backend's reply 5-tuple
+/// (backend:port → snat:port): how to turn a reply back into VIP → client.
+/// The client-side MACs and interface are those the client's packet came
+/// with, so replies need no route lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReverseValue {
+    pub client: [u8; 16],
+    pub vip: [u8; 16],
+    pub client_port_be: u16,
+    pub vip_port_be: u16,
+    pub ifindex: u32,
+    /// Destination MAC for the reply (the client's, or its router's).
+    pub client_mac: [u8; 6],
+    /// Source MAC for the reply (ours, on `ifindex`).
+    pub local_mac: [u8; 6],
+    pub service: u32,
+}
+const _: () = assert!(core::mem::size_of::<ReverseValue>() == 56);
 
 /// What the XDP program did with a packet: indexes of the `OUTCOMES` per-CPU
 /// array. Every packet is counted under exactly one outcome.
 pub mod outcome {
     /// Not IPv4/IPv6, or not TCP/UDP, or not addressed to a service: passed untouched.
     pub const PASS_NOT_SERVICE: u32 = 0;
-    /// Addressed to a service and handed to the kernel stack.
+    /// Addressed to an `http` service: handed to the kernel (the L7 proxy).
     pub const PASS_SERVICE: u32 = 1;
     /// Headers shorter than they claim: passed untouched for the kernel to judge.
     pub const PASS_PARSE_ERROR: u32 = 2;
     /// IPv4 fragment (first or later): passed untouched, no L4 header to trust.
     pub const PASS_FRAGMENT: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// Forwarded out of the interface it came in on.
+    pub const TX: u32 = 4;
+    /// Forwarded out of another interface.
+    pub const REDIRECT: u32 = 5;
+    /// Service has no usable backend: new flows are dropped.
+    pub const DROP_NO_BACKEND: u32 = 6;
+    /// No route to the backend (or forwarding disabled).
+    pub const DROP_NO_ROUTE: u32 = 7;
+    /// Route found but the next hop's MAC is not resolved yet.
+    pub const DROP_NO_NEIGH: u32 = 8;
+    /// nat: no free source port found for a new flow.
+    pub const DROP_NO_PORT: u32 = 9;
+    pub const COUNT: u32 = 10;
 
     /// Names in index order, for status output.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -101,6 +219,12 @@ pub mod outcome {
         "pass_service",
         "pass_parse_error",
         "pass_fragment",
+        "tx",
+        "redirect",
+        "drop_no_backend",
+        "drop_no_route",
+        "drop_no_neigh",
+        "drop_no_port",
     ];
 }
 
@@ -110,4 +234,8 @@ mod pod {
     unsafe impl aya::Pod for super::ServiceKey {}
     unsafe impl aya::Pod for super::ServiceValue {}
     unsafe impl aya::Pod for super::ServiceStats {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::ReverseValue {}
 }

@@ -1,8 +1,8 @@
-//! Header parsing with the bounds checks the verifier wants: every read is
-//! preceded by a check against `data_end`.
+//! Header parsing with the bounds checks the verifier wants: every access
+//! goes through [`ptr_at`], which checks against `data_end`.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{ServiceKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+use lb_common::{FlowKey, ServiceKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -13,33 +13,50 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const VLAN_HLEN: usize = 4;
+const MAX_HEADER_OFFSET: usize = 255;
 /// IPv4 "more fragments" flag and offset mask, in host order of `frags`.
 const IP_MF: u16 = 0x2000;
 const IP_OFFSET: u16 = 0x1fff;
 
-/// The fields of a TCP/UDP packet the data path decides on.
+/// The fields of a TCP/UDP packet the data path decides on, and where its
+/// headers are.
 pub struct Packet {
     pub family: u8,
     pub proto: u8,
+    pub src: [u8; 16],
     pub dst: [u8; 16],
+    pub sport_be: u16,
     pub dport_be: u16,
+    pub l3_off: usize,
+    pub l4_off: usize,
 }
 
 impl Packet {
+    /// Writes the service-map key of this packet into `k`.
     #[inline(always)]
-    pub fn service_key(&self) -> ServiceKey {
-        ServiceKey {
-            addr: self.dst,
-            port_be: self.dport_be,
-            proto: self.proto,
-            family: self.family,
-        }
+    pub fn service_key(&self, k: &mut ServiceKey) {
+        k.addr = self.dst;
+        k.port_be = self.dport_be;
+        k.proto = self.proto;
+        k.family = self.family;
+    }
+
+    /// Writes the flow key (the 5-tuple as on the wire) into `k`.
+    #[inline(always)]
+    pub fn flow_key(&self, k: &mut FlowKey) {
+        k.src = self.src;
+        k.dst = self.dst;
+        k.sport_be = self.sport_be;
+        k.dport_be = self.dport_be;
+        k.proto = self.proto;
+        k.family = self.family;
+        k._pad = [0; 2];
     }
 }
 
 pub enum Parsed {
-    /// A TCP or UDP packet with its ports.
-    Flow(Packet),
+    /// A TCP or UDP packet, its fields written to the caller's [`Packet`].
+    Flow,
     /// An IPv4 fragment: no trustworthy L4 header.
     Fragment,
     /// Anything else (ARP, ICMP, other protocols, unknown ethertypes).
@@ -49,17 +66,24 @@ pub enum Parsed {
 /// Pointer to a `T` at `offset` from the start of the frame, or `Err` when the
 /// frame is too short.
 #[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, ()> {
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, ()> {
+    // Offsets kept in map memory are unbounded to the verifier; this bound
+    // (above any header offset we use: 14 + 4 + 60 + 20) gives it one.
+    if offset > MAX_HEADER_OFFSET {
+        return Err(());
+    }
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + core::mem::size_of::<T>() > end {
         return Err(());
     }
-    Ok((start + offset) as *const T)
+    Ok((start + offset) as *mut T)
 }
 
+/// Parses the frame; for TCP/UDP fills `pkt` (kept off the BPF stack by
+/// the caller).
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Parsed, ()> {
+pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Result<Parsed, ()> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: bounds checked by ptr_at.
     let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
@@ -73,14 +97,14 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, ()> {
         off += VLAN_HLEN;
     }
     match ether_type {
-        ETH_P_IP => parse_v4(ctx, off),
-        ETH_P_IPV6 => parse_v6(ctx, off),
+        ETH_P_IP => parse_v4(ctx, off, pkt),
+        ETH_P_IPV6 => parse_v6(ctx, off, pkt),
         _ => Ok(Parsed::Other),
     }
 }
 
 #[inline(always)]
-fn parse_v4(ctx: &XdpContext, off: usize) -> Result<Parsed, ()> {
+fn parse_v4(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<Parsed, ()> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, off)?;
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &*ip };
@@ -96,19 +120,23 @@ fn parse_v4(ctx: &XdpContext, off: usize) -> Result<Parsed, ()> {
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Ok(Parsed::Other);
     }
-    let mut dst = [0u8; 16];
-    dst[..4].copy_from_slice(&ip.dst_addr);
-    let dport_be = dport(ctx, off + ihl)?;
-    Ok(Parsed::Flow(Packet {
-        family: FAMILY_V4,
-        proto,
-        dst,
-        dport_be,
-    }))
+    let l4_off = off + ihl;
+    let (sport_be, dport_be) = ports(ctx, l4_off, proto)?;
+    pkt.family = FAMILY_V4;
+    pkt.proto = proto;
+    pkt.src = [0; 16];
+    pkt.dst = [0; 16];
+    pkt.src[..4].copy_from_slice(&ip.src_addr);
+    pkt.dst[..4].copy_from_slice(&ip.dst_addr);
+    pkt.sport_be = sport_be;
+    pkt.dport_be = dport_be;
+    pkt.l3_off = off;
+    pkt.l4_off = l4_off;
+    Ok(Parsed::Flow)
 }
 
 #[inline(always)]
-fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Parsed, ()> {
+fn parse_v6(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<Parsed, ()> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, off)?;
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &*ip };
@@ -120,21 +148,30 @@ fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Parsed, ()> {
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Ok(Parsed::Other);
     }
-    let dport_be = dport(ctx, off + Ipv6Hdr::LEN)?;
-    Ok(Parsed::Flow(Packet {
-        family: FAMILY_V6,
-        proto,
-        dst: ip.dst_addr,
-        dport_be,
-    }))
+    let l4_off = off + Ipv6Hdr::LEN;
+    let (sport_be, dport_be) = ports(ctx, l4_off, proto)?;
+    pkt.family = FAMILY_V6;
+    pkt.proto = proto;
+    pkt.src = ip.src_addr;
+    pkt.dst = ip.dst_addr;
+    pkt.sport_be = sport_be;
+    pkt.dport_be = dport_be;
+    pkt.l3_off = off;
+    pkt.l4_off = l4_off;
+    Ok(Parsed::Flow)
 }
 
-/// Destination port (network order): bytes 2..4 of both TCP and UDP. The
-/// whole 4-byte port pair must be present, as in any real L4 header.
+/// Source and destination port (network order). The whole L4 header must be
+/// present (20 bytes TCP, 8 UDP): the rewrite touches its checksum.
 #[inline(always)]
-fn dport(ctx: &XdpContext, off: usize) -> Result<u16, ()> {
+fn ports(ctx: &XdpContext, off: usize, proto: u8) -> Result<(u16, u16), ()> {
+    if proto == PROTO_TCP {
+        ptr_at::<[u8; 20]>(ctx, off)?;
+    } else {
+        ptr_at::<[u8; 8]>(ctx, off)?;
+    }
     let p: *const [u8; 4] = ptr_at(ctx, off)?;
     // SAFETY: bounds checked by ptr_at.
     let p = unsafe { *p };
-    Ok(u16::from_ne_bytes([p[2], p[3]]))
+    Ok((u16::from_ne_bytes([p[0], p[1]]), u16::from_ne_bytes([p[2], p[3]])))
 }

@@ -4,9 +4,7 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use http_body_util::{BodyExt, Full};
-use hyper::{
-    body::Bytes, server::conn::http1, service::service_fn, Method, Request, Response, StatusCode,
-};
+use hyper::{body::Bytes, server::conn::http1, service::service_fn, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -31,21 +29,14 @@ async fn route(shared: Shared, req: Request<hyper::body::Incoming>) -> Resp {
         }
         (&Method::POST, "/api/reload") => match shared.lock().await.reload() {
             Ok(()) => reply(StatusCode::OK, "text/plain", "reloaded\n"),
-            Err(e) => reply(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "text/plain",
-                format!("{e}\n"),
-            ),
+            Err(e) => reply(StatusCode::UNPROCESSABLE_ENTITY, "text/plain", format!("{e}\n")),
         },
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }
 }
 
 /// Binds the admin address; the returned future serves until dropped.
-pub async fn serve(
-    addr: SocketAddr,
-    shared: Shared,
-) -> std::io::Result<impl std::future::Future<Output = ()>> {
+pub async fn serve(addr: SocketAddr, shared: Shared) -> std::io::Result<impl std::future::Future<Output = ()>> {
     let listener = TcpListener::bind(addr).await?;
     Ok(async move {
         loop {
@@ -58,9 +49,7 @@ pub async fn serve(
                     let shared = shared.clone();
                     async move { Ok::<_, hyper::Error>(route(shared, req).await) }
                 });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
             });
         }
     })
@@ -79,11 +68,7 @@ pub enum ClientError {
 }
 
 /// One request to the admin API; returns the status code and body.
-pub async fn request(
-    addr: SocketAddr,
-    method: Method,
-    path: &str,
-) -> Result<(StatusCode, Bytes), ClientError> {
+pub async fn request(addr: SocketAddr, method: Method, path: &str) -> Result<(StatusCode, Bytes), ClientError> {
     let http = |reason: String| ClientError::Http { addr, reason };
     let stream = TcpStream::connect(addr)
         .await
@@ -98,16 +83,9 @@ pub async fn request(
         .header("host", addr.to_string())
         .body(Full::new(Bytes::new()))
         .map_err(|e| http(e.to_string()))?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| http(e.to_string()))?;
+    let resp = sender.send_request(req).await.map_err(|e| http(e.to_string()))?;
     let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| http(e.to_string()))?;
+    let body = resp.into_body().collect().await.map_err(|e| http(e.to_string()))?;
     Ok((status, body.to_bytes()))
 }
 

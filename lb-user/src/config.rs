@@ -229,11 +229,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => n * 60_000,
         "h" => n * 3_600_000,
         "d" => n * 86_400_000,
-        _ => {
-            return Err(format!(
-                "duration {s:?}: unknown unit {unit:?} (ms, s, m, h, d)"
-            ))
-        }
+        _ => return Err(format!("duration {s:?}: unknown unit {unit:?} (ms, s, m, h, d)")),
     };
     Ok(Duration::from_millis(ms))
 }
@@ -279,10 +275,7 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn line(&self, offset: usize) -> usize {
-        self.text[..offset.min(self.text.len())]
-            .matches('\n')
-            .count()
-            + 1
+        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
     }
 
     fn err(&mut self, line: usize, reason: String) {
@@ -302,10 +295,7 @@ impl Validator<'_> {
         let admin = match &raw.global.admin {
             None => DEFAULT_ADMIN.parse().unwrap(),
             Some(a) => a.get_ref().parse().unwrap_or_else(|_| {
-                self.at(
-                    a,
-                    format!("admin: {:?} is not an address:port", a.get_ref()),
-                );
+                self.at(a, format!("admin: {:?} is not an address:port", a.get_ref()));
                 DEFAULT_ADMIN.parse().unwrap()
             }),
         };
@@ -359,20 +349,12 @@ impl Validator<'_> {
             self.at(&rs.name, "service name is empty".into());
         }
         let vip = rs.vip.get_ref().parse::<IpAddr>().map_err(|_| {
-            self.at(
-                &rs.vip,
-                format!("vip {:?} is not an IP address", rs.vip.get_ref()),
-            );
+            self.at(&rs.vip, format!("vip {:?} is not an IP address", rs.vip.get_ref()));
         });
         let port = u16::try_from(*rs.port.get_ref())
             .ok()
             .filter(|p| *p != 0)
-            .ok_or_else(|| {
-                self.at(
-                    &rs.port,
-                    format!("port {} is not in 1-65535", rs.port.get_ref()),
-                )
-            });
+            .ok_or_else(|| self.at(&rs.port, format!("port {} is not in 1-65535", rs.port.get_ref())));
         let balance = match &rs.balance {
             None if rs.mode == Mode::Http => "roundrobin".to_string(),
             None => "source".to_string(),
@@ -476,17 +458,11 @@ impl Validator<'_> {
                 expect: raw.expect.unwrap_or_else(|| "200-399".into()),
             },
             other => {
-                self.at(
-                    &raw.kind,
-                    format!("health kind {other:?} is not tcp, http or none"),
-                );
+                self.at(&raw.kind, format!("health kind {other:?} is not tcp, http or none"));
                 HealthKind::Tcp
             }
         };
-        for (field, target) in [
-            (raw.interval, &mut h.interval),
-            (raw.timeout, &mut h.timeout),
-        ] {
+        for (field, target) in [(raw.interval, &mut h.interval), (raw.timeout, &mut h.timeout)] {
             if let Some(s) = field {
                 match parse_duration(s.get_ref()) {
                     Ok(d) => *target = d,
@@ -542,10 +518,7 @@ mode = "nat"
         .unwrap();
         assert_eq!(c.global.admin, DEFAULT_ADMIN.parse().unwrap());
         let s = &c.services[0];
-        assert_eq!(
-            (s.port, s.protocol, s.balance.as_str()),
-            (80, Protocol::Tcp, "source")
-        );
+        assert_eq!((s.port, s.protocol, s.balance.as_str()), (80, Protocol::Tcp, "source"));
         assert_eq!(s.backends[0].weight, 1);
         assert_eq!(s.health.rise, 2);
     }
@@ -572,11 +545,7 @@ mode = "nat"
 
     #[test]
     fn duplicate_vip_port_is_refused() {
-        let svc = |n: &str| {
-            format!(
-                "[[service]]\nname = \"{n}\"\nvip = \"198.18.0.1\"\nport = 80\nmode = \"nat\"\n"
-            )
-        };
+        let svc = |n: &str| format!("[[service]]\nname = \"{n}\"\nvip = \"198.18.0.1\"\nport = 80\nmode = \"nat\"\n");
         let e = errors(&(svc("a") + &svc("b")));
         assert_eq!(e.len(), 1);
         assert!(

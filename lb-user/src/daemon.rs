@@ -1,13 +1,19 @@
 //! `xlb run`: the long-running daemon.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{collections::HashSet, path::PathBuf, sync::Arc};
 
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+    task::JoinHandle,
+};
 
 use crate::{
     admin,
     config::{self, Config, LoadError, Mode},
     dataplane::{DataPlane, DataPlaneError},
+    health,
+    map_manager::BackendRef,
     status::{BackendStatus, ServiceStatus, Status},
 };
 
@@ -19,9 +25,7 @@ pub enum RunError {
     Config(#[from] LoadError),
     #[error(transparent)]
     DataPlane(#[from] DataPlaneError),
-    #[error(
-        "services {0} forward in XDP and need an interface: set global.interface or pass --iface"
-    )]
+    #[error("services {0} forward in XDP and need an interface: set global.interface or pass --iface")]
     NoInterface(String),
     #[error("cannot listen on the admin address {addr}: {source}")]
     Admin {
@@ -37,12 +41,21 @@ pub struct Daemon {
     path: PathBuf,
     cfg: Config,
     dp: Option<DataPlane>,
+    /// Backends that failed their health checks.
+    down: HashSet<BackendRef>,
+    checks: Vec<JoinHandle<()>>,
+    health_tx: mpsc::Sender<health::Change>,
 }
 
 impl Daemon {
-    /// Loads the config, attaches XDP where the config needs it and programs
-    /// the maps. Nothing stays attached if this fails.
-    pub fn start(path: PathBuf, iface: Option<String>) -> Result<Self, RunError> {
+    /// Loads the config, attaches XDP where the config needs it, programs
+    /// the maps and starts the health checks (so it needs a tokio runtime).
+    /// Nothing stays attached if this fails.
+    pub fn start(
+        path: PathBuf,
+        iface: Option<String>,
+        health_tx: mpsc::Sender<health::Change>,
+    ) -> Result<Self, RunError> {
         let cfg = config::load(&path)?;
         let iface = iface.or_else(|| cfg.global.interface.clone());
         let l4: Vec<&str> = cfg
@@ -54,24 +67,76 @@ impl Daemon {
         let dp = match iface {
             Some(iface) => {
                 let mut dp = DataPlane::start(&iface, cfg.global.xdp_mode)?;
-                dp.apply(&cfg)?;
+                dp.apply(&cfg, &HashSet::new())?;
                 Some(dp)
             }
             None if !l4.is_empty() => return Err(RunError::NoInterface(l4.join(", "))),
             None => None,
         };
-        Ok(Self { path, cfg, dp })
+        let mut d = Self {
+            path,
+            cfg,
+            dp,
+            down: HashSet::new(),
+            checks: Vec::new(),
+            health_tx,
+        };
+        d.restart_checks();
+        Ok(d)
+    }
+
+    fn restart_checks(&mut self) {
+        for t in self.checks.drain(..) {
+            t.abort();
+        }
+        let down = &self.down;
+        let is_up = |s: &str, b: &str| !down.contains(&(s.to_string(), b.to_string()));
+        self.checks = health::spawn(&self.cfg, &is_up, self.health_tx.clone());
     }
 
     /// Re-reads the config file; a bad file leaves everything as it was.
     pub fn reload(&mut self) -> Result<(), RunError> {
         let cfg = config::load(&self.path)?;
+        // Health state carries over for backends that are still configured.
+        let still: HashSet<BackendRef> = cfg
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| (s.name.clone(), b.name.clone())))
+            .collect();
+        let down: HashSet<BackendRef> = self.down.intersection(&still).cloned().collect();
         if let Some(dp) = &mut self.dp {
-            dp.apply(&cfg)?;
+            dp.apply(&cfg, &down)?;
         }
         tracing::info!(services = cfg.services.len(), "config reloaded");
         self.cfg = cfg;
+        self.down = down;
+        self.restart_checks();
         Ok(())
+    }
+
+    /// A health-check state change: logged, and the tables rebuilt.
+    pub fn health_changed(&mut self, c: health::Change) {
+        let key = (c.service.clone(), c.backend.clone());
+        let changed = if c.up {
+            self.down.remove(&key)
+        } else {
+            self.down.insert(key)
+        };
+        if !changed {
+            return;
+        }
+        let state = if c.up { "UP" } else { "DOWN" };
+        tracing::warn!(
+            "backend {} of service {} is {state}: {}",
+            c.backend,
+            c.service,
+            c.reason
+        );
+        if let Some(dp) = &mut self.dp {
+            if let Err(e) = dp.apply(&self.cfg, &self.down) {
+                tracing::error!("rebuilding the tables after a health change failed: {e}");
+            }
+        }
     }
 
     pub fn status(&self) -> Status {
@@ -80,11 +145,7 @@ impl Daemon {
             .services
             .iter()
             .map(|s| {
-                let st = self
-                    .dp
-                    .as_ref()
-                    .map(|d| d.service_stats(s))
-                    .unwrap_or_default();
+                let st = self.dp.as_ref().map(|d| d.service_stats(s)).unwrap_or_default();
                 ServiceStatus {
                     name: s.name.clone(),
                     vip: s.vip.to_string(),
@@ -93,15 +154,32 @@ impl Daemon {
                     mode: s.mode.as_str().into(),
                     packets: st.packets,
                     bytes: st.bytes,
+                    new_flows: st.new_flows,
                     backends: s
                         .backends
                         .iter()
-                        .map(|b| BackendStatus {
-                            name: b.name.clone(),
-                            address: b.address.to_string(),
-                            weight: b.weight,
-                            backup: b.backup,
-                            state: if b.weight == 0 { "drain" } else { "ready" }.into(),
+                        .map(|b| {
+                            let bs = self
+                                .dp
+                                .as_ref()
+                                .map(|d| d.backend_stats(&s.name, &b.name))
+                                .unwrap_or_default();
+                            let state = if self.down.contains(&(s.name.clone(), b.name.clone())) {
+                                "down"
+                            } else if b.weight == 0 {
+                                "drain"
+                            } else {
+                                "up"
+                            };
+                            BackendStatus {
+                                name: b.name.clone(),
+                                address: b.address.to_string(),
+                                weight: b.weight,
+                                backup: b.backup,
+                                state: state.into(),
+                                packets: bs.packets,
+                                new_flows: bs.new_flows,
+                            }
                         })
                         .collect(),
                 }
@@ -115,13 +193,16 @@ impl Daemon {
             outcomes: self
                 .dp
                 .as_ref()
-                .map(|d| {
-                    d.outcomes()
-                        .into_iter()
-                        .map(|(k, v)| (k.to_string(), v))
-                        .collect()
-                })
+                .map(|d| d.outcomes().into_iter().map(|(k, v)| (k.to_string(), v)).collect())
                 .unwrap_or_default(),
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        for t in &self.checks {
+            t.abort();
         }
     }
 }
@@ -132,7 +213,8 @@ pub async fn run(path: PathBuf, iface: Option<String>) -> Result<(), RunError> {
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
-    let daemon = Daemon::start(path, iface)?;
+    let (health_tx, mut health_rx) = mpsc::channel(64);
+    let daemon = Daemon::start(path, iface, health_tx)?;
     let addr = daemon.cfg.global.admin;
     let shared = admin::shared(daemon);
     let server = admin::serve(addr, shared.clone())
@@ -149,6 +231,7 @@ pub async fn run(path: PathBuf, iface: Option<String>) -> Result<(), RunError> {
                     tracing::error!("reload refused, running config kept:\n{e}");
                 }
             }
+            Some(change) = health_rx.recv() => shared.lock().await.health_changed(change),
         }
     }
     server.abort();

@@ -2,26 +2,31 @@
 //! maps in step with the config.
 
 use std::{
-    collections::HashMap as StdHashMap, error::Error as StdError, ffi::CString, io, net::IpAddr,
+    collections::HashSet,
+    error::Error as StdError,
+    ffi::{CStr, CString},
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::PerCpuArray,
     programs::{Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
-use lb_common::{maps, outcome, ServiceKey, ServiceStats, ServiceValue};
+use lb_common::{maps, outcome, ServiceStats};
 
-use crate::config::{Config, Service, XdpModeCfg};
+use crate::{
+    config::{Config, Service, XdpModeCfg},
+    map_manager::{read_stats, service_key, BackendRef, MapManager},
+};
 
 /// The XDP object built by `cargo xtask build`, embedded at compile time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb.bpf.o"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataPlaneError {
-    #[error(
-        "this xlb binary was built without its XDP program: build it with `cargo xtask build`"
-    )]
+    #[error("this xlb binary was built without its XDP program: build it with `cargo xtask build`")]
     NoObject,
     #[error("interface {0:?} does not exist (see `ip link`): name another with --iface or global.interface")]
     UnknownInterface(String),
@@ -37,6 +42,8 @@ pub enum DataPlaneError {
     },
     #[error("BPF map {name}: {reason}")]
     Map { name: &'static str, reason: String },
+    #[error("{0}")]
+    Config(String),
 }
 
 /// The mode the program ended up attached in.
@@ -55,12 +62,13 @@ impl AttachedMode {
     }
 }
 
-/// True when an error chain bottoms out in EPERM/EACCES from the kernel.
+/// True when an error chain bottoms out in EPERM from the kernel (EACCES
+/// from a program load is the verifier saying no, not a permission problem).
 fn is_permission(err: &(dyn StdError + 'static)) -> bool {
     let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(io) = e.downcast_ref::<io::Error>() {
-            if matches!(io.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) {
+            if io.raw_os_error() == Some(libc::EPERM) {
                 return true;
             }
         }
@@ -69,7 +77,8 @@ fn is_permission(err: &(dyn StdError + 'static)) -> bool {
     false
 }
 
-fn flatten(err: &(dyn StdError + 'static)) -> String {
+/// An error and its sources on one line.
+pub fn flatten(err: &(dyn StdError + 'static)) -> String {
     let mut s = err.to_string();
     let mut cur = err.source();
     while let Some(e) = cur {
@@ -106,9 +115,7 @@ pub fn load_object() -> Result<Ebpf, DataPlaneError> {
 
 pub fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataPlaneError> {
     ebpf.program_mut(lb_common::XDP_PROGRAM)
-        .ok_or_else(|| {
-            DataPlaneError::Load(format!("program {} not in object", lb_common::XDP_PROGRAM))
-        })?
+        .ok_or_else(|| DataPlaneError::Load(format!("program {} not in object", lb_common::XDP_PROGRAM)))?
         .try_into()
         .map_err(|e| DataPlaneError::Load(flatten(&e)))
 }
@@ -117,11 +124,60 @@ pub fn interface_exists(iface: &str) -> bool {
     CString::new(iface).is_ok_and(|c| unsafe { libc::if_nametoindex(c.as_ptr()) } != 0)
 }
 
-pub fn service_key(s: &Service) -> ServiceKey {
-    let proto = s.protocol.number();
-    match s.vip {
-        IpAddr::V4(a) => ServiceKey::v4(a.octets(), s.port, proto),
-        IpAddr::V6(a) => ServiceKey::v6(a.octets(), s.port, proto),
+/// The addresses configured on `iface` (getifaddrs).
+pub fn interface_addrs(iface: &str) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills a list we free below; entries are read only
+    // while it lives, and sockaddr casts follow sa_family.
+    unsafe {
+        if libc::getifaddrs(&mut head) != 0 {
+            return out;
+        }
+        let mut cur = head;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            cur = ifa.ifa_next;
+            if ifa.ifa_addr.is_null() || CStr::from_ptr(ifa.ifa_name).to_str() != Ok(iface) {
+                continue;
+            }
+            match i32::from((*ifa.ifa_addr).sa_family) {
+                libc::AF_INET => {
+                    let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                    out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr))));
+                }
+                libc::AF_INET6 => {
+                    let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                    let a = Ipv6Addr::from(sa.sin6_addr.s6_addr);
+                    // Link-local addresses cannot be a NAT source towards routed backends.
+                    if a.segments()[0] & 0xffc0 != 0xfe80 {
+                        out.push(IpAddr::V6(a));
+                    }
+                }
+                _ => {}
+            }
+        }
+        libc::freeifaddrs(head);
+    }
+    out
+}
+
+/// Enables IP forwarding on `iface` (IPv4 and IPv6): the kernel's route
+/// lookup from XDP (bpf_fib_lookup) refuses to route packets that arrived on
+/// an interface without forwarding.
+fn enable_forwarding(iface: &str) {
+    for path in [
+        format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"),
+        format!("/proc/sys/net/ipv6/conf/{iface}/forwarding"),
+    ] {
+        match std::fs::read_to_string(&path) {
+            Ok(v) if v.trim() == "1" => {}
+            Ok(_) => match std::fs::write(&path, "1") {
+                Ok(()) => tracing::info!(%path, "enabled forwarding (needed to route from XDP)"),
+                Err(e) => tracing::warn!(%path, "cannot enable forwarding: {e}"),
+            },
+            Err(_) => {}
+        }
     }
 }
 
@@ -130,8 +186,7 @@ pub struct DataPlane {
     ebpf: Ebpf,
     pub iface: String,
     pub mode: AttachedMode,
-    /// Service key → counter slot currently written to the service map.
-    installed: StdHashMap<ServiceKey, u32>,
+    maps: MapManager,
 }
 
 impl DataPlane {
@@ -143,27 +198,19 @@ impl DataPlane {
         let mut ebpf = load_object()?;
         let prog = xdp_program(&mut ebpf)?;
         let attach = |prog: &mut Xdp, m: XdpMode, name: &'static str| {
-            prog.attach(iface, m)
-                .map(|_| ())
-                .map_err(|e| DataPlaneError::Attach {
-                    iface: iface.to_string(),
-                    mode: name,
-                    reason: flatten(&e),
-                })
+            prog.attach(iface, m).map(|_| ()).map_err(|e| DataPlaneError::Attach {
+                iface: iface.to_string(),
+                mode: name,
+                reason: flatten(&e),
+            })
         };
         let mode = match mode {
-            XdpModeCfg::Native => {
-                attach(prog, XdpMode::Driver, "native").map(|_| AttachedMode::Native)?
-            }
-            XdpModeCfg::Generic => {
-                attach(prog, XdpMode::Skb, "generic").map(|_| AttachedMode::Generic)?
-            }
+            XdpModeCfg::Native => attach(prog, XdpMode::Driver, "native").map(|_| AttachedMode::Native)?,
+            XdpModeCfg::Generic => attach(prog, XdpMode::Skb, "generic").map(|_| AttachedMode::Generic)?,
             XdpModeCfg::Auto => match attach(prog, XdpMode::Driver, "native") {
                 Ok(()) => AttachedMode::Native,
                 Err(e) => {
-                    tracing::warn!(
-                        "native XDP not available ({e}); falling back to generic (skb) mode"
-                    );
+                    tracing::warn!("native XDP not available ({e}); falling back to generic (skb) mode");
                     attach(prog, XdpMode::Skb, "generic").map(|_| AttachedMode::Generic)?
                 }
             },
@@ -173,77 +220,33 @@ impl DataPlane {
             ebpf,
             iface: iface.to_string(),
             mode,
-            installed: StdHashMap::new(),
+            maps: MapManager::default(),
         })
     }
 
-    fn map_mut<'a>(
-        ebpf: &'a mut Ebpf,
-        name: &'static str,
-    ) -> Result<&'a mut aya::maps::Map, DataPlaneError> {
-        ebpf.map_mut(name).ok_or(DataPlaneError::Map {
-            name,
-            reason: "not in object".into(),
-        })
-    }
-
-    /// Writes the services of `cfg` that the XDP program handles; removes the
-    /// ones no longer configured. A service keeps its counter slot across
-    /// applies so counters survive reloads.
-    pub fn apply(&mut self, cfg: &Config) -> Result<(), DataPlaneError> {
-        let wanted: Vec<(ServiceKey, &Service)> =
-            cfg.services.iter().map(|s| (service_key(s), s)).collect();
-        let mut services: HashMap<&mut MapData, ServiceKey, ServiceValue> =
-            HashMap::try_from(Self::map_mut(&mut self.ebpf, maps::SERVICES)?)
-                .map_err(|e| map_err(maps::SERVICES, &e))?;
-        let stale: Vec<ServiceKey> = self
-            .installed
-            .keys()
-            .filter(|k| !wanted.iter().any(|(w, _)| w == *k))
-            .copied()
-            .collect();
-        for k in stale {
-            services
-                .remove(&k)
-                .map_err(|e| map_err(maps::SERVICES, &e))?;
-            self.installed.remove(&k);
+    /// Makes the maps match `cfg` with the backends in `down` out.
+    pub fn apply(&mut self, cfg: &Config, down: &HashSet<BackendRef>) -> Result<(), DataPlaneError> {
+        if cfg.services.iter().any(|s| s.mode != crate::config::Mode::Http) {
+            enable_forwarding(&self.iface);
         }
-        for (key, _svc) in &wanted {
-            let id = match self.installed.get(key) {
-                Some(id) => *id,
-                None => (0..lb_common::MAX_SERVICES)
-                    .find(|i| !self.installed.values().any(|v| v == i))
-                    .ok_or(DataPlaneError::Map {
-                        name: maps::SERVICES,
-                        reason: "full".into(),
-                    })?,
-            };
-            services
-                .insert(key, ServiceValue { id, flags: 0 }, 0)
-                .map_err(|e| map_err(maps::SERVICES, &e))?;
-            self.installed.insert(*key, id);
-        }
-        Ok(())
+        let addrs = interface_addrs(&self.iface);
+        let default_snat = |vip: IpAddr| addrs.iter().copied().find(|a| a.is_ipv4() == vip.is_ipv4());
+        self.maps.apply(&mut self.ebpf, cfg, down, &default_snat)
     }
 
     /// Counters of one service, summed over CPUs; zero if not installed.
     pub fn service_stats(&self, s: &Service) -> ServiceStats {
-        let Some(id) = self.installed.get(&service_key(s)) else {
-            return ServiceStats::default();
-        };
-        let Some(map) = self.ebpf.map(maps::SERVICE_STATS) else {
-            return ServiceStats::default();
-        };
-        let Ok(arr) = PerCpuArray::<_, ServiceStats>::try_from(map) else {
-            return ServiceStats::default();
-        };
-        arr.get(id, 0)
-            .map(|v| {
-                v.iter().fold(ServiceStats::default(), |a, s| ServiceStats {
-                    packets: a.packets + s.packets,
-                    bytes: a.bytes + s.bytes,
-                })
-            })
+        self.maps
+            .service_slot(&service_key(s))
+            .map(|id| read_stats(&self.ebpf, maps::SERVICE_STATS, id))
+            .unwrap_or_default()
+    }
+
+    /// Counters of one backend (packets forwarded to it).
+    pub fn backend_stats(&self, service: &str, backend: &str) -> ServiceStats {
+        self.maps
+            .backend_id(service, backend)
+            .map(|id| read_stats(&self.ebpf, maps::BACKEND_STATS, id))
             .unwrap_or_default()
     }
 
@@ -269,11 +272,4 @@ pub fn read_outcomes(ebpf: &Ebpf) -> Vec<(&'static str, u64)> {
             (*name, n)
         })
         .collect()
-}
-
-fn map_err(name: &'static str, e: &(dyn StdError + 'static)) -> DataPlaneError {
-    DataPlaneError::Map {
-        name,
-        reason: flatten(e),
-    }
 }

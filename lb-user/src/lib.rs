@@ -3,4 +3,6 @@ pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod health;
+pub mod map_manager;
 pub mod status;

@@ -8,11 +8,7 @@ use hyper::{Method, StatusCode};
 use lb_user::{admin, config, daemon, status::Status};
 
 #[derive(Parser)]
-#[command(
-    name = "xlb",
-    version,
-    about = "XDP layer-4 load balancer with an L7 HTTP proxy"
-)]
+#[command(name = "xlb", version, about = "XDP layer-4 load balancer with an L7 HTTP proxy")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -49,9 +45,7 @@ enum Cmd {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -92,26 +86,20 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Status { admin, json } => {
-            let (code, body) =
-                runtime()?.block_on(admin::request(admin, Method::GET, "/api/status"))?;
+            let (code, body) = runtime()?.block_on(admin::request(admin, Method::GET, "/api/status"))?;
             if code != StatusCode::OK {
-                bail!(
-                    "admin API answered {code}: {}",
-                    String::from_utf8_lossy(&body)
-                );
+                bail!("admin API answered {code}: {}", String::from_utf8_lossy(&body));
             }
             if json {
                 println!("{}", String::from_utf8_lossy(&body));
             } else {
-                let status: Status =
-                    serde_json::from_slice(&body).context("admin API sent malformed status")?;
+                let status: Status = serde_json::from_slice(&body).context("admin API sent malformed status")?;
                 print!("{}", status.render());
             }
             Ok(())
         }
         Cmd::Reload { admin } => {
-            let (code, body) =
-                runtime()?.block_on(admin::request(admin, Method::POST, "/api/reload"))?;
+            let (code, body) = runtime()?.block_on(admin::request(admin, Method::POST, "/api/reload"))?;
             let text = String::from_utf8_lossy(&body);
             if code != StatusCode::OK {
                 bail!("reload refused, running config kept:\n{}", text.trim_end());

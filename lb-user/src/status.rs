@@ -25,6 +25,7 @@ pub struct ServiceStatus {
     pub mode: String,
     pub packets: u64,
     pub bytes: u64,
+    pub new_flows: u64,
     pub backends: Vec<BackendStatus>,
 }
 
@@ -36,6 +37,9 @@ pub struct BackendStatus {
     pub backup: bool,
     /// Administrative state: "ready" or "drain" (weight 0).
     pub state: String,
+    /// Packets forwarded to this backend by XDP, and flows pinned to it.
+    pub packets: u64,
+    pub new_flows: u64,
 }
 
 impl Status {
@@ -50,23 +54,19 @@ impl Status {
         for s in &self.services {
             let _ = writeln!(
                 o,
-                "service {} {}:{}/{} mode={} packets={} bytes={}",
-                s.name, s.vip, s.port, s.protocol, s.mode, s.packets, s.bytes
+                "service {} {}:{}/{} mode={} packets={} bytes={} flows={}",
+                s.name, s.vip, s.port, s.protocol, s.mode, s.packets, s.bytes, s.new_flows
             );
             for b in &s.backends {
                 let backup = if b.backup { " backup" } else { "" };
                 let _ = writeln!(
                     o,
-                    "  backend {} {} weight={} state={}{backup}",
-                    b.name, b.address, b.weight, b.state
+                    "  backend {} {} weight={} state={} packets={} flows={}{backup}",
+                    b.name, b.address, b.weight, b.state, b.packets, b.new_flows
                 );
             }
         }
-        let outs: Vec<String> = self
-            .outcomes
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        let outs: Vec<String> = self.outcomes.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let _ = writeln!(o, "xdp outcomes: {}", outs.join(" "));
         o
     }

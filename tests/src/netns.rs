@@ -36,9 +36,7 @@ pub fn ip(args: &[&str]) -> io::Result<String> {
 impl Netns {
     pub fn create(name: &str) -> io::Result<Self> {
         ip(&["netns", "add", name])?;
-        let ns = Self {
-            name: name.to_string(),
-        };
+        let ns = Self { name: name.to_string() };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -72,8 +70,7 @@ impl Netns {
 
     /// Sets a sysctl inside the namespace.
     pub fn sysctl(&self, key: &str, value: &str) -> io::Result<()> {
-        self.run("sysctl", &["-qw", &format!("{key}={value}")])
-            .map(drop)
+        self.run("sysctl", &["-qw", &format!("{key}={value}")]).map(drop)
     }
 
     fn enter_current_thread(&self) -> io::Result<()> {

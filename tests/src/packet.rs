@@ -41,10 +41,7 @@ fn pseudo_sum(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> u32 {
         }
         _ => panic!("mixed address families"),
     }
-    let mut sum: u32 = b
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum();
+    let mut sum: u32 = b.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
     sum += u32::from(proto) + len as u32;
     sum
 }
@@ -167,11 +164,7 @@ impl Frame {
         let mut f = Vec::with_capacity(128);
         f.extend_from_slice(&self.dst_mac);
         f.extend_from_slice(&self.src_mac);
-        let ethertype = if self.src.is_ipv4() {
-            ETH_P_IP
-        } else {
-            ETH_P_IPV6
-        };
+        let ethertype = if self.src.is_ipv4() { ETH_P_IP } else { ETH_P_IPV6 };
         if let Some(vid) = self.vlan {
             f.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
             f.extend_from_slice(&vid.to_be_bytes());

@@ -77,19 +77,14 @@ fn accept_loop(listener: TcpListener, name: &str, kind: Kind, stop: &Arc<AtomicB
                     };
                 });
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                thread::sleep(Duration::from_millis(5))
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(5)),
             Err(_) => thread::sleep(Duration::from_millis(5)),
         }
     }
 }
 
 fn timed_out(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
 }
 
 /// Reads one line, retrying read timeouts until a stop is requested.
@@ -156,12 +151,7 @@ fn serve_http(mut stream: TcpStream, name: &str, stop: &AtomicBool) -> io::Resul
 }
 
 /// Connects to `dst` from `src` (an address of a host in `ns`).
-pub fn connect_from(
-    ns: &Netns,
-    src: SocketAddr,
-    dst: SocketAddr,
-    timeout: Duration,
-) -> io::Result<TcpStream> {
+pub fn connect_from(ns: &Netns, src: SocketAddr, dst: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     ns.enter(|| {
         let s = Socket::new(Domain::for_address(dst), Type::STREAM, None)?;
         s.bind(&src.into())?;
@@ -173,12 +163,7 @@ pub fn connect_from(
 
 /// Connects from `src`, reads the greeting line of a [`Kind::Tcp`] server and
 /// returns the name in it.
-pub fn tcp_hello(
-    ns: &Netns,
-    src: SocketAddr,
-    dst: SocketAddr,
-    timeout: Duration,
-) -> io::Result<String> {
+pub fn tcp_hello(ns: &Netns, src: SocketAddr, dst: SocketAddr, timeout: Duration) -> io::Result<String> {
     let stream = connect_from(ns, src, dst, timeout)?;
     let mut line = String::new();
     BufReader::new(stream).read_line(&mut line)?;

@@ -27,12 +27,7 @@ pub const fn vip(n: u8) -> Ipv4Addr {
 
 /// Address of backend `i` (0-based).
 pub fn backend_ip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(
-        198,
-        18,
-        1,
-        u8::try_from(i + 1).expect("at most 254 backends"),
-    )
+    Ipv4Addr::new(198, 18, 1, u8::try_from(i + 1).expect("at most 254 backends"))
 }
 
 /// Client source address `i` (0-based).
@@ -103,16 +98,13 @@ fn remove_stale() {
     }
 }
 
-fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
+pub fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
     let o = ip.octets();
     [0x02, 0x00, o[0], o[1], o[2], o[3]]
 }
 
-fn mac_str(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+pub fn mac_str(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 impl Lab {
@@ -153,9 +145,7 @@ impl Lab {
             // Checksums must be complete on the wire: XDP rewrites them
             // incrementally and cannot finish a partial (offloaded) one.
             ns.run("ethtool", &["-K", Host::IFACE, "tx", "off"])
-                .map_err(|e| {
-                    io::Error::other(format!("{e} (is ethtool installed? `cargo xtask setup`)"))
-                })?;
+                .map_err(|e| io::Error::other(format!("{e} (is ethtool installed? `cargo xtask setup`)")))?;
             ports.push(port);
             Ok(Host {
                 ns,
@@ -165,17 +155,12 @@ impl Lab {
                 mac,
             })
         };
-        let client = host(
-            "client",
-            (0..spec.client_addrs.max(1)).map(client_ip).collect(),
-        )?;
+        let client = host("client", (0..spec.client_addrs.max(1)).map(client_ip).collect())?;
         let xlb = host("xlb", vec![XLB_IP])?;
         let backends = (0..spec.backends)
             .map(|i| host(&format!("be{i}"), vec![backend_ip(i)]))
             .collect::<io::Result<Vec<_>>>()?;
-        client
-            .ns
-            .ip(&["route", "add", VIP_NET, "via", &XLB_IP.to_string()])?;
+        client.ns.ip(&["route", "add", VIP_NET, "via", &XLB_IP.to_string()])?;
         let pass_links = switch.enter(|| {
             ports
                 .iter()

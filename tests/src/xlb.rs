@@ -28,10 +28,7 @@ pub fn xlb_binary() -> PathBuf {
 
 /// Runs `xlb ARGS` to completion inside `ns`.
 pub fn xlb_once(ns: &Netns, args: &[&str]) -> io::Result<Output> {
-    ns.cmd(xlb_binary())
-        .args(args)
-        .env("RUST_LOG", "info")
-        .output()
+    ns.cmd(xlb_binary()).args(args).env("RUST_LOG", "info").output()
 }
 
 /// A running `xlb run`, killed on drop. Its log goes to a file that
@@ -47,8 +44,7 @@ impl XlbProcess {
     /// Starts `xlb run --config CONFIG EXTRA..` in `ns` and waits until its
     /// admin API answers (default admin address).
     pub fn start(ns: &Netns, config: &Path, extra: &[&str]) -> io::Result<XlbProcess> {
-        let log_path =
-            std::env::temp_dir().join(format!("{}-xlb-{}.log", ns.name(), std::process::id()));
+        let log_path = std::env::temp_dir().join(format!("{}-xlb-{}.log", ns.name(), std::process::id()));
         let log = std::fs::File::create(&log_path)?;
         let child = ns
             .cmd(xlb_binary())
@@ -69,19 +65,13 @@ impl XlbProcess {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(st) = p.child.as_mut().expect("child").try_wait()? {
-                return Err(io::Error::other(format!(
-                    "xlb exited at start ({st}):\n{}",
-                    p.log()
-                )));
+                return Err(io::Error::other(format!("xlb exited at start ({st}):\n{}", p.log())));
             }
             if xlb_once(ns, &["status", "--json"]).is_ok_and(|o| o.status.success()) {
                 return Ok(p);
             }
             if Instant::now() > deadline {
-                return Err(io::Error::other(format!(
-                    "xlb did not become ready:\n{}",
-                    p.log()
-                )));
+                return Err(io::Error::other(format!("xlb did not become ready:\n{}", p.log())));
             }
             thread::sleep(Duration::from_millis(100));
         }
@@ -113,10 +103,7 @@ impl XlbProcess {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                return Err(io::Error::other(format!(
-                    "xlb in {} ignored SIGTERM",
-                    self.ns_name
-                )));
+                return Err(io::Error::other(format!("xlb in {} ignored SIGTERM", self.ns_name)));
             }
             thread::sleep(Duration::from_millis(50));
         }

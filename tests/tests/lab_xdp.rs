@@ -13,14 +13,17 @@ fn config(xdp_mode: &str) -> String {
 interface = "eth0"
 xdp_mode = "{xdp_mode}"
 
+# Passed to the kernel (an L7 service): the xlb node answers with RST.
 [[service]]
 name = "web"
 vip = "{vip}"
 port = 80
-mode = "nat"
+mode = "http"
   [[service.backend]]
   name = "be0"
   address = "198.18.1.1:8080"
+  [service.health]
+  kind = "none"
 
 [[service]]
 name = "dns"
@@ -55,11 +58,7 @@ fn service<'a>(st: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
 /// What `ip link` says is attached to the xlb node's eth0: "xdp" (native),
 /// "xdpgeneric", or "" (nothing).
 fn attached(lab: &Lab) -> String {
-    let out = lab
-        .xlb
-        .ns
-        .ip(&["-d", "link", "show", "dev", Host::IFACE])
-        .unwrap();
+    let out = lab.xlb.ns.ip(&["-d", "link", "show", "dev", Host::IFACE]).unwrap();
     for word in ["xdpgeneric", "xdpdrv", "xdp"] {
         if out.split_whitespace().any(|w| w == word) {
             return word.to_string();
@@ -104,11 +103,7 @@ fn counts_vip_packets_in_native_mode_and_detaches_on_stop() {
     let st = status(&lab);
     let web = service(&st, "web")["packets"].as_u64().unwrap();
     // Each refused attempt is a SYN (plus possibly a retransmission).
-    assert!(
-        (5..=10).contains(&web),
-        "web packets {web}, log:\n{}",
-        xlb.log()
-    );
+    assert!((5..=10).contains(&web), "web packets {web}, log:\n{}", xlb.log());
     assert!(service(&st, "web")["bytes"].as_u64().unwrap() >= web * 54);
     assert_eq!(service(&st, "dns")["packets"], 0);
     assert!(st["outcomes"]["pass_service"].as_u64().unwrap() >= 5);
@@ -150,21 +145,16 @@ fn generic_mode_on_request() {
 /// Runs `xlb run` expecting failure; returns its stderr.
 fn run_fails(lab: &Lab, wrapper: &[&str], args: &[&str]) -> String {
     let bin = lab::xlb::xlb_binary();
-    let mut cmd = lab.xlb.ns.cmd(
-        wrapper
-            .first()
-            .map_or(bin.as_os_str(), |w| Path::new(w).as_os_str()),
-    );
+    let mut cmd = lab
+        .xlb
+        .ns
+        .cmd(wrapper.first().map_or(bin.as_os_str(), |w| Path::new(w).as_os_str()));
     if !wrapper.is_empty() {
         cmd.args(&wrapper[1..]).arg(&bin);
     }
     let out = cmd.arg("run").args(args).output().unwrap();
     assert!(!out.status.success(), "xlb run {args:?} must fail");
-    assert_eq!(
-        attached(lab),
-        "",
-        "nothing may stay attached after a failed start"
-    );
+    assert_eq!(attached(lab), "", "nothing may stay attached after a failed start");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -184,10 +174,7 @@ fn bad_input_fails_with_one_line_and_leaves_nothing_attached() {
     let good = good.to_str().unwrap();
 
     let e = run_fails(&lab, &[], &["--config", good, "--iface", "nosuch0"]);
-    assert!(
-        last_line(&e).contains("interface \"nosuch0\" does not exist"),
-        "{e}"
-    );
+    assert!(last_line(&e).contains("interface \"nosuch0\" does not exist"), "{e}");
 
     let e = run_fails(&lab, &[], &["--config", "/nonexistent/xlb.toml"]);
     assert!(
@@ -195,13 +182,14 @@ fn bad_input_fails_with_one_line_and_leaves_nothing_attached() {
         "{e}"
     );
 
-    let bad = temp_file("bad.toml", "[global]\ninterface = \"eth0\"\n\n[[service]]\nname = \"x\"\nvip = \"not-an-ip\"\nport = 80\nmode = \"nat\"\n").unwrap();
+    let bad = temp_file(
+        "bad.toml",
+        "[global]\ninterface = \"eth0\"\n\n[[service]]\nname = \"x\"\nvip = \"not-an-ip\"\nport = 80\nmode = \"nat\"\n",
+    )
+    .unwrap();
     let e = run_fails(&lab, &[], &["--config", bad.to_str().unwrap()]);
     assert!(
-        e.contains(&format!(
-            "{}:6: vip \"not-an-ip\" is not an IP address",
-            bad.display()
-        )),
+        e.contains(&format!("{}:6: vip \"not-an-ip\" is not an IP address", bad.display())),
         "{e}"
     );
 
@@ -211,8 +199,5 @@ fn bad_input_fails_with_one_line_and_leaves_nothing_attached() {
         &["setpriv", "--bounding-set=-all", "--inh-caps=-all"],
         &["--config", good],
     );
-    assert!(
-        last_line(&e).contains("no permission to load BPF programs"),
-        "{e}"
-    );
+    assert!(last_line(&e).contains("no permission to load BPF programs"), "{e}");
 }

@@ -1,62 +1,235 @@
 //! Katran-style packet fixtures: each case is an input frame, the expected
-//! XDP action, the expected output frame and the counter it must move, run
-//! through the real XDP program with BPF_PROG_TEST_RUN.
+//! XDP action, the expected output frame (built here, checksums computed
+//! independently of the XDP program) and the counters it must move, run
+//! through the real XDP program with BPF_PROG_TEST_RUN. The maps are
+//! programmed by the real map manager from a config.
+//!
+//! Route lookups need a network: the cases run inside a namespace made here,
+//! with `eth0` (198.18.0.2/16, 2001:db8::2/64) and permanent neighbour
+//! entries for the backends. BPF_PROG_TEST_RUN's packets arrive on `lo`, so
+//! forwarded packets leave by redirect to eth0 and replies (whose client
+//! came in on lo) by XDP_TX.
 
-use std::net::IpAddr;
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
+};
 
 use aya::{
-    maps::{HashMap, PerCpuArray},
+    maps::PerCpuArray,
     programs::{TestRun, TestRunOptions},
     Ebpf,
 };
-use lab::packet::{arp_request, Frame, L4, TCP_ACK, TCP_SYN};
-use lb_common::{maps, ServiceKey, ServiceStats, ServiceValue, PROTO_TCP, PROTO_UDP};
-use lb_user::dataplane::{load_object, read_outcomes, xdp_program};
+use lab::{
+    packet::{arp_request, Frame, L4, TCP_ACK, TCP_SYN},
+    topology::{mac_for, mac_str},
+    Netns,
+};
+use lb_common::{hash, maps, ServiceStats, PROTO_TCP, SNAT_PORT_MAX, SNAT_PORT_MIN};
+use lb_user::{
+    config,
+    dataplane::{load_object, read_outcomes, xdp_program},
+    map_manager::{service_key, MapManager},
+};
 
+const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+const LOCAL_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
+const ETH0_MAC: [u8; 6] = [0x02, 0, 198, 18, 0, 2];
+const V6_BACKEND_MAC: [u8; 6] = [0x02, 0, 0x20, 0x01, 0x0d, 0xb8];
+
+const CONFIG: &str = r#"
+[[service]]
+name = "http4"
+vip = "198.19.0.10"
+port = 80
+mode = "http"
+[[service]]
+name = "http6"
+vip = "2001:db8::10"
+port = 443
+mode = "http"
+[[service]]
+name = "nat4"
+vip = "198.19.0.20"
+port = 80
+mode = "nat"
+snat = "198.18.0.2"
+  [[service.backend]]
+  name = "a"
+  address = "198.18.1.1:8080"
+[[service]]
+name = "nat4udp"
+vip = "198.19.0.20"
+port = 53
+protocol = "udp"
+mode = "nat"
+snat = "198.18.0.2"
+  [[service.backend]]
+  name = "a"
+  address = "198.18.1.1:5353"
+[[service]]
+name = "dsr4"
+vip = "198.19.0.30"
+port = 80
+mode = "dsr"
+  [[service.backend]]
+  name = "b"
+  address = "198.18.1.2:80"
+[[service]]
+name = "nat6"
+vip = "2001:db8::20"
+port = 80
+mode = "nat"
+snat = "2001:db8::2"
+  [[service.backend]]
+  name = "a6"
+  address = "[2001:db8::1:1]:8080"
+[[service]]
+name = "empty"
+vip = "198.19.0.40"
+port = 80
+mode = "nat"
+snat = "198.18.0.2"
+[[service]]
+name = "noneigh"
+vip = "198.19.0.50"
+port = 80
+mode = "nat"
+snat = "198.18.0.2"
+  [[service.backend]]
+  name = "ghost"
+  address = "198.18.1.99:8080"
+"#;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-const VIP4: &str = "198.19.0.10";
-const VIP6: &str = "2001:db8::10";
-const CLIENT4: &str = "198.18.2.1";
-const CLIENT6: &str = "2001:db8::1:1";
-
-/// Loads the program with three services: VIP4:80/tcp (id 0),
-/// VIP4:53/udp (id 1), [VIP6]:443/tcp (id 2).
-fn setup() -> Ebpf {
-    let mut ebpf = load_object().expect("load the XDP object (built by cargo xtask build)");
-    let mut svc: HashMap<_, ServiceKey, ServiceValue> =
-        HashMap::try_from(ebpf.map_mut(maps::SERVICES).unwrap()).unwrap();
-    let v4 = [198, 19, 0, 10];
-    let v6: std::net::Ipv6Addr = VIP6.parse().unwrap();
-    for (id, key) in [
-        ServiceKey::v4(v4, 80, PROTO_TCP),
-        ServiceKey::v4(v4, 53, PROTO_UDP),
-        ServiceKey::v6(v6.octets(), 443, PROTO_TCP),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        svc.insert(
-            key,
-            ServiceValue {
-                id: id as u32,
-                flags: 0,
-            },
-            0,
-        )
-        .unwrap();
-    }
-    ebpf
+fn v4mac(s: &str) -> [u8; 6] {
+    mac_for(s.parse::<Ipv4Addr>().unwrap())
 }
 
-fn service_packets(ebpf: &Ebpf, id: u32) -> u64 {
-    let arr: PerCpuArray<_, ServiceStats> =
-        PerCpuArray::try_from(ebpf.map(maps::SERVICE_STATS).unwrap()).unwrap();
-    arr.get(&id, 0).unwrap().iter().map(|s| s.packets).sum()
+/// The namespace the fixtures run in.
+fn fixture_ns() -> Netns {
+    let ns = Netns::create(&format!("xlbt{}fx", std::process::id())).unwrap();
+    ns.ip(&[
+        "link",
+        "add",
+        "eth0",
+        "address",
+        &mac_str(ETH0_MAC),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "peer0",
+    ])
+    .unwrap();
+    ns.ip(&["addr", "add", "198.18.0.2/16", "dev", "eth0"]).unwrap();
+    ns.ip(&["addr", "add", "2001:db8::2/64", "dev", "eth0", "nodad"])
+        .unwrap();
+    ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+    ns.ip(&["link", "set", "peer0", "up"]).unwrap();
+    for (addr, mac) in [
+        ("198.18.1.1", v4mac("198.18.1.1")),
+        ("198.18.1.2", v4mac("198.18.1.2")),
+        ("2001:db8::1:1", V6_BACKEND_MAC),
+    ] {
+        ns.ip(&[
+            "neigh",
+            "replace",
+            addr,
+            "lladdr",
+            &mac_str(mac),
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+    }
+    // bpf_fib_lookup routes only what arrives on an interface with forwarding.
+    ns.sysctl("net.ipv4.conf.all.forwarding", "1").unwrap();
+    ns.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
+    ns
+}
+
+struct Fixture {
+    ebpf: Ebpf,
+    mm: MapManager,
+    cfg: config::Config,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let mut ebpf = load_object().expect("load the XDP object (built by cargo xtask build)");
+        let cfg = config::parse(Path::new("fixtures.toml"), CONFIG).unwrap();
+        let mut mm = MapManager::default();
+        mm.apply(&mut ebpf, &cfg, &HashSet::new(), &|_| None).unwrap();
+        Fixture { ebpf, mm, cfg }
+    }
+
+    fn service_packets(&self) -> Vec<(String, u64)> {
+        let arr: PerCpuArray<_, ServiceStats> =
+            PerCpuArray::try_from(self.ebpf.map(maps::SERVICE_STATS).unwrap()).unwrap();
+        self.cfg
+            .services
+            .iter()
+            .map(|s| {
+                let slot = self.mm.service_slot(&service_key(s)).unwrap();
+                (
+                    s.name.clone(),
+                    arr.get(&slot, 0).unwrap().iter().map(|x| x.packets).sum(),
+                )
+            })
+            .collect()
+    }
+
+    fn run(&mut self, c: &Case) {
+        let before = read_outcomes(&self.ebpf);
+        let svc_before = self.service_packets();
+        let mut out = vec![0u8; c.input.len() + 256];
+        let res = xdp_program(&mut self.ebpf)
+            .unwrap()
+            .test_run(TestRunOptions {
+                data_in: Some(&c.input),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .unwrap_or_else(|e| panic!("{}: test_run: {e}", c.name));
+        out.truncate(res.data_size_out as usize);
+        let after = read_outcomes(&self.ebpf);
+        let moved: Vec<_> = before
+            .iter()
+            .zip(&after)
+            .filter(|(b, a)| a.1 != b.1)
+            .map(|(b, a)| (b.0, a.1 - b.1))
+            .collect();
+        assert_eq!(moved, vec![(c.outcome, 1)], "{}: outcome counters", c.name);
+        assert_eq!(res.return_value, c.action, "{}: XDP action", c.name);
+        let want = c.output.as_ref().unwrap_or(&c.input);
+        assert!(
+            &out == want,
+            "{}: output frame\n got  {}\n want {}",
+            c.name,
+            hex(&out),
+            hex(want)
+        );
+        for ((name, b), (_, a)) in svc_before.iter().zip(self.service_packets()) {
+            let want = u64::from(c.service == Some(name.as_str()));
+            assert_eq!(a - b, want, "{}: packets of service {name}", c.name);
+        }
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 struct Case {
@@ -67,143 +240,247 @@ struct Case {
     output: Option<Vec<u8>>,
     outcome: &'static str,
     /// Service whose packet counter must move by one.
-    service: Option<u32>,
+    service: Option<&'static str>,
 }
 
-fn pass(name: &'static str, input: Vec<u8>, outcome: &'static str, service: Option<u32>) -> Case {
+fn case(
+    name: &'static str,
+    input: Vec<u8>,
+    action: u32,
+    output: Option<Vec<u8>>,
+    outcome: &'static str,
+    service: Option<&'static str>,
+) -> Case {
     Case {
         name,
         input,
-        action: XDP_PASS,
-        output: None,
+        action,
+        output,
         outcome,
         service,
     }
 }
 
-fn run_case(ebpf: &mut Ebpf, c: &Case) {
-    let before = read_outcomes(ebpf);
-    let svc_before: Vec<u64> = (0..3).map(|i| service_packets(ebpf, i)).collect();
-    let mut out = vec![0u8; c.input.len() + 256];
-    let res = xdp_program(ebpf)
-        .unwrap()
-        .test_run(TestRunOptions {
-            data_in: Some(&c.input),
-            data_out: Some(&mut out),
-            ..Default::default()
-        })
-        .unwrap_or_else(|e| panic!("{}: test_run: {e}", c.name));
-    out.truncate(res.data_size_out as usize);
-    assert_eq!(res.return_value, c.action, "{}: XDP action", c.name);
-    assert_eq!(
-        &out,
-        c.output.as_ref().unwrap_or(&c.input),
-        "{}: output frame",
-        c.name
-    );
-    let after = read_outcomes(ebpf);
-    for ((name, b), (_, a)) in before.iter().zip(&after) {
-        let want = u64::from(*name == c.outcome);
-        assert_eq!(a - b, want, "{}: outcome counter {name}", c.name);
-    }
-    for (i, b) in svc_before.iter().enumerate() {
-        let want = u64::from(c.service == Some(i as u32));
-        assert_eq!(
-            service_packets(ebpf, i as u32) - b,
-            want,
-            "{}: service {i} packets",
-            c.name
-        );
-    }
+fn pass(name: &'static str, input: Vec<u8>, outcome: &'static str, service: Option<&'static str>) -> Case {
+    case(name, input, XDP_PASS, None, outcome, service)
 }
 
-#[test]
-fn fixtures() {
-    lab::require_root!();
-    let mut ebpf = setup();
-    let syn = Frame::tcp(ip(CLIENT4), 40000, ip(VIP4), 80, TCP_SYN);
-    let mut vlan = syn.clone();
-    vlan.vlan = Some(100);
-    let mut options = syn.clone();
-    options.ip_options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL: IHL 6
-    let mut first_frag = syn.clone();
-    first_frag.frag = 0x2000; // more fragments
-    let mut later_frag = Frame::new(ip(CLIENT4), ip(VIP4), L4::Other(PROTO_TCP));
-    later_frag.payload = vec![0xab; 16];
-    later_frag.frag = 3; // offset 24 bytes
-    let mut dns = Frame::udp(ip(CLIENT4), 5353, ip(VIP4), 53);
-    dns.payload = b"query".to_vec();
-    let full = syn.build();
+/// The source port full-NAT picks for a new flow on an empty table: the
+/// first candidate of the shared hash.
+fn snat_port(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: u8) -> u16 {
+    let a16 = |a: IpAddr| match a {
+        IpAddr::V4(a) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a.octets());
+            b
+        }
+        IpAddr::V6(a) => a.octets(),
+    };
+    let h = hash::five_tuple_hash(&a16(src), &a16(dst), sport.to_be(), dport.to_be(), proto);
+    SNAT_PORT_MIN + (h % u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN + 1)) as u16
+}
 
-    let cases = vec![
-        pass("tcp syn to v4 vip", full.clone(), "pass_service", Some(0)),
-        pass(
-            "tcp ack to v4 vip",
-            Frame::tcp(ip(CLIENT4), 40000, ip(VIP4), 80, TCP_ACK).build(),
-            "pass_service",
-            Some(0),
+/// `f` as it leaves towards `to_mac` from eth0.
+fn via_eth0(mut f: Frame, to_mac: [u8; 6]) -> Frame {
+    f.src_mac = ETH0_MAC;
+    f.dst_mac = to_mac;
+    f
+}
+
+fn cases() -> Vec<Case> {
+    let client = ip("198.18.2.1");
+    let (vip_http, vip_nat, vip_dsr) = (ip("198.19.0.10"), ip("198.19.0.20"), ip("198.19.0.30"));
+    let (snat, be_a) = (ip("198.18.0.2"), ip("198.18.1.1"));
+    let syn = Frame::tcp(client, 40000, vip_nat, 80, TCP_SYN);
+    let port = snat_port(client, 40000, vip_nat, 80, PROTO_TCP);
+    let nat_syn = via_eth0(Frame::tcp(snat, port, be_a, 8080, TCP_SYN), v4mac("198.18.1.1"));
+    let ack = Frame::tcp(client, 40000, vip_nat, 80, TCP_ACK);
+    let nat_ack = via_eth0(Frame::tcp(snat, port, be_a, 8080, TCP_ACK), v4mac("198.18.1.1"));
+    // The backend's answer, and what the client must get.
+    let mut answer = Frame::tcp(be_a, 8080, snat, port, TCP_SYN | TCP_ACK);
+    answer.src_mac = v4mac("198.18.1.1");
+    answer.dst_mac = ETH0_MAC;
+    let mut to_client = Frame::tcp(vip_nat, 80, client, 40000, TCP_SYN | TCP_ACK);
+    to_client.src_mac = LOCAL_MAC;
+    to_client.dst_mac = CLIENT_MAC;
+
+    let client2 = ip("198.18.2.2");
+    let mut dns = Frame::udp(client2, 5353, vip_nat, 53);
+    dns.payload = b"query".to_vec();
+    let uport = snat_port(client2, 5353, vip_nat, 53, 17);
+    let mut nat_dns = via_eth0(Frame::udp(snat, uport, be_a, 5353), v4mac("198.18.1.1"));
+    nat_dns.payload = b"query".to_vec();
+    // UDP without checksum (0 over IPv4) must stay without.
+    let client3 = ip("198.18.2.3");
+    let mut nock_in = Frame::udp(client3, 5353, vip_nat, 53).build();
+    nock_in[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+    let uport3 = snat_port(client3, 5353, vip_nat, 53, 17);
+    let mut nock_out = via_eth0(Frame::udp(snat, uport3, be_a, 5353), v4mac("198.18.1.1")).build();
+    nock_out[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+
+    let dsr_syn = Frame::tcp(client, 40001, vip_dsr, 80, TCP_SYN);
+    let dsr_out = via_eth0(dsr_syn.clone(), v4mac("198.18.1.2"));
+
+    let (c6, vip6, snat6, be6) = (
+        ip("2001:db8::1:99"),
+        ip("2001:db8::20"),
+        ip("2001:db8::2"),
+        ip("2001:db8::1:1"),
+    );
+    let syn6 = Frame::tcp(c6, 40000, vip6, 80, TCP_SYN);
+    let port6 = snat_port(c6, 40000, vip6, 80, PROTO_TCP);
+    let nat6 = via_eth0(Frame::tcp(snat6, port6, be6, 8080, TCP_SYN), V6_BACKEND_MAC);
+
+    let client4 = ip("198.18.2.4");
+    let mut vlan = Frame::tcp(client4, 40000, vip_nat, 80, TCP_SYN);
+    vlan.vlan = Some(100);
+    let vport = snat_port(client4, 40000, vip_nat, 80, PROTO_TCP);
+    let mut vlan_out = via_eth0(Frame::tcp(snat, vport, be_a, 8080, TCP_SYN), v4mac("198.18.1.1"));
+    vlan_out.vlan = Some(100);
+
+    let client5 = ip("198.18.2.5");
+    let mut opts = Frame::tcp(client5, 40000, vip_nat, 80, TCP_SYN);
+    opts.ip_options = vec![1, 1, 1, 0];
+    let oport = snat_port(client5, 40000, vip_nat, 80, PROTO_TCP);
+    let mut opts_out = via_eth0(Frame::tcp(snat, oport, be_a, 8080, TCP_SYN), v4mac("198.18.1.1"));
+    opts_out.ip_options = vec![1, 1, 1, 0];
+
+    let http = Frame::tcp(client, 40000, vip_http, 80, TCP_SYN);
+    let mut first_frag = http.clone();
+    first_frag.frag = 0x2000;
+    let mut later_frag = Frame::new(client, vip_http, L4::Other(PROTO_TCP));
+    later_frag.payload = vec![0xab; 16];
+    later_frag.frag = 3;
+    let full = http.build();
+
+    vec![
+        case(
+            "nat: syn, new flow",
+            syn.build(),
+            XDP_REDIRECT,
+            Some(nat_syn.build()),
+            "redirect",
+            Some("nat4"),
         ),
-        pass("udp to v4 vip", dns.build(), "pass_service", Some(1)),
-        pass(
-            "tcp to v6 vip",
-            Frame::tcp(ip(CLIENT6), 40000, ip(VIP6), 443, TCP_SYN).build(),
-            "pass_service",
-            Some(2),
+        case(
+            "nat: ack, same flow",
+            ack.build(),
+            XDP_REDIRECT,
+            Some(nat_ack.build()),
+            "redirect",
+            Some("nat4"),
         ),
-        pass(
-            "802.1Q tagged tcp to vip",
+        case(
+            "nat: backend reply un-NATed",
+            answer.build(),
+            XDP_TX,
+            Some(to_client.build()),
+            "tx",
+            None,
+        ),
+        case(
+            "nat: udp",
+            dns.build(),
+            XDP_REDIRECT,
+            Some(nat_dns.build()),
+            "redirect",
+            Some("nat4udp"),
+        ),
+        case(
+            "nat: udp without checksum keeps none",
+            nock_in,
+            XDP_REDIRECT,
+            Some(nock_out),
+            "redirect",
+            Some("nat4udp"),
+        ),
+        case(
+            "nat: 802.1Q tagged",
             vlan.build(),
+            XDP_REDIRECT,
+            Some(vlan_out.build()),
+            "redirect",
+            Some("nat4"),
+        ),
+        case(
+            "nat: ipv4 options",
+            opts.build(),
+            XDP_REDIRECT,
+            Some(opts_out.build()),
+            "redirect",
+            Some("nat4"),
+        ),
+        case(
+            "nat: ipv6",
+            syn6.build(),
+            XDP_REDIRECT,
+            Some(nat6.build()),
+            "redirect",
+            Some("nat6"),
+        ),
+        case(
+            "dsr: mac rewrite only",
+            dsr_syn.build(),
+            XDP_REDIRECT,
+            Some(dsr_out.build()),
+            "redirect",
+            Some("dsr4"),
+        ),
+        case(
+            "nat: service without backends",
+            Frame::tcp(client, 40000, ip("198.19.0.40"), 80, TCP_SYN).build(),
+            XDP_DROP,
+            None,
+            "drop_no_backend",
+            None,
+        ),
+        case(
+            "nat: backend neighbour unresolved",
+            Frame::tcp(client, 40000, ip("198.19.0.50"), 80, TCP_SYN).build(),
+            XDP_DROP,
+            None,
+            "drop_no_neigh",
+            None,
+        ),
+        pass("http: to the kernel", full.clone(), "pass_service", Some("http4")),
+        pass(
+            "http: ipv6 to the kernel",
+            Frame::tcp(c6, 40000, ip("2001:db8::10"), 443, TCP_SYN).build(),
             "pass_service",
-            Some(0),
+            Some("http6"),
         ),
         pass(
-            "ipv4 with options to vip",
-            options.build(),
-            "pass_service",
-            Some(0),
-        ),
-        pass(
-            "tcp to vip, other port",
-            Frame::tcp(ip(CLIENT4), 40000, ip(VIP4), 81, TCP_SYN).build(),
+            "vip, other port",
+            Frame::tcp(client, 40000, vip_nat, 81, TCP_SYN).build(),
             "pass_not_service",
             None,
         ),
         pass(
-            "udp to vip's tcp port",
-            Frame::udp(ip(CLIENT4), 40000, ip(VIP4), 80).build(),
+            "udp to a tcp service port",
+            Frame::udp(client, 40000, vip_http, 80).build(),
             "pass_not_service",
             None,
         ),
         pass(
-            "tcp to another address",
-            Frame::tcp(ip(CLIENT4), 40000, ip("198.18.0.2"), 80, TCP_SYN).build(),
+            "not a vip",
+            Frame::tcp(client, 40000, ip("198.18.0.2"), 80, TCP_SYN).build(),
             "pass_not_service",
             None,
         ),
         pass(
-            "arp request",
-            arp_request([198, 18, 2, 1], [198, 19, 0, 10]),
+            "arp",
+            arp_request([198, 18, 2, 1], [198, 19, 0, 20]),
             "pass_not_service",
             None,
         ),
         pass(
             "icmp to vip",
-            Frame::new(ip(CLIENT4), ip(VIP4), L4::Other(1)).build(),
+            Frame::new(client, vip_nat, L4::Other(1)).build(),
             "pass_not_service",
             None,
         ),
-        pass(
-            "first fragment to vip",
-            first_frag.build(),
-            "pass_fragment",
-            None,
-        ),
-        pass(
-            "later fragment to vip",
-            later_frag.build(),
-            "pass_fragment",
-            None,
-        ),
+        pass("first fragment", first_frag.build(), "pass_fragment", None),
+        pass("later fragment", later_frag.build(), "pass_fragment", None),
         pass(
             "truncated ipv4 header",
             full[..14 + 10].to_vec(),
@@ -211,8 +488,8 @@ fn fixtures() {
             None,
         ),
         pass(
-            "truncated tcp ports",
-            full[..14 + 20 + 3].to_vec(),
+            "truncated tcp header",
+            full[..14 + 20 + 12].to_vec(),
             "pass_parse_error",
             None,
         ),
@@ -232,8 +509,18 @@ fn fixtures() {
             "pass_parse_error",
             None,
         ),
-    ];
-    for c in &cases {
-        run_case(&mut ebpf, c);
-    }
+    ]
+}
+
+#[test]
+fn fixtures() {
+    lab::require_root!();
+    let ns = fixture_ns();
+    ns.enter(|| {
+        let mut fx = Fixture::new();
+        for c in &cases() {
+            fx.run(c);
+        }
+    })
+    .unwrap();
 }

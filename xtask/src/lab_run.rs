@@ -55,14 +55,7 @@ pub fn demo(xlb_bin: &Path, duration: Option<u64>) -> Result<()> {
     let servers = lab
         .backends
         .iter()
-        .map(|b| {
-            Server::start(
-                &b.ns,
-                SocketAddr::new(b.ip.into(), 8080),
-                &b.role,
-                Kind::Http,
-            )
-        })
+        .map(|b| Server::start(&b.ns, SocketAddr::new(b.ip.into(), 8080), &b.role, Kind::Http))
         .collect::<std::io::Result<Vec<_>>>()?;
     let config = root().join("examples/lab.toml");
     let xlb = XlbProcess::start(&lab.xlb.ns, &config, &[])?;
@@ -82,9 +75,7 @@ pub fn demo(xlb_bin: &Path, duration: Option<u64>) -> Result<()> {
     let dst = SocketAddr::new(vip(10).into(), 80);
     let started = Instant::now();
     let mut round = 0usize;
-    while !STOP.load(Ordering::Relaxed)
-        && duration.is_none_or(|d| started.elapsed() < Duration::from_secs(d))
-    {
+    while !STOP.load(Ordering::Relaxed) && duration.is_none_or(|d| started.elapsed() < Duration::from_secs(d)) {
         let src_ip = lab.client.addrs[round % lab.client.addrs.len()];
         let outcome = match request(&lab, SocketAddr::new(src_ip.into(), 0), dst) {
             Ok(name) => format!("answered by {name}"),

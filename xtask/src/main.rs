@@ -73,14 +73,7 @@ fn lint() -> Result<()> {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     // Includes lb-ebpf compiled for the host: its code is linted on its own
     // target-independent terms; the bpf build itself runs with -D warnings too.
-    run(cargo().args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
 }
 
 fn main() -> Result<()> {
@@ -98,9 +91,7 @@ fn main() -> Result<()> {
             if args.is_empty() {
                 lab_run::demo(&xlb, duration)
             } else {
-                let err = std::os::unix::process::CommandExt::exec(
-                    Command::new(&xlb).arg("run").args(&args),
-                );
+                let err = std::os::unix::process::CommandExt::exec(Command::new(&xlb).arg("run").args(&args));
                 Err(err).with_context(|| format!("executing {}", xlb.display()))
             }
         }

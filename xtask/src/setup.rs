@@ -62,9 +62,7 @@ fn output(cmd: &mut Command) -> Option<String> {
 fn cargo_bin() -> PathBuf {
     let home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo")
-        });
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"));
     home.join("bin")
 }
 
@@ -84,11 +82,7 @@ fn has_rust_src(toolchain: &str) -> bool {
             .arg(format!("+{toolchain}"))
             .args(["--print", "sysroot"]),
     )
-    .is_some_and(|sysroot| {
-        Path::new(&sysroot)
-            .join("lib/rustlib/src/rust/library/core")
-            .exists()
-    })
+    .is_some_and(|sysroot| Path::new(&sysroot).join("lib/rustlib/src/rust/library/core").exists())
 }
 
 /// The eBPF toolchain present on this machine, if a complete one is.
@@ -139,13 +133,10 @@ pub fn setup() -> Result<()> {
         want.extend_from_slice(TOOLCHAIN_PKGS);
     }
     let missing = missing_debs(&want);
-    let debian =
-        Path::new("/etc/debian_version").exists() && ok(Command::new("apt-get").arg("--version"));
+    let debian = Path::new("/etc/debian_version").exists() && ok(Command::new("apt-get").arg("--version"));
     if !missing.is_empty() {
         if !debian {
-            return Err(manual_instructions(
-                "This is not a Debian machine with apt-get.",
-            ));
+            return Err(manual_instructions("This is not a Debian machine with apt-get."));
         }
         if !is_root() {
             return Err(manual_instructions(&format!(
@@ -160,24 +151,14 @@ pub fn setup() -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
     if have_toolchain.is_none() {
-        if !has_rust_src(DEBIAN_TOOLCHAIN)
-            && Path::new("/usr/lib/rustlib/src/rust/library/core").exists()
-        {
-            eprintln!(
-                "xtask setup: registering Debian's rustc-web with rustup as `{DEBIAN_TOOLCHAIN}`"
-            );
+        if !has_rust_src(DEBIAN_TOOLCHAIN) && Path::new("/usr/lib/rustlib/src/rust/library/core").exists() {
+            eprintln!("xtask setup: registering Debian's rustc-web with rustup as `{DEBIAN_TOOLCHAIN}`");
             run(Command::new("rustup").args(["toolchain", "link", DEBIAN_TOOLCHAIN, "/usr"]))?;
         }
         if bpf_linker().is_none() {
             eprintln!("xtask setup: installing bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (a few minutes)");
             run(Command::new("cargo")
-                .args([
-                    "install",
-                    "--locked",
-                    "bpf-linker",
-                    "--version",
-                    BPF_LINKER_VERSION,
-                ])
+                .args(["install", "--locked", "bpf-linker", "--version", BPF_LINKER_VERSION])
                 .args(["--no-default-features", "--features", "llvm-22"])
                 .env("LLVM_PREFIX", "/usr/lib/llvm-22")
                 .env_remove("RUSTUP_TOOLCHAIN"))?;

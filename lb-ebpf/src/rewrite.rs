@@ -1,0 +1,217 @@
+//! Rewriting a parsed packet: addresses and ports with incremental checksum
+//! updates, Ethernet addresses, and the route lookup that picks the next hop.
+
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
+    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect},
+    programs::XdpContext,
+};
+use lb_common::{csum, outcome, FAMILY_V4, PROTO_TCP};
+use network_types::eth::EthHdr;
+
+use crate::parse::{ptr_at, Packet};
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+/// Where a packet leaves: interface and MACs from the kernel's FIB.
+pub struct NextHop {
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+}
+
+#[inline(always)]
+fn words(a: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}
+
+/// Route lookup for `pkt` as if sent from `src` to `dst`; fills `hop` and
+/// returns 0, or returns the drop outcome. Not inlined: the 64-byte lookup
+/// block gets its own stack frame.
+#[inline(never)]
+pub fn next_hop(ctx: &XdpContext, pkt: &Packet, src: &[u8; 16], dst: &[u8; 16], hop: &mut NextHop) -> u32 {
+    // SAFETY: bpf_fib_lookup is plain data; all-zero is a valid value.
+    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    let family = pkt.family;
+    p.l4_protocol = pkt.proto;
+    p.ifindex = ctx.ingress_ifindex() as u32;
+    if family == FAMILY_V4 {
+        p.family = AF_INET;
+        p.__bindgen_anon_3.ipv4_src = words(src)[0];
+        p.__bindgen_anon_4.ipv4_dst = words(dst)[0];
+    } else {
+        p.family = AF_INET6;
+        p.__bindgen_anon_3.ipv6_src = words(src);
+        p.__bindgen_anon_4.ipv6_dst = words(dst);
+    }
+    // SAFETY: valid context and parameter block of the size passed.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.ctx as *mut _,
+            &mut p,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            hop.ifindex = p.ifindex;
+            hop.smac = p.smac;
+            hop.dmac = p.dmac;
+            0
+        }
+        BPF_FIB_LKUP_RET_NO_NEIGH => outcome::DROP_NO_NEIGH,
+        _ => outcome::DROP_NO_ROUTE,
+    }
+}
+
+/// Sets the Ethernet addresses and sends the frame out of `ifindex`:
+/// `XDP_TX` when that is the interface it came in on, else a redirect.
+/// Returns the outcome.
+#[inline(always)]
+pub fn send(ctx: &XdpContext, ifindex: u32, smac: &[u8; 6], dmac: &[u8; 6]) -> u32 {
+    let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return outcome::PASS_PARSE_ERROR;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    unsafe {
+        (*eth).src_addr = *smac;
+        (*eth).dst_addr = *dmac;
+    }
+    if ifindex == ctx.ingress_ifindex() as u32 {
+        outcome::TX
+    } else {
+        // SAFETY: plain helper call; with flags 0 it returns XDP_REDIRECT.
+        unsafe { bpf_redirect(ifindex, 0) };
+        outcome::REDIRECT
+    }
+}
+
+/// The XDP action an outcome stands for.
+#[inline(always)]
+pub fn action_of(why: u32) -> u32 {
+    match why {
+        outcome::TX => xdp_action::XDP_TX,
+        outcome::REDIRECT => xdp_action::XDP_REDIRECT,
+        outcome::DROP_NO_BACKEND | outcome::DROP_NO_ROUTE | outcome::DROP_NO_NEIGH | outcome::DROP_NO_PORT => {
+            xdp_action::XDP_DROP
+        }
+        _ => xdp_action::XDP_PASS,
+    }
+}
+
+/// Copies the frame's Ethernet source and destination into `src`/`dst`.
+#[inline(always)]
+pub fn macs(ctx: &XdpContext, src: &mut [u8; 6], dst: &mut [u8; 6]) -> Result<(), ()> {
+    let eth: *const EthHdr = ptr_at(ctx, 0)?;
+    // SAFETY: bounds checked by ptr_at.
+    unsafe {
+        *src = (*eth).src_addr;
+        *dst = (*eth).dst_addr;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn load16(p: *const u8) -> u16 {
+    // SAFETY: callers pass pointers inside bounds-checked headers.
+    unsafe { core::ptr::read_unaligned(p as *const u16) }
+}
+
+#[inline(always)]
+fn store16(p: *mut u8, v: u16) {
+    // SAFETY: as for load16.
+    unsafe { core::ptr::write_unaligned(p as *mut u16, v) }
+}
+
+#[inline(always)]
+fn load32(p: *const u8) -> u32 {
+    // SAFETY: as for load16.
+    unsafe { core::ptr::read_unaligned(p as *const u32) }
+}
+
+#[inline(always)]
+fn store32(p: *mut u8, v: u32) {
+    // SAFETY: as for load16.
+    unsafe { core::ptr::write_unaligned(p as *mut u32, v) }
+}
+
+/// Word `i` of an address, in the native order a packet load would give.
+#[inline(always)]
+fn word(a: &[u8; 16], i: usize) -> u32 {
+    u32::from_ne_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]])
+}
+
+/// Packs two network-order ports for [`nat`] (BPF functions take at most
+/// five arguments).
+#[inline(always)]
+pub fn ports(sport_be: u16, dport_be: u16) -> u32 {
+    (u32::from(sport_be) << 16) | u32::from(dport_be)
+}
+
+/// Rewrites source and destination address and port (`ports` from
+/// [`ports`]), updating the IPv4 header checksum and the TCP/UDP checksum
+/// incrementally, in place. A UDP checksum of zero over IPv4 ("none") stays
+/// zero. Not inlined: its own stack frame.
+#[inline(never)]
+pub fn nat(ctx: &XdpContext, pkt: &Packet, src: &[u8; 16], dst: &[u8; 16], ports: u32) -> Result<(), ()> {
+    let (sport_be, dport_be) = ((ports >> 16) as u16, ports as u16);
+    // The address changes also enter the L4 checksum (pseudo-header).
+    let mut addr_sum = 0u32;
+    if pkt.family == FAMILY_V4 {
+        let ip = ptr_at::<[u8; 20]>(ctx, pkt.l3_off)? as *mut u8;
+        let (ns, nd) = (word(src, 0), word(dst, 0));
+        // SAFETY: offsets inside the 20 bounds-checked bytes.
+        unsafe {
+            addr_sum = csum::diff32(addr_sum, load32(ip.add(12)), ns);
+            addr_sum = csum::diff32(addr_sum, load32(ip.add(16)), nd);
+            store16(ip.add(10), csum::finish(csum::start(load16(ip.add(10))) + addr_sum));
+            store32(ip.add(12), ns);
+            store32(ip.add(16), nd);
+        }
+    } else {
+        let a = ptr_at::<[u8; 32]>(ctx, pkt.l3_off + 8)? as *mut u8;
+        let mut i = 0;
+        while i < 4 {
+            // SAFETY: offsets inside the 32 bounds-checked address bytes.
+            unsafe {
+                addr_sum = csum::diff32(addr_sum, load32(a.add(4 * i)), word(src, i));
+                store32(a.add(4 * i), word(src, i));
+                addr_sum = csum::diff32(addr_sum, load32(a.add(16 + 4 * i)), word(dst, i));
+                store32(a.add(16 + 4 * i), word(dst, i));
+            }
+            i += 1;
+        }
+    }
+    let tcp = pkt.proto == PROTO_TCP;
+    let l4 = if tcp {
+        ptr_at::<[u8; 20]>(ctx, pkt.l4_off)? as *mut u8
+    } else {
+        ptr_at::<[u8; 8]>(ctx, pkt.l4_off)? as *mut u8
+    };
+    // SAFETY: ports at 0..4, checksum at 16 (TCP, 20 bytes checked) or 6 (UDP, 8 checked).
+    unsafe {
+        let check = if tcp { l4.add(16) } else { l4.add(6) };
+        let old = load16(check);
+        if tcp || pkt.family != FAMILY_V4 || old != 0 {
+            let mut sum = csum::start(old) + addr_sum;
+            sum = csum::diff16(sum, load16(l4), sport_be);
+            sum = csum::diff16(sum, load16(l4.add(2)), dport_be);
+            let mut new = csum::finish(sum);
+            if !tcp && new == 0 {
+                // RFC 768: a computed zero is sent as all ones.
+                new = 0xffff;
+            }
+            store16(check, new);
+        }
+        store16(l4, sport_be);
+        store16(l4.add(2), dport_be);
+    }
+    Ok(())
+}

@@ -1,0 +1,340 @@
+//! Turns the config plus backend state into the XDP program's maps: the
+//! service map, the backend array, the Maglev rings. A ring is never changed
+//! while packets may read it: each L4 service owns two ring slots, the new
+//! table is written into the idle one, then the service entry is flipped to
+//! it in one map-element update.
+
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    net::IpAddr,
+};
+
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    Ebpf,
+};
+use lb_common::{
+    maglev, maps, Backend as BpfBackend, FlowKey, FlowValue, ServiceKey, ServiceStats, ServiceValue, BE_F_DOWN,
+    FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_RINGS, MAX_SERVICES, RING_SIZE, SVC_F_DSR, SVC_F_HASH_5TUPLE, SVC_F_NAT,
+};
+
+use crate::{
+    config::{Backend, Config, Mode, Service},
+    dataplane::{flatten, DataPlaneError},
+};
+
+/// (service name, backend name): how a backend is known across reloads.
+pub type BackendRef = (String, String);
+
+fn map_err(name: &'static str, e: &(dyn std::error::Error + 'static)) -> DataPlaneError {
+    DataPlaneError::Map {
+        name,
+        reason: flatten(e),
+    }
+}
+
+fn addr16(ip: IpAddr) -> ([u8; 16], u8) {
+    match ip {
+        IpAddr::V4(a) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a.octets());
+            (b, FAMILY_V4)
+        }
+        IpAddr::V6(a) => (a.octets(), FAMILY_V6),
+    }
+}
+
+pub fn service_key(s: &Service) -> ServiceKey {
+    let proto = s.protocol.number();
+    match s.vip {
+        IpAddr::V4(a) => ServiceKey::v4(a.octets(), s.port, proto),
+        IpAddr::V6(a) => ServiceKey::v6(a.octets(), s.port, proto),
+    }
+}
+
+/// What is installed for one service.
+struct Installed {
+    name: String,
+    /// Counter slot (SERVICE_STATS index).
+    id: u32,
+    /// Ring pair index (rings `2*pair` and `2*pair+1`), L4 services only.
+    pair: Option<u32>,
+    /// Which ring of the pair is live (0 or 1).
+    live: u32,
+    /// What each ring of the pair holds, to write only the slots that change.
+    rings: [Vec<u32>; 2],
+}
+
+/// The user-space mirror of the maps.
+#[derive(Default)]
+pub struct MapManager {
+    services: StdHashMap<ServiceKey, Installed>,
+    backends: StdHashMap<BackendRef, u32>,
+}
+
+/// Lowest index in `0..limit` not in `used`.
+fn free_index(used: impl Iterator<Item = u32>, limit: u32, what: &'static str) -> Result<u32, DataPlaneError> {
+    let used: HashSet<u32> = used.collect();
+    (0..limit).find(|i| !used.contains(i)).ok_or(DataPlaneError::Map {
+        name: what,
+        reason: format!("all {limit} entries in use"),
+    })
+}
+
+/// Which backends take new flows: the normal ones that are up with weight
+/// > 0, else (HAProxy's backup rule) the backups that are up.
+pub fn eligible<'a>(svc: &'a Service, down: &HashSet<BackendRef>) -> Vec<&'a Backend> {
+    let up = |b: &&Backend| b.weight > 0 && !down.contains(&(svc.name.clone(), b.name.clone()));
+    let normal: Vec<&Backend> = svc.backends.iter().filter(|b| !b.backup).filter(up).collect();
+    if !normal.is_empty() {
+        return normal;
+    }
+    svc.backends.iter().filter(|b| b.backup).filter(up).collect()
+}
+
+impl MapManager {
+    /// Makes the maps match `cfg`; backends in `down` are out (their flows
+    /// move), backends with weight 0 keep their flows but get no new ones.
+    /// `default_snat` gives the source address for nat services without one.
+    pub fn apply(
+        &mut self,
+        ebpf: &mut Ebpf,
+        cfg: &Config,
+        down: &HashSet<BackendRef>,
+        default_snat: &dyn Fn(IpAddr) -> Option<IpAddr>,
+    ) -> Result<(), DataPlaneError> {
+        // 1. Backends: ids for new ones, entries (re)written.
+        let mut wanted_backends = HashSet::new();
+        for s in &cfg.services {
+            for b in &s.backends {
+                wanted_backends.insert((s.name.clone(), b.name.clone()));
+            }
+        }
+        let mut bmap: Array<&mut MapData, BpfBackend> =
+            Array::try_from(ebpf.map_mut(maps::BACKENDS).ok_or(missing(maps::BACKENDS))?)
+                .map_err(|e| map_err(maps::BACKENDS, &e))?;
+        for s in cfg.services.iter().filter(|s| s.mode != Mode::Http) {
+            for b in &s.backends {
+                let r = (s.name.clone(), b.name.clone());
+                let id = match self.backends.get(&r) {
+                    Some(id) => *id,
+                    None => {
+                        let id = free_index(self.backends.values().copied(), MAX_BACKENDS, maps::BACKENDS)?;
+                        self.backends.insert(r.clone(), id);
+                        id
+                    }
+                };
+                let (addr, family) = addr16(b.address.ip());
+                let entry = BpfBackend {
+                    addr,
+                    port_be: b.address.port().to_be(),
+                    family,
+                    flags: if down.contains(&r) { BE_F_DOWN } else { 0 },
+                    _pad: 0,
+                };
+                bmap.set(id, entry, 0).map_err(|e| map_err(maps::BACKENDS, &e))?;
+            }
+        }
+        // Backends gone from the config: out at once, their flows removed,
+        // then their ids are free again.
+        let gone: Vec<(BackendRef, u32)> = self
+            .backends
+            .iter()
+            .filter(|(r, _)| !wanted_backends.contains(*r))
+            .map(|(r, id)| (r.clone(), *id))
+            .collect();
+        for (_, id) in &gone {
+            let entry = BpfBackend {
+                flags: BE_F_DOWN,
+                ..Default::default()
+            };
+            bmap.set(*id, entry, 0).map_err(|e| map_err(maps::BACKENDS, &e))?;
+        }
+        if !gone.is_empty() {
+            let ids: HashSet<u32> = gone.iter().map(|(_, id)| *id).collect();
+            self.sweep_flows(ebpf, &ids)?;
+            for (r, _) in gone {
+                self.backends.remove(&r);
+            }
+        }
+
+        // 2. Services: remove the ones no longer configured.
+        let wanted: StdHashMap<ServiceKey, &Service> = cfg.services.iter().map(|s| (service_key(s), s)).collect();
+        let mut smap: HashMap<&mut MapData, ServiceKey, ServiceValue> =
+            HashMap::try_from(ebpf.map_mut(maps::SERVICES).ok_or(missing(maps::SERVICES))?)
+                .map_err(|e| map_err(maps::SERVICES, &e))?;
+        let stale: Vec<ServiceKey> = self
+            .services
+            .keys()
+            .filter(|k| !wanted.contains_key(*k))
+            .copied()
+            .collect();
+        for k in stale {
+            smap.remove(&k).map_err(|e| map_err(maps::SERVICES, &e))?;
+            self.services.remove(&k);
+        }
+
+        // 3. Services: rings then the service entry, for each.
+        for (key, svc) in wanted {
+            self.apply_service(ebpf, key, svc, down, default_snat)?;
+        }
+        Ok(())
+    }
+
+    fn apply_service(
+        &mut self,
+        ebpf: &mut Ebpf,
+        key: ServiceKey,
+        svc: &Service,
+        down: &HashSet<BackendRef>,
+        default_snat: &dyn Fn(IpAddr) -> Option<IpAddr>,
+    ) -> Result<(), DataPlaneError> {
+        let l4 = svc.mode != Mode::Http;
+        if !self.services.contains_key(&key) {
+            let id = free_index(self.services.values().map(|s| s.id), MAX_SERVICES, maps::SERVICES)?;
+            self.services.insert(
+                key,
+                Installed {
+                    name: svc.name.clone(),
+                    id,
+                    pair: None,
+                    live: 1,
+                    rings: [Vec::new(), Vec::new()],
+                },
+            );
+        }
+        if l4 && self.services[&key].pair.is_none() {
+            let pair = free_index(
+                self.services.values().filter_map(|s| s.pair),
+                MAX_RINGS / 2,
+                maps::RINGS,
+            )?;
+            self.services.get_mut(&key).expect("inserted above").pair = Some(pair);
+        }
+        let mut value = ServiceValue {
+            id: self.services[&key].id,
+            flags: match svc.mode {
+                Mode::Nat => SVC_F_NAT,
+                Mode::Dsr => SVC_F_DSR,
+                Mode::Http => 0,
+            },
+            ring: 0,
+            _pad: 0,
+            snat: [0; 16],
+        };
+        if svc.balance == "5tuple" {
+            value.flags |= SVC_F_HASH_5TUPLE;
+        }
+        if svc.mode == Mode::Nat {
+            let snat = svc.snat.or_else(|| default_snat(svc.vip)).ok_or_else(|| {
+                DataPlaneError::Config(format!(
+                    "service {:?}: no address of the VIP's family on the XDP interface to use as snat: set `snat`",
+                    svc.name
+                ))
+            })?;
+            value.snat = addr16(snat).0;
+        }
+        if l4 {
+            let table = self.table(svc, down);
+            let inst = self.services.get_mut(&key).expect("inserted above");
+            let idle = 1 - inst.live;
+            let ring = 2 * inst.pair.expect("set above") + idle;
+            write_ring(ebpf, ring, &mut inst.rings[idle as usize], &table)?;
+            inst.live = idle;
+            value.ring = ring;
+        }
+        let mut smap: HashMap<&mut MapData, ServiceKey, ServiceValue> =
+            HashMap::try_from(ebpf.map_mut(maps::SERVICES).ok_or(missing(maps::SERVICES))?)
+                .map_err(|e| map_err(maps::SERVICES, &e))?;
+        smap.insert(key, value, 0).map_err(|e| map_err(maps::SERVICES, &e))
+    }
+
+    /// The Maglev table of a service for the current backend state.
+    fn table(&self, svc: &Service, down: &HashSet<BackendRef>) -> Vec<u32> {
+        let entries: Vec<maglev::Entry<'_>> = eligible(svc, down)
+            .into_iter()
+            .map(|b| maglev::Entry {
+                name: &b.name,
+                id: self.backends[&(svc.name.clone(), b.name.clone())],
+                weight: b.weight,
+            })
+            .collect();
+        maglev::build(&entries, RING_SIZE)
+    }
+
+    /// Deletes the flows (and so the NAT ports) of the given backends.
+    fn sweep_flows(&self, ebpf: &mut Ebpf, ids: &HashSet<u32>) -> Result<(), DataPlaneError> {
+        let mut flows: HashMap<&mut MapData, FlowKey, FlowValue> =
+            HashMap::try_from(ebpf.map_mut(maps::FLOWS).ok_or(missing(maps::FLOWS))?)
+                .map_err(|e| map_err(maps::FLOWS, &e))?;
+        let doomed: Vec<FlowKey> = flows
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| ids.contains(&v.backend))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &doomed {
+            let _ = flows.remove(k);
+        }
+        tracing::debug!(flows = doomed.len(), "flows of removed backends deleted");
+        Ok(())
+    }
+
+    /// Backend id of a configured backend, if installed.
+    pub fn backend_id(&self, service: &str, backend: &str) -> Option<u32> {
+        self.backends.get(&(service.to_string(), backend.to_string())).copied()
+    }
+
+    /// Counter slot of an installed service.
+    pub fn service_slot(&self, key: &ServiceKey) -> Option<u32> {
+        self.services.get(key).map(|s| s.id)
+    }
+
+    /// Names of the installed services (for logs and tests).
+    pub fn service_names(&self) -> Vec<String> {
+        self.services.values().map(|s| s.name.clone()).collect()
+    }
+}
+
+fn missing(name: &'static str) -> DataPlaneError {
+    DataPlaneError::Map {
+        name,
+        reason: "not in object".into(),
+    }
+}
+
+/// Writes `table` into ring `ring`, only the slots that differ from what the
+/// ring is known to hold (`held`, updated).
+fn write_ring(ebpf: &mut Ebpf, ring: u32, held: &mut Vec<u32>, table: &[u32]) -> Result<(), DataPlaneError> {
+    let mut rings: Array<&mut MapData, u32> = Array::try_from(ebpf.map_mut(maps::RINGS).ok_or(missing(maps::RINGS))?)
+        .map_err(|e| map_err(maps::RINGS, &e))?;
+    let base = ring * RING_SIZE;
+    for (i, v) in table.iter().enumerate() {
+        if held.get(i) != Some(v) {
+            rings
+                .set(base + i as u32, *v, 0)
+                .map_err(|e| map_err(maps::RINGS, &e))?;
+        }
+    }
+    *held = table.to_vec();
+    Ok(())
+}
+
+/// Sums a per-CPU counter entry.
+pub fn read_stats(ebpf: &Ebpf, map: &'static str, index: u32) -> ServiceStats {
+    let Some(arr) = ebpf
+        .map(map)
+        .and_then(|m| PerCpuArray::<_, ServiceStats>::try_from(m).ok())
+    else {
+        return ServiceStats::default();
+    };
+    arr.get(&index, 0)
+        .map(|v| {
+            v.iter().fold(ServiceStats::default(), |a, s| ServiceStats {
+                packets: a.packets + s.packets,
+                bytes: a.bytes + s.bytes,
+                new_flows: a.new_flows + s.new_flows,
+            })
+        })
+        .unwrap_or_default()
+}
