@@ -21,6 +21,7 @@ pub mod maps {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const FLOWS: &str = "FLOWS";
     pub const REVERSE: &str = "REVERSE";
+    pub const HOPS: &str = "HOPS";
 }
 
 /// Name of the XDP entry point in the object file.
@@ -130,6 +131,24 @@ pub struct Backend {
 }
 const _: () = assert!(core::mem::size_of::<Backend>() == 24);
 
+/// How long the XDP program reuses a backend's next hop before asking the
+/// kernel's FIB again (the lookup costs about as much as the rest of the
+/// forwarding path). User space clears the cache when a backend changes.
+pub const HOP_TTL_NS: u64 = 1_000_000_000;
+
+/// Per-CPU cache of a backend's next hop (index: backend id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HopCache {
+    /// `bpf_ktime_get_ns()` after which the entry must be refreshed; 0 = empty.
+    pub expires_ns: u64,
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    pub _pad: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<HopCache>() == 32);
+
 /// Per-CPU counters of one service.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -238,4 +257,5 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
     unsafe impl aya::Pod for super::ReverseValue {}
+    unsafe impl aya::Pod for super::HopCache {}
 }

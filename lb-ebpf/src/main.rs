@@ -18,14 +18,15 @@ mod rewrite;
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
+    helpers::bpf_ktime_get_ns,
     macros::{map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use lb_common::{
-    hash, outcome, Backend, BackendStats, FlowKey, FlowValue, ReverseValue, ServiceKey, ServiceStats, ServiceValue,
-    BE_F_DOWN, MAX_BACKENDS, MAX_FLOWS, MAX_RINGS, MAX_SERVICES, RING_EMPTY, RING_SIZE, SNAT_PORT_MAX, SNAT_PORT_MIN,
-    SNAT_PORT_TRIES, SVC_F_DSR, SVC_F_HASH_5TUPLE, SVC_F_NAT,
+    hash, outcome, Backend, BackendStats, FlowKey, FlowValue, HopCache, ReverseValue, ServiceKey, ServiceStats,
+    ServiceValue, BE_F_DOWN, HOP_TTL_NS, MAX_BACKENDS, MAX_FLOWS, MAX_RINGS, MAX_SERVICES, RING_EMPTY, RING_SIZE,
+    SNAT_PORT_MAX, SNAT_PORT_MIN, SNAT_PORT_TRIES, SVC_F_DSR, SVC_F_HASH_5TUPLE, SVC_F_NAT,
 };
 
 use crate::{
@@ -53,6 +54,9 @@ static BACKEND_STATS: PerCpuArray<BackendStats> = PerCpuArray::with_max_entries(
 
 #[map(name = "FLOWS")]
 static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+#[map(name = "HOPS")]
+static HOPS: PerCpuArray<HopCache> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
 #[map(name = "REVERSE")]
 static REVERSE: LruHashMap<FlowKey, ReverseValue> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
@@ -161,16 +165,28 @@ fn forward(ctx: &XdpContext, s: &mut Scratch, svc: &ServiceValue) -> u32 {
         }
     };
     let nat = svc.flags & SVC_F_NAT != 0;
-    // Route first: a packet that cannot leave allocates nothing.
-    let mut hop = NextHop {
-        ifindex: 0,
-        smac: [0; 6],
-        dmac: [0; 6],
+    // Route first: a packet that cannot leave allocates nothing. The next
+    // hop of a backend is cached per CPU for HOP_TTL_NS.
+    let Some(hop) = HOPS.get_ptr_mut(id).map(|p| unsafe { &mut *p }) else {
+        return outcome::DROP_NO_ROUTE;
     };
-    let src = if nat { &svc.snat } else { &pkt.src };
-    let why = rewrite::next_hop(ctx, pkt, src, &be.addr, &mut hop);
-    if why != 0 {
-        return why;
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if hop.expires_ns <= now {
+        let mut fresh = NextHop {
+            ifindex: 0,
+            smac: [0; 6],
+            dmac: [0; 6],
+        };
+        let src = if nat { &svc.snat } else { &pkt.src };
+        let why = rewrite::next_hop(ctx, pkt, src, &be.addr, &mut fresh);
+        if why != 0 {
+            return why;
+        }
+        hop.ifindex = fresh.ifindex;
+        hop.smac = fresh.smac;
+        hop.dmac = fresh.dmac;
+        hop.expires_ns = now + HOP_TTL_NS;
     }
     if new_flow {
         if nat {

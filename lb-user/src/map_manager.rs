@@ -10,12 +10,13 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues},
     Ebpf,
 };
 use lb_common::{
-    maglev, maps, Backend as BpfBackend, FlowKey, FlowValue, ServiceKey, ServiceStats, ServiceValue, BE_F_DOWN,
-    FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_RINGS, MAX_SERVICES, RING_SIZE, SVC_F_DSR, SVC_F_HASH_5TUPLE, SVC_F_NAT,
+    maglev, maps, Backend as BpfBackend, FlowKey, FlowValue, HopCache, ServiceKey, ServiceStats, ServiceValue,
+    BE_F_DOWN, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_RINGS, MAX_SERVICES, RING_SIZE, SVC_F_DSR, SVC_F_HASH_5TUPLE,
+    SVC_F_NAT,
 };
 
 use crate::{
@@ -110,6 +111,7 @@ impl MapManager {
                 wanted_backends.insert((s.name.clone(), b.name.clone()));
             }
         }
+        let mut ids = Vec::new();
         let mut bmap: Array<&mut MapData, BpfBackend> =
             Array::try_from(ebpf.map_mut(maps::BACKENDS).ok_or(missing(maps::BACKENDS))?)
                 .map_err(|e| map_err(maps::BACKENDS, &e))?;
@@ -133,6 +135,7 @@ impl MapManager {
                     _pad: 0,
                 };
                 bmap.set(id, entry, 0).map_err(|e| map_err(maps::BACKENDS, &e))?;
+                ids.push(id);
             }
         }
         // Backends gone from the config: out at once, their flows removed,
@@ -150,6 +153,7 @@ impl MapManager {
             };
             bmap.set(*id, entry, 0).map_err(|e| map_err(maps::BACKENDS, &e))?;
         }
+        clear_hops(ebpf, &ids)?;
         if !gone.is_empty() {
             let ids: HashSet<u32> = gone.iter().map(|(_, id)| *id).collect();
             self.sweep_flows(ebpf, &ids)?;
@@ -301,6 +305,23 @@ fn missing(name: &'static str) -> DataPlaneError {
         name,
         reason: "not in object".into(),
     }
+}
+
+/// Forgets the cached next hops of these backends on every CPU, so a changed
+/// address is routed afresh at once.
+fn clear_hops(ebpf: &mut Ebpf, ids: &[u32]) -> Result<(), DataPlaneError> {
+    let mut hops: PerCpuArray<&mut MapData, HopCache> =
+        PerCpuArray::try_from(ebpf.map_mut(maps::HOPS).ok_or(missing(maps::HOPS))?)
+            .map_err(|e| map_err(maps::HOPS, &e))?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataPlaneError::Map {
+        name: maps::HOPS,
+        reason: e.to_string(),
+    })?;
+    for id in ids {
+        let empty = PerCpuValues::try_from(vec![HopCache::default(); cpus]).map_err(|e| map_err(maps::HOPS, &e))?;
+        hops.set(*id, empty, 0).map_err(|e| map_err(maps::HOPS, &e))?;
+    }
+    Ok(())
 }
 
 /// Writes `table` into ring `ring`, only the slots that differ from what the

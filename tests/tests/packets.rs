@@ -4,9 +4,8 @@
 //! through the real XDP program with BPF_PROG_TEST_RUN. The maps are
 //! programmed by the real map manager from a config.
 //!
-//! Route lookups need a network: the cases run inside a namespace made here,
-//! with `eth0` (198.18.0.2/16, 2001:db8::2/64) and permanent neighbour
-//! entries for the backends. BPF_PROG_TEST_RUN's packets arrive on `lo`, so
+//! Route lookups need a network: the cases run inside a namespace made here
+//! (see `lab::fib_ns`). BPF_PROG_TEST_RUN's packets arrive on `lo`, so
 //! forwarded packets leave by redirect to eth0 and replies (whose client
 //! came in on lo) by XDP_TX.
 
@@ -22,8 +21,9 @@ use aya::{
     Ebpf,
 };
 use lab::{
+    fib_ns::{self, ETH0_MAC},
     packet::{arp_request, Frame, L4, TCP_ACK, TCP_SYN},
-    topology::{mac_for, mac_str},
+    topology::mac_for,
     Netns,
 };
 use lb_common::{hash, maps, ServiceStats, PROTO_TCP, SNAT_PORT_MAX, SNAT_PORT_MIN};
@@ -40,7 +40,6 @@ const XDP_REDIRECT: u32 = 4;
 
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
 const LOCAL_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
-const ETH0_MAC: [u8; 6] = [0x02, 0, 198, 18, 0, 2];
 const V6_BACKEND_MAC: [u8; 6] = [0x02, 0, 0x20, 0x01, 0x0d, 0xb8];
 
 const CONFIG: &str = r#"
@@ -117,47 +116,12 @@ fn v4mac(s: &str) -> [u8; 6] {
 
 /// The namespace the fixtures run in.
 fn fixture_ns() -> Netns {
-    let ns = Netns::create(&format!("xlbt{}fx", std::process::id())).unwrap();
-    ns.ip(&[
-        "link",
-        "add",
-        "eth0",
-        "address",
-        &mac_str(ETH0_MAC),
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "peer0",
-    ])
-    .unwrap();
-    ns.ip(&["addr", "add", "198.18.0.2/16", "dev", "eth0"]).unwrap();
-    ns.ip(&["addr", "add", "2001:db8::2/64", "dev", "eth0", "nodad"])
-        .unwrap();
-    ns.ip(&["link", "set", "eth0", "up"]).unwrap();
-    ns.ip(&["link", "set", "peer0", "up"]).unwrap();
-    for (addr, mac) in [
+    let extra = [
         ("198.18.1.1", v4mac("198.18.1.1")),
         ("198.18.1.2", v4mac("198.18.1.2")),
         ("2001:db8::1:1", V6_BACKEND_MAC),
-    ] {
-        ns.ip(&[
-            "neigh",
-            "replace",
-            addr,
-            "lladdr",
-            &mac_str(mac),
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ])
-        .unwrap();
-    }
-    // bpf_fib_lookup routes only what arrives on an interface with forwarding.
-    ns.sysctl("net.ipv4.conf.all.forwarding", "1").unwrap();
-    ns.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
-    ns
+    ];
+    fib_ns::create(&format!("xlbt{}fx", std::process::id()), 0, &extra).unwrap()
 }
 
 struct Fixture {

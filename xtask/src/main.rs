@@ -42,6 +42,12 @@ enum Cmd {
     },
     /// `cargo fmt --check` and clippy -D warnings.
     Lint,
+    /// Benchmarks, side by side with baselines; results in bench-results/.
+    Bench {
+        /// Which: l4 (the XDP data path).
+        #[arg(default_value = "l4")]
+        which: String,
+    },
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -85,6 +91,18 @@ fn main() -> Result<()> {
             build::xlb(&obj, true).map(drop)
         }
         Cmd::Lint => lint(),
+        Cmd::Bench { which } => {
+            if which != "l4" {
+                bail!("unknown benchmark {which:?} (available: l4)");
+            }
+            let obj = build::ebpf()?;
+            let floor = obj.with_file_name("bench-floor");
+            run(cargo()
+                .args(["bench", "-p", "xlb-tests", "--bench", "l4"])
+                .env("XLB_EBPF_OBJ", &obj)
+                .env("XLB_BENCH_FLOOR_OBJ", &floor)
+                .env("XLB_BIN", build::xlb(&obj, true)?))
+        }
         Cmd::Run { duration, args } => {
             let obj = build::ebpf()?;
             let xlb = build::xlb(&obj, true)?;

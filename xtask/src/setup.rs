@@ -21,8 +21,9 @@ const TOOLCHAIN_PKGS: &[&str] = &[
     "libzstd-dev",
 ];
 /// What the lab and the tests run: iproute2 (ip netns), ethtool (offloads),
-/// util-linux (setpriv, for the no-capability test), procps (sysctl).
-const LAB_PKGS: &[&str] = &["iproute2", "ethtool", "util-linux", "procps"];
+/// util-linux (setpriv, for the no-capability test), procps (sysctl),
+/// iputils-ping (neighbour warm-up in the benchmark).
+const LAB_PKGS: &[&str] = &["iproute2", "ethtool", "util-linux", "procps", "iputils-ping"];
 
 pub const DEBIAN_TOOLCHAIN: &str = "debian-web";
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -1,0 +1,344 @@
+//! `cargo xtask bench l4`: the L4 data path's cost per packet, side by side
+//! with baselines in one run, and forwarding throughput through the lab.
+//!
+//! 1. BPF_PROG_TEST_RUN, one packet per call (repeat=1: with more the kernel
+//!    does not reset the packet between iterations, so a rewriting program
+//!    would measure another path), the four programs alternating call by
+//!    call, the thread pinned to one CPU (per-CPU maps): a trivial XDP_PASS
+//!    (the floor of any program), parse + MAC swap + XDP_TX (the floor of any
+//!    forwarding), xlb on a new flow (a SYN from a new source each call) and
+//!    on an established flow (an ACK of a flow in the table); one full-NAT
+//!    service with 100 backends. The kernel's own per-run time is reported.
+//! 2. Packets per second through the namespace lab, xlb (full-NAT, native
+//!    XDP) against plain kernel IP forwarding on the same xlb node, with the
+//!    same UDP generator, each for a bounded time.
+//!
+//! Results are printed and written to `bench-results/l4.md`.
+
+use std::{
+    collections::HashSet,
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use aya::{
+    programs::{TestRun, TestRunOptions, Xdp},
+    Ebpf,
+};
+use lab::{
+    fib_ns,
+    packet::{Frame, TCP_ACK, TCP_SYN},
+    topology::{backend_ip, vip},
+    xlb::temp_file,
+    Lab, LabSpec, XlbProcess,
+};
+use lb_user::{
+    config,
+    dataplane::{load_object, xdp_program},
+    map_manager::MapManager,
+};
+
+/// Calls per program (XLB_BENCH_CALLS overrides, for quick looks).
+fn calls() -> usize {
+    std::env::var("XLB_BENCH_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000)
+}
+const BACKENDS: usize = 100;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
+            0,
+            "sched_setaffinity"
+        );
+    }
+}
+
+fn bench_config() -> String {
+    let mut c = format!(
+        "[[service]]\nname = \"bench\"\nvip = \"{}\"\nport = 80\nmode = \"nat\"\nsnat = \"{}\"\n[service.health]\nkind = \"none\"\n",
+        vip(10),
+        fib_ns::SNAT_V4
+    );
+    for i in 0..BACKENDS {
+        c += &format!(
+            "[[service.backend]]\nname = \"be{i}\"\naddress = \"{}:8080\"\n",
+            backend_ip(i)
+        );
+    }
+    c
+}
+
+/// One program under test: its mean kernel time and the action it must return.
+struct Timed {
+    name: &'static str,
+    total_ns: u128,
+    wall_ns: u128,
+    want_action: u32,
+}
+
+fn run_once(prog: &Xdp, frame: &[u8], out: &mut [u8], t: &mut Timed) {
+    let start = Instant::now();
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(out),
+            ..Default::default()
+        })
+        .expect("test_run");
+    t.wall_ns += start.elapsed().as_nanos();
+    assert_eq!(r.return_value, t.want_action, "{}: unexpected action", t.name);
+    t.total_ns += r.duration.as_nanos();
+}
+
+/// A SYN from the n-th distinct client endpoint (source address and port).
+fn new_flow_syn(n: usize) -> Vec<u8> {
+    // 198.18.128.0/17: 32768 addresses, then the source port varies.
+    let a = 128 * 256 + (n % 32768);
+    let src = IpAddr::V4(Ipv4Addr::new(198, 18, (a >> 8) as u8, a as u8));
+    Frame::tcp(src, 1024 + (n / 32768) as u16, vip(10).into(), 80, TCP_SYN).build()
+}
+
+fn per_packet() -> Vec<Timed> {
+    pin_to_cpu(0);
+    let mut ebpf = load_object().expect("xlb's XDP object (cargo xtask build)");
+    let cfg = config::parse(Path::new("bench.toml"), &bench_config()).unwrap();
+    MapManager::default()
+        .apply(&mut ebpf, &cfg, &HashSet::new(), &|_| None)
+        .unwrap();
+    let floor_obj = std::env::var_os("XLB_BENCH_FLOOR_OBJ")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/ebpf/bpfel-unknown-none/release/bench-floor"));
+    let mut floors =
+        Ebpf::load(&std::fs::read(&floor_obj).expect("bench-floor object (cargo xtask bench builds it)")).unwrap();
+    for name in ["floor_pass", "floor_swap"] {
+        let p: &mut Xdp = floors.program_mut(name).unwrap().try_into().unwrap();
+        p.load().unwrap();
+    }
+    let client = IpAddr::V4(Ipv4Addr::new(198, 18, 2, 1));
+    let syn = Frame::tcp(client, 40000, vip(10).into(), 80, TCP_SYN).build();
+    let ack = Frame::tcp(client, 40000, vip(10).into(), 80, TCP_ACK).build();
+    let mut out = vec![0u8; 256];
+    // XDP_PASS 2, XDP_TX 3, XDP_REDIRECT 4 (BPF_PROG_TEST_RUN arrives on lo, leaves by eth0).
+    let mut t = [
+        Timed {
+            name: "floor: XDP_PASS",
+            total_ns: 0,
+            wall_ns: 0,
+            want_action: 2,
+        },
+        Timed {
+            name: "floor: parse + MAC swap + XDP_TX",
+            total_ns: 0,
+            wall_ns: 0,
+            want_action: 3,
+        },
+        Timed {
+            name: "xlb: new flow (SYN, new source)",
+            total_ns: 0,
+            wall_ns: 0,
+            want_action: 4,
+        },
+        Timed {
+            name: "xlb: established flow (ACK)",
+            total_ns: 0,
+            wall_ns: 0,
+            want_action: 4,
+        },
+    ];
+    let xlb_prog = xdp_program(&mut ebpf).unwrap();
+    // The established flow enters the table once, before timing.
+    let mut prime = Timed {
+        name: "prime",
+        total_ns: 0,
+        wall_ns: 0,
+        want_action: 4,
+    };
+    run_once(xlb_prog, &syn, &mut out, &mut prime);
+    let pass: &Xdp = floors.program("floor_pass").unwrap().try_into().unwrap();
+    let swap: &Xdp = floors.program("floor_swap").unwrap().try_into().unwrap();
+    for n in 0..calls() {
+        let fresh = new_flow_syn(n);
+        let [a, b, c, d] = &mut t;
+        run_once(pass, &ack, &mut out, a);
+        run_once(swap, &ack, &mut out, b);
+        run_once(xlb_prog, &fresh, &mut out, c);
+        run_once(xlb_prog, &ack, &mut out, d);
+    }
+    t.into_iter().collect()
+}
+
+/// Sends UDP datagrams from the client to `dst` for `secs` and counts what
+/// the receiver on the backend gets.
+fn udp_rate(lab: &Lab, dst: SocketAddr, recv_on: SocketAddr, secs: u64) -> (u64, u64) {
+    let backend = &lab.backends[0];
+    let rx = backend.ns.enter(|| UdpSocket::bind(recv_on)).unwrap().unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let received = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (r2, s2) = (received.clone(), stop.clone());
+    let counter = thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while !s2.load(Ordering::Relaxed) {
+            if rx.recv(&mut buf).is_ok() {
+                r2.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    let tx = lab
+        .client
+        .ns
+        .enter(|| {
+            let s = UdpSocket::bind(SocketAddr::new(lab.client.ip.into(), 0))?;
+            s.connect(dst)?;
+            Ok::<_, std::io::Error>(s)
+        })
+        .unwrap()
+        .unwrap();
+    let payload = [0u8; 18];
+    // Warm-up (neighbours, flows), then the measured window.
+    for _ in 0..1000 {
+        let _ = tx.send(&payload);
+    }
+    thread::sleep(Duration::from_millis(300));
+    let start_count = received.load(Ordering::Relaxed);
+    let (mut sent, start) = (0u64, Instant::now());
+    while start.elapsed() < Duration::from_secs(secs) {
+        if tx.send(&payload).is_ok() {
+            sent += 1;
+        }
+    }
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    counter.join().unwrap();
+    let got = received.load(Ordering::Relaxed) - start_count;
+    (sent / secs, got / secs)
+}
+
+fn throughput() -> String {
+    let lab = Lab::new(&LabSpec {
+        backends: 1,
+        client_addrs: 1,
+    })
+    .unwrap();
+    let be = &lab.backends[0];
+    let secs = 3;
+    let mut report = String::new();
+    // Plain kernel forwarding: the client sends to 198.19.0.200 via the xlb
+    // node, which routes it to the backend holding that address.
+    let routed = Ipv4Addr::new(198, 19, 0, 200);
+    be.ns
+        .ip(&["addr", "add", &format!("{routed}/32"), "dev", "lo"])
+        .unwrap();
+    lab.xlb
+        .ns
+        .ip(&["route", "add", &format!("{routed}/32"), "via", &be.ip.to_string()])
+        .unwrap();
+    lab.xlb.ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    // The kernel would also send ICMP redirects (same segment): not wanted here.
+    lab.xlb.ns.sysctl("net.ipv4.conf.all.send_redirects", "0").unwrap();
+    lab.xlb.ns.sysctl("net.ipv4.conf.eth0.send_redirects", "0").unwrap();
+    let (k_sent, k_got) = udp_rate(
+        &lab,
+        SocketAddr::new(routed.into(), 9000),
+        SocketAddr::new(routed.into(), 9000),
+        secs,
+    );
+
+    let cfg = format!(
+        "[global]\ninterface = \"eth0\"\n[[service]]\nname = \"udp\"\nvip = \"{}\"\nport = 9000\nprotocol = \"udp\"\nmode = \"nat\"\n\
+         [service.health]\nkind = \"none\"\n[[service.backend]]\nname = \"be0\"\naddress = \"{}:9000\"\n",
+        vip(10),
+        be.ip
+    );
+    let path = temp_file("bench-udp.toml", &cfg).unwrap();
+    let xlb = XlbProcess::start(&lab.xlb.ns, &path, &[]).unwrap();
+    // The xlb node resolves the backend's MAC before the window starts.
+    lab.xlb.ns.run("ping", &["-c", "1", "-W", "1", &be.ip.to_string()]).ok();
+    let (x_sent, x_got) = udp_rate(
+        &lab,
+        SocketAddr::new(vip(10).into(), 9000),
+        SocketAddr::new(be.ip.into(), 9000),
+        secs,
+    );
+    xlb.stop().unwrap();
+    let _ = writeln!(report, "| path | sent/s | received/s | ratio to kernel |");
+    let _ = writeln!(report, "|---|---:|---:|---:|");
+    let _ = writeln!(report, "| kernel IP forwarding | {k_sent} | {k_got} | 1.00 |");
+    let _ = writeln!(
+        report,
+        "| xlb full-NAT (native XDP) | {x_sent} | {x_got} | {:.2} |",
+        x_got as f64 / k_got.max(1) as f64
+    );
+    report
+}
+
+fn main() {
+    if !lab::have_root() {
+        eprintln!("bench l4 needs root (namespaces, BPF)");
+        std::process::exit(1);
+    }
+    let ns = fib_ns::create(&format!("xlbt{}bench", std::process::id()), BACKENDS, &[]).unwrap();
+    let timed = ns.enter(per_packet).unwrap();
+    drop(ns);
+    let floor = timed[1].total_ns as f64 / calls() as f64;
+    let mut md = String::new();
+    let _ = writeln!(md, "# xlb L4 benchmark\n");
+    let _ = writeln!(
+        md,
+        "BPF_PROG_TEST_RUN, {} calls of each program with repeat=1, alternating, pinned to CPU 0; \
+         full-NAT service with {BACKENDS} backends. Kernel-measured time per run (includes the test-run \
+         timer overhead), and wall time per bpf() call.\n",
+        calls()
+    );
+    let _ = writeln!(md, "| program | ns/packet | wall ns/call | x parse+TX floor |");
+    let _ = writeln!(md, "|---|---:|---:|---:|");
+    for t in &timed {
+        let ns = t.total_ns as f64 / calls() as f64;
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} | {:.0} | {:.2} |",
+            t.name,
+            ns,
+            t.wall_ns as f64 / calls() as f64,
+            ns / floor
+        );
+    }
+    let est = timed[3].total_ns as f64 / calls() as f64 / floor;
+    let new = timed[2].total_ns as f64 / calls() as f64 / floor;
+    let _ = writeln!(
+        md,
+        "\nTargets: established <= 2x floor ({}: {est:.2}x), new flow <= 5x ({}: {new:.2}x).\n",
+        if est <= 2.0 { "met" } else { "MISSED" },
+        if new <= 5.0 { "met" } else { "MISSED" }
+    );
+    let _ = writeln!(
+        md,
+        "## Forwarding through the lab (UDP, 18-byte payload, one sender, 3 s each)\n"
+    );
+    if std::env::var_os("XLB_BENCH_NO_LAB").is_none() {
+        md += &throughput();
+    }
+    print!("{md}");
+    let dir = root().join("bench-results");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("l4.md"), &md).unwrap();
+    eprintln!("written to {}", dir.join("l4.md").display());
+}
