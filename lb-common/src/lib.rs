@@ -20,7 +20,6 @@ pub mod maps {
     pub const BACKENDS: &str = "BACKENDS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const FLOWS: &str = "FLOWS";
-    pub const REVERSE: &str = "REVERSE";
     pub const HOPS: &str = "HOPS";
 }
 
@@ -38,8 +37,8 @@ pub const RING_EMPTY: u32 = u32::MAX;
 pub const MAX_RINGS: u32 = 128;
 /// Capacity of the backend array (ids are indexes).
 pub const MAX_BACKENDS: u32 = 4096;
-/// Capacity of each of the flow and reverse-NAT LRU tables.
-pub const MAX_FLOWS: u32 = 262_144;
+/// Capacity of the flow table (a full-NAT connection takes two entries).
+pub const MAX_FLOWS: u32 = 524_288;
 /// Source ports the full-NAT allocates from, below Linux's default
 /// ephemeral range (32768-60999) so xlb's own connections never collide.
 pub const SNAT_PORT_MIN: u16 = 1024;
@@ -176,36 +175,43 @@ pub struct FlowKey {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 
-/// Flow table value: client → VIP flow pinned to a backend.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowValue {
-    pub backend: u32,
-    /// nat: the source port towards the backend.
-    pub snat_port_be: u16,
-    pub _pad: u16,
-}
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 8);
+/// A client → VIP flow pinned to a backend.
+pub const FLOW_FORWARD: u8 = 1;
+/// A backend → snat:port reply of a full-NAT flow, turned back into VIP → client.
+pub const FLOW_REPLY: u8 = 2;
 
-/// Reverse-NAT value, keyed by the backend's reply 5-tuple
-/// (backend:port → snat:port): how to turn a reply back into VIP → client.
-/// The client-side MACs and interface are those the client's packet came
-/// with, so replies need no route lookup.
+/// Value of the flow table, keyed by the 5-tuple as it arrives. Both
+/// directions of a connection live in one table so that an established
+/// packet, either way, costs one lookup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ReverseValue {
-    pub client: [u8; 16],
-    pub vip: [u8; 16],
+pub struct Flow {
+    /// `FLOW_FORWARD` or `FLOW_REPLY`.
+    pub kind: u8,
+    pub _pad: u8,
+    /// Forward (nat): the source port towards the backend. Reply: the VIP port.
+    pub port_a_be: u16,
+    /// Reply: the client's port.
     pub client_port_be: u16,
-    pub vip_port_be: u16,
-    pub ifindex: u32,
-    /// Destination MAC for the reply (the client's, or its router's).
-    pub client_mac: [u8; 6],
-    /// Source MAC for the reply (ours, on `ifindex`).
-    pub local_mac: [u8; 6],
+    pub _pad2: u16,
+    /// The backend (index of the backend array) either way.
+    pub backend: u32,
+    /// Forward: the service's counter slot.
     pub service: u32,
+    /// Forward: `SVC_F_*` of the service.
+    pub svc_flags: u32,
+    /// Reply: the interface the client's packets come in on.
+    pub ifindex: u32,
+    /// Forward (nat): the source address towards the backend. Reply: the VIP.
+    pub addr_a: [u8; 16],
+    /// Reply: the client.
+    pub client: [u8; 16],
+    /// Reply: Ethernet addresses of the client's packets (its or its
+    /// router's, and ours), so replies need no route lookup.
+    pub client_mac: [u8; 6],
+    pub local_mac: [u8; 6],
 }
-const _: () = assert!(core::mem::size_of::<ReverseValue>() == 56);
+const _: () = assert!(core::mem::size_of::<Flow>() == 68);
 
 /// What the XDP program did with a packet: indexes of the `OUTCOMES` per-CPU
 /// array. Every packet is counted under exactly one outcome.
@@ -255,7 +261,6 @@ mod pod {
     unsafe impl aya::Pod for super::ServiceStats {}
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::FlowKey {}
-    unsafe impl aya::Pod for super::FlowValue {}
-    unsafe impl aya::Pod for super::ReverseValue {}
+    unsafe impl aya::Pod for super::Flow {}
     unsafe impl aya::Pod for super::HopCache {}
 }

@@ -1,11 +1,11 @@
 //! xlb's XDP program. Built for `bpfel-unknown-none` by `cargo xtask build`;
 //! on the host it compiles (so the workspace lints) but is never run.
 //!
-//! Per packet: parse; a packet for a service VIP:port is forwarded (nat or
-//! dsr) to the backend its flow is pinned to, or, for a new flow, to the one
-//! the service's Maglev ring names for the packet's hash; a reply from a
-//! backend to a full-NAT source port is turned back into VIP → client;
-//! everything else goes to the kernel untouched.
+//! Per packet: parse, then one flow-table lookup by the 5-tuple: a known
+//! client → VIP flow goes to the backend it is pinned to, a known full-NAT
+//! reply is turned back into VIP → client. Otherwise a packet for a service
+//! VIP:port starts a flow on the backend the service's Maglev ring names for
+//! its hash; everything else goes to the kernel untouched.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 // Map keys and values are passed by reference on purpose: by value they
@@ -24,8 +24,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    hash, outcome, Backend, BackendStats, FlowKey, FlowValue, HopCache, ReverseValue, ServiceKey, ServiceStats,
-    ServiceValue, BE_F_DOWN, HOP_TTL_NS, MAX_BACKENDS, MAX_FLOWS, MAX_RINGS, MAX_SERVICES, RING_EMPTY, RING_SIZE,
+    hash, outcome, Backend, BackendStats, Flow, FlowKey, HopCache, ServiceKey, ServiceStats, ServiceValue, BE_F_DOWN,
+    FLOW_FORWARD, FLOW_REPLY, HOP_TTL_NS, MAX_BACKENDS, MAX_FLOWS, MAX_RINGS, MAX_SERVICES, RING_EMPTY, RING_SIZE,
     SNAT_PORT_MAX, SNAT_PORT_MIN, SNAT_PORT_TRIES, SVC_F_DSR, SVC_F_HASH_5TUPLE, SVC_F_NAT,
 };
 
@@ -52,24 +52,22 @@ static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 #[map(name = "BACKEND_STATS")]
 static BACKEND_STATS: PerCpuArray<BackendStats> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
-#[map(name = "FLOWS")]
-static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
-
 #[map(name = "HOPS")]
 static HOPS: PerCpuArray<HopCache> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
-#[map(name = "REVERSE")]
-static REVERSE: LruHashMap<FlowKey, ReverseValue> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+#[map(name = "FLOWS")]
+static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
-/// Per-CPU working memory: the parsed packet, lookup keys and the
-/// reverse-NAT entry being built are too large for the 512-byte BPF stack
-/// next to everything else.
+/// Per-CPU working memory: the parsed packet, lookup keys and the flow
+/// entries being built are too large for the 512-byte BPF stack next to
+/// everything else.
 struct Scratch {
     pkt: Packet,
     skey: ServiceKey,
     fkey: FlowKey,
     rkey: FlowKey,
-    rv: ReverseValue,
+    forward: Flow,
+    reply: Flow,
 }
 
 #[map(name = "SCRATCH")]
@@ -96,19 +94,25 @@ fn try_xlb(ctx: &XdpContext) -> u32 {
         Ok(Parsed::Fragment) => return outcome::PASS_FRAGMENT,
         Err(()) => return outcome::PASS_PARSE_ERROR,
     }
-    s.pkt.service_key(&mut s.skey);
+    s.pkt.flow_key(&mut s.fkey);
     // Map values are used in place: the kernel keeps them alive for the
     // rest of this program run (RCU), and updates replace them whole.
     // SAFETY: see above.
-    if let Some(svc) = unsafe { SERVICES.get(&s.skey) } {
-        return forward(ctx, s, svc);
+    if let Some(f) = unsafe { FLOWS.get(&s.fkey) } {
+        if f.kind == FLOW_REPLY {
+            return reply(ctx, &s.pkt, f);
+        }
+        if let Some(be) = live_backend(f.backend) {
+            return established(ctx, s, f, be);
+        }
+        // Its backend is out: the flow starts again on another one.
     }
-    s.pkt.flow_key(&mut s.fkey);
+    s.pkt.service_key(&mut s.skey);
     // SAFETY: see above.
-    if let Some(rv) = unsafe { REVERSE.get(&s.fkey) } {
-        return reply(ctx, &s.pkt, rv);
+    match unsafe { SERVICES.get(&s.skey) } {
+        Some(svc) => new_flow(ctx, s, svc),
+        None => outcome::PASS_NOT_SERVICE,
     }
-    outcome::PASS_NOT_SERVICE
 }
 
 #[inline(always)]
@@ -128,47 +132,14 @@ fn live_backend(id: u32) -> Option<&'static Backend> {
     BACKENDS.get(id).filter(|b| b.flags & BE_F_DOWN == 0)
 }
 
-/// Client → VIP. Not inlined, like the other large steps, so that each gets
-/// its own share of the 512-byte BPF stack.
-#[inline(never)]
-fn forward(ctx: &XdpContext, s: &mut Scratch, svc: &ServiceValue) -> u32 {
-    let bytes = (ctx.data_end() - ctx.data()) as u64;
-    if svc.flags & (SVC_F_NAT | SVC_F_DSR) == 0 {
-        add_stats(SERVICE_STATS.get_ptr_mut(svc.id), bytes, false);
-        return outcome::PASS_SERVICE;
-    }
-    s.pkt.flow_key(&mut s.fkey);
-    let pkt = &s.pkt;
-    // An existing flow keeps its backend unless that backend is out.
-    // SAFETY: as in try_xlb.
-    let known = unsafe { FLOWS.get(&s.fkey) };
-    let mut snat_port_be = 0;
-    let (id, be, new_flow) = match known.and_then(|f| live_backend(f.backend).map(|b| (f, b))) {
-        Some((f, b)) => {
-            snat_port_be = f.snat_port_be;
-            (f.backend, b, false)
-        }
-        None => {
-            let h = if svc.flags & SVC_F_HASH_5TUPLE != 0 {
-                hash::five_tuple_hash(&pkt.src, &pkt.dst, pkt.sport_be, pkt.dport_be, pkt.proto)
-            } else {
-                hash::source_hash(&pkt.src)
-            };
-            let id = match RINGS.get(svc.ring * RING_SIZE + h % RING_SIZE) {
-                Some(id) if *id != RING_EMPTY => *id,
-                _ => return outcome::DROP_NO_BACKEND,
-            };
-            let Some(be) = live_backend(id) else {
-                return outcome::DROP_NO_BACKEND;
-            };
-            (id, be, true)
-        }
-    };
-    let nat = svc.flags & SVC_F_NAT != 0;
-    // Route first: a packet that cannot leave allocates nothing. The next
-    // hop of a backend is cached per CPU for HOP_TTL_NS.
+/// The next hop towards backend `id`, from the per-CPU cache or, when that
+/// is stale, from the kernel's FIB (`src` is the source the packet will
+/// carry). `Err` is the drop outcome.
+#[inline(always)]
+fn hop_to(ctx: &XdpContext, pkt: &Packet, id: u32, src: &[u8; 16], be: &Backend) -> Result<&'static HopCache, u32> {
+    // SAFETY: per-CPU slot.
     let Some(hop) = HOPS.get_ptr_mut(id).map(|p| unsafe { &mut *p }) else {
-        return outcome::DROP_NO_ROUTE;
+        return Err(outcome::DROP_NO_ROUTE);
     };
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -178,63 +149,123 @@ fn forward(ctx: &XdpContext, s: &mut Scratch, svc: &ServiceValue) -> u32 {
             smac: [0; 6],
             dmac: [0; 6],
         };
-        let src = if nat { &svc.snat } else { &pkt.src };
         let why = rewrite::next_hop(ctx, pkt, src, &be.addr, &mut fresh);
         if why != 0 {
-            return why;
+            return Err(why);
         }
         hop.ifindex = fresh.ifindex;
         hop.smac = fresh.smac;
         hop.dmac = fresh.dmac;
         hop.expires_ns = now + HOP_TTL_NS;
     }
-    if new_flow {
-        if nat {
-            match claim_port(ctx, s, svc, be) {
-                Some(p) => snat_port_be = p,
-                None => return outcome::DROP_NO_PORT,
-            }
+    Ok(hop)
+}
+
+/// Sends a client packet on to backend `id`: full-NAT rewrite (source
+/// `snat`:`snat_port_be`, destination the backend) or, for dsr, only the
+/// MACs; counts it for the service and the backend.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn to_backend(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    hop: &HopCache,
+    id: u32,
+    be: &Backend,
+    service: u32,
+    nat: Option<(&[u8; 16], u16)>,
+    new_flow: bool,
+) -> u32 {
+    let bytes = pkt.bytes;
+    if let Some((snat, port_be)) = nat {
+        if rewrite::nat(ctx, pkt, snat, &be.addr, rewrite::ports(port_be, be.port_be)).is_err() {
+            return outcome::PASS_PARSE_ERROR;
         }
-        let _ = FLOWS.insert(
-            &s.fkey,
-            &FlowValue {
-                backend: id,
-                snat_port_be,
-                _pad: 0,
-            },
-            0,
-        );
     }
-    if nat
-        && rewrite::nat(
-            ctx,
-            &s.pkt,
-            &svc.snat,
-            &be.addr,
-            rewrite::ports(snat_port_be, be.port_be),
-        )
-        .is_err()
-    {
-        return outcome::PASS_PARSE_ERROR;
-    }
-    add_stats(SERVICE_STATS.get_ptr_mut(svc.id), bytes, new_flow);
+    add_stats(SERVICE_STATS.get_ptr_mut(service), bytes, new_flow);
     add_stats(BACKEND_STATS.get_ptr_mut(id), bytes, new_flow);
     rewrite::send(ctx, hop.ifindex, &hop.smac, &hop.dmac)
 }
 
-/// Finds a source port so that (snat, port) → backend is unused and reserves
-/// it by inserting the reverse entry (atomic: BPF_NOEXIST). Returns the port
-/// in network order.
+/// Client → VIP on a known flow. Not inlined, like the other large steps, so
+/// that each gets its own share of the 512-byte BPF stack.
 #[inline(never)]
-fn claim_port(ctx: &XdpContext, s: &mut Scratch, svc: &ServiceValue, be: &Backend) -> Option<u16> {
+fn established(ctx: &XdpContext, s: &Scratch, f: &Flow, be: &Backend) -> u32 {
+    let nat = f.svc_flags & SVC_F_NAT != 0;
+    let src = if nat { &f.addr_a } else { &s.pkt.src };
+    let hop = match hop_to(ctx, &s.pkt, f.backend, src, be) {
+        Ok(h) => h,
+        Err(why) => return why,
+    };
+    let nat = if nat { Some((&f.addr_a, f.port_a_be)) } else { None };
+    to_backend(ctx, &s.pkt, hop, f.backend, be, f.service, nat, false)
+}
+
+/// Client → VIP without a (usable) flow: pick a backend from the ring.
+#[inline(never)]
+fn new_flow(ctx: &XdpContext, s: &mut Scratch, svc: &ServiceValue) -> u32 {
+    if svc.flags & (SVC_F_NAT | SVC_F_DSR) == 0 {
+        add_stats(SERVICE_STATS.get_ptr_mut(svc.id), s.pkt.bytes, false);
+        return outcome::PASS_SERVICE;
+    }
     let pkt = &s.pkt;
-    s.rv.client = pkt.src;
-    s.rv.vip = pkt.dst;
-    s.rv.client_port_be = pkt.sport_be;
-    s.rv.vip_port_be = pkt.dport_be;
-    s.rv.ifindex = ctx.ingress_ifindex() as u32;
-    s.rv.service = svc.id;
-    rewrite::macs(ctx, &mut s.rv.client_mac, &mut s.rv.local_mac).ok()?;
+    let h = if svc.flags & SVC_F_HASH_5TUPLE != 0 {
+        hash::five_tuple_hash(&pkt.src, &pkt.dst, pkt.sport_be, pkt.dport_be, pkt.proto)
+    } else {
+        hash::source_hash(&pkt.src)
+    };
+    let id = match RINGS.get(svc.ring * RING_SIZE + h % RING_SIZE) {
+        Some(id) if *id != RING_EMPTY => *id,
+        _ => return outcome::DROP_NO_BACKEND,
+    };
+    let Some(be) = live_backend(id) else {
+        return outcome::DROP_NO_BACKEND;
+    };
+    let nat = svc.flags & SVC_F_NAT != 0;
+    // Route first: a packet that cannot leave allocates nothing.
+    let src = if nat { &svc.snat } else { &pkt.src };
+    let hop = match hop_to(ctx, pkt, id, src, be) {
+        Ok(h) => h,
+        Err(why) => return why,
+    };
+    let mut port_be = 0;
+    if nat {
+        port_be = claim_port(ctx, s, svc, be, id) as u16;
+        if port_be == 0 {
+            return outcome::DROP_NO_PORT;
+        }
+    }
+    let f = &mut s.forward;
+    f.kind = FLOW_FORWARD;
+    f.port_a_be = port_be;
+    f.backend = id;
+    f.service = svc.id;
+    f.svc_flags = svc.flags;
+    f.addr_a = svc.snat;
+    let _ = FLOWS.insert(&s.fkey, &s.forward, 0);
+    let nat = if nat { Some((&svc.snat, port_be)) } else { None };
+    to_backend(ctx, &s.pkt, hop, id, be, svc.id, nat, true)
+}
+
+/// Finds a source port so that (snat, port) → backend is unused and reserves
+/// it by inserting the reply entry (atomic: BPF_NOEXIST). Returns the port
+/// in network order, or 0 when none was free (a plain integer: an `Option`
+/// would be returned through a sixth, hidden argument BPF cannot pass).
+#[inline(never)]
+fn claim_port(ctx: &XdpContext, s: &mut Scratch, svc: &ServiceValue, be: &Backend, id: u32) -> u32 {
+    let pkt = &s.pkt;
+    let r = &mut s.reply;
+    r.kind = FLOW_REPLY;
+    r.port_a_be = pkt.dport_be;
+    r.client_port_be = pkt.sport_be;
+    r.backend = id;
+    r.service = svc.id;
+    r.ifindex = ctx.ingress_ifindex() as u32;
+    r.addr_a = pkt.dst;
+    r.client = pkt.src;
+    if rewrite::macs(ctx, &mut r.client_mac, &mut r.local_mac).is_err() {
+        return 0;
+    }
     s.rkey.src = be.addr;
     s.rkey.dst = svc.snat;
     s.rkey.sport_be = be.port_be;
@@ -248,29 +279,29 @@ fn claim_port(ctx: &XdpContext, s: &mut Scratch, svc: &ServiceValue, be: &Backen
         // Stride by a prime so retries spread over the range.
         let port = SNAT_PORT_MIN + (h.wrapping_add(i.wrapping_mul(7919)) % range) as u16;
         s.rkey.dport_be = port.to_be();
-        if REVERSE.insert(&s.rkey, &s.rv, u64::from(BPF_NOEXIST)).is_ok() {
-            return Some(port.to_be());
+        if FLOWS.insert(&s.rkey, &s.reply, u64::from(BPF_NOEXIST)).is_ok() {
+            return u32::from(port.to_be());
         }
         i += 1;
     }
-    None
+    0
 }
 
 /// Backend → snat:port of a full-NAT flow: back to VIP → client.
 #[inline(never)]
-fn reply(ctx: &XdpContext, pkt: &Packet, rv: &ReverseValue) -> u32 {
+fn reply(ctx: &XdpContext, pkt: &Packet, f: &Flow) -> u32 {
     if rewrite::nat(
         ctx,
         pkt,
-        &rv.vip,
-        &rv.client,
-        rewrite::ports(rv.vip_port_be, rv.client_port_be),
+        &f.addr_a,
+        &f.client,
+        rewrite::ports(f.port_a_be, f.client_port_be),
     )
     .is_err()
     {
         return outcome::PASS_PARSE_ERROR;
     }
-    rewrite::send(ctx, rv.ifindex, &rv.local_mac, &rv.client_mac)
+    rewrite::send(ctx, f.ifindex, &f.local_mac, &f.client_mac)
 }
 
 #[inline(always)]

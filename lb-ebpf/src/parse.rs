@@ -29,6 +29,10 @@ pub struct Packet {
     pub dport_be: u16,
     pub l3_off: usize,
     pub l4_off: usize,
+    /// Frame length, read once here: later reads of the context from
+    /// other functions can be compiled into pointer arithmetic on it, which
+    /// the verifier refuses.
+    pub bytes: u64,
 }
 
 impl Packet {
@@ -132,6 +136,7 @@ fn parse_v4(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<Parsed, ()
     pkt.dport_be = dport_be;
     pkt.l3_off = off;
     pkt.l4_off = l4_off;
+    pkt.bytes = (ctx.data_end() - ctx.data()) as u64;
     Ok(Parsed::Flow)
 }
 
@@ -158,6 +163,7 @@ fn parse_v6(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<Parsed, ()
     pkt.dport_be = dport_be;
     pkt.l3_off = off;
     pkt.l4_off = l4_off;
+    pkt.bytes = (ctx.data_end() - ctx.data()) as u64;
     Ok(Parsed::Flow)
 }
 

@@ -14,9 +14,8 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    maglev, maps, Backend as BpfBackend, FlowKey, FlowValue, HopCache, ServiceKey, ServiceStats, ServiceValue,
-    BE_F_DOWN, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_RINGS, MAX_SERVICES, RING_SIZE, SVC_F_DSR, SVC_F_HASH_5TUPLE,
-    SVC_F_NAT,
+    maglev, maps, Backend as BpfBackend, Flow, FlowKey, HopCache, ServiceKey, ServiceStats, ServiceValue, BE_F_DOWN,
+    FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_RINGS, MAX_SERVICES, RING_SIZE, SVC_F_DSR, SVC_F_HASH_5TUPLE, SVC_F_NAT,
 };
 
 use crate::{
@@ -266,9 +265,10 @@ impl MapManager {
         maglev::build(&entries, RING_SIZE)
     }
 
-    /// Deletes the flows (and so the NAT ports) of the given backends.
+    /// Deletes the flows of the given backends, both directions (so their
+    /// NAT ports are free again).
     fn sweep_flows(&self, ebpf: &mut Ebpf, ids: &HashSet<u32>) -> Result<(), DataPlaneError> {
-        let mut flows: HashMap<&mut MapData, FlowKey, FlowValue> =
+        let mut flows: HashMap<&mut MapData, FlowKey, Flow> =
             HashMap::try_from(ebpf.map_mut(maps::FLOWS).ok_or(missing(maps::FLOWS))?)
                 .map_err(|e| map_err(maps::FLOWS, &e))?;
         let doomed: Vec<FlowKey> = flows
