@@ -31,7 +31,7 @@ use lb_common::{
 
 use crate::{
     parse::{parse, Packet, Parsed},
-    rewrite::NextHop,
+    rewrite::{IcmpRewrite, NextHop},
 };
 
 #[map(name = "SERVICES")]
@@ -68,6 +68,7 @@ struct Scratch {
     rkey: FlowKey,
     forward: Flow,
     reply: Flow,
+    icmp: IcmpRewrite,
 }
 
 #[map(name = "SCRATCH")]
@@ -93,6 +94,9 @@ fn try_xlb(ctx: &XdpContext) -> u32 {
         Ok(Parsed::Other) => return outcome::PASS_NOT_SERVICE,
         Ok(Parsed::Fragment) => return outcome::PASS_FRAGMENT,
         Err(()) => return outcome::PASS_PARSE_ERROR,
+    }
+    if s.pkt.icmp_error {
+        return icmp_error(ctx, s);
     }
     s.pkt.flow_key(&mut s.fkey);
     // Map values are used in place: the kernel keeps them alive for the
@@ -285,6 +289,53 @@ fn claim_port(ctx: &XdpContext, s: &mut Scratch, svc: &ServiceValue, be: &Backen
         i += 1;
     }
     0
+}
+
+/// An ICMP error about a packet of a known flow goes where that flow's
+/// endpoint is: errors from the client side about VIP → client packets to
+/// the backend (full-NAT: rewritten to look like an answer to what the
+/// backend sent), errors from a backend about full-NAT packets to the
+/// client. Anything else is passed to the kernel.
+#[inline(never)]
+fn icmp_error(ctx: &XdpContext, s: &mut Scratch) -> u32 {
+    s.pkt.flow_key(&mut s.fkey);
+    // SAFETY: as in try_xlb.
+    let Some(f) = (unsafe { FLOWS.get(&s.fkey) }) else {
+        return outcome::PASS_NOT_SERVICE;
+    };
+    let rw = &mut s.icmp;
+    if f.kind == FLOW_REPLY {
+        rw.outer_src = f.addr_a;
+        rw.outer_dst = f.client;
+        rw.inner_src = f.client;
+        rw.inner_dst = f.addr_a;
+        rw.inner_sport_be = f.client_port_be;
+        rw.inner_dport_be = f.port_a_be;
+        if rewrite::icmp_nat(ctx, &s.pkt, &s.icmp).is_err() {
+            return outcome::PASS_PARSE_ERROR;
+        }
+        return rewrite::send(ctx, f.ifindex, &f.local_mac, &f.client_mac);
+    }
+    let Some(be) = live_backend(f.backend) else {
+        return outcome::PASS_NOT_SERVICE;
+    };
+    let nat = f.svc_flags & SVC_F_NAT != 0;
+    if nat {
+        rw.outer_src = f.addr_a;
+        rw.outer_dst = be.addr;
+        rw.inner_src = be.addr;
+        rw.inner_dst = f.addr_a;
+        rw.inner_sport_be = be.port_be;
+        rw.inner_dport_be = f.port_a_be;
+        if rewrite::icmp_nat(ctx, &s.pkt, &s.icmp).is_err() {
+            return outcome::PASS_PARSE_ERROR;
+        }
+    }
+    let src = if nat { &f.addr_a } else { &s.pkt.src };
+    match hop_to(ctx, &s.pkt, f.backend, src, be) {
+        Ok(hop) => rewrite::send(ctx, hop.ifindex, &hop.smac, &hop.dmac),
+        Err(why) => why,
+    }
 }
 
 /// Backend → snat:port of a full-NAT flow: back to VIP → client.

@@ -2,7 +2,7 @@
 //! goes through [`ptr_at`], which checks against `data_end`.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{FlowKey, ServiceKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+use lb_common::{FlowKey, ServiceKey, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -29,6 +29,12 @@ pub struct Packet {
     pub dport_be: u16,
     pub l3_off: usize,
     pub l4_off: usize,
+    /// ICMP error: the tuple fields above are those of the quoted packet,
+    /// reversed (the direction of the flow it answers), `l4_off` is the ICMP
+    /// header and `inner_l3_off`/`inner_l4_off` the quoted headers.
+    pub icmp_error: bool,
+    pub inner_l3_off: usize,
+    pub inner_l4_off: usize,
     /// Frame length, read once here: later reads of the context from
     /// other functions can be compiled into pointer arithmetic on it, which
     /// the verifier refuses.
@@ -59,7 +65,8 @@ impl Packet {
 }
 
 pub enum Parsed {
-    /// A TCP or UDP packet, its fields written to the caller's [`Packet`].
+    /// A TCP or UDP packet, or an ICMP error quoting one; its fields written
+    /// to the caller's [`Packet`].
     Flow,
     /// An IPv4 fragment: no trustworthy L4 header.
     Fragment,
@@ -121,11 +128,15 @@ fn parse_v4(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<Parsed, ()
         return Ok(Parsed::Fragment);
     }
     let proto = ip.proto;
+    let l4_off = off + ihl;
+    if proto == PROTO_ICMP {
+        return icmp_error_v4(ctx, off, l4_off, pkt);
+    }
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Ok(Parsed::Other);
     }
-    let l4_off = off + ihl;
     let (sport_be, dport_be) = ports(ctx, l4_off, proto)?;
+    pkt.icmp_error = false;
     pkt.family = FAMILY_V4;
     pkt.proto = proto;
     pkt.src = [0; 16];
@@ -150,11 +161,15 @@ fn parse_v6(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<Parsed, ()
     }
     // Extension headers are not walked: such packets are not for a service.
     let proto = ip.next_hdr;
+    let l4_off = off + Ipv6Hdr::LEN;
+    if proto == PROTO_ICMPV6 {
+        return icmp_error_v6(ctx, off, l4_off, pkt);
+    }
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Ok(Parsed::Other);
     }
-    let l4_off = off + Ipv6Hdr::LEN;
     let (sport_be, dport_be) = ports(ctx, l4_off, proto)?;
+    pkt.icmp_error = false;
     pkt.family = FAMILY_V6;
     pkt.proto = proto;
     pkt.src = ip.src_addr;
@@ -180,4 +195,89 @@ fn ports(ctx: &XdpContext, off: usize, proto: u8) -> Result<(u16, u16), ()> {
     // SAFETY: bounds checked by ptr_at.
     let p = unsafe { *p };
     Ok((u16::from_ne_bytes([p[0], p[1]]), u16::from_ne_bytes([p[2], p[3]])))
+}
+
+/// ICMP types that quote a packet of a flow: destination unreachable (incl.
+/// fragmentation needed), time exceeded; ICMPv6: destination unreachable,
+/// packet too big, time exceeded.
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMPV6_DEST_UNREACH: u8 = 1;
+const ICMPV6_PKT_TOOBIG: u8 = 2;
+const ICMPV6_TIME_EXCEED: u8 = 3;
+
+/// The first 8 bytes of the quoted L4 header (all RFC 792 promises).
+#[inline(always)]
+fn quoted_ports(ctx: &XdpContext, off: usize) -> Result<(u16, u16), ()> {
+    let p: *const [u8; 8] = ptr_at(ctx, off)?;
+    // SAFETY: bounds checked by ptr_at.
+    let p = unsafe { *p };
+    Ok((u16::from_ne_bytes([p[0], p[1]]), u16::from_ne_bytes([p[2], p[3]])))
+}
+
+#[inline(always)]
+fn icmp_error_v4(ctx: &XdpContext, off: usize, l4_off: usize, pkt: &mut Packet) -> Result<Parsed, ()> {
+    let icmp: *const [u8; 8] = ptr_at(ctx, l4_off)?;
+    // SAFETY: bounds checked by ptr_at.
+    let kind = unsafe { (*icmp)[0] };
+    if kind != ICMP_DEST_UNREACH && kind != ICMP_TIME_EXCEEDED {
+        return Ok(Parsed::Other);
+    }
+    let inner_off = l4_off + 8;
+    let ip: *const Ipv4Hdr = ptr_at(ctx, inner_off)?;
+    // SAFETY: bounds checked by ptr_at.
+    let ip = unsafe { &*ip };
+    let ihl = ((ip.vihl & 0x0f) as usize) * 4;
+    if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || (ip.proto != PROTO_TCP && ip.proto != PROTO_UDP) {
+        return Ok(Parsed::Other);
+    }
+    let (isport, idport) = quoted_ports(ctx, inner_off + ihl)?;
+    // The quoted packet went inner.src -> inner.dst; the flow it belongs to
+    // is the other direction.
+    pkt.family = FAMILY_V4;
+    pkt.proto = ip.proto;
+    pkt.src = [0; 16];
+    pkt.dst = [0; 16];
+    pkt.src[..4].copy_from_slice(&ip.dst_addr);
+    pkt.dst[..4].copy_from_slice(&ip.src_addr);
+    pkt.sport_be = idport;
+    pkt.dport_be = isport;
+    pkt.icmp_error = true;
+    pkt.l3_off = off;
+    pkt.l4_off = l4_off;
+    pkt.inner_l3_off = inner_off;
+    pkt.inner_l4_off = inner_off + ihl;
+    pkt.bytes = (ctx.data_end() - ctx.data()) as u64;
+    Ok(Parsed::Flow)
+}
+
+#[inline(always)]
+fn icmp_error_v6(ctx: &XdpContext, off: usize, l4_off: usize, pkt: &mut Packet) -> Result<Parsed, ()> {
+    let icmp: *const [u8; 8] = ptr_at(ctx, l4_off)?;
+    // SAFETY: bounds checked by ptr_at.
+    let kind = unsafe { (*icmp)[0] };
+    if kind != ICMPV6_DEST_UNREACH && kind != ICMPV6_PKT_TOOBIG && kind != ICMPV6_TIME_EXCEED {
+        return Ok(Parsed::Other);
+    }
+    let inner_off = l4_off + 8;
+    let ip: *const Ipv6Hdr = ptr_at(ctx, inner_off)?;
+    // SAFETY: bounds checked by ptr_at.
+    let ip = unsafe { &*ip };
+    if ip.vcf[0] >> 4 != 6 || (ip.next_hdr != PROTO_TCP && ip.next_hdr != PROTO_UDP) {
+        return Ok(Parsed::Other);
+    }
+    let (isport, idport) = quoted_ports(ctx, inner_off + Ipv6Hdr::LEN)?;
+    pkt.family = FAMILY_V6;
+    pkt.proto = ip.next_hdr;
+    pkt.src = ip.dst_addr;
+    pkt.dst = ip.src_addr;
+    pkt.sport_be = idport;
+    pkt.dport_be = isport;
+    pkt.icmp_error = true;
+    pkt.l3_off = off;
+    pkt.l4_off = l4_off;
+    pkt.inner_l3_off = inner_off;
+    pkt.inner_l4_off = inner_off + Ipv6Hdr::LEN;
+    pkt.bytes = (ctx.data_end() - ctx.data()) as u64;
+    Ok(Parsed::Flow)
 }

@@ -215,3 +215,91 @@ pub fn nat(ctx: &XdpContext, pkt: &Packet, src: &[u8; 16], dst: &[u8; 16], ports
     }
     Ok(())
 }
+
+/// New addresses for an ICMP error: its own source and destination, and the
+/// quoted packet's source and destination address and port.
+pub struct IcmpRewrite {
+    pub outer_src: [u8; 16],
+    pub outer_dst: [u8; 16],
+    pub inner_src: [u8; 16],
+    pub inner_dst: [u8; 16],
+    pub inner_sport_be: u16,
+    pub inner_dport_be: u16,
+}
+
+/// Rewrites an ICMP error and the packet it quotes, updating the outer IPv4
+/// checksum, the quoted IPv4 header's checksum and the ICMP checksum (which
+/// covers the quoted bytes, and for ICMPv6 the outer addresses). The quoted
+/// L4 checksum is left alone: receivers do not check it.
+#[inline(never)]
+pub fn icmp_nat(ctx: &XdpContext, pkt: &Packet, rw: &IcmpRewrite) -> Result<(), ()> {
+    let v4 = pkt.family == FAMILY_V4;
+    let mut pseudo = 0u32;
+    if v4 {
+        let ip = ptr_at::<[u8; 20]>(ctx, pkt.l3_off)? as *mut u8;
+        let (ns, nd) = (word(&rw.outer_src, 0), word(&rw.outer_dst, 0));
+        // SAFETY: offsets inside the 20 bounds-checked bytes.
+        unsafe {
+            let mut sum = csum::diff32(0, load32(ip.add(12)), ns);
+            sum = csum::diff32(sum, load32(ip.add(16)), nd);
+            store16(ip.add(10), csum::finish(csum::start(load16(ip.add(10))) + sum));
+            store32(ip.add(12), ns);
+            store32(ip.add(16), nd);
+        }
+    } else {
+        let a = ptr_at::<[u8; 32]>(ctx, pkt.l3_off + 8)? as *mut u8;
+        let mut i = 0;
+        while i < 4 {
+            // SAFETY: offsets inside the 32 bounds-checked address bytes.
+            unsafe {
+                pseudo = csum::diff32(pseudo, load32(a.add(4 * i)), word(&rw.outer_src, i));
+                store32(a.add(4 * i), word(&rw.outer_src, i));
+                pseudo = csum::diff32(pseudo, load32(a.add(16 + 4 * i)), word(&rw.outer_dst, i));
+                store32(a.add(16 + 4 * i), word(&rw.outer_dst, i));
+            }
+            i += 1;
+        }
+    }
+    let icmp = ptr_at::<[u8; 8]>(ctx, pkt.l4_off)? as *mut u8;
+    // SAFETY: the checksum is at 2..4 of the 8 bounds-checked bytes.
+    let mut sum = csum::start(unsafe { load16(icmp.add(2)) }) + pseudo;
+    if v4 {
+        let ip = ptr_at::<[u8; 20]>(ctx, pkt.inner_l3_off)? as *mut u8;
+        let (ns, nd) = (word(&rw.inner_src, 0), word(&rw.inner_dst, 0));
+        // SAFETY: offsets inside the 20 bounds-checked bytes.
+        unsafe {
+            let mut ipsum = csum::diff32(0, load32(ip.add(12)), ns);
+            ipsum = csum::diff32(ipsum, load32(ip.add(16)), nd);
+            let old_check = load16(ip.add(10));
+            let new_check = csum::finish(csum::start(old_check) + ipsum);
+            // Every changed word of the quoted header counts for the ICMP sum.
+            sum = csum::diff16(sum + ipsum, old_check, new_check);
+            store16(ip.add(10), new_check);
+            store32(ip.add(12), ns);
+            store32(ip.add(16), nd);
+        }
+    } else {
+        let a = ptr_at::<[u8; 32]>(ctx, pkt.inner_l3_off + 8)? as *mut u8;
+        let mut i = 0;
+        while i < 4 {
+            // SAFETY: offsets inside the 32 bounds-checked address bytes.
+            unsafe {
+                sum = csum::diff32(sum, load32(a.add(4 * i)), word(&rw.inner_src, i));
+                store32(a.add(4 * i), word(&rw.inner_src, i));
+                sum = csum::diff32(sum, load32(a.add(16 + 4 * i)), word(&rw.inner_dst, i));
+                store32(a.add(16 + 4 * i), word(&rw.inner_dst, i));
+            }
+            i += 1;
+        }
+    }
+    let ports = ptr_at::<[u8; 8]>(ctx, pkt.inner_l4_off)? as *mut u8;
+    // SAFETY: ports at 0..4 of the 8 bounds-checked bytes; checksum as above.
+    unsafe {
+        sum = csum::diff16(sum, load16(ports), rw.inner_sport_be);
+        sum = csum::diff16(sum, load16(ports.add(2)), rw.inner_dport_be);
+        store16(ports, rw.inner_sport_be);
+        store16(ports.add(2), rw.inner_dport_be);
+        store16(icmp.add(2), csum::finish(sum));
+    }
+    Ok(())
+}

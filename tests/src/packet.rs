@@ -219,6 +219,45 @@ pub fn arp_request(sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
     f
 }
 
+/// The IP packet (no Ethernet header) of `frame`, cut to its IP header and
+/// the first 8 bytes of its L4 header: what an ICMP error quotes.
+pub fn quoted(frame: &[u8]) -> Vec<u8> {
+    let ip = &frame[14..];
+    let hl = if ip[0] >> 4 == 4 {
+        usize::from(ip[0] & 0x0f) * 4
+    } else {
+        40
+    };
+    ip[..hl + 8].to_vec()
+}
+
+/// An ICMP error (IPv4 ICMP or ICMPv6, by the addresses) from `src` to
+/// `dst`, of `kind`/`code`, quoting `quote`; checksum computed here.
+pub fn icmp_error(src: IpAddr, dst: IpAddr, kind: u8, code: u8, quote: &[u8]) -> Frame {
+    let mut msg = vec![kind, code, 0, 0, 0, 0, 0x05, 0xdc];
+    msg.extend_from_slice(quote);
+    let (proto, initial) = if src.is_ipv4() {
+        (1, 0)
+    } else {
+        (58, pseudo_sum(src, dst, 58, msg.len()))
+    };
+    let c = checksum(initial, &msg);
+    msg[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut f = Frame::new(src, dst, L4::Other(proto));
+    f.payload = msg;
+    f
+}
+
+/// An ICMP echo request (ping) from `src` to `dst` (IPv4).
+pub fn echo_request(src: IpAddr, dst: IpAddr) -> Frame {
+    let mut msg = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1];
+    let c = checksum(0, &msg);
+    msg[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut f = Frame::new(src, dst, L4::Other(1));
+    f.payload = msg;
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

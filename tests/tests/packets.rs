@@ -22,7 +22,7 @@ use aya::{
 };
 use lab::{
     fib_ns::{self, ETH0_MAC},
-    packet::{arp_request, Frame, L4, TCP_ACK, TCP_SYN},
+    packet::{arp_request, echo_request, icmp_error, quoted, Frame, L4, TCP_ACK, TCP_SYN},
     topology::mac_for,
     Netns,
 };
@@ -309,6 +309,72 @@ fn cases() -> Vec<Case> {
     let mut opts_out = via_eth0(Frame::tcp(snat, oport, be_a, 8080, TCP_SYN), v4mac("198.18.1.1"));
     opts_out.ip_options = vec![1, 1, 1, 0];
 
+    // ICMP errors about known flows. From the client's side, about what the
+    // client was sent (VIP -> client): to the backend, as if about what the
+    // backend sent.
+    let router = ip("198.18.0.1");
+    let synack = Frame::tcp(vip_nat, 80, client, 40000, TCP_SYN | TCP_ACK).build();
+    let frag_needed = icmp_error(router, vip_nat, 3, 4, &quoted(&synack));
+    let backend_sent = Frame::tcp(be_a, 8080, snat, port, TCP_SYN | TCP_ACK).build();
+    let frag_to_backend = via_eth0(
+        icmp_error(snat, be_a, 3, 4, &quoted(&backend_sent)),
+        v4mac("198.18.1.1"),
+    );
+    // From a backend, about what xlb sent it: to the client, as if about
+    // what the client sent. The quoted UDP checksum is left as it was.
+    let sent_to_backend = {
+        let mut f = Frame::udp(snat, uport, be_a, 5353);
+        f.payload = b"query".to_vec();
+        f.build()
+    };
+    let unreach = {
+        let mut f = icmp_error(be_a, snat, 3, 3, &quoted(&sent_to_backend));
+        f.src_mac = v4mac("198.18.1.1");
+        f.dst_mac = ETH0_MAC;
+        f
+    };
+    let unreach_to_client = {
+        let mut q = quoted(&dns.build());
+        q[20 + 6..20 + 8].copy_from_slice(&quoted(&sent_to_backend)[20 + 6..20 + 8]);
+        let mut f = icmp_error(vip_nat, client2, 3, 3, &q);
+        f.src_mac = LOCAL_MAC;
+        f.dst_mac = CLIENT_MAC;
+        f
+    };
+    let dsr_frag = icmp_error(
+        router,
+        vip_dsr,
+        3,
+        4,
+        &quoted(&Frame::tcp(vip_dsr, 80, client, 40001, TCP_ACK).build()),
+    );
+    let dsr_frag_out = via_eth0(dsr_frag.clone(), v4mac("198.18.1.2"));
+    let router6 = ip("2001:db8::ff");
+    let too_big = icmp_error(
+        router6,
+        vip6,
+        2,
+        0,
+        &quoted(&Frame::tcp(vip6, 80, c6, 40000, TCP_ACK).build()),
+    );
+    let too_big_out = via_eth0(
+        icmp_error(
+            snat6,
+            be6,
+            2,
+            0,
+            &quoted(&Frame::tcp(be6, 8080, snat6, port6, TCP_ACK).build()),
+        ),
+        V6_BACKEND_MAC,
+    );
+    let unknown = icmp_error(
+        router,
+        vip_nat,
+        3,
+        4,
+        &quoted(&Frame::tcp(vip_nat, 80, client, 49999, TCP_ACK).build()),
+    );
+
     let http = Frame::tcp(client, 40000, vip_http, 80, TCP_SYN);
     let mut first_frag = http.clone();
     first_frag.frag = 0x2000;
@@ -391,6 +457,44 @@ fn cases() -> Vec<Case> {
             Some("dsr4"),
         ),
         case(
+            "icmp: frag needed at the vip, to the nat backend",
+            frag_needed.build(),
+            XDP_REDIRECT,
+            Some(frag_to_backend.build()),
+            "redirect",
+            None,
+        ),
+        case(
+            "icmp: port unreachable from a backend, to the client",
+            unreach.build(),
+            XDP_TX,
+            Some(unreach_to_client.build()),
+            "tx",
+            None,
+        ),
+        case(
+            "icmp: frag needed at a dsr vip, to the backend",
+            dsr_frag.build(),
+            XDP_REDIRECT,
+            Some(dsr_frag_out.build()),
+            "redirect",
+            None,
+        ),
+        case(
+            "icmpv6: packet too big at the vip, to the nat backend",
+            too_big.build(),
+            XDP_REDIRECT,
+            Some(too_big_out.build()),
+            "redirect",
+            None,
+        ),
+        pass(
+            "icmp: error about no known flow",
+            unknown.build(),
+            "pass_not_service",
+            None,
+        ),
+        case(
             "nat: service without backends",
             Frame::tcp(client, 40000, ip("198.19.0.40"), 80, TCP_SYN).build(),
             XDP_DROP,
@@ -438,9 +542,15 @@ fn cases() -> Vec<Case> {
             None,
         ),
         pass(
-            "icmp to vip",
-            Frame::new(client, vip_nat, L4::Other(1)).build(),
+            "icmp echo to vip: the kernel answers",
+            echo_request(client, vip_nat).build(),
             "pass_not_service",
+            None,
+        ),
+        pass(
+            "icmp without its header",
+            Frame::new(client, vip_nat, L4::Other(1)).build(),
+            "pass_parse_error",
             None,
         ),
         pass("first fragment", first_frag.build(), "pass_fragment", None),

@@ -31,6 +31,9 @@ pub fn floor_swap(ctx: XdpContext) -> u32 {
         dport_be: 0,
         l3_off: 0,
         l4_off: 0,
+        icmp_error: false,
+        inner_l3_off: 0,
+        inner_l4_off: 0,
         bytes: 0,
     };
     match parse::parse(&ctx, &mut pkt) {
