@@ -4,11 +4,11 @@
 //! asserted at compile time, so both sides agree on the layout byte for byte.
 //! Fields in network byte order carry a `_be` suffix; `[u8; N]` addresses are
 //! network order by nature.
-#![cfg_attr(not(any(feature = "user", test)), no_std)]
+#![cfg_attr(not(any(feature = "std", test)), no_std)]
 
 pub mod csum;
 pub mod hash;
-#[cfg(any(feature = "user", test))]
+#[cfg(any(feature = "std", test))]
 pub mod maglev;
 
 /// Map names, shared so user space never spells them differently.

@@ -8,7 +8,7 @@ use hyper::{body::Bytes, server::conn::http1, service::service_fn, Method, Reque
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::daemon::Shared;
+use crate::daemon::{AdminState, RunError, Shared};
 
 type Resp = Response<Full<Bytes>>;
 
@@ -21,7 +21,29 @@ fn reply(status: StatusCode, ctype: &str, body: impl Into<Bytes>) -> Resp {
 }
 
 async fn route(shared: Shared, req: Request<hyper::body::Incoming>) -> Resp {
-    match (req.method(), req.uri().path()) {
+    let path = req.uri().path().to_string();
+    // POST /api/servers/SERVICE/BACKEND/state, body ready|drain|maint
+    if let (&Method::POST, Some(rest)) = (req.method(), path.strip_prefix("/api/servers/")) {
+        let parts: Vec<&str> = rest.split('/').collect();
+        let [service, backend, "state"] = parts.as_slice() else {
+            return reply(StatusCode::NOT_FOUND, "text/plain", "not found\n");
+        };
+        let (service, backend) = (service.to_string(), backend.to_string());
+        let body = match req.into_body().collect().await {
+            Ok(b) => String::from_utf8_lossy(&b.to_bytes()).trim().to_string(),
+            Err(e) => return reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+        };
+        let state = match body.parse::<AdminState>() {
+            Ok(s) => s,
+            Err(e) => return reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+        };
+        return match shared.lock().await.set_state(&service, &backend, state) {
+            Ok(()) => reply(StatusCode::OK, "text/plain", "ok\n"),
+            Err(e @ RunError::NoSuchBackend { .. }) => reply(StatusCode::NOT_FOUND, "text/plain", format!("{e}\n")),
+            Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
+        };
+    }
+    match (req.method(), path.as_str()) {
         (&Method::GET, "/api/status") => {
             let status = shared.lock().await.status();
             let body = serde_json::to_vec_pretty(&status).unwrap_or_default();
@@ -69,6 +91,16 @@ pub enum ClientError {
 
 /// One request to the admin API; returns the status code and body.
 pub async fn request(addr: SocketAddr, method: Method, path: &str) -> Result<(StatusCode, Bytes), ClientError> {
+    request_with(addr, method, path, Bytes::new()).await
+}
+
+/// One request with a body.
+pub async fn request_with(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    body: Bytes,
+) -> Result<(StatusCode, Bytes), ClientError> {
     let http = |reason: String| ClientError::Http { addr, reason };
     let stream = TcpStream::connect(addr)
         .await
@@ -81,7 +113,7 @@ pub async fn request(addr: SocketAddr, method: Method, path: &str) -> Result<(St
         .method(method)
         .uri(path)
         .header("host", addr.to_string())
-        .body(Full::new(Bytes::new()))
+        .body(Full::new(body))
         .map_err(|e| http(e.to_string()))?;
     let resp = sender.send_request(req).await.map_err(|e| http(e.to_string()))?;
     let status = resp.status();

@@ -134,7 +134,7 @@ struct RawBackend {
     weight: Spanned<i64>,
     #[serde(default)]
     backup: bool,
-    cookie: Option<String>,
+    cookie: Option<Spanned<String>>,
 }
 
 fn one() -> Spanned<i64> {
@@ -149,8 +149,8 @@ struct RawHealth {
     expect: Option<String>,
     interval: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
-    rise: Option<u32>,
-    fall: Option<u32>,
+    rise: Option<Spanned<u32>>,
+    fall: Option<Spanned<u32>>,
 }
 
 /// A validated config.
@@ -389,15 +389,22 @@ impl Validator<'_> {
             if rs.mode != Mode::Nat {
                 self.at(s, "snat applies to mode \"nat\" only".into());
             }
-            s.get_ref().parse::<IpAddr>().ok().or_else(|| {
+            let ip = s.get_ref().parse::<IpAddr>().ok().or_else(|| {
                 self.at(s, format!("snat {:?} is not an IP address", s.get_ref()));
                 None
-            })
+            })?;
+            if let Ok(v) = &vip {
+                if v.is_ipv4() != ip.is_ipv4() {
+                    self.at(s, format!("snat {ip} is not of the VIP's address family"));
+                }
+            }
+            Some(ip)
         });
         if rs.mode == Mode::Http && rs.protocol == Protocol::Udp {
             self.at(&rs.name, "mode \"http\" needs protocol \"tcp\"".into());
         }
         let mut backends = Vec::new();
+        let mut cookies: Vec<(String, bool, String)> = Vec::new();
         for rb in rs.backend {
             let bname = rb.name.get_ref().clone();
             if backends.iter().any(|b: &Backend| b.name == bname) {
@@ -416,13 +423,45 @@ impl Validator<'_> {
             if !(0..=MAX_WEIGHT).contains(&w) {
                 self.at(&rb.weight, format!("weight {w} is not in 0-{MAX_WEIGHT}"));
             }
+            if let (Ok(a), Ok(v)) = (&address, &vip) {
+                // xlb does not translate between IPv4 and IPv6.
+                if rs.mode != Mode::Http && a.is_ipv4() != v.is_ipv4() {
+                    self.at(
+                        &rb.address,
+                        format!(
+                            "backend {bname:?}: {a} is not of the VIP's address family (mode {})",
+                            rs.mode.as_str()
+                        ),
+                    );
+                }
+            }
+            if let Some(c) = &rb.cookie {
+                if rs.mode != Mode::Http {
+                    self.at(
+                        &rb.name,
+                        format!("backend {bname:?}: cookie applies to mode \"http\" only"),
+                    );
+                } else if c.get_ref().is_empty() {
+                    self.at(c, format!("backend {bname:?}: empty cookie value"));
+                } else if let Some(other) = cookies
+                    .iter()
+                    .find(|(v, backup, _)| v == c.get_ref() && !backup && !rb.backup)
+                {
+                    // A server and its backup may share a value; two normal servers may not.
+                    self.at(
+                        c,
+                        format!("cookie value {:?} already used by backend {:?}", c.get_ref(), other.2),
+                    );
+                }
+                cookies.push((c.get_ref().clone(), rb.backup, bname.clone()));
+            }
             if let Ok(address) = address {
                 backends.push(Backend {
                     name: bname,
                     address,
                     weight: w.clamp(0, MAX_WEIGHT) as u32,
                     backup: rb.backup,
-                    cookie: rb.cookie,
+                    cookie: rb.cookie.map(Spanned::into_inner),
                 });
             }
         }
@@ -462,16 +501,42 @@ impl Validator<'_> {
                 HealthKind::Tcp
             }
         };
-        for (field, target) in [(raw.interval, &mut h.interval), (raw.timeout, &mut h.timeout)] {
+        for (name, field, target) in [
+            ("interval", raw.interval, &mut h.interval),
+            ("timeout", raw.timeout, &mut h.timeout),
+        ] {
             if let Some(s) = field {
                 match parse_duration(s.get_ref()) {
+                    Ok(d) if d.is_zero() => self.at(&s, format!("health {name} must be more than 0")),
                     Ok(d) => *target = d,
                     Err(e) => self.at(&s, e),
                 }
             }
         }
-        h.rise = raw.rise.unwrap_or(h.rise).max(1);
-        h.fall = raw.fall.unwrap_or(h.fall).max(1);
+        for (name, field, target) in [("rise", raw.rise, &mut h.rise), ("fall", raw.fall, &mut h.fall)] {
+            if let Some(n) = field {
+                if *n.get_ref() == 0 {
+                    self.at(&n, format!("health {name} must be at least 1"));
+                } else {
+                    *target = *n.get_ref();
+                }
+            }
+        }
+        if let HealthKind::Http { expect, .. } = &h.kind {
+            let ok = expect.split(',').all(|part| {
+                let part = part.trim();
+                match part.split_once('-') {
+                    Some((a, b)) => a.trim().parse::<u16>().is_ok() && b.trim().parse::<u16>().is_ok(),
+                    None => part.parse::<u16>().is_ok(),
+                }
+            });
+            if !ok {
+                self.at(
+                    &raw.kind,
+                    format!("health expect {expect:?} is not a status list or range like \"200-399\""),
+                );
+            }
+        }
         h
     }
 }

@@ -1,6 +1,10 @@
 //! `xlb run`: the long-running daemon.
 
-use std::{collections::HashSet, path::PathBuf, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    sync::Arc,
+};
 
 use tokio::{
     signal::unix::{signal, SignalKind},
@@ -13,7 +17,7 @@ use crate::{
     config::{self, Config, LoadError, Mode},
     dataplane::{DataPlane, DataPlaneError},
     health,
-    map_manager::BackendRef,
+    map_manager::{BackendRef, BackendStates},
     status::{BackendStatus, ServiceStatus, Status},
 };
 
@@ -35,6 +39,29 @@ pub enum RunError {
     },
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
+    #[error("no backend {backend:?} in service {service:?}")]
+    NoSuchBackend { service: String, backend: String },
+}
+
+/// What the operator set with `xlb server set-state` (HAProxy's
+/// ready/drain/maint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminState {
+    Ready,
+    Drain,
+    Maint,
+}
+
+impl std::str::FromStr for AdminState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ready" => Ok(AdminState::Ready),
+            "drain" => Ok(AdminState::Drain),
+            "maint" => Ok(AdminState::Maint),
+            _ => Err(format!("state {s:?} is not ready, drain or maint")),
+        }
+    }
 }
 
 pub struct Daemon {
@@ -43,6 +70,8 @@ pub struct Daemon {
     dp: Option<DataPlane>,
     /// Backends that failed their health checks.
     down: HashSet<BackendRef>,
+    /// Operator states other than ready.
+    admin: HashMap<BackendRef, AdminState>,
     checks: Vec<JoinHandle<()>>,
     health_tx: mpsc::Sender<health::Change>,
 }
@@ -67,7 +96,7 @@ impl Daemon {
         let dp = match iface {
             Some(iface) => {
                 let mut dp = DataPlane::start(&iface, cfg.global.xdp_mode)?;
-                dp.apply(&cfg, &HashSet::new())?;
+                dp.apply(&cfg, &BackendStates::default())?;
                 Some(dp)
             }
             None if !l4.is_empty() => return Err(RunError::NoInterface(l4.join(", "))),
@@ -78,6 +107,7 @@ impl Daemon {
             cfg,
             dp,
             down: HashSet::new(),
+            admin: HashMap::new(),
             checks: Vec::new(),
             health_tx,
         };
@@ -94,24 +124,67 @@ impl Daemon {
         self.checks = health::spawn(&self.cfg, &is_up, self.health_tx.clone());
     }
 
+    /// The backends' states as the map manager needs them.
+    fn states(down: &HashSet<BackendRef>, admin: &HashMap<BackendRef, AdminState>) -> BackendStates {
+        let with = |st: AdminState| admin.iter().filter(move |(_, s)| **s == st).map(|(r, _)| r.clone());
+        BackendStates {
+            out: down.iter().cloned().chain(with(AdminState::Maint)).collect(),
+            drained: with(AdminState::Drain).collect(),
+        }
+    }
+
+    fn apply(&mut self) -> Result<(), RunError> {
+        if let Some(dp) = &mut self.dp {
+            dp.apply(&self.cfg, &Self::states(&self.down, &self.admin))?;
+        }
+        Ok(())
+    }
+
     /// Re-reads the config file; a bad file leaves everything as it was.
     pub fn reload(&mut self) -> Result<(), RunError> {
         let cfg = config::load(&self.path)?;
-        // Health state carries over for backends that are still configured.
+        // Health and operator states carry over for backends still configured.
         let still: HashSet<BackendRef> = cfg
             .services
             .iter()
             .flat_map(|s| s.backends.iter().map(|b| (s.name.clone(), b.name.clone())))
             .collect();
         let down: HashSet<BackendRef> = self.down.intersection(&still).cloned().collect();
+        let mut admin = self.admin.clone();
+        admin.retain(|r, _| still.contains(r));
         if let Some(dp) = &mut self.dp {
-            dp.apply(&cfg, &down)?;
+            dp.apply(&cfg, &Self::states(&down, &admin))?;
         }
         tracing::info!(services = cfg.services.len(), "config reloaded");
         self.cfg = cfg;
         self.down = down;
+        self.admin = admin;
         self.restart_checks();
         Ok(())
+    }
+
+    /// `xlb server set-state`: ready, drain (no new flows, existing ones
+    /// stay) or maint (out: no traffic at all).
+    pub fn set_state(&mut self, service: &str, backend: &str, state: AdminState) -> Result<(), RunError> {
+        let known = self
+            .cfg
+            .services
+            .iter()
+            .any(|s| s.name == service && s.backends.iter().any(|b| b.name == backend));
+        if !known {
+            return Err(RunError::NoSuchBackend {
+                service: service.into(),
+                backend: backend.into(),
+            });
+        }
+        let r = (service.to_string(), backend.to_string());
+        let before = self.admin.get(&r).copied().unwrap_or(AdminState::Ready);
+        match state {
+            AdminState::Ready => self.admin.remove(&r),
+            other => self.admin.insert(r, other),
+        };
+        tracing::warn!("backend {backend} of service {service}: {before:?} -> {state:?} (set by the operator)");
+        self.apply()
     }
 
     /// A health-check state change: logged, and the tables rebuilt.
@@ -132,10 +205,8 @@ impl Daemon {
             c.service,
             c.reason
         );
-        if let Some(dp) = &mut self.dp {
-            if let Err(e) = dp.apply(&self.cfg, &self.down) {
-                tracing::error!("rebuilding the tables after a health change failed: {e}");
-            }
+        if let Err(e) = self.apply() {
+            tracing::error!("rebuilding the tables after a health change failed: {e}");
         }
     }
 
@@ -164,12 +235,13 @@ impl Daemon {
                                 .as_ref()
                                 .map(|d| d.backend_stats(&s.name, &b.name))
                                 .unwrap_or_default();
-                            let state = if self.down.contains(&(s.name.clone(), b.name.clone())) {
-                                "down"
-                            } else if b.weight == 0 {
-                                "drain"
-                            } else {
-                                "up"
+                            let r = (s.name.clone(), b.name.clone());
+                            let state = match self.admin.get(&r) {
+                                Some(AdminState::Maint) => "maint",
+                                _ if self.down.contains(&r) => "down",
+                                Some(AdminState::Drain) => "drain",
+                                _ if b.weight == 0 => "drain",
+                                _ => "up",
                             };
                             BackendStatus {
                                 name: b.name.clone(),

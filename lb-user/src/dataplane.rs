@@ -2,7 +2,6 @@
 //! maps in step with the config.
 
 use std::{
-    collections::HashSet,
     error::Error as StdError,
     ffi::{CStr, CString},
     io,
@@ -18,7 +17,7 @@ use lb_common::{maps, outcome, ServiceStats};
 
 use crate::{
     config::{Config, Service, XdpModeCfg},
-    map_manager::{read_stats, service_key, BackendRef, MapManager},
+    map_manager::{read_stats, service_key, BackendStates, MapManager},
 };
 
 /// The XDP object built by `cargo xtask build`, embedded at compile time.
@@ -224,14 +223,14 @@ impl DataPlane {
         })
     }
 
-    /// Makes the maps match `cfg` with the backends in `down` out.
-    pub fn apply(&mut self, cfg: &Config, down: &HashSet<BackendRef>) -> Result<(), DataPlaneError> {
+    /// Makes the maps match `cfg` and the backends' states.
+    pub fn apply(&mut self, cfg: &Config, states: &BackendStates) -> Result<(), DataPlaneError> {
         if cfg.services.iter().any(|s| s.mode != crate::config::Mode::Http) {
             enable_forwarding(&self.iface);
         }
         let addrs = interface_addrs(&self.iface);
         let default_snat = |vip: IpAddr| addrs.iter().copied().find(|a| a.is_ipv4() == vip.is_ipv4());
-        self.maps.apply(&mut self.ebpf, cfg, down, &default_snat)
+        self.maps.apply(&mut self.ebpf, cfg, states, &default_snat)
     }
 
     /// Counters of one service, summed over CPUs; zero if not installed.

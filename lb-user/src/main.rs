@@ -41,6 +41,24 @@ enum Cmd {
         #[arg(long, default_value = config::DEFAULT_ADMIN)]
         admin: SocketAddr,
     },
+    /// Runtime operations on backends ("servers" in HAProxy's words).
+    Server {
+        #[command(subcommand)]
+        op: ServerOp,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServerOp {
+    /// ready: normal; drain: no new flows, existing ones stay; maint: no traffic at all.
+    SetState {
+        service: String,
+        backend: String,
+        #[arg(value_parser = ["ready", "drain", "maint"])]
+        state: String,
+        #[arg(long, default_value = config::DEFAULT_ADMIN)]
+        admin: SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -96,6 +114,24 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 let status: Status = serde_json::from_slice(&body).context("admin API sent malformed status")?;
                 print!("{}", status.render());
             }
+            Ok(())
+        }
+        Cmd::Server {
+            op:
+                ServerOp::SetState {
+                    service,
+                    backend,
+                    state,
+                    admin,
+                },
+        } => {
+            let path = format!("/api/servers/{service}/{backend}/state");
+            let (code, body) =
+                runtime()?.block_on(admin::request_with(admin, Method::POST, &path, state.clone().into()))?;
+            if code != StatusCode::OK {
+                bail!("{}", String::from_utf8_lossy(&body).trim_end());
+            }
+            println!("{service}/{backend}: {state}");
             Ok(())
         }
         Cmd::Reload { admin } => {

@@ -26,6 +26,22 @@ use crate::{
 /// (service name, backend name): how a backend is known across reloads.
 pub type BackendRef = (String, String);
 
+/// Backend state beyond the config: what health checks and the operator
+/// said.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackendStates {
+    /// Out (failed checks, or `maint`): no traffic; their flows move.
+    pub out: HashSet<BackendRef>,
+    /// `drain`: no new flows; existing flows stay (like weight 0).
+    pub drained: HashSet<BackendRef>,
+}
+
+impl BackendStates {
+    fn takes_new_flows(&self, r: &BackendRef) -> bool {
+        !self.out.contains(r) && !self.drained.contains(r)
+    }
+}
+
 fn map_err(name: &'static str, e: &(dyn std::error::Error + 'static)) -> DataPlaneError {
     DataPlaneError::Map {
         name,
@@ -81,10 +97,10 @@ fn free_index(used: impl Iterator<Item = u32>, limit: u32, what: &'static str) -
     })
 }
 
-/// Which backends take new flows: the normal ones that are up with weight
-/// > 0, else (HAProxy's backup rule) the backups that are up.
-pub fn eligible<'a>(svc: &'a Service, down: &HashSet<BackendRef>) -> Vec<&'a Backend> {
-    let up = |b: &&Backend| b.weight > 0 && !down.contains(&(svc.name.clone(), b.name.clone()));
+/// Which backends take new flows: the normal ones that are up, not drained,
+/// with weight > 0, else (HAProxy's backup rule) such backups.
+pub fn eligible<'a>(svc: &'a Service, states: &BackendStates) -> Vec<&'a Backend> {
+    let up = |b: &&Backend| b.weight > 0 && states.takes_new_flows(&(svc.name.clone(), b.name.clone()));
     let normal: Vec<&Backend> = svc.backends.iter().filter(|b| !b.backup).filter(up).collect();
     if !normal.is_empty() {
         return normal;
@@ -93,14 +109,15 @@ pub fn eligible<'a>(svc: &'a Service, down: &HashSet<BackendRef>) -> Vec<&'a Bac
 }
 
 impl MapManager {
-    /// Makes the maps match `cfg`; backends in `down` are out (their flows
-    /// move), backends with weight 0 keep their flows but get no new ones.
+    /// Makes the maps match `cfg` and `states`: out backends lose their
+    /// flows, drained ones and those with weight 0 keep them but get no new
+    /// ones.
     /// `default_snat` gives the source address for nat services without one.
     pub fn apply(
         &mut self,
         ebpf: &mut Ebpf,
         cfg: &Config,
-        down: &HashSet<BackendRef>,
+        states: &BackendStates,
         default_snat: &dyn Fn(IpAddr) -> Option<IpAddr>,
     ) -> Result<(), DataPlaneError> {
         // 1. Backends: ids for new ones, entries (re)written.
@@ -130,7 +147,7 @@ impl MapManager {
                     addr,
                     port_be: b.address.port().to_be(),
                     family,
-                    flags: if down.contains(&r) { BE_F_DOWN } else { 0 },
+                    flags: if states.out.contains(&r) { BE_F_DOWN } else { 0 },
                     _pad: 0,
                 };
                 bmap.set(id, entry, 0).map_err(|e| map_err(maps::BACKENDS, &e))?;
@@ -179,7 +196,7 @@ impl MapManager {
 
         // 3. Services: rings then the service entry, for each.
         for (key, svc) in wanted {
-            self.apply_service(ebpf, key, svc, down, default_snat)?;
+            self.apply_service(ebpf, key, svc, states, default_snat)?;
         }
         Ok(())
     }
@@ -189,7 +206,7 @@ impl MapManager {
         ebpf: &mut Ebpf,
         key: ServiceKey,
         svc: &Service,
-        down: &HashSet<BackendRef>,
+        states: &BackendStates,
         default_snat: &dyn Fn(IpAddr) -> Option<IpAddr>,
     ) -> Result<(), DataPlaneError> {
         let l4 = svc.mode != Mode::Http;
@@ -238,7 +255,7 @@ impl MapManager {
             value.snat = addr16(snat).0;
         }
         if l4 {
-            let table = self.table(svc, down);
+            let table = self.table(svc, states);
             let inst = self.services.get_mut(&key).expect("inserted above");
             let idle = 1 - inst.live;
             let ring = 2 * inst.pair.expect("set above") + idle;
@@ -253,8 +270,8 @@ impl MapManager {
     }
 
     /// The Maglev table of a service for the current backend state.
-    fn table(&self, svc: &Service, down: &HashSet<BackendRef>) -> Vec<u32> {
-        let entries: Vec<maglev::Entry<'_>> = eligible(svc, down)
+    fn table(&self, svc: &Service, states: &BackendStates) -> Vec<u32> {
+        let entries: Vec<maglev::Entry<'_>> = eligible(svc, states)
             .into_iter()
             .map(|b| maglev::Entry {
                 name: &b.name,

@@ -35,7 +35,8 @@ pub struct BackendStatus {
     pub address: String,
     pub weight: u32,
     pub backup: bool,
-    /// Administrative state: "ready" or "drain" (weight 0).
+    /// "up", "down" (health checks), "drain" (operator or weight 0) or
+    /// "maint" (operator).
     pub state: String,
     /// Packets forwarded to this backend by XDP, and flows pinned to it.
     pub packets: u64,

@@ -16,7 +16,6 @@
 //! Results are printed and written to `bench-results/l4.md`.
 
 use std::{
-    collections::HashSet,
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
     path::{Path, PathBuf},
@@ -121,7 +120,7 @@ fn per_packet() -> Vec<Timed> {
     let mut ebpf = load_object().expect("xlb's XDP object (cargo xtask build)");
     let cfg = config::parse(Path::new("bench.toml"), &bench_config()).unwrap();
     MapManager::default()
-        .apply(&mut ebpf, &cfg, &HashSet::new(), &|_| None)
+        .apply(&mut ebpf, &cfg, &Default::default(), &|_| None)
         .unwrap();
     let floor_obj = std::env::var_os("XLB_BENCH_FLOOR_OBJ")
         .map(PathBuf::from)

@@ -7,6 +7,7 @@
 //! new lab removes what a killed run left behind.
 
 pub mod fib_ns;
+pub mod l4;
 pub mod netns;
 pub mod packet;
 pub mod servers;

@@ -2,122 +2,16 @@
 //! connections: source affinity, minimal disruption, connection consistency
 //! while backends change, full-NAT port mapping and L2 direct routing.
 
-use std::{
-    collections::BTreeMap,
-    io::{BufRead, BufReader, Write},
-    net::{IpAddr, SocketAddr},
-    path::Path,
-    thread,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, net::SocketAddr, thread, time::Duration};
 
 use lab::{
-    servers::{connect_from, tcp_hello, Kind, Server},
+    l4::{config, hello, predict, reload, start_servers, status, Spec, Stream},
+    servers::{Kind, Server},
     topology::vip,
-    xlb::{temp_file, xlb_once},
+    xlb::temp_file,
     Lab, LabSpec, XlbProcess,
 };
-use lb_common::{hash, maglev, RING_SIZE};
-
-const VIP_N: u8 = 10;
-
-/// A config with one service and the given (name, backend index, weight).
-fn config(mode: &str, backend_port: u16, backends: &[(&str, usize, u32)]) -> String {
-    let mut c = format!(
-        "[global]\ninterface = \"eth0\"\n\n[[service]]\nname = \"web\"\nvip = \"{}\"\nport = 80\nmode = \"{mode}\"\n\
-         [service.health]\nkind = \"tcp\"\ninterval = \"300ms\"\ntimeout = \"200ms\"\nrise = 1\nfall = 2\n",
-        vip(VIP_N)
-    );
-    for (name, i, w) in backends {
-        c += &format!(
-            "[[service.backend]]\nname = \"{name}\"\naddress = \"{}:{backend_port}\"\nweight = {w}\n",
-            lab::topology::backend_ip(*i)
-        );
-    }
-    c
-}
-
-/// The backend Maglev (as xlb builds it) names for a client address.
-fn predict(backends: &[(&str, usize, u32)], client: IpAddr) -> String {
-    let entries: Vec<maglev::Entry<'_>> = backends
-        .iter()
-        .enumerate()
-        .map(|(i, (n, _, w))| maglev::Entry {
-            name: n,
-            id: i as u32,
-            weight: *w,
-        })
-        .collect();
-    let table = maglev::build(&entries, RING_SIZE);
-    let mut a = [0u8; 16];
-    if let IpAddr::V4(v4) = client {
-        a[..4].copy_from_slice(&v4.octets());
-    }
-    backends[table[(hash::source_hash(&a) % RING_SIZE) as usize] as usize]
-        .0
-        .to_string()
-}
-
-fn dst() -> SocketAddr {
-    SocketAddr::new(vip(VIP_N).into(), 80)
-}
-
-/// The greeting of one new connection from `client`, retried while the
-/// xlb node is still resolving neighbours (first seconds only).
-fn hello(lab: &Lab, client: IpAddr) -> String {
-    let deadline = Instant::now() + Duration::from_secs(8);
-    loop {
-        match tcp_hello(
-            &lab.client.ns,
-            SocketAddr::new(client, 0),
-            dst(),
-            Duration::from_millis(1500),
-        ) {
-            Ok(name) => return name,
-            Err(e) if Instant::now() > deadline => panic!("no answer for {client}: {e}"),
-            Err(_) => thread::sleep(Duration::from_millis(100)),
-        }
-    }
-}
-
-fn start_servers(lab: &Lab, port: u16, bind_vip: bool) -> Vec<Server> {
-    lab.backends
-        .iter()
-        .map(|b| {
-            let ip: IpAddr = if bind_vip { vip(VIP_N).into() } else { b.ip.into() };
-            Server::start(&b.ns, SocketAddr::new(ip, port), &b.role, Kind::Tcp).unwrap()
-        })
-        .collect()
-}
-
-fn status(lab: &Lab) -> serde_json::Value {
-    let out = xlb_once(&lab.xlb.ns, &["status", "--json"]).unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// Rewrites the config file, sends SIGHUP and waits until the daemon runs
-/// exactly these backends.
-fn reload(lab: &Lab, xlb: &XlbProcess, path: &Path, cfg: &str, want: &[(&str, usize, u32)]) {
-    std::fs::write(path, cfg).unwrap();
-    xlb.signal(libc::SIGHUP);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let st = status(lab);
-        let got: Vec<(String, u64)> = st["services"][0]["backends"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| (b["name"].as_str().unwrap().to_string(), b["weight"].as_u64().unwrap()))
-            .collect();
-        let want: Vec<(String, u64)> = want.iter().map(|(n, _, w)| (n.to_string(), u64::from(*w))).collect();
-        if got == want {
-            return;
-        }
-        assert!(Instant::now() < deadline, "reload not applied: {got:?}\n{}", xlb.log());
-        thread::sleep(Duration::from_millis(50));
-    }
-}
+const VIP_N: u8 = lab::l4::VIP_N;
 
 #[test]
 fn source_affinity_follows_maglev_and_weights() {
@@ -197,47 +91,6 @@ fn removing_a_backend_moves_only_its_clients() {
     xlb.stop().unwrap();
 }
 
-/// A stream: one connection, a line written and answered every 20 ms.
-struct Stream {
-    backend: String,
-    stream: std::net::TcpStream,
-    reader: BufReader<std::net::TcpStream>,
-}
-
-impl Stream {
-    fn open(lab: &Lab, client: IpAddr) -> Stream {
-        let s = connect_from(
-            &lab.client.ns,
-            SocketAddr::new(client, 0),
-            dst(),
-            Duration::from_secs(2),
-        )
-        .unwrap();
-        let mut reader = BufReader::new(s.try_clone().unwrap());
-        let mut greeting = String::new();
-        reader.read_line(&mut greeting).unwrap();
-        Stream {
-            backend: greeting.trim().to_string(),
-            stream: s,
-            reader,
-        }
-    }
-
-    /// Sends one line; the answer must come from the same backend.
-    fn ping(&mut self, n: usize) -> Result<(), String> {
-        self.stream
-            .write_all(format!("ping {n}\n").as_bytes())
-            .map_err(|e| e.to_string())?;
-        let mut line = String::new();
-        self.reader.read_line(&mut line).map_err(|e| e.to_string())?;
-        if line.trim() == format!("{} ping {n}", self.backend) {
-            Ok(())
-        } else {
-            Err(format!("answer {line:?} on a stream of {}", self.backend))
-        }
-    }
-}
-
 #[test]
 fn streams_keep_flowing_while_backends_change() {
     lab::require_root!();
@@ -271,7 +124,7 @@ fn streams_keep_flowing_while_backends_change() {
         .count();
     assert!(would_move > 0, "no stream's slot changes: the test would prove nothing");
 
-    let steps: [&[(&str, usize, u32)]; 3] = [&four, &reweighted, &three];
+    let steps: [&[Spec<'_>]; 3] = [&four, &reweighted, &three];
     let mut n = 0;
     for step in steps {
         reload(&lab, &xlb, &cfg, &config("nat", 8080, step), step);

@@ -10,7 +10,6 @@
 //! came in on lo) by XDP_TX.
 
 use std::{
-    collections::HashSet,
     net::{IpAddr, Ipv4Addr},
     path::Path,
 };
@@ -135,7 +134,7 @@ impl Fixture {
         let mut ebpf = load_object().expect("load the XDP object (built by cargo xtask build)");
         let cfg = config::parse(Path::new("fixtures.toml"), CONFIG).unwrap();
         let mut mm = MapManager::default();
-        mm.apply(&mut ebpf, &cfg, &HashSet::new(), &|_| None).unwrap();
+        mm.apply(&mut ebpf, &cfg, &Default::default(), &|_| None).unwrap();
         Fixture { ebpf, mm, cfg }
     }
 

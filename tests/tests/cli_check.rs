@@ -1,0 +1,192 @@
+//! `xlb check` on broken configs (table-driven: each must be refused with
+//! FILE:LINE: reason, the line found by a marker in the text) and on the
+//! bundled examples (must pass).
+
+use std::{path::Path, process::Command};
+
+use lab::xlb::{temp_file, xlb_binary};
+
+const L4: &str = "[[service]]\nname = \"web\"\nvip = \"198.18.0.10\"\nport = 80\nmode = \"nat\"\n";
+const HTTP: &str = "[[service]]\nname = \"site\"\nvip = \"198.18.0.11\"\nport = 80\nmode = \"http\"\n";
+
+fn backend(name: &str, addr: &str, extra: &str) -> String {
+    format!("  [[service.backend]]\n  name = \"{name}\"\n  address = \"{addr}\"\n{extra}")
+}
+
+/// (case name, config text, marker on the line to report, reason text)
+fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
+    vec![
+        (
+            "unknown key",
+            "[global]\ninterface = \"eth0\"\nbogus = 1\n".into(),
+            "bogus",
+            "unknown field `bogus`",
+        ),
+        (
+            "toml syntax",
+            "[global]\ninterface = \"eth0\n".into(),
+            "interface",
+            "invalid",
+        ),
+        (
+            "duplicate service name",
+            format!("{L4}{}", L4.replace("198.18.0.10", "198.18.0.12")),
+            "",
+            "duplicate service name \"web\"",
+        ),
+        (
+            "vip/port conflict",
+            format!("{L4}{}", L4.replace("\"web\"", "\"other\"")),
+            "\"other\"",
+            "uses 198.18.0.10:80/tcp already taken by service \"web\"",
+        ),
+        (
+            "bad vip",
+            L4.replace("198.18.0.10", "198.18.0"),
+            "198.18.0\"",
+            "vip \"198.18.0\" is not an IP address",
+        ),
+        (
+            "port 0",
+            L4.replace("port = 80", "port = 0"),
+            "port = 0",
+            "port 0 is not in 1-65535",
+        ),
+        (
+            "backend address",
+            format!("{L4}{}", backend("a", "198.18.1.10", "")),
+            "198.18.1.10",
+            "backend address \"198.18.1.10\" is not ip:port",
+        ),
+        (
+            "weight range",
+            format!("{L4}{}", backend("a", "198.18.1.10:80", "  weight = 300\n")),
+            "weight = 300",
+            "weight 300 is not in 0-256",
+        ),
+        (
+            "cookie on an L4 backend",
+            format!("{L4}{}", backend("a", "198.18.1.10:80", "  cookie = \"a\"\n")),
+            "name = \"a\"",
+            "cookie applies to mode \"http\" only",
+        ),
+        (
+            "duplicate cookie value",
+            format!(
+                "{HTTP}{}{}",
+                backend("a", "198.18.1.10:80", "  cookie = \"s1\"\n"),
+                backend("b", "198.18.1.11:80", "  cookie = \"s1\"\n")
+            ),
+            "cookie = \"s1\"",
+            "cookie value \"s1\" already used by backend \"a\"",
+        ),
+        (
+            "backend family",
+            format!("{L4}{}", backend("a", "[2001:db8::1]:80", "")),
+            "2001:db8::1",
+            "is not of the VIP's address family",
+        ),
+        (
+            "snat outside nat",
+            L4.replace("mode = \"nat\"", "mode = \"dsr\"\nsnat = \"198.18.0.2\""),
+            "snat",
+            "snat applies to mode \"nat\" only",
+        ),
+        (
+            "balance for the mode",
+            L4.replace("mode = \"nat\"", "mode = \"nat\"\nbalance = \"roundrobin\""),
+            "roundrobin",
+            "balance \"roundrobin\" is not valid for mode nat (source, 5tuple)",
+        ),
+        (
+            "http over udp",
+            HTTP.replace("mode = \"http\"", "mode = \"http\"\nprotocol = \"udp\""),
+            "name = \"site\"",
+            "mode \"http\" needs protocol \"tcp\"",
+        ),
+        (
+            "zero interval",
+            format!("{L4}  [service.health]\n  kind = \"tcp\"\n  interval = \"0s\"\n"),
+            "0s",
+            "health interval must be more than 0",
+        ),
+        (
+            "bad duration",
+            format!("{L4}  [service.health]\n  kind = \"tcp\"\n  timeout = \"5 parsecs\"\n"),
+            "parsecs",
+            "unknown unit",
+        ),
+        (
+            "bad expect",
+            format!("{L4}  [service.health]\n  kind = \"http\"\n  expect = \"2xx\"\n"),
+            "kind = \"http\"",
+            "health expect \"2xx\" is not a status list or range",
+        ),
+        (
+            "rise 0",
+            format!("{L4}  [service.health]\n  kind = \"tcp\"\n  rise = 0\n"),
+            "rise",
+            "health rise must be at least 1",
+        ),
+    ]
+}
+
+fn check(path: &Path) -> (bool, String, String) {
+    let out = Command::new(xlb_binary())
+        .arg("check")
+        .arg("--config")
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn broken_configs_are_refused_with_file_and_line() {
+    for (i, (name, text, marker, reason)) in cases().into_iter().enumerate() {
+        let path = temp_file(&format!("check-{i}.toml"), &text).unwrap();
+        // The reported line: the last line holding the marker (the second of
+        // two duplicates), or the last `name =` line for an empty marker.
+        let marker = if marker.is_empty() { "name = \"web\"" } else { marker };
+        let line = text
+            .lines()
+            .collect::<Vec<_>>()
+            .iter()
+            .rposition(|l| l.contains(marker))
+            .unwrap_or_else(|| panic!("{name}: marker"))
+            + 1;
+        let (ok, _, err) = check(&path);
+        assert!(!ok, "{name}: must be refused");
+        let want = format!("{}:{line}: ", path.display());
+        let hit = err.lines().find(|l| l.contains(&want));
+        assert!(
+            hit.is_some_and(|l| l.contains(reason)),
+            "{name}: expected `{want}...{reason}` in:\n{err}\n--- config ---\n{text}"
+        );
+    }
+}
+
+#[test]
+fn bundled_examples_pass_with_a_summary() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "toml") {
+            let (ok, out, err) = check(&p);
+            assert!(ok, "{}: {err}", p.display());
+            assert!(out.contains(": OK") && out.contains("service "), "{out}");
+        }
+    }
+}
+
+#[test]
+fn missing_file_is_one_clear_line() {
+    let (ok, _, err) = check(Path::new("/nonexistent/xlb.toml"));
+    assert!(!ok);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("cannot read config /nonexistent/xlb.toml"), "{err}");
+}

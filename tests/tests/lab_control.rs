@@ -1,0 +1,168 @@
+//! The control plane in the lab, with the real daemon and real TCP: health
+//! checks taking a killed backend out and back, operator states (drain,
+//! maint), reloads that apply and reloads that are refused.
+
+use std::{net::IpAddr, time::Duration};
+
+use lab::{
+    l4::{backend_state, config, hello, predict, start_servers, status, wait_for, Spec, Stream},
+    servers::{Kind, Server},
+    xlb::{temp_file, xlb_once},
+    Lab, LabSpec, XlbProcess,
+};
+
+fn clients(lab: &Lab) -> Vec<IpAddr> {
+    lab.client.addrs.iter().map(|a| (*a).into()).collect()
+}
+
+#[test]
+fn killed_backend_is_taken_out_and_comes_back() {
+    lab::require_root!();
+    let lab = Lab::new(&LabSpec {
+        backends: 3,
+        client_addrs: 24,
+    })
+    .unwrap();
+    let mut servers = start_servers(&lab, 8080, false);
+    let all: [Spec; 3] = [("be0", 0, 1), ("be1", 1, 1), ("be2", 2, 1)];
+    let cfg = temp_file("health.toml", &config("nat", 8080, &all)).unwrap();
+    let xlb = XlbProcess::start(&lab.xlb.ns, &cfg, &[]).unwrap();
+    let before: Vec<String> = clients(&lab).iter().map(|c| hello(&lab, *c)).collect();
+    assert!(before.iter().any(|b| b == "be1"), "the test needs clients on be1");
+
+    // Kill be1: its listener closes, checks get "connection refused".
+    let addr = servers[1].addr;
+    drop(servers.remove(1));
+    // fall (2) x interval (300 ms) + timeout (200 ms), plus scheduling slack.
+    let took = wait_for(Duration::from_secs(3), "be1 to be marked down", || {
+        backend_state(&lab, "be1") == "down"
+    });
+    println!("be1 marked down {took:?} after it died (bound: 2 x 300 ms + 200 ms)");
+    assert!(
+        xlb.log().contains("backend be1 of service web is DOWN"),
+        "{}",
+        xlb.log()
+    );
+
+    let during: Vec<String> = clients(&lab).iter().map(|c| hello(&lab, *c)).collect();
+    for (b, d) in before.iter().zip(&during) {
+        if b == "be1" {
+            assert_ne!(d, "be1");
+        } else {
+            assert_eq!(b, d, "a client of a healthy backend moved");
+        }
+    }
+
+    // Back: after `rise` (2) good checks its clients return (same ring).
+    servers.insert(1, Server::start(&lab.backends[1].ns, addr, "be1", Kind::Tcp).unwrap());
+    let took = wait_for(Duration::from_secs(3), "be1 to be up again", || {
+        backend_state(&lab, "be1") == "up"
+    });
+    println!("be1 up again {took:?} after it restarted");
+    let after: Vec<String> = clients(&lab).iter().map(|c| hello(&lab, *c)).collect();
+    assert_eq!(after, before, "clients must return to their backends");
+    xlb.stop().unwrap();
+}
+
+#[test]
+fn drain_keeps_streams_maint_cuts_them() {
+    lab::require_root!();
+    let lab = Lab::new(&LabSpec {
+        backends: 2,
+        client_addrs: 16,
+    })
+    .unwrap();
+    let _servers = start_servers(&lab, 8080, false);
+    let all: [Spec; 2] = [("be0", 0, 1), ("be1", 1, 1)];
+    let cfg = temp_file("states.toml", &config("nat", 8080, &all)).unwrap();
+    let xlb = XlbProcess::start(&lab.xlb.ns, &cfg, &[]).unwrap();
+    let client = *clients(&lab)
+        .iter()
+        .find(|c| predict(&all, **c) == "be0")
+        .expect("a client of be0");
+    assert_eq!(hello(&lab, client), "be0");
+    let mut stream = Stream::open(&lab, client);
+    assert_eq!(stream.backend, "be0");
+
+    let set = |state: &str| {
+        let out = xlb_once(&lab.xlb.ns, &["server", "set-state", "web", "be0", state]).unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    set("drain");
+    assert_eq!(backend_state(&lab, "be0"), "drain");
+    for n in 0..5 {
+        stream.ping(n).expect("a drained backend keeps its connections");
+    }
+    assert_eq!(hello(&lab, client), "be1", "no new flows to a drained backend");
+
+    set("maint");
+    assert_eq!(backend_state(&lab, "be0"), "maint");
+    // The stream's packets now go to be1, which knows no such connection.
+    let broke = (0..5).any(|n| stream.ping(100 + n).is_err());
+    assert!(broke, "maintenance must cut the backend's connections");
+
+    set("ready");
+    assert_eq!(backend_state(&lab, "be0"), "up");
+    assert_eq!(hello(&lab, client), "be0");
+
+    let bad = xlb_once(&lab.xlb.ns, &["server", "set-state", "web", "nosuch", "drain"]).unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no backend \"nosuch\" in service \"web\""));
+    xlb.stop().unwrap();
+}
+
+#[test]
+fn reload_applies_weights_and_refuses_broken_files() {
+    lab::require_root!();
+    let lab = Lab::new(&LabSpec {
+        backends: 3,
+        client_addrs: 30,
+    })
+    .unwrap();
+    let _servers = start_servers(&lab, 8080, false);
+    let even: [Spec; 3] = [("be0", 0, 1), ("be1", 1, 1), ("be2", 2, 1)];
+    let heavy: [Spec; 3] = [("be0", 0, 1), ("be1", 1, 1), ("be2", 2, 6)];
+    let cfg = temp_file("reload.toml", &config("nat", 8080, &even)).unwrap();
+    let xlb = XlbProcess::start(&lab.xlb.ns, &cfg, &[]).unwrap();
+    let mut stream = Stream::open(&lab, clients(&lab)[0]);
+    stream.ping(0).unwrap();
+
+    // A weight change through `xlb reload`: new connections follow the new ring.
+    std::fs::write(&cfg, config("nat", 8080, &heavy)).unwrap();
+    let out = xlb_once(&lab.xlb.ns, &["reload"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let st = status(&lab);
+    assert_eq!(st["services"][0]["backends"][2]["weight"], 6);
+    let moved = clients(&lab)
+        .iter()
+        .filter(|c| predict(&even, **c) != predict(&heavy, **c))
+        .count();
+    assert!(moved > 0);
+    for c in clients(&lab) {
+        assert_eq!(hello(&lab, c), predict(&heavy, c), "client {c} after the weight change");
+    }
+    stream.ping(1).expect("the stream survives the reload");
+
+    // A broken file: refused with its line, the running config stays.
+    let broken = config("nat", 8080, &heavy).replace("weight = 6", "weight = \"six\"");
+    std::fs::write(&cfg, &broken).unwrap();
+    let line = broken.lines().position(|l| l.contains("\"six\"")).unwrap() + 1;
+    let out = xlb_once(&lab.xlb.ns, &["reload"]).unwrap();
+    assert!(!out.status.success(), "a broken file must be refused");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:{line}:", cfg.display())), "{err}");
+    assert_eq!(status(&lab)["services"][0]["backends"][2]["weight"], 6);
+    for n in 2..6 {
+        stream.ping(n).expect("traffic continues after a refused reload");
+    }
+    for c in clients(&lab).iter().take(10) {
+        assert_eq!(hello(&lab, *c), predict(&heavy, *c));
+    }
+    // SIGHUP with the broken file: logged, refused, nothing changes.
+    xlb.signal(libc::SIGHUP);
+    wait_for(Duration::from_secs(3), "the refusal in the log", || {
+        xlb.log().contains("reload refused")
+    });
+    assert_eq!(status(&lab)["services"][0]["backends"][2]["weight"], 6);
+    xlb.stop().unwrap();
+}
