@@ -19,6 +19,7 @@ use crate::{
     health,
     map_manager::{BackendRef, BackendStates},
     status::{BackendStatus, ServiceStatus, Status},
+    vip::{self, VipAliases},
 };
 
 pub type Shared = Arc<tokio::sync::Mutex<Daemon>>;
@@ -41,6 +42,8 @@ pub enum RunError {
     Signals(#[source] std::io::Error),
     #[error("no backend {backend:?} in service {service:?}")]
     NoSuchBackend { service: String, backend: String },
+    #[error(transparent)]
+    Vip(#[from] crate::vip::VipError),
 }
 
 /// What the operator set with `xlb server set-state` (HAProxy's
@@ -74,6 +77,7 @@ pub struct Daemon {
     admin: HashMap<BackendRef, AdminState>,
     checks: Vec<JoinHandle<()>>,
     health_tx: mpsc::Sender<health::Change>,
+    vips: Option<VipAliases>,
 }
 
 impl Daemon {
@@ -86,6 +90,18 @@ impl Daemon {
         health_tx: mpsc::Sender<health::Change>,
     ) -> Result<Self, RunError> {
         let cfg = config::load(&path)?;
+        if cfg.global.nonlocal_bind {
+            vip::enable_nonlocal_bind();
+        }
+        // VIPs first: if this fails, nothing has been attached yet.
+        let vips = match &cfg.global.vip_interface {
+            Some(i) => {
+                let mut v = VipAliases::new(i)?;
+                v.sync(&cfg)?;
+                Some(v)
+            }
+            None => None,
+        };
         let iface = iface.or_else(|| cfg.global.interface.clone());
         let l4: Vec<&str> = cfg
             .services
@@ -110,6 +126,7 @@ impl Daemon {
             admin: HashMap::new(),
             checks: Vec::new(),
             health_tx,
+            vips,
         };
         d.restart_checks();
         Ok(d)
@@ -143,6 +160,9 @@ impl Daemon {
     /// Re-reads the config file; a bad file leaves everything as it was.
     pub fn reload(&mut self) -> Result<(), RunError> {
         let cfg = config::load(&self.path)?;
+        if cfg.global != self.cfg.global {
+            tracing::warn!("[global] settings changed: they take effect when xlb restarts, services now");
+        }
         // Health and operator states carry over for backends still configured.
         let still: HashSet<BackendRef> = cfg
             .services
@@ -154,6 +174,9 @@ impl Daemon {
         admin.retain(|r, _| still.contains(r));
         if let Some(dp) = &mut self.dp {
             dp.apply(&cfg, &Self::states(&down, &admin))?;
+        }
+        if let Some(v) = &mut self.vips {
+            v.sync(&cfg)?;
         }
         tracing::info!(services = cfg.services.len(), "config reloaded");
         self.cfg = cfg;

@@ -5,4 +5,6 @@ pub mod daemon;
 pub mod dataplane;
 pub mod health;
 pub mod map_manager;
+pub mod netlink;
 pub mod status;
+pub mod vip;

@@ -166,3 +166,60 @@ fn reload_applies_weights_and_refuses_broken_files() {
     assert_eq!(status(&lab)["services"][0]["backends"][2]["weight"], 6);
     xlb.stop().unwrap();
 }
+
+fn lo_addrs(lab: &Lab) -> String {
+    lab.xlb.ns.ip(&["-o", "addr", "show", "dev", "lo"]).unwrap()
+}
+
+#[test]
+fn vip_aliases_come_and_go_but_foreign_ones_stay() {
+    lab::require_root!();
+    let lab = Lab::new(&LabSpec {
+        backends: 1,
+        client_addrs: 1,
+    })
+    .unwrap();
+    // A VIP someone else (keepalived, an admin) put there first.
+    lab.xlb.ns.ip(&["addr", "add", "198.19.0.11/32", "dev", "lo"]).unwrap();
+    let svc = |name: &str, vip: &str| {
+        format!("[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = 80\nmode = \"nat\"\n[service.health]\nkind = \"none\"\n")
+    };
+    let global = "[global]\ninterface = \"eth0\"\nvip_interface = \"lo\"\nnonlocal_bind = true\n";
+    let three = format!(
+        "{global}{}{}{}",
+        svc("a", "198.19.0.10"),
+        svc("b", "198.19.0.11"),
+        svc("c", "198.19.0.12")
+    );
+    let two = format!("{global}{}{}", svc("a", "198.19.0.10"), svc("b", "198.19.0.11"));
+    let cfg = temp_file("vips.toml", &three).unwrap();
+    let xlb = XlbProcess::start(&lab.xlb.ns, &cfg, &[]).unwrap();
+    let addrs = lo_addrs(&lab);
+    for a in ["198.19.0.10/32", "198.19.0.11/32", "198.19.0.12/32"] {
+        assert!(addrs.contains(a), "{a} missing:\n{addrs}");
+    }
+    for key in ["net.ipv4.ip_nonlocal_bind", "net.ipv6.ip_nonlocal_bind"] {
+        assert_eq!(lab.xlb.ns.run("sysctl", &["-n", key]).unwrap().trim(), "1", "{key}");
+    }
+
+    std::fs::write(&cfg, &two).unwrap();
+    let out = xlb_once(&lab.xlb.ns, &["reload"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let addrs = lo_addrs(&lab);
+    assert!(
+        !addrs.contains("198.19.0.12/32"),
+        "a VIP no longer configured must go:\n{addrs}"
+    );
+    assert!(addrs.contains("198.19.0.10/32"));
+
+    xlb.stop().unwrap();
+    let addrs = lo_addrs(&lab);
+    assert!(
+        !addrs.contains("198.19.0.10/32"),
+        "xlb's VIPs go when it stops:\n{addrs}"
+    );
+    assert!(
+        addrs.contains("198.19.0.11/32"),
+        "a VIP that was there before xlb stays:\n{addrs}"
+    );
+}

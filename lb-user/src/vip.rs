@@ -1,0 +1,108 @@
+//! VIP aliases: the service addresses on `vip_interface`, so the node
+//! answers ARP/ND for them and the L7 proxy can serve them; and
+//! `ip_nonlocal_bind`, so the proxy can bind a VIP keepalived has not moved
+//! here yet. Only addresses xlb added are ever removed.
+
+use std::{collections::BTreeSet, ffi::CString, net::IpAddr};
+
+use crate::{config::Config, netlink};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VipError {
+    #[error("vip_interface {0:?} does not exist (see `ip link`)")]
+    NoInterface(String),
+    #[error("adding VIP {addr} to {iface}: {source}")]
+    Add {
+        addr: IpAddr,
+        iface: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The VIP aliases xlb manages on one interface.
+#[derive(Debug)]
+pub struct VipAliases {
+    iface: String,
+    ifindex: u32,
+    /// Addresses xlb added (and so will remove).
+    added: BTreeSet<IpAddr>,
+}
+
+impl VipAliases {
+    pub fn new(iface: &str) -> Result<Self, VipError> {
+        let c = CString::new(iface).map_err(|_| VipError::NoInterface(iface.into()))?;
+        // SAFETY: valid NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        if ifindex == 0 {
+            return Err(VipError::NoInterface(iface.into()));
+        }
+        Ok(Self {
+            iface: iface.into(),
+            ifindex,
+            added: BTreeSet::new(),
+        })
+    }
+
+    /// Makes the interface hold every VIP of `cfg`; removes the ones xlb
+    /// added that `cfg` no longer has.
+    pub fn sync(&mut self, cfg: &Config) -> Result<(), VipError> {
+        let wanted: BTreeSet<IpAddr> = cfg.services.iter().map(|s| s.vip).collect();
+        for addr in &wanted {
+            if self.added.contains(addr) {
+                continue;
+            }
+            match netlink::add_address(self.ifindex, *addr) {
+                Ok(true) => {
+                    tracing::info!(%addr, iface = %self.iface, "VIP added");
+                    self.added.insert(*addr);
+                }
+                Ok(false) => tracing::info!(%addr, iface = %self.iface, "VIP already present; left to its owner"),
+                Err(source) => {
+                    return Err(VipError::Add {
+                        addr: *addr,
+                        iface: self.iface.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+        let stale: Vec<IpAddr> = self.added.difference(&wanted).copied().collect();
+        for addr in stale {
+            self.remove(addr);
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, addr: IpAddr) {
+        match netlink::del_address(self.ifindex, addr) {
+            Ok(()) => tracing::info!(%addr, iface = %self.iface, "VIP removed"),
+            Err(e) => tracing::warn!(%addr, iface = %self.iface, "removing VIP failed: {e}"),
+        }
+        self.added.remove(&addr);
+    }
+}
+
+impl Drop for VipAliases {
+    /// Removes what xlb added, and only that.
+    fn drop(&mut self) {
+        let ours: Vec<IpAddr> = self.added.iter().copied().collect();
+        for addr in ours {
+            self.remove(addr);
+        }
+    }
+}
+
+/// Sets net.ipv4.ip_nonlocal_bind and net.ipv6.ip_nonlocal_bind to 1 (in
+/// this network namespace). Left on at exit: other programs may rely on it.
+pub fn enable_nonlocal_bind() {
+    for path in [
+        "/proc/sys/net/ipv4/ip_nonlocal_bind",
+        "/proc/sys/net/ipv6/ip_nonlocal_bind",
+    ] {
+        match std::fs::write(path, "1") {
+            Ok(()) => tracing::info!(path, "nonlocal bind enabled"),
+            Err(e) => tracing::warn!(path, "cannot enable nonlocal bind: {e}"),
+        }
+    }
+}
