@@ -79,12 +79,8 @@ pub async fn serve(addr: SocketAddr, shared: Shared) -> std::io::Result<impl std
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the xlb admin API at {addr} ({source}): is `xlb run` running, with this admin address?")]
-    Connect {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot reach the xlb admin API at {addr} ({cause}): is `xlb run` running, with this admin address?")]
+    Connect { addr: SocketAddr, cause: std::io::Error },
     #[error("admin API at {addr}: {reason}")]
     Http { addr: SocketAddr, reason: String },
 }
@@ -104,7 +100,7 @@ pub async fn request_with(
     let http = |reason: String| ClientError::Http { addr, reason };
     let stream = TcpStream::connect(addr)
         .await
-        .map_err(|source| ClientError::Connect { addr, source })?;
+        .map_err(|cause| ClientError::Connect { addr, cause })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| http(e.to_string()))?;

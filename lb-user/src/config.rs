@@ -28,12 +28,8 @@ impl fmt::Display for ConfigError {
 /// Why a config could not be used: unreadable, or one or more errors.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read config {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot read config {path}: {cause}")]
+    Read { path: PathBuf, cause: std::io::Error },
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<ConfigError>),
 }
@@ -45,6 +41,18 @@ pub enum XdpModeCfg {
     Auto,
     Native,
     Generic,
+}
+
+/// What a normal stop leaves behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnExit {
+    /// The XDP program stays attached with its maps and VIPs: forwarding
+    /// continues and the next `xlb run` takes over without dropping flows.
+    #[default]
+    Keep,
+    /// Detach, unpin, remove the VIPs xlb added.
+    Cleanup,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -107,6 +115,9 @@ struct RawGlobal {
     #[serde(default)]
     nonlocal_bind: bool,
     vip_interface: Option<String>,
+    pin_dir: Option<String>,
+    #[serde(default)]
+    on_exit: OnExit,
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,6 +179,9 @@ pub struct Global {
     pub admin: SocketAddr,
     pub nonlocal_bind: bool,
     pub vip_interface: Option<String>,
+    /// bpffs directory for the pinned data plane (per interface below it).
+    pub pin_dir: PathBuf,
+    pub on_exit: OnExit,
 }
 
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9900";
@@ -236,9 +250,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+    let text = std::fs::read_to_string(path).map_err(|cause| LoadError::Read {
         path: path.to_owned(),
-        source,
+        cause,
     })?;
     parse(path, &text).map_err(LoadError::Invalid)
 }
@@ -305,6 +319,8 @@ impl Validator<'_> {
             admin,
             nonlocal_bind: raw.global.nonlocal_bind,
             vip_interface: raw.global.vip_interface,
+            pin_dir: PathBuf::from(raw.global.pin_dir.as_deref().unwrap_or(crate::pins::DEFAULT_PIN_DIR)),
+            on_exit: raw.global.on_exit,
         };
         let mut services: Vec<Service> = Vec::new();
         let mut seen = Vec::<(String, (IpAddr, u16, Protocol))>::new();

@@ -32,14 +32,13 @@ pub enum RunError {
     DataPlane(#[from] DataPlaneError),
     #[error("services {0} forward in XDP and need an interface: set global.interface or pass --iface")]
     NoInterface(String),
-    #[error("cannot listen on the admin address {addr}: {source}")]
+    #[error("cannot listen on the admin address {addr}: {cause}")]
     Admin {
         addr: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("cannot install signal handlers: {0}")]
-    Signals(#[source] std::io::Error),
+    Signals(std::io::Error),
     #[error("no backend {backend:?} in service {service:?}")]
     NoSuchBackend { service: String, backend: String },
     #[error(transparent)]
@@ -93,13 +92,8 @@ impl Daemon {
         if cfg.global.nonlocal_bind {
             vip::enable_nonlocal_bind();
         }
-        // VIPs first: if this fails, nothing has been attached yet.
-        let vips = match &cfg.global.vip_interface {
-            Some(i) => {
-                let mut v = VipAliases::new(i)?;
-                v.sync(&cfg)?;
-                Some(v)
-            }
+        let mut vips = match &cfg.global.vip_interface {
+            Some(i) => Some(VipAliases::new(i)?),
             None => None,
         };
         let iface = iface.or_else(|| cfg.global.interface.clone());
@@ -111,13 +105,19 @@ impl Daemon {
             .collect();
         let dp = match iface {
             Some(iface) => {
-                let mut dp = DataPlane::start(&iface, cfg.global.xdp_mode)?;
+                let mut dp = DataPlane::start(&iface, cfg.global.xdp_mode, &cfg.global.pin_dir)?;
+                if let Some(v) = &mut vips {
+                    v.adopt(&dp.adopted_vips);
+                }
                 dp.apply(&cfg, &BackendStates::default())?;
                 Some(dp)
             }
             None if !l4.is_empty() => return Err(RunError::NoInterface(l4.join(", "))),
             None => None,
         };
+        if let Some(v) = &mut vips {
+            v.sync(&cfg)?;
+        }
         let mut d = Self {
             path,
             cfg,
@@ -129,7 +129,32 @@ impl Daemon {
             vips,
         };
         d.restart_checks();
+        d.persist();
         Ok(d)
+    }
+
+    /// Saves what the next run needs to take over the data plane.
+    fn persist(&self) {
+        if let Some(dp) = &self.dp {
+            let vips = self.vips.as_ref().map(VipAliases::added).unwrap_or_default();
+            if let Err(e) = dp.save_state(&vips) {
+                tracing::warn!("saving state for the next run failed (a restart will start afresh): {e}");
+            }
+        }
+    }
+
+    /// At exit: leave the data plane (and its VIPs) running for the next
+    /// run, or take everything down.
+    pub fn shutdown(&mut self, cleanup: bool) {
+        self.persist();
+        if let Some(dp) = &mut self.dp {
+            dp.set_keep(!cleanup);
+            if !cleanup {
+                if let Some(v) = &mut self.vips {
+                    v.leave();
+                }
+            }
+        }
     }
 
     fn restart_checks(&mut self) {
@@ -154,6 +179,7 @@ impl Daemon {
         if let Some(dp) = &mut self.dp {
             dp.apply(&self.cfg, &Self::states(&self.down, &self.admin))?;
         }
+        self.persist();
         Ok(())
     }
 
@@ -183,6 +209,7 @@ impl Daemon {
         self.down = down;
         self.admin = admin;
         self.restart_checks();
+        self.persist();
         Ok(())
     }
 
@@ -302,19 +329,21 @@ impl Drop for Daemon {
     }
 }
 
-/// Runs until SIGTERM or SIGINT; SIGHUP reloads. Dropping the daemon on the
-/// way out detaches the XDP program.
-pub async fn run(path: PathBuf, iface: Option<String>) -> Result<(), RunError> {
+/// Runs until SIGTERM or SIGINT; SIGHUP reloads. On the way out the data
+/// plane stays attached for the next run, unless `cleanup` (or
+/// `on_exit = "cleanup"`) asks to take it down.
+pub async fn run(path: PathBuf, iface: Option<String>, cleanup: bool) -> Result<(), RunError> {
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
     let (health_tx, mut health_rx) = mpsc::channel(64);
     let daemon = Daemon::start(path, iface, health_tx)?;
     let addr = daemon.cfg.global.admin;
+    let cleanup = cleanup || daemon.cfg.global.on_exit == config::OnExit::Cleanup;
     let shared = admin::shared(daemon);
     let server = admin::serve(addr, shared.clone())
         .await
-        .map_err(|source| RunError::Admin { addr, source })?;
+        .map_err(|cause| RunError::Admin { addr, cause })?;
     let server = tokio::spawn(server);
     tracing::info!(%addr, "xlb running; admin API listening");
     loop {
@@ -330,6 +359,7 @@ pub async fn run(path: PathBuf, iface: Option<String>) -> Result<(), RunError> {
         }
     }
     server.abort();
-    tracing::info!("stopping: XDP program detached");
+    shared.lock().await.shutdown(cleanup);
+    tracing::info!(cleanup, "stopping");
     Ok(())
 }

@@ -8,17 +8,62 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
+use std::path::Path;
+
 use aya::{
     maps::PerCpuArray,
-    programs::{Xdp, XdpMode},
+    programs::{links::FdLink, links::PinnedLink, xdp::XdpLink, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use lb_common::{maps, outcome, ServiceStats};
 
 use crate::{
     config::{Config, Service, XdpModeCfg},
-    map_manager::{read_stats, service_key, BackendStates, MapManager},
+    map_manager::{self, read_stats, service_key, BackendStates, MapManager},
+    pins::PinDir,
 };
+
+/// Maps that outlive a run (pinned); the rest are per-run scratch.
+const PINNED: [&str; 8] = [
+    maps::SERVICES,
+    maps::SERVICE_STATS,
+    maps::OUTCOMES,
+    maps::RINGS,
+    maps::BACKENDS,
+    maps::BACKEND_STATS,
+    maps::FLOWS,
+    maps::HOPS,
+];
+
+/// What a run leaves for the next one, in the state map.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Saved {
+    /// Map layout: a new run adopts only maps of the same layout.
+    layout: String,
+    mode: String,
+    maps: map_manager::Saved,
+    vips: Vec<IpAddr>,
+}
+
+/// The sizes and capacities of the pinned maps, as a comparable string.
+fn layout() -> String {
+    use core::mem::size_of;
+    use lb_common::*;
+    format!(
+        "v1 svc{}:{} ring{}x{} be{}:{} flow{}:{}:{} hop{} out{}",
+        size_of::<ServiceKey>(),
+        size_of::<ServiceValue>(),
+        MAX_RINGS,
+        RING_SIZE,
+        MAX_BACKENDS,
+        size_of::<Backend>(),
+        MAX_FLOWS,
+        size_of::<FlowKey>(),
+        size_of::<Flow>(),
+        size_of::<HopCache>(),
+        outcome::COUNT
+    )
+}
 
 /// The XDP object built by `cargo xtask build`, embedded at compile time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb.bpf.o"));
@@ -43,6 +88,10 @@ pub enum DataPlaneError {
     Map { name: &'static str, reason: String },
     #[error("{0}")]
     Config(String),
+    #[error(transparent)]
+    Pins(#[from] crate::pins::PinError),
+    #[error("taking over the running data plane on {iface}: {reason}")]
+    Adopt { iface: String, reason: String },
 }
 
 /// The mode the program ended up attached in.
@@ -88,13 +137,17 @@ pub fn flatten(err: &(dyn StdError + 'static)) -> String {
     s
 }
 
-/// Loads the embedded object into the kernel (maps created, program not yet
-/// verified). Also used by the packet tests.
+/// Loads the embedded object into the kernel and verifies the program, with
+/// fresh maps. Also used by the packet tests.
 pub fn load_object() -> Result<Ebpf, DataPlaneError> {
+    load_with(&mut EbpfLoader::new())
+}
+
+fn load_with(loader: &mut EbpfLoader<'_>) -> Result<Ebpf, DataPlaneError> {
     if EBPF_OBJECT.is_empty() {
         return Err(DataPlaneError::NoObject);
     }
-    let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT).map_err(|e| {
+    let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
         if is_permission(&e) {
             DataPlaneError::Permission
         } else {
@@ -186,41 +239,150 @@ pub struct DataPlane {
     pub iface: String,
     pub mode: AttachedMode,
     maps: MapManager,
+    pins: PinDir,
+    /// The link pinned by this run (None when a running one was adopted:
+    /// then the program owns it).
+    _link: Option<PinnedLink>,
+    /// On drop, leave everything pinned and attached (else remove the pins,
+    /// which detaches the program once the last fd closes).
+    keep: bool,
+    /// VIP aliases a previous run added (for the daemon to adopt).
+    pub adopted_vips: Vec<IpAddr>,
 }
 
 impl DataPlane {
-    /// Loads the program and attaches it to `iface`.
-    pub fn start(iface: &str, mode: XdpModeCfg) -> Result<Self, DataPlaneError> {
+    /// Attaches to `iface`: takes over the data plane a previous run left
+    /// pinned under `pin_base/iface` (same map layout: its program is
+    /// replaced atomically, maps and flows kept), or starts a fresh one.
+    pub fn start(iface: &str, mode: XdpModeCfg, pin_base: &Path) -> Result<Self, DataPlaneError> {
         if !interface_exists(iface) {
             return Err(DataPlaneError::UnknownInterface(iface.to_string()));
         }
-        let mut ebpf = load_object()?;
+        let prepare = || {
+            PinDir::prepare(pin_base, iface).map_err(|e| {
+                if e.is_permission() {
+                    DataPlaneError::Permission
+                } else {
+                    e.into()
+                }
+            })
+        };
+        let pins = prepare()?;
+        let saved: Option<Saved> = pins
+            .load_state()
+            .and_then(|j| serde_json::from_str::<Saved>(&j).ok())
+            .filter(|s| s.layout == layout() && pins.link().exists());
+        if saved.is_none() {
+            // Nothing to adopt (or another layout): start clean.
+            pins.clear();
+        }
+        let pins = prepare()?;
+        let mut loader = EbpfLoader::new();
+        for name in PINNED {
+            loader.map_pin_path(name, pins.map(name));
+        }
+        let mut ebpf = match load_with(&mut loader) {
+            Ok(e) => e,
+            Err(e) => {
+                if saved.is_none() {
+                    pins.clear();
+                }
+                return Err(e);
+            }
+        };
         let prog = xdp_program(&mut ebpf)?;
+        let dp = |ebpf, mode, link, keep, maps, vips| DataPlane {
+            ebpf,
+            iface: iface.to_string(),
+            mode,
+            maps,
+            pins: pins.clone(),
+            _link: link,
+            keep,
+            adopted_vips: vips,
+        };
+        if let Some(saved) = saved {
+            let adopt = |e: &dyn std::fmt::Display| DataPlaneError::Adopt {
+                iface: iface.to_string(),
+                reason: e.to_string(),
+            };
+            let link = PinnedLink::from_pin(pins.link()).map_err(|e| adopt(&e))?;
+            let link = XdpLink::try_from(FdLink::from(link)).map_err(|e| adopt(&e))?;
+            prog.attach_to_link(link).map_err(|e| adopt(&flatten(&e)))?;
+            let mode = if saved.mode == "generic" {
+                AttachedMode::Generic
+            } else {
+                AttachedMode::Native
+            };
+            tracing::info!(
+                iface,
+                mode = mode.as_str(),
+                "took over the running data plane: program replaced atomically, maps and flows kept"
+            );
+            return Ok(dp(ebpf, mode, None, true, MapManager::restore(saved.maps), saved.vips));
+        }
         let attach = |prog: &mut Xdp, m: XdpMode, name: &'static str| {
-            prog.attach(iface, m).map(|_| ()).map_err(|e| DataPlaneError::Attach {
+            prog.attach(iface, m).map_err(|e| DataPlaneError::Attach {
                 iface: iface.to_string(),
                 mode: name,
                 reason: flatten(&e),
             })
         };
-        let mode = match mode {
-            XdpModeCfg::Native => attach(prog, XdpMode::Driver, "native").map(|_| AttachedMode::Native)?,
-            XdpModeCfg::Generic => attach(prog, XdpMode::Skb, "generic").map(|_| AttachedMode::Generic)?,
+        let attached = match mode {
+            XdpModeCfg::Native => attach(prog, XdpMode::Driver, "native").map(|l| (l, AttachedMode::Native)),
+            XdpModeCfg::Generic => attach(prog, XdpMode::Skb, "generic").map(|l| (l, AttachedMode::Generic)),
             XdpModeCfg::Auto => match attach(prog, XdpMode::Driver, "native") {
-                Ok(()) => AttachedMode::Native,
+                Ok(l) => Ok((l, AttachedMode::Native)),
                 Err(e) => {
                     tracing::warn!("native XDP not available ({e}); falling back to generic (skb) mode");
-                    attach(prog, XdpMode::Skb, "generic").map(|_| AttachedMode::Generic)?
+                    attach(prog, XdpMode::Skb, "generic").map(|l| (l, AttachedMode::Generic))
                 }
             },
         };
+        let (link_id, mode) = match attached {
+            Ok(a) => a,
+            Err(e) => {
+                pins.clear();
+                return Err(e);
+            }
+        };
+        // Pin the link so that it outlives this process when asked to.
+        let pinned = prog
+            .take_link(link_id)
+            .map_err(|e| flatten(&e))
+            .and_then(|l| FdLink::try_from(l).map_err(|e| flatten(&e)))
+            .and_then(|l| l.pin(pins.link()).map_err(|e| flatten(&e)));
+        let link = match pinned {
+            Ok(l) => l,
+            Err(reason) => {
+                pins.clear();
+                return Err(DataPlaneError::Attach {
+                    iface: iface.to_string(),
+                    mode: mode.as_str(),
+                    reason: format!("pinning the XDP link: {reason}"),
+                });
+            }
+        };
         tracing::info!(iface, mode = mode.as_str(), "XDP program attached");
-        Ok(Self {
-            ebpf,
-            iface: iface.to_string(),
-            mode,
-            maps: MapManager::default(),
-        })
+        Ok(dp(ebpf, mode, Some(link), false, MapManager::default(), Vec::new()))
+    }
+
+    /// Saves what the next run needs to take over (with the VIPs xlb added).
+    pub fn save_state(&self, vips: &[IpAddr]) -> Result<(), DataPlaneError> {
+        let saved = Saved {
+            layout: layout(),
+            mode: self.mode.as_str().to_string(),
+            maps: self.maps.save(),
+            vips: vips.to_vec(),
+        };
+        let json = serde_json::to_string(&saved).map_err(|e| DataPlaneError::Config(e.to_string()))?;
+        Ok(self.pins.save_state(&json)?)
+    }
+
+    /// What dropping this data plane does: keep it running for the next
+    /// `xlb run` (true) or detach and unpin (false).
+    pub fn set_keep(&mut self, keep: bool) {
+        self.keep = keep;
     }
 
     /// Makes the maps match `cfg` and the backends' states.
@@ -252,6 +414,17 @@ impl DataPlane {
     /// Packets per outcome, summed over CPUs, in `outcome::NAMES` order.
     pub fn outcomes(&self) -> Vec<(&'static str, u64)> {
         read_outcomes(&self.ebpf)
+    }
+}
+
+impl Drop for DataPlane {
+    fn drop(&mut self) {
+        if self.keep {
+            tracing::info!(pins = %self.pins.dir.display(), "XDP program left attached; the next xlb run takes over");
+        } else {
+            // The link detaches when the program's last fd closes, right after.
+            self.pins.clear();
+        }
     }
 }
 

@@ -6,5 +6,6 @@ pub mod dataplane;
 pub mod health;
 pub mod map_manager;
 pub mod netlink;
+pub mod pins;
 pub mod status;
 pub mod vip;

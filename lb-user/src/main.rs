@@ -23,6 +23,10 @@ enum Cmd {
         /// Interface for the XDP program (overrides global.interface).
         #[arg(long)]
         iface: Option<String>,
+        /// On exit, detach the XDP program, unpin its maps and remove the VIPs
+        /// xlb added (default: leave them running for the next `xlb run`).
+        #[arg(long)]
+        cleanup: bool,
     },
     /// Validate a config: a summary, or FILE:LINE: reason for each error.
     Check {
@@ -85,7 +89,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
-        Cmd::Run { config, iface } => Ok(runtime()?.block_on(daemon::run(config, iface))?),
+        Cmd::Run { config, iface, cleanup } => Ok(runtime()?.block_on(daemon::run(config, iface, cleanup))?),
         Cmd::Check { config } => {
             let cfg = config::load(&config)?;
             println!("{}: OK", config.display());

@@ -68,6 +68,27 @@ pub fn service_key(s: &Service) -> ServiceKey {
     }
 }
 
+/// The map manager's bookkeeping as saved between runs (ids are what the
+/// maps refer to; ring contents are rewritten after a restore).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    pub services: Vec<SavedService>,
+    /// (service, backend, id)
+    pub backends: Vec<(String, String, u32)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedService {
+    pub addr: [u8; 16],
+    pub port_be: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub name: String,
+    pub id: u32,
+    pub pair: Option<u32>,
+    pub live: u32,
+}
+
 /// What is installed for one service.
 struct Installed {
     name: String,
@@ -109,6 +130,58 @@ pub fn eligible<'a>(svc: &'a Service, states: &BackendStates) -> Vec<&'a Backend
 }
 
 impl MapManager {
+    pub fn save(&self) -> Saved {
+        Saved {
+            services: self
+                .services
+                .iter()
+                .map(|(k, i)| SavedService {
+                    addr: k.addr,
+                    port_be: k.port_be,
+                    proto: k.proto,
+                    family: k.family,
+                    name: i.name.clone(),
+                    id: i.id,
+                    pair: i.pair,
+                    live: i.live,
+                })
+                .collect(),
+            backends: self
+                .backends
+                .iter()
+                .map(|((s, b), id)| (s.clone(), b.clone(), *id))
+                .collect(),
+        }
+    }
+
+    /// Takes over maps a previous run programmed. Ring contents are not
+    /// known, so the next write of a ring writes it whole.
+    pub fn restore(saved: Saved) -> MapManager {
+        MapManager {
+            services: saved
+                .services
+                .into_iter()
+                .map(|s| {
+                    let key = ServiceKey {
+                        addr: s.addr,
+                        port_be: s.port_be,
+                        proto: s.proto,
+                        family: s.family,
+                    };
+                    let inst = Installed {
+                        name: s.name,
+                        id: s.id,
+                        pair: s.pair,
+                        live: s.live,
+                        rings: [Vec::new(), Vec::new()],
+                    };
+                    (key, inst)
+                })
+                .collect(),
+            backends: saved.backends.into_iter().map(|(s, b, id)| ((s, b), id)).collect(),
+        }
+    }
+
     /// Makes the maps match `cfg` and `states`: out backends lose their
     /// flows, drained ones and those with weight 0 keep them but get no new
     /// ones.

@@ -11,12 +11,11 @@ use crate::{config::Config, netlink};
 pub enum VipError {
     #[error("vip_interface {0:?} does not exist (see `ip link`)")]
     NoInterface(String),
-    #[error("adding VIP {addr} to {iface}: {source}")]
+    #[error("adding VIP {addr} to {iface}: {cause}")]
     Add {
         addr: IpAddr,
         iface: String,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -58,11 +57,11 @@ impl VipAliases {
                     self.added.insert(*addr);
                 }
                 Ok(false) => tracing::info!(%addr, iface = %self.iface, "VIP already present; left to its owner"),
-                Err(source) => {
+                Err(cause) => {
                     return Err(VipError::Add {
                         addr: *addr,
                         iface: self.iface.clone(),
-                        source,
+                        cause,
                     })
                 }
             }
@@ -72,6 +71,22 @@ impl VipAliases {
             self.remove(addr);
         }
         Ok(())
+    }
+
+    /// Takes addresses a previous run added as xlb's own.
+    pub fn adopt(&mut self, addrs: &[IpAddr]) {
+        self.added.extend(addrs.iter().copied());
+    }
+
+    /// The addresses xlb added.
+    pub fn added(&self) -> Vec<IpAddr> {
+        self.added.iter().copied().collect()
+    }
+
+    /// Leaves the addresses in place (the data plane keeps running; the
+    /// next run adopts them).
+    pub fn leave(&mut self) {
+        self.added.clear();
     }
 
     fn remove(&mut self, addr: IpAddr) {

@@ -6,6 +6,7 @@
 //! panics; names carry the process id so parallel runs never collide, and a
 //! new lab removes what a killed run left behind.
 
+pub mod bpffs;
 pub mod fib_ns;
 pub mod l4;
 pub mod netns;

@@ -2,9 +2,18 @@
 //! checks taking a killed backend out and back, operator states (drain,
 //! maint), reloads that apply and reloads that are refused.
 
-use std::{net::IpAddr, time::Duration};
+use std::{
+    net::IpAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread,
+    time::Duration,
+};
 
 use lab::{
+    bpffs::Bpffs,
     l4::{backend_state, config, hello, predict, start_servers, status, wait_for, Spec, Stream},
     servers::{Kind, Server},
     xlb::{temp_file, xlb_once},
@@ -193,7 +202,7 @@ fn vip_aliases_come_and_go_but_foreign_ones_stay() {
     );
     let two = format!("{global}{}{}", svc("a", "198.19.0.10"), svc("b", "198.19.0.11"));
     let cfg = temp_file("vips.toml", &three).unwrap();
-    let xlb = XlbProcess::start(&lab.xlb.ns, &cfg, &[]).unwrap();
+    let xlb = XlbProcess::start(&lab.xlb.ns, &cfg, &["--cleanup"]).unwrap();
     let addrs = lo_addrs(&lab);
     for a in ["198.19.0.10/32", "198.19.0.11/32", "198.19.0.12/32"] {
         assert!(addrs.contains(a), "{a} missing:\n{addrs}");
@@ -221,5 +230,83 @@ fn vip_aliases_come_and_go_but_foreign_ones_stay() {
     assert!(
         addrs.contains("198.19.0.11/32"),
         "a VIP that was there before xlb stays:\n{addrs}"
+    );
+}
+
+/// Whether the xlb node's eth0 has an XDP program attached.
+fn xdp_attached(lab: &Lab) -> bool {
+    let out = lab.xlb.ns.ip(&["link", "show", "dev", "eth0"]).unwrap();
+    out.contains(" xdp") || out.contains("prog/xdp")
+}
+
+#[test]
+fn restart_keeps_every_stream_and_the_affinity() {
+    lab::require_root!();
+    let lab = Lab::new(&LabSpec {
+        backends: 3,
+        client_addrs: 20,
+    })
+    .unwrap();
+    let _servers = start_servers(&lab, 8080, false);
+    let pins = Bpffs::mount("restart").unwrap();
+    let all: [Spec; 3] = [("be0", 0, 1), ("be1", 1, 1), ("be2", 2, 1)];
+    let text = config("nat", 8080, &all).replace(
+        "[global]\n",
+        &format!("[global]\npin_dir = \"{}\"\n", pins.path.display()),
+    );
+    let cfg = temp_file("restart.toml", &text).unwrap();
+    let first = XlbProcess::start(&lab.xlb.ns, &cfg, &[]).unwrap();
+    let before: Vec<String> = clients(&lab).iter().map(|c| hello(&lab, *c)).collect();
+    let streams: Vec<Stream> = clients(&lab).iter().map(|c| Stream::open(&lab, *c)).collect();
+    let names: Vec<String> = streams.iter().map(|s| s.backend.clone()).collect();
+
+    // The streams talk all the time, through the restart.
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let driver = thread::spawn(move || {
+        let mut streams = streams;
+        let mut rounds = 0;
+        while !stop2.load(Ordering::Relaxed) {
+            for (i, s) in streams.iter_mut().enumerate() {
+                if let Err(e) = s.ping(rounds) {
+                    return Err(format!("stream {i} ({}) failed in round {rounds}: {e}", s.backend));
+                }
+            }
+            rounds += 1;
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok((rounds, streams.iter().map(|s| s.backend.clone()).collect::<Vec<_>>()))
+    });
+    thread::sleep(Duration::from_millis(300));
+
+    first.stop().unwrap();
+    assert!(xdp_attached(&lab), "a plain stop leaves the data plane running");
+    thread::sleep(Duration::from_millis(300)); // no daemon at all for a while
+    let second = XlbProcess::start(&lab.xlb.ns, &cfg, &["--cleanup"]).unwrap();
+    assert!(
+        second.log().contains("took over the running data plane"),
+        "{}",
+        second.log()
+    );
+    thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let (rounds, after_names) = driver
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}\n{}", second.log()));
+    println!("20 streams, {rounds} round trips each across the restart, none failed");
+    assert_eq!(after_names, names);
+    let after: Vec<String> = clients(&lab).iter().map(|c| hello(&lab, *c)).collect();
+    assert_eq!(after, before, "new connections keep their backends after the restart");
+    let flows = status(&lab)["services"][0]["new_flows"].as_u64().unwrap();
+    assert!(flows >= 20, "counters survive the restart too: {flows}");
+
+    second.stop().unwrap();
+    assert!(!xdp_attached(&lab), "--cleanup detaches");
+    let ours = pins.path.join("eth0");
+    assert!(
+        !ours.exists(),
+        "--cleanup unpins: {:?}",
+        std::fs::read_dir(&ours).map(|d| d.count())
     );
 }

@@ -91,7 +91,7 @@ fn counts_vip_packets_in_native_mode_and_detaches_on_stop() {
         .ip(&["addr", "add", &format!("{}/32", vip(10)), "dev", "lo"])
         .unwrap();
     let cfg = temp_file("native.toml", &config("native")).unwrap();
-    let xlb = XlbProcess::start(&lab.xlb.ns, &cfg, &[]).unwrap();
+    let xlb = XlbProcess::start(&lab.xlb.ns, &cfg, &["--cleanup"]).unwrap();
     assert_eq!(attached(&lab), "xdp", "native XDP expected on the veth");
 
     let st = status(&lab);
