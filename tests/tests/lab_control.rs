@@ -310,3 +310,43 @@ fn restart_keeps_every_stream_and_the_affinity() {
         std::fs::read_dir(&ours).map(|d| d.count())
     );
 }
+
+#[test]
+fn backups_serve_only_when_no_normal_backend_is_up() {
+    lab::require_root!();
+    let lab = Lab::new(&LabSpec {
+        backends: 3,
+        client_addrs: 8,
+    })
+    .unwrap();
+    let mut servers = start_servers(&lab, 8080, false);
+    let all: [Spec; 3] = [("be0", 0, 1), ("be1", 1, 1), ("spare", 2, 1)];
+    let text = config("nat", 8080, &all).replace("name = \"spare\"\n", "name = \"spare\"\nbackup = true\n");
+    let cfg = temp_file("backup.toml", &text).unwrap();
+    let xlb = XlbProcess::start(&lab.xlb.ns, &cfg, &[]).unwrap();
+    let normal = [("be0", 0, 1), ("be1", 1, 1)];
+    for c in clients(&lab) {
+        assert_eq!(
+            hello(&lab, c),
+            predict(&normal, c),
+            "the backup takes nothing while normal ones are up"
+        );
+    }
+    // Both normal backends die: the backup takes every client.
+    let addrs: Vec<_> = servers.iter().map(|s| s.addr).collect();
+    servers.truncate(0);
+    servers.push(Server::start(&lab.backends[2].ns, addrs[2], "spare", Kind::Tcp).unwrap());
+    wait_for(Duration::from_secs(3), "be0 and be1 down", || {
+        backend_state(&lab, "be0") == "down" && backend_state(&lab, "be1") == "down"
+    });
+    for c in clients(&lab) {
+        assert_eq!(hello(&lab, c), "spare");
+    }
+    // One normal backend back: it takes everyone again.
+    servers.push(Server::start(&lab.backends[0].ns, addrs[0], "be0", Kind::Tcp).unwrap());
+    wait_for(Duration::from_secs(3), "be0 up", || backend_state(&lab, "be0") == "up");
+    for c in clients(&lab) {
+        assert_eq!(hello(&lab, c), "be0");
+    }
+    xlb.stop().unwrap();
+}

@@ -201,3 +201,29 @@ fn bad_input_fails_with_one_line_and_leaves_nothing_attached() {
     );
     assert!(last_line(&e).contains("no permission to load BPF programs"), "{e}");
 }
+
+#[test]
+fn auto_mode_falls_back_to_generic_where_native_is_missing() {
+    lab::require_root!();
+    let lab = Lab::new(&LabSpec {
+        backends: 0,
+        ..Default::default()
+    })
+    .unwrap();
+    // Loopback has no native XDP support.
+    let cfg = temp_file(
+        "auto-lo.toml",
+        &config("auto").replace("interface = \"eth0\"", "interface = \"lo\""),
+    )
+    .unwrap();
+    let xlb = XlbProcess::start(&lab.xlb.ns, &cfg, &["--cleanup"]).unwrap();
+    assert_eq!(status(&lab)["xdp_mode"], "generic");
+    assert!(
+        xlb.log().contains("falling back to generic (skb) mode"),
+        "{}",
+        xlb.log()
+    );
+    let out = lab.xlb.ns.ip(&["link", "show", "dev", "lo"]).unwrap();
+    assert!(out.contains("xdpgeneric"), "{out}");
+    xlb.stop().unwrap();
+}
