@@ -41,7 +41,32 @@ pub struct Packet {
     pub bytes: u64,
 }
 
+/// Where a packet's headers are: outer L3 and L4 offsets, and for ICMP
+/// errors those of the quoted packet.
+#[derive(Clone, Copy)]
+struct Offsets {
+    l3: usize,
+    l4: usize,
+    icmp_error: bool,
+    inner_l3: usize,
+    inner_l4: usize,
+}
+
 impl Packet {
+    /// Fills every field but the addresses.
+    #[inline(always)]
+    fn set(&mut self, ctx: &XdpContext, family: u8, proto: u8, ports: (u16, u16), at: Offsets) {
+        self.family = family;
+        self.proto = proto;
+        (self.sport_be, self.dport_be) = ports;
+        self.l3_off = at.l3;
+        self.l4_off = at.l4;
+        self.icmp_error = at.icmp_error;
+        self.inner_l3_off = at.inner_l3;
+        self.inner_l4_off = at.inner_l4;
+        self.bytes = (ctx.data_end() - ctx.data()) as u64;
+    }
+
     /// Writes the service-map key of this packet into `k`.
     #[inline(always)]
     pub fn service_key(&self, k: &mut ServiceKey) {
@@ -135,19 +160,24 @@ fn parse_v4(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<Parsed, ()
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Ok(Parsed::Other);
     }
-    let (sport_be, dport_be) = ports(ctx, l4_off, proto)?;
-    pkt.icmp_error = false;
-    pkt.family = FAMILY_V4;
-    pkt.proto = proto;
+    let p = ports(ctx, l4_off, proto)?;
+    pkt.set(
+        ctx,
+        FAMILY_V4,
+        proto,
+        p,
+        Offsets {
+            l3: off,
+            l4: l4_off,
+            icmp_error: false,
+            inner_l3: 0,
+            inner_l4: 0,
+        },
+    );
     pkt.src = [0; 16];
     pkt.dst = [0; 16];
     pkt.src[..4].copy_from_slice(&ip.src_addr);
     pkt.dst[..4].copy_from_slice(&ip.dst_addr);
-    pkt.sport_be = sport_be;
-    pkt.dport_be = dport_be;
-    pkt.l3_off = off;
-    pkt.l4_off = l4_off;
-    pkt.bytes = (ctx.data_end() - ctx.data()) as u64;
     Ok(Parsed::Flow)
 }
 
@@ -168,17 +198,22 @@ fn parse_v6(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<Parsed, ()
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Ok(Parsed::Other);
     }
-    let (sport_be, dport_be) = ports(ctx, l4_off, proto)?;
-    pkt.icmp_error = false;
-    pkt.family = FAMILY_V6;
-    pkt.proto = proto;
+    let p = ports(ctx, l4_off, proto)?;
+    pkt.set(
+        ctx,
+        FAMILY_V6,
+        proto,
+        p,
+        Offsets {
+            l3: off,
+            l4: l4_off,
+            icmp_error: false,
+            inner_l3: 0,
+            inner_l4: 0,
+        },
+    );
     pkt.src = ip.src_addr;
     pkt.dst = ip.dst_addr;
-    pkt.sport_be = sport_be;
-    pkt.dport_be = dport_be;
-    pkt.l3_off = off;
-    pkt.l4_off = l4_off;
-    pkt.bytes = (ctx.data_end() - ctx.data()) as u64;
     Ok(Parsed::Flow)
 }
 
@@ -234,20 +269,18 @@ fn icmp_error_v4(ctx: &XdpContext, off: usize, l4_off: usize, pkt: &mut Packet) 
     let (isport, idport) = quoted_ports(ctx, inner_off + ihl)?;
     // The quoted packet went inner.src -> inner.dst; the flow it belongs to
     // is the other direction.
-    pkt.family = FAMILY_V4;
-    pkt.proto = ip.proto;
+    let at = Offsets {
+        l3: off,
+        l4: l4_off,
+        icmp_error: true,
+        inner_l3: inner_off,
+        inner_l4: inner_off + ihl,
+    };
+    pkt.set(ctx, FAMILY_V4, ip.proto, (idport, isport), at);
     pkt.src = [0; 16];
     pkt.dst = [0; 16];
     pkt.src[..4].copy_from_slice(&ip.dst_addr);
     pkt.dst[..4].copy_from_slice(&ip.src_addr);
-    pkt.sport_be = idport;
-    pkt.dport_be = isport;
-    pkt.icmp_error = true;
-    pkt.l3_off = off;
-    pkt.l4_off = l4_off;
-    pkt.inner_l3_off = inner_off;
-    pkt.inner_l4_off = inner_off + ihl;
-    pkt.bytes = (ctx.data_end() - ctx.data()) as u64;
     Ok(Parsed::Flow)
 }
 
@@ -267,17 +300,15 @@ fn icmp_error_v6(ctx: &XdpContext, off: usize, l4_off: usize, pkt: &mut Packet) 
         return Ok(Parsed::Other);
     }
     let (isport, idport) = quoted_ports(ctx, inner_off + Ipv6Hdr::LEN)?;
-    pkt.family = FAMILY_V6;
-    pkt.proto = ip.next_hdr;
+    let at = Offsets {
+        l3: off,
+        l4: l4_off,
+        icmp_error: true,
+        inner_l3: inner_off,
+        inner_l4: inner_off + Ipv6Hdr::LEN,
+    };
+    pkt.set(ctx, FAMILY_V6, ip.next_hdr, (idport, isport), at);
     pkt.src = ip.dst_addr;
     pkt.dst = ip.src_addr;
-    pkt.sport_be = idport;
-    pkt.dport_be = isport;
-    pkt.icmp_error = true;
-    pkt.l3_off = off;
-    pkt.l4_off = l4_off;
-    pkt.inner_l3_off = inner_off;
-    pkt.inner_l4_off = inner_off + Ipv6Hdr::LEN;
-    pkt.bytes = (ctx.data_end() - ctx.data()) as u64;
     Ok(Parsed::Flow)
 }

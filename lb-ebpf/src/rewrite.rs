@@ -148,6 +148,43 @@ fn word(a: &[u8; 16], i: usize) -> u32 {
     u32::from_ne_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]])
 }
 
+/// Replaces the source and destination address of the IP header at `l3_off`
+/// (IPv4: updating its checksum). Returns the one's-complement sum of the
+/// address changes (what a pseudo-header checksum must add) and that of
+/// the IPv4 checksum field's change (0 for IPv6).
+#[inline(always)]
+fn set_addrs(ctx: &XdpContext, family: u8, l3_off: usize, src: &[u8; 16], dst: &[u8; 16]) -> Result<(u32, u32), ()> {
+    let mut addr_sum = 0u32;
+    if family == FAMILY_V4 {
+        let ip = ptr_at::<[u8; 20]>(ctx, l3_off)? as *mut u8;
+        let (ns, nd) = (word(src, 0), word(dst, 0));
+        // SAFETY: offsets inside the 20 bounds-checked bytes.
+        unsafe {
+            addr_sum = csum::diff32(addr_sum, load32(ip.add(12)), ns);
+            addr_sum = csum::diff32(addr_sum, load32(ip.add(16)), nd);
+            let old = load16(ip.add(10));
+            let new = csum::finish(csum::start(old) + addr_sum);
+            store16(ip.add(10), new);
+            store32(ip.add(12), ns);
+            store32(ip.add(16), nd);
+            return Ok((addr_sum, csum::diff16(0, old, new)));
+        }
+    }
+    let a = ptr_at::<[u8; 32]>(ctx, l3_off + 8)? as *mut u8;
+    let mut i = 0;
+    while i < 4 {
+        // SAFETY: offsets inside the 32 bounds-checked address bytes.
+        unsafe {
+            addr_sum = csum::diff32(addr_sum, load32(a.add(4 * i)), word(src, i));
+            store32(a.add(4 * i), word(src, i));
+            addr_sum = csum::diff32(addr_sum, load32(a.add(16 + 4 * i)), word(dst, i));
+            store32(a.add(16 + 4 * i), word(dst, i));
+        }
+        i += 1;
+    }
+    Ok((addr_sum, 0))
+}
+
 /// Packs two network-order ports for [`nat`] (BPF functions take at most
 /// five arguments).
 #[inline(always)]
@@ -163,32 +200,7 @@ pub fn ports(sport_be: u16, dport_be: u16) -> u32 {
 pub fn nat(ctx: &XdpContext, pkt: &Packet, src: &[u8; 16], dst: &[u8; 16], ports: u32) -> Result<(), ()> {
     let (sport_be, dport_be) = ((ports >> 16) as u16, ports as u16);
     // The address changes also enter the L4 checksum (pseudo-header).
-    let mut addr_sum = 0u32;
-    if pkt.family == FAMILY_V4 {
-        let ip = ptr_at::<[u8; 20]>(ctx, pkt.l3_off)? as *mut u8;
-        let (ns, nd) = (word(src, 0), word(dst, 0));
-        // SAFETY: offsets inside the 20 bounds-checked bytes.
-        unsafe {
-            addr_sum = csum::diff32(addr_sum, load32(ip.add(12)), ns);
-            addr_sum = csum::diff32(addr_sum, load32(ip.add(16)), nd);
-            store16(ip.add(10), csum::finish(csum::start(load16(ip.add(10))) + addr_sum));
-            store32(ip.add(12), ns);
-            store32(ip.add(16), nd);
-        }
-    } else {
-        let a = ptr_at::<[u8; 32]>(ctx, pkt.l3_off + 8)? as *mut u8;
-        let mut i = 0;
-        while i < 4 {
-            // SAFETY: offsets inside the 32 bounds-checked address bytes.
-            unsafe {
-                addr_sum = csum::diff32(addr_sum, load32(a.add(4 * i)), word(src, i));
-                store32(a.add(4 * i), word(src, i));
-                addr_sum = csum::diff32(addr_sum, load32(a.add(16 + 4 * i)), word(dst, i));
-                store32(a.add(16 + 4 * i), word(dst, i));
-            }
-            i += 1;
-        }
-    }
+    let (addr_sum, _) = set_addrs(ctx, pkt.family, pkt.l3_off, src, dst)?;
     let tcp = pkt.proto == PROTO_TCP;
     let l4 = if tcp {
         ptr_at::<[u8; 20]>(ctx, pkt.l4_off)? as *mut u8
@@ -233,65 +245,18 @@ pub struct IcmpRewrite {
 /// L4 checksum is left alone: receivers do not check it.
 #[inline(never)]
 pub fn icmp_nat(ctx: &XdpContext, pkt: &Packet, rw: &IcmpRewrite) -> Result<(), ()> {
-    let v4 = pkt.family == FAMILY_V4;
-    let mut pseudo = 0u32;
-    if v4 {
-        let ip = ptr_at::<[u8; 20]>(ctx, pkt.l3_off)? as *mut u8;
-        let (ns, nd) = (word(&rw.outer_src, 0), word(&rw.outer_dst, 0));
-        // SAFETY: offsets inside the 20 bounds-checked bytes.
-        unsafe {
-            let mut sum = csum::diff32(0, load32(ip.add(12)), ns);
-            sum = csum::diff32(sum, load32(ip.add(16)), nd);
-            store16(ip.add(10), csum::finish(csum::start(load16(ip.add(10))) + sum));
-            store32(ip.add(12), ns);
-            store32(ip.add(16), nd);
-        }
-    } else {
-        let a = ptr_at::<[u8; 32]>(ctx, pkt.l3_off + 8)? as *mut u8;
-        let mut i = 0;
-        while i < 4 {
-            // SAFETY: offsets inside the 32 bounds-checked address bytes.
-            unsafe {
-                pseudo = csum::diff32(pseudo, load32(a.add(4 * i)), word(&rw.outer_src, i));
-                store32(a.add(4 * i), word(&rw.outer_src, i));
-                pseudo = csum::diff32(pseudo, load32(a.add(16 + 4 * i)), word(&rw.outer_dst, i));
-                store32(a.add(16 + 4 * i), word(&rw.outer_dst, i));
-            }
-            i += 1;
-        }
-    }
+    let (outer_sum, _) = set_addrs(ctx, pkt.family, pkt.l3_off, &rw.outer_src, &rw.outer_dst)?;
     let icmp = ptr_at::<[u8; 8]>(ctx, pkt.l4_off)? as *mut u8;
     // SAFETY: the checksum is at 2..4 of the 8 bounds-checked bytes.
-    let mut sum = csum::start(unsafe { load16(icmp.add(2)) }) + pseudo;
-    if v4 {
-        let ip = ptr_at::<[u8; 20]>(ctx, pkt.inner_l3_off)? as *mut u8;
-        let (ns, nd) = (word(&rw.inner_src, 0), word(&rw.inner_dst, 0));
-        // SAFETY: offsets inside the 20 bounds-checked bytes.
-        unsafe {
-            let mut ipsum = csum::diff32(0, load32(ip.add(12)), ns);
-            ipsum = csum::diff32(ipsum, load32(ip.add(16)), nd);
-            let old_check = load16(ip.add(10));
-            let new_check = csum::finish(csum::start(old_check) + ipsum);
-            // Every changed word of the quoted header counts for the ICMP sum.
-            sum = csum::diff16(sum + ipsum, old_check, new_check);
-            store16(ip.add(10), new_check);
-            store32(ip.add(12), ns);
-            store32(ip.add(16), nd);
-        }
-    } else {
-        let a = ptr_at::<[u8; 32]>(ctx, pkt.inner_l3_off + 8)? as *mut u8;
-        let mut i = 0;
-        while i < 4 {
-            // SAFETY: offsets inside the 32 bounds-checked address bytes.
-            unsafe {
-                sum = csum::diff32(sum, load32(a.add(4 * i)), word(&rw.inner_src, i));
-                store32(a.add(4 * i), word(&rw.inner_src, i));
-                sum = csum::diff32(sum, load32(a.add(16 + 4 * i)), word(&rw.inner_dst, i));
-                store32(a.add(16 + 4 * i), word(&rw.inner_dst, i));
-            }
-            i += 1;
-        }
+    let mut sum = csum::start(unsafe { load16(icmp.add(2)) });
+    if pkt.family != FAMILY_V4 {
+        // ICMPv6 covers a pseudo-header with the outer addresses.
+        sum += outer_sum;
     }
+    // Every changed word of the quoted header counts for the ICMP sum,
+    // its IPv4 checksum field included.
+    let (inner_sum, check_sum) = set_addrs(ctx, pkt.family, pkt.inner_l3_off, &rw.inner_src, &rw.inner_dst)?;
+    sum += inner_sum + check_sum;
     let ports = ptr_at::<[u8; 8]>(ctx, pkt.inner_l4_off)? as *mut u8;
     // SAFETY: ports at 0..4 of the 8 bounds-checked bytes; checksum as above.
     unsafe {
