@@ -43,6 +43,115 @@ pub enum XdpModeCfg {
     Generic,
 }
 
+/// HAProxy's cookie modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CookieMode {
+    /// xlb sets its own cookie.
+    #[default]
+    Insert,
+    /// The server sets the cookie; xlb replaces its value with the server's.
+    Rewrite,
+    /// The server's own cookie value gets `SERVER~` in front.
+    Prefix,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConnectionMode {
+    #[default]
+    KeepAlive,
+    ServerClose,
+    Close,
+}
+
+/// Cookie persistence of an http service (see shared/L7-SEMANTICS.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CookieCfg {
+    pub name: String,
+    pub mode: CookieMode,
+    pub indirect: bool,
+    pub nocache: bool,
+    pub httponly: bool,
+    pub secure: bool,
+    pub postonly: bool,
+    pub preserve: bool,
+    pub maxidle: Option<Duration>,
+    pub maxlife: Option<Duration>,
+    pub domain: Option<String>,
+}
+
+/// An address range such as 127.0.0.0/8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let (a, p) = s.split_once('/').unwrap_or((s, ""));
+        let addr: IpAddr = a.trim().parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = if p.is_empty() { max } else { p.trim().parse().ok()? };
+        (prefix <= max).then_some(Cidr { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let bits = |a: IpAddr| -> u128 {
+            match a {
+                IpAddr::V4(v) => u128::from(u32::from(v)) << 96,
+                IpAddr::V6(v) => u128::from(v),
+            }
+        };
+        if self.addr.is_ipv4() != ip.is_ipv4() {
+            return false;
+        }
+        // IPv4 sits in the top 32 bits, so its prefix counts from the top too.
+        let mask = if self.prefix == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(self.prefix))
+        };
+        bits(self.addr) & mask == bits(ip) & mask
+    }
+}
+
+/// HTTP proxy settings of an http service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpCfg {
+    pub redispatch: bool,
+    pub retries: u32,
+    pub forwardfor: bool,
+    pub forwardfor_except: Option<Cidr>,
+    pub monitor_uri: Option<String>,
+    pub connection: ConnectionMode,
+    pub timeout_connect: Duration,
+    pub timeout_client: Duration,
+    pub timeout_server: Duration,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: Option<u64>,
+}
+
+impl Default for HttpCfg {
+    fn default() -> Self {
+        // HAProxy's defaults where it has them: no redispatch, 3 retries.
+        HttpCfg {
+            redispatch: false,
+            retries: 3,
+            forwardfor: false,
+            forwardfor_except: None,
+            monitor_uri: None,
+            connection: ConnectionMode::KeepAlive,
+            timeout_connect: Duration::from_secs(5),
+            timeout_client: Duration::from_secs(30),
+            timeout_server: Duration::from_secs(30),
+            max_header_bytes: 16 * 1024,
+            max_body_bytes: None,
+        }
+    }
+}
+
 /// What a normal stop leaves behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -134,6 +243,50 @@ struct RawService {
     #[serde(default)]
     backend: Vec<RawBackend>,
     health: Option<RawHealth>,
+    cookie: Option<Spanned<RawCookie>>,
+    http: Option<Spanned<RawHttp>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCookie {
+    name: Spanned<String>,
+    #[serde(default)]
+    mode: CookieMode,
+    #[serde(default)]
+    indirect: bool,
+    #[serde(default)]
+    nocache: bool,
+    #[serde(default)]
+    httponly: bool,
+    #[serde(default)]
+    secure: bool,
+    #[serde(default)]
+    postonly: bool,
+    #[serde(default)]
+    preserve: bool,
+    maxidle: Option<Spanned<String>>,
+    maxlife: Option<Spanned<String>>,
+    domain: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    #[serde(default)]
+    redispatch: bool,
+    retries: Option<u32>,
+    #[serde(default)]
+    forwardfor: bool,
+    forwardfor_except: Option<Spanned<String>>,
+    monitor_uri: Option<String>,
+    #[serde(default)]
+    connection: ConnectionMode,
+    timeout_connect: Option<Spanned<String>>,
+    timeout_client: Option<Spanned<String>>,
+    timeout_server: Option<Spanned<String>>,
+    max_header_bytes: Option<usize>,
+    max_body_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,6 +350,10 @@ pub struct Service {
     pub snat: Option<IpAddr>,
     pub backends: Vec<Backend>,
     pub health: Health,
+    /// http: cookie persistence, if configured.
+    pub cookie: Option<CookieCfg>,
+    /// http: proxy settings (defaults when not configured).
+    pub http: HttpCfg,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -482,6 +639,17 @@ impl Validator<'_> {
             }
         }
         let health = self.health(rs.health);
+        for (section, span) in [
+            ("cookie", rs.cookie.as_ref().map(|c| c.span())),
+            ("http", rs.http.as_ref().map(|c| c.span())),
+        ] {
+            if let (Some(span), true) = (span, rs.mode != Mode::Http) {
+                let line = self.line(span.start);
+                self.err(line, format!("[service.{section}] applies to mode \"http\" only"));
+            }
+        }
+        let cookie = rs.cookie.map(|c| self.cookie(c.into_inner()));
+        let http = rs.http.map(|h| self.http(h.into_inner())).unwrap_or_default();
         Some(Service {
             name,
             vip: vip.ok()?,
@@ -492,7 +660,80 @@ impl Validator<'_> {
             snat,
             backends,
             health,
+            cookie,
+            http,
         })
+    }
+
+    fn duration(&mut self, s: Option<Spanned<String>>, what: &str) -> Option<Duration> {
+        let s = s?;
+        match parse_duration(s.get_ref()) {
+            Ok(d) if d.is_zero() => {
+                self.at(&s, format!("{what} must be more than 0"));
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.at(&s, e);
+                None
+            }
+        }
+    }
+
+    fn cookie(&mut self, raw: RawCookie) -> CookieCfg {
+        let name = raw.name.get_ref().clone();
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+        if !valid {
+            self.at(&raw.name, format!("cookie name {name:?} is not a valid cookie name"));
+        }
+        CookieCfg {
+            name,
+            mode: raw.mode,
+            indirect: raw.indirect,
+            nocache: raw.nocache,
+            httponly: raw.httponly,
+            secure: raw.secure,
+            postonly: raw.postonly,
+            preserve: raw.preserve,
+            maxidle: self.duration(raw.maxidle, "cookie maxidle"),
+            maxlife: self.duration(raw.maxlife, "cookie maxlife"),
+            domain: raw.domain,
+        }
+    }
+
+    fn http(&mut self, raw: RawHttp) -> HttpCfg {
+        let d = HttpCfg::default();
+        let except = raw.forwardfor_except.and_then(|c| {
+            Cidr::parse(c.get_ref()).or_else(|| {
+                self.at(
+                    &c,
+                    format!("forwardfor_except {:?} is not an address/prefix", c.get_ref()),
+                );
+                None
+            })
+        });
+        HttpCfg {
+            redispatch: raw.redispatch,
+            retries: raw.retries.unwrap_or(d.retries),
+            forwardfor: raw.forwardfor,
+            forwardfor_except: except,
+            monitor_uri: raw.monitor_uri,
+            connection: raw.connection,
+            timeout_connect: self
+                .duration(raw.timeout_connect, "timeout_connect")
+                .unwrap_or(d.timeout_connect),
+            timeout_client: self
+                .duration(raw.timeout_client, "timeout_client")
+                .unwrap_or(d.timeout_client),
+            timeout_server: self
+                .duration(raw.timeout_server, "timeout_server")
+                .unwrap_or(d.timeout_server),
+            max_header_bytes: raw.max_header_bytes.unwrap_or(d.max_header_bytes),
+            max_body_bytes: raw.max_body_bytes,
+        }
     }
 
     fn health(&mut self, raw: Option<RawHealth>) -> Health {

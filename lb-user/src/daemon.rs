@@ -16,7 +16,7 @@ use crate::{
     admin,
     config::{self, Config, LoadError, Mode},
     dataplane::{DataPlane, DataPlaneError},
-    health,
+    health, l7,
     map_manager::{BackendRef, BackendStates},
     status::{BackendStatus, ServiceStatus, Status},
     vip::{self, VipAliases},
@@ -43,6 +43,8 @@ pub enum RunError {
     NoSuchBackend { service: String, backend: String },
     #[error(transparent)]
     Vip(#[from] crate::vip::VipError),
+    #[error(transparent)]
+    Proxy(#[from] crate::l7::ProxyError),
 }
 
 /// What the operator set with `xlb server set-state` (HAProxy's
@@ -77,6 +79,9 @@ pub struct Daemon {
     checks: Vec<JoinHandle<()>>,
     health_tx: mpsc::Sender<health::Change>,
     vips: Option<VipAliases>,
+    /// The L7 proxy and the backend states it reads.
+    proxy: l7::Proxy,
+    l7_states: l7::States,
 }
 
 impl Daemon {
@@ -118,6 +123,9 @@ impl Daemon {
         if let Some(v) = &mut vips {
             v.sync(&cfg)?;
         }
+        let l7_states = l7::States::default();
+        let mut proxy = l7::Proxy::new(l7_states.clone());
+        proxy.apply(&cfg)?;
         let mut d = Self {
             path,
             cfg,
@@ -127,6 +135,8 @@ impl Daemon {
             checks: Vec::new(),
             health_tx,
             vips,
+            proxy,
+            l7_states,
         };
         d.restart_checks();
         d.persist();
@@ -176,9 +186,11 @@ impl Daemon {
     }
 
     fn apply(&mut self) -> Result<(), RunError> {
+        let states = Self::states(&self.down, &self.admin);
         if let Some(dp) = &mut self.dp {
-            dp.apply(&self.cfg, &Self::states(&self.down, &self.admin))?;
+            dp.apply(&self.cfg, &states)?;
         }
+        *self.l7_states.write().expect("states lock") = states;
         self.persist();
         Ok(())
     }
@@ -204,6 +216,8 @@ impl Daemon {
         if let Some(v) = &mut self.vips {
             v.sync(&cfg)?;
         }
+        self.proxy.apply(&cfg)?;
+        *self.l7_states.write().expect("states lock") = Self::states(&down, &admin);
         tracing::info!(services = cfg.services.len(), "config reloaded");
         self.cfg = cfg;
         self.down = down;

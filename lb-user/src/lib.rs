@@ -4,6 +4,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod health;
+pub mod l7;
 pub mod map_manager;
 pub mod netlink;
 pub mod pins;

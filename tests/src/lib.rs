@@ -8,6 +8,7 @@
 
 pub mod bpffs;
 pub mod fib_ns;
+pub mod http;
 pub mod l4;
 pub mod netns;
 pub mod packet;

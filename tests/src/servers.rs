@@ -22,8 +22,11 @@ pub enum Kind {
     /// Sends `NAME\n` on connect, then answers each line `L` with `NAME L\n`
     /// (long-lived streams).
     Tcp,
-    /// HTTP/1.1 with keep-alive; every response has body `NAME\n` and an
-    /// `X-Backend: NAME` header.
+    /// HTTP/1.1 with keep-alive, acting like an application: the body is
+    /// `NAME\n` then the request's headers as received (one per line), with
+    /// an `X-Backend: NAME` header. The query string asks for more:
+    /// `cookie=NAME:VALUE` (a `Set-Cookie`), `cc=VALUE` (`Cache-Control`),
+    /// `etag` (an `ETag`), `status=N`.
     Http,
 }
 
@@ -119,12 +122,13 @@ fn serve_http(mut stream: TcpStream, name: &str, stop: &AtomicBool) -> io::Resul
         }
         let mut content_length = 0usize;
         let mut close = false;
+        let mut seen = Vec::new();
         loop {
             let mut h = String::new();
             if read_line(&mut reader, &mut h, stop)? == 0 {
                 return Ok(());
             }
-            let h = h.trim_end();
+            let h = h.trim_end().to_string();
             if h.is_empty() {
                 break;
             }
@@ -134,14 +138,31 @@ fn serve_http(mut stream: TcpStream, name: &str, stop: &AtomicBool) -> io::Resul
             } else if lower.starts_with("connection:") && lower.contains("close") {
                 close = true;
             }
+            seen.push(h);
         }
         let mut body = vec![0; content_length];
         reader.read_exact(&mut body)?;
-        let reply = format!("{name}\n");
+        let target = request_line.split_whitespace().nth(1).unwrap_or("/");
+        let query = target.split_once('?').map_or("", |(_, q)| q);
+        let (mut status, mut extra) = (200u16, String::new());
+        for param in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = param.split_once('=').unwrap_or((param, ""));
+            match k {
+                "cookie" => {
+                    let (n, val) = v.split_once(':').unwrap_or((v, ""));
+                    extra += &format!("Set-Cookie: {n}={val}; Path=/\r\n");
+                }
+                "cc" => extra += &format!("Cache-Control: {v}\r\n"),
+                "etag" => extra += "ETag: \"x\"\r\n",
+                "status" => status = v.parse().unwrap_or(200),
+                _ => {}
+            }
+        }
+        let reply = format!("{name}\n{}\n", seen.join("\n"));
         let conn = if close { "close" } else { "keep-alive" };
         write!(
             stream,
-            "HTTP/1.1 200 OK\r\nX-Backend: {name}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {conn}\r\n\r\n{reply}",
+            "HTTP/1.1 {status} X\r\nX-Backend: {name}\r\n{extra}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: {conn}\r\n\r\n{reply}",
             reply.len()
         )?;
         if close {

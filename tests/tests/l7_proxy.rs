@@ -1,0 +1,315 @@
+//! The L7 proxy, black-box: the real xlb (an http-only config: no XDP at
+//! all) in a namespace of its own with real backend servers on loopback,
+//! and a client that sees exactly what goes over the wire. Each test checks
+//! rules of shared/L7-SEMANTICS.md.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use lab::{
+    http::{get, Client},
+    servers::{Kind, Server},
+    xlb::{temp_file, xlb_once},
+    Netns, XlbProcess,
+};
+
+static N: AtomicU32 = AtomicU32::new(0);
+
+const VIP: &str = "127.0.0.1:8080";
+
+fn vip() -> SocketAddr {
+    VIP.parse().unwrap()
+}
+
+/// A backend: name, extra config lines (cookie, weight, backup, address).
+struct Be<'a>(&'a str, &'a str);
+
+struct L7 {
+    ns: Netns,
+    _servers: Vec<Server>,
+    xlb: XlbProcess,
+    _cfg: PathBuf,
+}
+
+impl L7 {
+    /// Starts backends s1.. on 127.0.0.1:9001.. (unless `dead` lists them)
+    /// and xlb with one http service; `service` adds lines to the service.
+    fn start(service: &str, backends: &[Be<'_>], dead: &[&str]) -> L7 {
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let ns = Netns::create(&format!("xlbt{}l7{n}", std::process::id())).unwrap();
+        let mut cfg = format!(
+            "[global]\nadmin = \"127.0.0.1:9900\"\n\n[[service]]\nname = \"site\"\nvip = \"127.0.0.1\"\nport = 8080\nmode = \"http\"\n{service}\n"
+        );
+        if !service.contains("[service.health]") {
+            cfg += "[service.health]\nkind = \"none\"\n";
+        }
+        let mut servers = Vec::new();
+        for (i, Be(name, extra)) in backends.iter().enumerate() {
+            let addr: SocketAddr = format!("127.0.0.1:{}", 9001 + i).parse().unwrap();
+            cfg += &format!("[[service.backend]]\nname = \"{name}\"\naddress = \"{addr}\"\n{extra}\n");
+            if !dead.contains(name) {
+                servers.push(Server::start(&ns, addr, name, Kind::Http).unwrap());
+            }
+        }
+        let path = temp_file(&format!("l7-{n}.toml"), &cfg).unwrap();
+        let xlb = XlbProcess::start(&ns, &path, &["--cleanup"]).unwrap_or_else(|e| panic!("{e}\n{cfg}"));
+        L7 {
+            ns,
+            _servers: servers,
+            xlb,
+            _cfg: path,
+        }
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(&self.ns, vip()).unwrap()
+    }
+
+    fn get(&self, path: &str, headers: &[&str]) -> lab::http::Response {
+        get(&self.ns, vip(), path, headers).unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", self.xlb.log()))
+    }
+
+    fn set_state(&self, backend: &str, state: &str) {
+        let out = xlb_once(&self.ns, &["server", "set-state", "site", backend, state]).unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+const INSERT: &str = "[service.cookie]\nname = \"SERVERID\"\nmode = \"insert\"\nindirect = true\nnocache = true\n";
+
+fn two() -> Vec<Be<'static>> {
+    vec![Be("s1", "cookie = \"s1\""), Be("s2", "cookie = \"s2\"")]
+}
+
+#[test]
+fn insert_indirect_first_request_gets_a_cookie_later_ones_stick() {
+    lab::require_root!();
+    let l = L7::start(INSERT, &two(), &[]);
+    let mut c = l.client();
+    let first = c.get("/", &[]).unwrap();
+    assert_eq!(first.status, 200);
+    let srv = first.backend().to_string();
+    assert_eq!(first.set_cookie("SERVERID").as_deref(), Some(srv.as_str()));
+    assert!(
+        first.all("set-cookie").contains(&format!("SERVERID={srv}; path=/").as_str()),
+        "{:?}",
+        first.headers
+    );
+    for _ in 0..5 {
+        let r = c.get("/", &[&format!("Cookie: a=1; SERVERID={srv}; b=2")]).unwrap();
+        assert_eq!(r.backend(), srv, "a valid cookie sticks");
+        assert!(r.all("set-cookie").is_empty(), "no Set-Cookie for a client holding a valid cookie");
+        assert_eq!(r.seen("cookie"), vec!["a=1; b=2"], "indirect: only our cookie is removed");
+    }
+    let r = c.get("/", &[&format!("Cookie: SERVERID={srv}")]).unwrap();
+    assert!(r.seen("cookie").is_empty(), "nothing left: no Cookie header at all");
+    // An invalid value is balanced again and re-cookied.
+    let r = l.get("/", &["Cookie: SERVERID=nosuch"]);
+    assert_eq!(r.set_cookie("SERVERID").as_deref(), Some(r.backend()));
+    // Keep-alive both sides: one client connection carried all of the above.
+}
+
+#[test]
+fn without_indirect_the_server_sees_the_cookie() {
+    lab::require_root!();
+    let l = L7::start(&INSERT.replace("indirect = true", "indirect = false"), &two(), &[]);
+    let r = l.get("/", &["Cookie: SERVERID=s2; x=y"]);
+    assert_eq!(r.backend(), "s2");
+    assert_eq!(r.seen("cookie"), vec!["SERVERID=s2; x=y"]);
+}
+
+#[test]
+fn nocache_marks_only_cacheable_responses_private() {
+    lab::require_root!();
+    let l = L7::start(INSERT, &two(), &[]);
+    let r = l.get("/?cc=max-age=60", &[]);
+    assert!(r.set_cookie("SERVERID").is_some());
+    assert!(r.all("cache-control").contains(&"private"), "{:?}", r.headers);
+    let r = l.get("/?etag", &[]);
+    assert!(r.all("cache-control").contains(&"private"), "a validator makes it cacheable");
+    let r = l.get("/", &[]);
+    assert!(r.set_cookie("SERVERID").is_some());
+    assert!(!r.all("cache-control").contains(&"private"), "not cacheable: no extra header");
+    let r = l.get("/?cc=max-age=60", &["Cookie: SERVERID=s1"]);
+    assert!(r.all("cache-control").iter().all(|v| *v != "private"), "no cookie inserted, nothing added");
+}
+
+#[test]
+fn server_without_cookie_value_clears_the_cookie() {
+    lab::require_root!();
+    let l = L7::start(INSERT, &[Be("s1", "")], &[]);
+    let r = l.get("/", &[]);
+    assert!(
+        r.all("set-cookie")
+            .contains(&"SERVERID=; Expires=Thu, 01-Jan-1970 00:00:01 GMT; path=/"),
+        "{:?}",
+        r.headers
+    );
+}
+
+#[test]
+fn down_server_clients_are_moved_and_recookied_drain_keeps_them() {
+    lab::require_root!();
+    let l = L7::start(INSERT, &two(), &[]);
+    l.set_state("s1", "drain");
+    let r = l.get("/", &["Cookie: SERVERID=s1"]);
+    assert_eq!(r.backend(), "s1", "drain: persistent traffic still served");
+    assert!(r.all("set-cookie").is_empty());
+    for _ in 0..4 {
+        assert_eq!(l.get("/", &[]).backend(), "s2", "drain: no new balanced traffic");
+    }
+    l.set_state("s1", "maint");
+    let r = l.get("/", &["Cookie: SERVERID=s1"]);
+    assert_eq!(r.backend(), "s2", "maint: the cookie is ignored, the request balanced");
+    assert_eq!(r.set_cookie("SERVERID").as_deref(), Some("s2"), "and a new cookie issued");
+    assert!(l.xlb.log().contains("cookie=D"), "the log flags a cookie naming a down server");
+}
+
+#[test]
+fn backups_only_when_no_normal_server_is_up_and_a_cookie_reaches_them() {
+    lab::require_root!();
+    let l = L7::start(
+        INSERT,
+        &[Be("s1", "cookie = \"s1\""), Be("b1", "cookie = \"b1\"\nbackup = true")],
+        &[],
+    );
+    for _ in 0..3 {
+        assert_eq!(l.get("/", &[]).backend(), "s1");
+    }
+    assert_eq!(l.get("/", &["Cookie: SERVERID=b1"]).backend(), "b1", "a cookie naming a backup goes to it");
+    l.set_state("s1", "maint");
+    let r = l.get("/", &[]);
+    assert_eq!(r.backend(), "b1");
+    assert_eq!(r.set_cookie("SERVERID").as_deref(), Some("b1"));
+}
+
+#[test]
+fn connect_failure_without_redispatch_is_503_with_it_moves() {
+    lab::require_root!();
+    let svc = format!("{INSERT}[service.http]\nretries = 2\n");
+    let l = L7::start(&svc, &two(), &["s1"]);
+    let r = l.get("/", &["Cookie: SERVERID=s1"]);
+    assert_eq!(r.status, 503, "persistence kept, retries exhausted");
+    assert!(r.body.contains("no server available"));
+    let svc = format!("{INSERT}[service.http]\nretries = 2\nredispatch = true\n");
+    let l = L7::start(&svc, &two(), &["s1"]);
+    let r = l.get("/", &["Cookie: SERVERID=s1"]);
+    assert_eq!(r.status, 200, "{}", l.xlb.log());
+    assert_eq!(r.backend(), "s2", "the last retry went elsewhere");
+    assert_eq!(r.set_cookie("SERVERID").as_deref(), Some("s2"), "persistence broken: new cookie");
+}
+
+#[test]
+fn forwardfor_and_its_exception() {
+    lab::require_root!();
+    let l = L7::start("[service.http]\nforwardfor = true\n", &two(), &[]);
+    assert_eq!(l.get("/", &[]).seen("x-forwarded-for"), vec!["127.0.0.1"]);
+    let l = L7::start("[service.http]\nforwardfor = true\nforwardfor_except = \"127.0.0.0/8\"\n", &two(), &[]);
+    assert!(l.get("/", &[]).seen("x-forwarded-for").is_empty());
+}
+
+#[test]
+fn monitor_uri_is_answered_by_xlb() {
+    lab::require_root!();
+    let l = L7::start("[service.http]\nmonitor_uri = \"/site_status\"\n", &two(), &[]);
+    let r = l.get("/site_status", &[]);
+    assert_eq!((r.status, r.body.as_str(), r.backend()), (200, "OK\n", ""), "never forwarded");
+    assert_eq!(l.get("/Site_Status", &[]).backend().len(), 2, "exact, case-sensitive match");
+    l.set_state("s1", "maint");
+    l.set_state("s2", "maint");
+    assert_eq!(l.get("/site_status", &[]).status, 503);
+    assert_eq!(l.get("/", &[]).status, 503, "nothing can serve: 503 with a short body");
+}
+
+#[test]
+fn prefix_mode_wraps_the_application_cookie() {
+    lab::require_root!();
+    let svc = "[service.cookie]\nname = \"JSESSIONID\"\nmode = \"prefix\"\n";
+    let l = L7::start(svc, &two(), &[]);
+    let r = l.get("/?cookie=JSESSIONID:ABC", &[]);
+    let srv = r.backend().to_string();
+    assert_eq!(r.set_cookie("JSESSIONID"), Some(format!("{srv}~ABC")));
+    for _ in 0..3 {
+        let r = l.get("/", &[&format!("Cookie: JSESSIONID={srv}~ABC")]);
+        assert_eq!(r.backend(), srv);
+        assert_eq!(r.seen("cookie"), vec!["JSESSIONID=ABC"], "the application sees its own value");
+    }
+}
+
+#[test]
+fn rewrite_mode_puts_the_server_value_in() {
+    lab::require_root!();
+    let l = L7::start("[service.cookie]\nname = \"SERVERID\"\nmode = \"rewrite\"\n", &two(), &[]);
+    let r = l.get("/?cookie=SERVERID:whatever", &[]);
+    assert_eq!(r.set_cookie("SERVERID").as_deref(), Some(r.backend()));
+}
+
+#[test]
+fn maxidle_expires_old_cookies_and_refreshes_live_ones() {
+    lab::require_root!();
+    let l = L7::start(&format!("{INSERT}maxidle = \"30m\"\n"), &two(), &[]);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let date = |t: u64| lb_user::l7::cookie::encode_date(t);
+    let r = l.get("/", &[]);
+    let value = r.set_cookie("SERVERID").unwrap();
+    assert!(value.starts_with(&format!("{}|", r.backend())), "dates ride in the cookie: {value}");
+    // Used 10 s ago: sticks; refreshed if the 4 s date moved.
+    let recent = format!("Cookie: SERVERID=s1|{}", date(now - 10));
+    let r = l.get("/", &[&recent]);
+    assert_eq!(r.backend(), "s1");
+    assert!(r.set_cookie("SERVERID").is_some_and(|v| v.starts_with("s1|")), "last-use date refreshed");
+    // Idle for 2 h: ignored, balanced again, new cookie.
+    let old = format!("Cookie: SERVERID=s1|{}", date(now - 7200));
+    let mut moved = false;
+    for _ in 0..4 {
+        let r = l.get("/", &[&old]);
+        assert!(r.set_cookie("SERVERID").is_some(), "an expired cookie is replaced");
+        moved |= r.backend() == "s2";
+    }
+    assert!(moved, "an expired cookie no longer pins the client");
+    assert!(l.xlb.log().contains("cookie=E"));
+}
+
+#[test]
+fn postonly_inserts_only_on_post() {
+    lab::require_root!();
+    let l = L7::start(&format!("{INSERT}postonly = true\n"), &two(), &[]);
+    assert!(l.get("/", &[]).set_cookie("SERVERID").is_none());
+    let r = l.client().request("POST", "/", &[], "x=1").unwrap();
+    assert!(r.set_cookie("SERVERID").is_some());
+}
+
+#[test]
+fn insert_removes_the_servers_own_cookie_unless_preserve() {
+    lab::require_root!();
+    let l = L7::start(INSERT, &two(), &[]);
+    let r = l.get("/?cookie=SERVERID:app", &["Cookie: SERVERID=s1"]);
+    assert!(r.set_cookie("SERVERID").is_none(), "{:?}", r.headers);
+    let l = L7::start(&format!("{INSERT}preserve = true\n"), &two(), &[]);
+    let r = l.get("/?cookie=SERVERID:app", &["Cookie: SERVERID=s1"]);
+    assert_eq!(r.set_cookie("SERVERID").as_deref(), Some("app"));
+}
+
+#[test]
+fn weighted_round_robin_and_hashing() {
+    lab::require_root!();
+    let l = L7::start("", &[Be("s1", "weight = 3"), Be("s2", "weight = 1")], &[]);
+    let mut c = l.client();
+    let picks: Vec<String> = (0..8).map(|_| c.get("/", &[]).unwrap().backend().to_string()).collect();
+    assert_eq!(picks.iter().filter(|p| *p == "s1").count(), 6, "{picks:?}");
+    let l = L7::start("balance = \"uri\"", &[Be("s1", ""), Be("s2", ""), Be("s3", "")], &[]);
+    let first = l.get("/a/page?x=1", &[]).backend().to_string();
+    for q in ["?y=2", "", "?z"] {
+        assert_eq!(l.get(&format!("/a/page{q}"), &[]).backend(), first, "the path alone picks");
+    }
+    let spread: std::collections::HashSet<String> = (0..30).map(|i| l.get(&format!("/p{i}"), &[]).backend().to_string()).collect();
+    assert_eq!(spread.len(), 3);
+    let l = L7::start("balance = \"hdr(X-User)\"", &[Be("s1", ""), Be("s2", "")], &[]);
+    let alice = l.get("/", &["X-User: alice"]).backend().to_string();
+    for _ in 0..4 {
+        assert_eq!(l.get("/", &["X-User: alice"]).backend(), alice);
+    }
+}
