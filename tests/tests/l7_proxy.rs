@@ -94,15 +94,24 @@ fn insert_indirect_first_request_gets_a_cookie_later_ones_stick() {
     let srv = first.backend().to_string();
     assert_eq!(first.set_cookie("SERVERID").as_deref(), Some(srv.as_str()));
     assert!(
-        first.all("set-cookie").contains(&format!("SERVERID={srv}; path=/").as_str()),
+        first
+            .all("set-cookie")
+            .contains(&format!("SERVERID={srv}; path=/").as_str()),
         "{:?}",
         first.headers
     );
     for _ in 0..5 {
         let r = c.get("/", &[&format!("Cookie: a=1; SERVERID={srv}; b=2")]).unwrap();
         assert_eq!(r.backend(), srv, "a valid cookie sticks");
-        assert!(r.all("set-cookie").is_empty(), "no Set-Cookie for a client holding a valid cookie");
-        assert_eq!(r.seen("cookie"), vec!["a=1; b=2"], "indirect: only our cookie is removed");
+        assert!(
+            r.all("set-cookie").is_empty(),
+            "no Set-Cookie for a client holding a valid cookie"
+        );
+        assert_eq!(
+            r.seen("cookie"),
+            vec!["a=1; b=2"],
+            "indirect: only our cookie is removed"
+        );
     }
     let r = c.get("/", &[&format!("Cookie: SERVERID={srv}")]).unwrap();
     assert!(r.seen("cookie").is_empty(), "nothing left: no Cookie header at all");
@@ -129,12 +138,21 @@ fn nocache_marks_only_cacheable_responses_private() {
     assert!(r.set_cookie("SERVERID").is_some());
     assert!(r.all("cache-control").contains(&"private"), "{:?}", r.headers);
     let r = l.get("/?etag", &[]);
-    assert!(r.all("cache-control").contains(&"private"), "a validator makes it cacheable");
+    assert!(
+        r.all("cache-control").contains(&"private"),
+        "a validator makes it cacheable"
+    );
     let r = l.get("/", &[]);
     assert!(r.set_cookie("SERVERID").is_some());
-    assert!(!r.all("cache-control").contains(&"private"), "not cacheable: no extra header");
+    assert!(
+        !r.all("cache-control").contains(&"private"),
+        "not cacheable: no extra header"
+    );
     let r = l.get("/?cc=max-age=60", &["Cookie: SERVERID=s1"]);
-    assert!(r.all("cache-control").iter().all(|v| *v != "private"), "no cookie inserted, nothing added");
+    assert!(
+        r.all("cache-control").iter().all(|v| *v != "private"),
+        "no cookie inserted, nothing added"
+    );
 }
 
 #[test]
@@ -164,8 +182,15 @@ fn down_server_clients_are_moved_and_recookied_drain_keeps_them() {
     l.set_state("s1", "maint");
     let r = l.get("/", &["Cookie: SERVERID=s1"]);
     assert_eq!(r.backend(), "s2", "maint: the cookie is ignored, the request balanced");
-    assert_eq!(r.set_cookie("SERVERID").as_deref(), Some("s2"), "and a new cookie issued");
-    assert!(l.xlb.log().contains("cookie=D"), "the log flags a cookie naming a down server");
+    assert_eq!(
+        r.set_cookie("SERVERID").as_deref(),
+        Some("s2"),
+        "and a new cookie issued"
+    );
+    assert!(
+        l.xlb.log().contains("cookie=D"),
+        "the log flags a cookie naming a down server"
+    );
 }
 
 #[test]
@@ -179,7 +204,11 @@ fn backups_only_when_no_normal_server_is_up_and_a_cookie_reaches_them() {
     for _ in 0..3 {
         assert_eq!(l.get("/", &[]).backend(), "s1");
     }
-    assert_eq!(l.get("/", &["Cookie: SERVERID=b1"]).backend(), "b1", "a cookie naming a backup goes to it");
+    assert_eq!(
+        l.get("/", &["Cookie: SERVERID=b1"]).backend(),
+        "b1",
+        "a cookie naming a backup goes to it"
+    );
     l.set_state("s1", "maint");
     let r = l.get("/", &[]);
     assert_eq!(r.backend(), "b1");
@@ -199,7 +228,11 @@ fn connect_failure_without_redispatch_is_503_with_it_moves() {
     let r = l.get("/", &["Cookie: SERVERID=s1"]);
     assert_eq!(r.status, 200, "{}", l.xlb.log());
     assert_eq!(r.backend(), "s2", "the last retry went elsewhere");
-    assert_eq!(r.set_cookie("SERVERID").as_deref(), Some("s2"), "persistence broken: new cookie");
+    assert_eq!(
+        r.set_cookie("SERVERID").as_deref(),
+        Some("s2"),
+        "persistence broken: new cookie"
+    );
 }
 
 #[test]
@@ -207,7 +240,11 @@ fn forwardfor_and_its_exception() {
     lab::require_root!();
     let l = L7::start("[service.http]\nforwardfor = true\n", &two(), &[]);
     assert_eq!(l.get("/", &[]).seen("x-forwarded-for"), vec!["127.0.0.1"]);
-    let l = L7::start("[service.http]\nforwardfor = true\nforwardfor_except = \"127.0.0.0/8\"\n", &two(), &[]);
+    let l = L7::start(
+        "[service.http]\nforwardfor = true\nforwardfor_except = \"127.0.0.0/8\"\n",
+        &two(),
+        &[],
+    );
     assert!(l.get("/", &[]).seen("x-forwarded-for").is_empty());
 }
 
@@ -216,8 +253,16 @@ fn monitor_uri_is_answered_by_xlb() {
     lab::require_root!();
     let l = L7::start("[service.http]\nmonitor_uri = \"/site_status\"\n", &two(), &[]);
     let r = l.get("/site_status", &[]);
-    assert_eq!((r.status, r.body.as_str(), r.backend()), (200, "OK\n", ""), "never forwarded");
-    assert_eq!(l.get("/Site_Status", &[]).backend().len(), 2, "exact, case-sensitive match");
+    assert_eq!(
+        (r.status, r.body.as_str(), r.backend()),
+        (200, "OK\n", ""),
+        "never forwarded"
+    );
+    assert_eq!(
+        l.get("/Site_Status", &[]).backend().len(),
+        2,
+        "exact, case-sensitive match"
+    );
     l.set_state("s1", "maint");
     l.set_state("s2", "maint");
     assert_eq!(l.get("/site_status", &[]).status, 503);
@@ -235,14 +280,22 @@ fn prefix_mode_wraps_the_application_cookie() {
     for _ in 0..3 {
         let r = l.get("/", &[&format!("Cookie: JSESSIONID={srv}~ABC")]);
         assert_eq!(r.backend(), srv);
-        assert_eq!(r.seen("cookie"), vec!["JSESSIONID=ABC"], "the application sees its own value");
+        assert_eq!(
+            r.seen("cookie"),
+            vec!["JSESSIONID=ABC"],
+            "the application sees its own value"
+        );
     }
 }
 
 #[test]
 fn rewrite_mode_puts_the_server_value_in() {
     lab::require_root!();
-    let l = L7::start("[service.cookie]\nname = \"SERVERID\"\nmode = \"rewrite\"\n", &two(), &[]);
+    let l = L7::start(
+        "[service.cookie]\nname = \"SERVERID\"\nmode = \"rewrite\"\n",
+        &two(),
+        &[],
+    );
     let r = l.get("/?cookie=SERVERID:whatever", &[]);
     assert_eq!(r.set_cookie("SERVERID").as_deref(), Some(r.backend()));
 }
@@ -251,16 +304,25 @@ fn rewrite_mode_puts_the_server_value_in() {
 fn maxidle_expires_old_cookies_and_refreshes_live_ones() {
     lab::require_root!();
     let l = L7::start(&format!("{INSERT}maxidle = \"30m\"\n"), &two(), &[]);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let date = |t: u64| lb_user::l7::cookie::encode_date(t);
     let r = l.get("/", &[]);
     let value = r.set_cookie("SERVERID").unwrap();
-    assert!(value.starts_with(&format!("{}|", r.backend())), "dates ride in the cookie: {value}");
+    assert!(
+        value.starts_with(&format!("{}|", r.backend())),
+        "dates ride in the cookie: {value}"
+    );
     // Used 10 s ago: sticks; refreshed if the 4 s date moved.
     let recent = format!("Cookie: SERVERID=s1|{}", date(now - 10));
     let r = l.get("/", &[&recent]);
     assert_eq!(r.backend(), "s1");
-    assert!(r.set_cookie("SERVERID").is_some_and(|v| v.starts_with("s1|")), "last-use date refreshed");
+    assert!(
+        r.set_cookie("SERVERID").is_some_and(|v| v.starts_with("s1|")),
+        "last-use date refreshed"
+    );
     // Idle for 2 h: ignored, balanced again, new cookie.
     let old = format!("Cookie: SERVERID=s1|{}", date(now - 7200));
     let mut moved = false;
@@ -303,9 +365,15 @@ fn weighted_round_robin_and_hashing() {
     let l = L7::start("balance = \"uri\"", &[Be("s1", ""), Be("s2", ""), Be("s3", "")], &[]);
     let first = l.get("/a/page?x=1", &[]).backend().to_string();
     for q in ["?y=2", "", "?z"] {
-        assert_eq!(l.get(&format!("/a/page{q}"), &[]).backend(), first, "the path alone picks");
+        assert_eq!(
+            l.get(&format!("/a/page{q}"), &[]).backend(),
+            first,
+            "the path alone picks"
+        );
     }
-    let spread: std::collections::HashSet<String> = (0..30).map(|i| l.get(&format!("/p{i}"), &[]).backend().to_string()).collect();
+    let spread: std::collections::HashSet<String> = (0..30)
+        .map(|i| l.get(&format!("/p{i}"), &[]).backend().to_string())
+        .collect();
     assert_eq!(spread.len(), 3);
     let l = L7::start("balance = \"hdr(X-User)\"", &[Be("s1", ""), Be("s2", "")], &[]);
     let alice = l.get("/", &["X-User: alice"]).backend().to_string();
