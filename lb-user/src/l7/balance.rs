@@ -84,6 +84,14 @@ impl Balancer {
         }
     }
 
+    /// The request header `hdr(NAME)` hashes, if that is the algorithm.
+    pub fn header(&self) -> Option<&str> {
+        match &self.algo {
+            Algo::Hdr(h) => Some(h),
+            _ => None,
+        }
+    }
+
     /// Picks among `eligible` (indexes into `slots`, all with weight > 0).
     pub fn pick(&self, slots: &[Slot], eligible: &[usize], key: &Key<'_>) -> Option<usize> {
         if eligible.is_empty() {

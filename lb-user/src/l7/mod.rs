@@ -300,7 +300,7 @@ async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, mut req: Re
         }
     }
     let via_cookie = target.is_some();
-    let header_value = match svc.balancer_header() {
+    let header_value = match svc.balancer.header() {
         Some(name) => req
             .headers()
             .get(name)
@@ -392,15 +392,6 @@ async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, mut req: Re
 
 fn local_503() -> Response<Body> {
     local(StatusCode::SERVICE_UNAVAILABLE, "no server available\n")
-}
-
-impl Service {
-    fn balancer_header(&self) -> Option<String> {
-        match Algo::parse(&self.cfg.balance) {
-            Algo::Hdr(h) => Some(h),
-            _ => None,
-        }
-    }
 }
 
 /// Origin-form URI and Host (from HTTP/2's authority), HTTP/1.1 towards the
