@@ -1,14 +1,30 @@
 //! The admin API: a small HTTP server on `global.admin` (loopback by
-//! default) that `xlb status` and `xlb reload` talk to.
+//! default) that `xlb status`, `xlb reload`, `xlb server` and `xlb session`
+//! talk to; it also serves `/metrics` and the stats page.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use http_body_util::{BodyExt, Full};
-use hyper::{body::Bytes, server::conn::http1, service::service_fn, Method, Request, Response, StatusCode};
+use hyper::{
+    body::Bytes,
+    header::{self, HeaderValue},
+    server::conn::http1,
+    service::service_fn,
+    Method, Request, Response, StatusCode,
+};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::daemon::{AdminState, RunError, Shared};
+use crate::{
+    config::StatsCfg,
+    daemon::{AdminState, RunError, Shared},
+    l7::appsession::EntryView,
+    metrics, stats_page,
+};
 
 type Resp = Response<Full<Bytes>>;
 
@@ -22,39 +38,159 @@ fn reply(status: StatusCode, ctype: &str, body: impl Into<Bytes>) -> Resp {
 
 async fn route(shared: Shared, req: Request<hyper::body::Incoming>) -> Resp {
     let path = req.uri().path().to_string();
-    // POST /api/servers/SERVICE/BACKEND/state, body ready|drain|maint
-    if let (&Method::POST, Some(rest)) = (req.method(), path.strip_prefix("/api/servers/")) {
-        let parts: Vec<&str> = rest.split('/').collect();
-        let [service, backend, "state"] = parts.as_slice() else {
-            return reply(StatusCode::NOT_FOUND, "text/plain", "not found\n");
-        };
-        let (service, backend) = (service.to_string(), backend.to_string());
-        let body = match req.into_body().collect().await {
-            Ok(b) => String::from_utf8_lossy(&b.to_bytes()).trim().to_string(),
-            Err(e) => return reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
-        };
-        let state = match body.parse::<AdminState>() {
-            Ok(s) => s,
-            Err(e) => return reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
-        };
-        return match shared.lock().await.set_state(&service, &backend, state) {
-            Ok(()) => reply(StatusCode::OK, "text/plain", "ok\n"),
-            Err(e @ RunError::NoSuchBackend { .. }) => reply(StatusCode::NOT_FOUND, "text/plain", format!("{e}\n")),
-            Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
-        };
+    let stats_cfg = shared.lock().await.stats_cfg();
+    if let Some(sc) = stats_cfg {
+        if path == sc.uri || path.strip_prefix(sc.uri.as_str()).is_some_and(|r| r.starts_with(';')) {
+            return stats(shared, &sc, req).await;
+        }
     }
-    match (req.method(), path.as_str()) {
-        (&Method::GET, "/api/status") => {
+    let method = req.method().clone();
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let not_found = || reply(StatusCode::NOT_FOUND, "text/plain", "not found\n");
+    let error = |e: RunError| match e {
+        RunError::NoSuchBackend { .. } | RunError::NoSessions(_) => {
+            reply(StatusCode::NOT_FOUND, "text/plain", format!("{e}\n"))
+        }
+        RunError::Config(_) => reply(StatusCode::UNPROCESSABLE_ENTITY, "text/plain", format!("{e}\n")),
+        e => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
+    };
+    match (&method, parts.as_slice()) {
+        (&Method::GET, ["metrics"]) => {
+            let status = shared.lock().await.status();
+            reply(StatusCode::OK, "text/plain; version=0.0.4", metrics::render(&status))
+        }
+        (&Method::GET, ["api", "status"]) => {
             let status = shared.lock().await.status();
             let body = serde_json::to_vec_pretty(&status).unwrap_or_default();
             reply(StatusCode::OK, "application/json", body)
         }
-        (&Method::POST, "/api/reload") => match shared.lock().await.reload() {
+        (&Method::POST, ["api", "reload"]) => match shared.lock().await.reload() {
             Ok(()) => reply(StatusCode::OK, "text/plain", "reloaded\n"),
-            Err(e) => reply(StatusCode::UNPROCESSABLE_ENTITY, "text/plain", format!("{e}\n")),
+            Err(e) => error(e),
         },
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+        // Body: ready | drain | maint.
+        (&Method::POST, ["api", "servers", service, backend, "state"]) => {
+            let (service, backend) = (service.to_string(), backend.to_string());
+            let state = match body_text(req).await.and_then(|b| b.parse::<AdminState>()) {
+                Ok(s) => s,
+                Err(e) => return reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+            };
+            match shared.lock().await.set_state(&service, &backend, state) {
+                Ok(()) => reply(StatusCode::OK, "text/plain", "ok\n"),
+                Err(e) => error(e),
+            }
+        }
+        (_, ["api", "sessions", service, rest @ ..]) => {
+            let table = match shared.lock().await.sessions(service) {
+                Ok(t) => t,
+                Err(e) => return error(e),
+            };
+            let now = Instant::now();
+            match (&method, rest) {
+                (&Method::GET, []) => {
+                    let body = serde_json::to_vec_pretty(&table.entries(now)).unwrap_or_default();
+                    reply(StatusCode::OK, "application/json", body)
+                }
+                (&Method::DELETE, []) => reply(StatusCode::OK, "text/plain", format!("cleared {}\n", table.clear())),
+                (&Method::DELETE, [id]) if table.forget(id) => reply(StatusCode::OK, "text/plain", "forgotten\n"),
+                (&Method::DELETE, [_]) => not_found(),
+                // Entries pushed by a peer (or restored by an operator): a
+                // JSON list as GET returns it.
+                (&Method::POST, []) => {
+                    let entries = match body_text(req)
+                        .await
+                        .and_then(|b| serde_json::from_str::<Vec<EntryView>>(&b).map_err(|e| e.to_string()))
+                    {
+                        Ok(v) => v,
+                        Err(e) => return reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+                    };
+                    for e in &entries {
+                        table.learn_aged(&e.id, &e.server, now, Duration::from_millis(e.idle_ms));
+                    }
+                    reply(StatusCode::OK, "text/plain", format!("learned {}\n", entries.len()))
+                }
+                _ => not_found(),
+            }
+        }
+        _ => not_found(),
     }
+}
+
+async fn body_text(req: Request<hyper::body::Incoming>) -> Result<String, String> {
+    let b = req.into_body().collect().await.map_err(|e| e.to_string())?;
+    Ok(String::from_utf8_lossy(&b.to_bytes()).trim().to_string())
+}
+
+/// The stats page: GET shows it (HTML, or CSV for `URI;csv` / `URI?csv`),
+/// POST applies an admin action and redirects back (HAProxy's `;st=`).
+async fn stats(shared: Shared, sc: &StatsCfg, req: Request<hyper::body::Incoming>) -> Resp {
+    if let Some((user, password)) = &sc.auth {
+        let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if !stats_page::authorized(given, user, password) {
+            let mut r = reply(StatusCode::UNAUTHORIZED, "text/plain", "authentication required\n");
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"xlb statistics\""),
+            );
+            return r;
+        }
+    }
+    let path = req.uri().path().to_string();
+    if req.method() == Method::POST {
+        if sc.auth.is_none() {
+            return reply(
+                StatusCode::FORBIDDEN,
+                "text/plain",
+                "admin actions need [stats] auth in the config\n",
+            );
+        }
+        let form = stats_page::form(&body_text(req).await.unwrap_or_default());
+        let values = |k: &str| -> Vec<String> { form.iter().filter(|(n, _)| n == k).map(|(_, v)| v.clone()).collect() };
+        let one = |k: &str| values(k).into_iter().next().unwrap_or_default();
+        let (service, servers) = (one("b"), values("s"));
+        let outcome = match one("action").parse::<AdminState>() {
+            Err(_) => "ERRP",
+            Ok(_) if servers.is_empty() => "NONE",
+            Ok(state) => {
+                let mut d = shared.lock().await;
+                let failed = servers
+                    .iter()
+                    .filter(|b| d.set_state(&service, b, state).is_err())
+                    .count();
+                if failed == 0 {
+                    "DONE"
+                } else {
+                    "PART"
+                }
+            }
+        };
+        let mut r = reply(StatusCode::SEE_OTHER, "text/plain", "");
+        if let Ok(v) = HeaderValue::from_str(&format!("{};st={outcome}", sc.uri)) {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
+        return r;
+    }
+    let status = shared.lock().await.status();
+    let opts: Vec<&str> = path.split(';').skip(1).collect();
+    if opts.contains(&"csv") || req.uri().query() == Some("csv") {
+        return reply(StatusCode::OK, "text/csv", stats_page::csv(&status));
+    }
+    let notice = opts.iter().find_map(|o| o.strip_prefix("st=")).map(|st| match st {
+        "DONE" => "Action processed successfully.",
+        "PART" => "Action not applied to every server (unknown names?).",
+        "NONE" => "Nothing to do: no server selected.",
+        _ => "Unknown action.",
+    });
+    let mut r = reply(
+        StatusCode::OK,
+        "text/html; charset=utf-8",
+        stats_page::html(&status, &sc.uri, sc.auth.is_some(), notice),
+    );
+    if let Some(refresh) = sc.refresh {
+        r.headers_mut()
+            .insert(header::REFRESH, HeaderValue::from(refresh.as_secs().max(1)));
+    }
+    r
 }
 
 /// Binds the admin address; the returned future serves until dropped.

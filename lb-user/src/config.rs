@@ -81,6 +81,67 @@ pub struct CookieCfg {
     pub domain: Option<String>,
 }
 
+/// Where appsession looks for the session id in the URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum UrlMode {
+    /// `/path;jsessionid=ID?query` (name matched case-insensitively).
+    #[default]
+    PathParameters,
+    /// `/path?jsessionid=ID&...`.
+    QueryString,
+}
+
+/// Application-session persistence (HAProxy's `appsession`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppSessionCfg {
+    pub cookie: String,
+    /// Characters of the session id that are remembered.
+    pub len: usize,
+    /// Idle time after which an entry is forgotten.
+    pub timeout: Duration,
+    pub request_learn: bool,
+    pub url_mode: UrlMode,
+}
+
+/// A host regex; compared by its source so configs stay comparable.
+#[derive(Debug, Clone)]
+pub struct HostRegex(pub regex::Regex);
+
+impl PartialEq for HostRegex {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+/// A routing rule of an http service: every condition given must hold
+/// (any of the listed prefixes or suffixes; the host regex).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub path_beg: Vec<String>,
+    pub path_end: Vec<String>,
+    pub host: Option<HostRegex>,
+    pub group: String,
+}
+
+impl Route {
+    /// `host` is the request's host without its port.
+    pub fn matches(&self, path: &str, host: Option<&str>) -> bool {
+        (self.path_beg.is_empty() || self.path_beg.iter().any(|p| path.starts_with(p.as_str())))
+            && (self.path_end.is_empty() || self.path_end.iter().any(|p| path.ends_with(p.as_str())))
+            && self.host.as_ref().is_none_or(|r| host.is_some_and(|h| r.0.is_match(h)))
+    }
+}
+
+/// The stats page on the admin address (HAProxy's `stats uri/auth/refresh`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatsCfg {
+    pub uri: String,
+    /// `user:password` for basic auth; admin actions need it.
+    pub auth: Option<(String, String)>,
+    pub refresh: Option<Duration>,
+}
+
 /// An address range such as 127.0.0.0/8.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
@@ -212,6 +273,15 @@ struct RawConfig {
     global: RawGlobal,
     #[serde(default)]
     service: Vec<RawService>,
+    stats: Option<Spanned<RawStats>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStats {
+    uri: Option<Spanned<String>>,
+    auth: Option<Spanned<String>>,
+    refresh: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -245,6 +315,57 @@ struct RawService {
     health: Option<RawHealth>,
     cookie: Option<Spanned<RawCookie>>,
     http: Option<Spanned<RawHttp>>,
+    appsession: Option<Spanned<RawAppSession>>,
+    #[serde(default)]
+    route: Vec<Spanned<RawRoute>>,
+    #[serde(default)]
+    group: Vec<Spanned<RawGroup>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAppSession {
+    cookie: Spanned<String>,
+    len: Option<Spanned<i64>>,
+    timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    request_learn: bool,
+    #[serde(default)]
+    url_mode: UrlMode,
+}
+
+/// A string or a list of strings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    path_beg: Option<OneOrMany>,
+    path_end: Option<OneOrMany>,
+    host: Option<Spanned<String>>,
+    backend_group: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroup {
+    name: Spanned<String>,
+    #[serde(default)]
+    backend: Vec<RawBackend>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -323,6 +444,7 @@ pub struct Config {
     pub path: PathBuf,
     pub global: Global,
     pub services: Vec<Service>,
+    pub stats: Option<StatsCfg>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -354,6 +476,12 @@ pub struct Service {
     pub cookie: Option<CookieCfg>,
     /// http: proxy settings (defaults when not configured).
     pub http: HttpCfg,
+    /// http: application-session persistence, if configured.
+    pub appsession: Option<AppSessionCfg>,
+    /// http: routing rules, first match wins.
+    pub routes: Vec<Route>,
+    /// http: names of the backend groups (their backends are in `backends`).
+    pub groups: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -363,6 +491,8 @@ pub struct Backend {
     pub weight: u32,
     pub backup: bool,
     pub cookie: Option<String>,
+    /// The backend group it belongs to; None: the service's own backends.
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -403,6 +533,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(format!("duration {s:?}: unknown unit {unit:?} (ms, s, m, h, d)")),
     };
     Ok(Duration::from_millis(ms))
+}
+
+/// A token as RFC 6265 allows for cookie names.
+fn valid_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+}
+
+/// What validating a backend needs to know of its service.
+struct BackendCtx<'a> {
+    service: &'a str,
+    mode: Mode,
+    vip: Option<IpAddr>,
 }
 
 /// Reads and validates a config file.
@@ -509,10 +654,12 @@ impl Validator<'_> {
         if services.len() > lb_common::MAX_SERVICES as usize {
             self.err(1, format!("more than {} services", lb_common::MAX_SERVICES));
         }
+        let stats = raw.stats.map(|s| self.stats(s.into_inner()));
         Config {
             path: self.path.to_owned(),
             global,
             services,
+            stats,
         }
     }
 
@@ -578,70 +725,46 @@ impl Validator<'_> {
         }
         let mut backends = Vec::new();
         let mut cookies: Vec<(String, bool, String)> = Vec::new();
-        for rb in rs.backend {
-            let bname = rb.name.get_ref().clone();
-            if backends.iter().any(|b: &Backend| b.name == bname) {
+        let mut groups = Vec::new();
+        for g in &rs.group {
+            let gname = g.get_ref().name.get_ref();
+            if rs.mode != Mode::Http {
+                self.at(g, "[[service.group]] applies to mode \"http\" only".into());
+            } else if gname.is_empty() {
+                self.at(&g.get_ref().name, "group name is empty".into());
+            } else if groups.contains(gname) {
                 self.at(
-                    &rb.name,
-                    format!("duplicate backend name {bname:?} in service {name:?}"),
+                    &g.get_ref().name,
+                    format!("duplicate group name {gname:?} in service {name:?}"),
                 );
             }
-            let address = rb.address.get_ref().parse::<SocketAddr>().map_err(|_| {
-                self.at(
-                    &rb.address,
-                    format!("backend address {:?} is not ip:port", rb.address.get_ref()),
-                );
-            });
-            let w = *rb.weight.get_ref();
-            if !(0..=MAX_WEIGHT).contains(&w) {
-                self.at(&rb.weight, format!("weight {w} is not in 0-{MAX_WEIGHT}"));
-            }
-            if let (Ok(a), Ok(v)) = (&address, &vip) {
-                // xlb does not translate between IPv4 and IPv6.
-                if rs.mode != Mode::Http && a.is_ipv4() != v.is_ipv4() {
-                    self.at(
-                        &rb.address,
-                        format!(
-                            "backend {bname:?}: {a} is not of the VIP's address family (mode {})",
-                            rs.mode.as_str()
-                        ),
-                    );
-                }
-            }
-            if let Some(c) = &rb.cookie {
-                if rs.mode != Mode::Http {
-                    self.at(
-                        &rb.name,
-                        format!("backend {bname:?}: cookie applies to mode \"http\" only"),
-                    );
-                } else if c.get_ref().is_empty() {
-                    self.at(c, format!("backend {bname:?}: empty cookie value"));
-                } else if let Some(other) = cookies
-                    .iter()
-                    .find(|(v, backup, _)| v == c.get_ref() && !backup && !rb.backup)
-                {
-                    // A server and its backup may share a value; two normal servers may not.
-                    self.at(
-                        c,
-                        format!("cookie value {:?} already used by backend {:?}", c.get_ref(), other.2),
-                    );
-                }
-                cookies.push((c.get_ref().clone(), rb.backup, bname.clone()));
-            }
-            if let Ok(address) = address {
-                backends.push(Backend {
-                    name: bname,
-                    address,
-                    weight: w.clamp(0, MAX_WEIGHT) as u32,
-                    backup: rb.backup,
-                    cookie: rb.cookie.map(Spanned::into_inner),
-                });
+            groups.push(gname.clone());
+        }
+        let members = rs
+            .backend
+            .into_iter()
+            .map(|b| (None, b))
+            .chain(rs.group.into_iter().flat_map(|g| {
+                let g = g.into_inner();
+                let gname = g.name.into_inner();
+                g.backend.into_iter().map(move |b| (Some(gname.clone()), b))
+            }));
+        for (group, rb) in members {
+            let ctx = BackendCtx {
+                service: &name,
+                mode: rs.mode,
+                vip: vip.as_ref().ok().copied(),
+            };
+            if let Some(b) = self.backend(&ctx, rb, group, &backends, &mut cookies) {
+                backends.push(b);
             }
         }
         let health = self.health(rs.health);
         for (section, span) in [
             ("cookie", rs.cookie.as_ref().map(|c| c.span())),
             ("http", rs.http.as_ref().map(|c| c.span())),
+            ("appsession", rs.appsession.as_ref().map(|c| c.span())),
+            ("route", rs.route.first().map(|c| c.span())),
         ] {
             if let (Some(span), true) = (span, rs.mode != Mode::Http) {
                 let line = self.line(span.start);
@@ -650,6 +773,8 @@ impl Validator<'_> {
         }
         let cookie = rs.cookie.map(|c| self.cookie(c.into_inner()));
         let http = rs.http.map(|h| self.http(h.into_inner())).unwrap_or_default();
+        let appsession = rs.appsession.map(|a| self.appsession(a.into_inner()));
+        let routes = rs.route.into_iter().filter_map(|r| self.route(r, &groups)).collect();
         Some(Service {
             name,
             vip: vip.ok()?,
@@ -662,7 +787,172 @@ impl Validator<'_> {
             health,
             cookie,
             http,
+            appsession,
+            routes,
+            groups,
         })
+    }
+
+    /// One backend of a service or of one of its groups; `cookies` collects
+    /// the cookie values seen so far (value, backup, backend name).
+    fn backend(
+        &mut self,
+        ctx: &BackendCtx<'_>,
+        rb: RawBackend,
+        group: Option<String>,
+        backends: &[Backend],
+        cookies: &mut Vec<(String, bool, String)>,
+    ) -> Option<Backend> {
+        let name = ctx.service;
+        let bname = rb.name.get_ref().clone();
+        if backends.iter().any(|b: &Backend| b.name == bname) {
+            self.at(
+                &rb.name,
+                format!("duplicate backend name {bname:?} in service {name:?}"),
+            );
+        }
+        let address = rb.address.get_ref().parse::<SocketAddr>().map_err(|_| {
+            self.at(
+                &rb.address,
+                format!("backend address {:?} is not ip:port", rb.address.get_ref()),
+            );
+        });
+        let w = *rb.weight.get_ref();
+        if !(0..=MAX_WEIGHT).contains(&w) {
+            self.at(&rb.weight, format!("weight {w} is not in 0-{MAX_WEIGHT}"));
+        }
+        if let (Ok(a), Some(v)) = (&address, &ctx.vip) {
+            // xlb does not translate between IPv4 and IPv6.
+            if ctx.mode != Mode::Http && a.is_ipv4() != v.is_ipv4() {
+                self.at(
+                    &rb.address,
+                    format!(
+                        "backend {bname:?}: {a} is not of the VIP's address family (mode {})",
+                        ctx.mode.as_str()
+                    ),
+                );
+            }
+        }
+        if let Some(c) = &rb.cookie {
+            if ctx.mode != Mode::Http {
+                self.at(
+                    &rb.name,
+                    format!("backend {bname:?}: cookie applies to mode \"http\" only"),
+                );
+            } else if c.get_ref().is_empty() {
+                self.at(c, format!("backend {bname:?}: empty cookie value"));
+            } else if let Some(other) = cookies
+                .iter()
+                .find(|(v, backup, _)| v == c.get_ref() && !backup && !rb.backup)
+            {
+                // A server and its backup may share a value; two normal servers may not.
+                self.at(
+                    c,
+                    format!("cookie value {:?} already used by backend {:?}", c.get_ref(), other.2),
+                );
+            }
+            cookies.push((c.get_ref().clone(), rb.backup, bname.clone()));
+        }
+        Some(Backend {
+            name: bname,
+            address: address.ok()?,
+            weight: w.clamp(0, MAX_WEIGHT) as u32,
+            backup: rb.backup,
+            cookie: rb.cookie.map(Spanned::into_inner),
+            group,
+        })
+    }
+
+    fn appsession(&mut self, raw: RawAppSession) -> AppSessionCfg {
+        let cookie = raw.cookie.get_ref().clone();
+        if !valid_cookie_name(&cookie) {
+            self.at(
+                &raw.cookie,
+                format!("appsession cookie {cookie:?} is not a valid cookie name"),
+            );
+        }
+        let len = match raw.len {
+            None => 64,
+            Some(l) => usize::try_from(*l.get_ref())
+                .ok()
+                .filter(|n| (1..=1024).contains(n))
+                .unwrap_or_else(|| {
+                    self.at(&l, format!("appsession len {} is not in 1-1024", l.get_ref()));
+                    64
+                }),
+        };
+        AppSessionCfg {
+            cookie,
+            len,
+            // HAProxy requires a timeout; 3h when the file gives none.
+            timeout: self
+                .duration(raw.timeout, "appsession timeout")
+                .unwrap_or(Duration::from_secs(3 * 3600)),
+            request_learn: raw.request_learn,
+            url_mode: raw.url_mode,
+        }
+    }
+
+    fn route(&mut self, raw: Spanned<RawRoute>, groups: &[String]) -> Option<Route> {
+        let span = raw.span();
+        let r = raw.into_inner();
+        let group = r.backend_group.get_ref().clone();
+        if !groups.contains(&group) {
+            self.at(
+                &r.backend_group,
+                format!("backend_group {group:?} is not a [[service.group]] of this service"),
+            );
+        }
+        let host = r.host.and_then(|h| match regex::Regex::new(h.get_ref()) {
+            Ok(re) => Some(HostRegex(re)),
+            Err(e) => {
+                self.at(&h, format!("host regex {:?}: {e}", h.get_ref()));
+                None
+            }
+        });
+        let path_beg = r.path_beg.map(OneOrMany::into_vec).unwrap_or_default();
+        let path_end = r.path_end.map(OneOrMany::into_vec).unwrap_or_default();
+        if path_beg.is_empty() && path_end.is_empty() && host.is_none() {
+            let line = self.line(span.start);
+            self.err(line, "route needs path_beg, path_end or host".into());
+            return None;
+        }
+        Some(Route {
+            path_beg,
+            path_end,
+            host,
+            group,
+        })
+    }
+
+    fn stats(&mut self, raw: RawStats) -> StatsCfg {
+        let uri = raw.uri.map_or_else(
+            || "/stats".to_string(),
+            |u| {
+                if !u.get_ref().starts_with('/') || u.get_ref().starts_with("/api/") || u.get_ref() == "/metrics" {
+                    self.at(
+                        &u,
+                        format!(
+                            "stats uri {:?} must start with / and not be /api/ or /metrics",
+                            u.get_ref()
+                        ),
+                    );
+                }
+                u.into_inner()
+            },
+        );
+        let auth = raw.auth.and_then(|a| match a.get_ref().split_once(':') {
+            Some((u, p)) if !u.is_empty() => Some((u.to_string(), p.to_string())),
+            _ => {
+                self.at(&a, "stats auth must be \"user:password\"".into());
+                None
+            }
+        });
+        StatsCfg {
+            uri,
+            auth,
+            refresh: self.duration(raw.refresh, "stats refresh"),
+        }
     }
 
     fn duration(&mut self, s: Option<Spanned<String>>, what: &str) -> Option<Duration> {
@@ -682,11 +972,7 @@ impl Validator<'_> {
 
     fn cookie(&mut self, raw: RawCookie) -> CookieCfg {
         let name = raw.name.get_ref().clone();
-        let valid = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
-        if !valid {
+        if !valid_cookie_name(&name) {
             self.at(&raw.name, format!("cookie name {name:?} is not a valid cookie name"));
         }
         CookieCfg {

@@ -45,6 +45,8 @@ pub enum RunError {
     Vip(#[from] crate::vip::VipError),
     #[error(transparent)]
     Proxy(#[from] crate::l7::ProxyError),
+    #[error("service {0:?} has no appsession table (no such http service, or no [service.appsession])")]
+    NoSessions(String),
 }
 
 /// What the operator set with `xlb server set-state` (HAProxy's
@@ -190,7 +192,7 @@ impl Daemon {
         if let Some(dp) = &mut self.dp {
             dp.apply(&self.cfg, &states)?;
         }
-        *self.l7_states.write().expect("states lock") = states;
+        *self.l7_states.write().expect("states lock") = Arc::new(states);
         self.persist();
         Ok(())
     }
@@ -217,7 +219,7 @@ impl Daemon {
             v.sync(&cfg)?;
         }
         self.proxy.apply(&cfg)?;
-        *self.l7_states.write().expect("states lock") = Self::states(&down, &admin);
+        *self.l7_states.write().expect("states lock") = Arc::new(Self::states(&down, &admin));
         tracing::info!(services = cfg.services.len(), "config reloaded");
         self.cfg = cfg;
         self.down = down;
@@ -281,6 +283,13 @@ impl Daemon {
             .iter()
             .map(|s| {
                 let st = self.dp.as_ref().map(|d| d.service_stats(s)).unwrap_or_default();
+                let (http, mut per_backend) = match self.proxy.service(&s.name) {
+                    Some(svc) => {
+                        let (h, b) = svc.snapshot();
+                        (Some(h), b.into_iter().collect::<HashMap<_, _>>())
+                    }
+                    None => (None, HashMap::new()),
+                };
                 ServiceStatus {
                     name: s.name.clone(),
                     vip: s.vip.to_string(),
@@ -290,6 +299,7 @@ impl Daemon {
                     packets: st.packets,
                     bytes: st.bytes,
                     new_flows: st.new_flows,
+                    http,
                     backends: s
                         .backends
                         .iter()
@@ -315,6 +325,8 @@ impl Daemon {
                                 state: state.into(),
                                 packets: bs.packets,
                                 new_flows: bs.new_flows,
+                                group: b.group.clone(),
+                                http: per_backend.remove(&b.name),
                             }
                         })
                         .collect(),
@@ -335,6 +347,20 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// The appsession table of an http service.
+    pub fn sessions(&self, service: &str) -> Result<Arc<l7::appsession::Table>, RunError> {
+        self.proxy
+            .sessions(service)
+            .ok_or_else(|| RunError::NoSessions(service.to_string()))
+    }
+
+    /// The stats page settings, if the config has a `[stats]` section.
+    pub fn stats_cfg(&self) -> Option<config::StatsCfg> {
+        self.cfg.stats.clone()
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         for t in &self.checks {
@@ -343,10 +369,32 @@ impl Drop for Daemon {
     }
 }
 
+/// A proxy holds two descriptors per client (its own and the backend's):
+/// lift the soft open-file limit to the hard one, as HAProxy does.
+fn raise_nofile() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l) == 0
+        }
+    };
+    if raised {
+        tracing::debug!(limit = l.rlim_cur, "open-file limit");
+    } else {
+        tracing::warn!("cannot raise the open-file limit: {}", std::io::Error::last_os_error());
+    }
+}
+
 /// Runs until SIGTERM or SIGINT; SIGHUP reloads. On the way out the data
 /// plane stays attached for the next run, unless `cleanup` (or
 /// `on_exit = "cleanup"`) asks to take it down.
 pub async fn run(path: PathBuf, iface: Option<String>, cleanup: bool) -> Result<(), RunError> {
+    raise_nofile();
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use hyper::{Method, StatusCode};
-use lb_user::{admin, config, daemon, status::Status};
+use lb_user::{admin, config, daemon, l7::appsession::EntryView, status::Status};
 
 #[derive(Parser)]
 #[command(name = "xlb", version, about = "XDP layer-4 load balancer with an L7 HTTP proxy")]
@@ -50,6 +50,30 @@ enum Cmd {
         #[command(subcommand)]
         op: ServerOp,
     },
+    /// The appsession table of an http service (learned session ids).
+    Session {
+        #[command(subcommand)]
+        op: SessionOp,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionOp {
+    /// List the learned session ids, their server and idle time.
+    Show {
+        service: String,
+        #[arg(long, default_value = config::DEFAULT_ADMIN)]
+        admin: SocketAddr,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget one session id, or every one.
+    Clear {
+        service: String,
+        id: Option<String>,
+        #[arg(long, default_value = config::DEFAULT_ADMIN)]
+        admin: SocketAddr,
+    },
 }
 
 #[derive(Subcommand)]
@@ -79,6 +103,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The body of a 200 answer, else the answer as an error.
+fn admin_ok((code, body): (StatusCode, hyper::body::Bytes)) -> anyhow::Result<hyper::body::Bytes> {
+    if code != StatusCode::OK {
+        bail!("{}", String::from_utf8_lossy(&body).trim_end());
+    }
+    Ok(body)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -137,6 +169,33 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 bail!("{}", String::from_utf8_lossy(&body).trim_end());
             }
             println!("{service}/{backend}: {state}");
+            Ok(())
+        }
+        Cmd::Session {
+            op: SessionOp::Show { service, admin, json },
+        } => {
+            let path = format!("/api/sessions/{service}");
+            let body = admin_ok(runtime()?.block_on(admin::request(admin, Method::GET, &path))?)?;
+            if json {
+                println!("{}", String::from_utf8_lossy(&body));
+                return Ok(());
+            }
+            let entries: Vec<EntryView> = serde_json::from_slice(&body).context("admin API sent malformed sessions")?;
+            for e in &entries {
+                println!("{} server={} idle={}ms", e.id, e.server, e.idle_ms);
+            }
+            println!("{} sessions", entries.len());
+            Ok(())
+        }
+        Cmd::Session {
+            op: SessionOp::Clear { service, id, admin },
+        } => {
+            let path = match &id {
+                Some(id) => format!("/api/sessions/{service}/{id}"),
+                None => format!("/api/sessions/{service}"),
+            };
+            let body = admin_ok(runtime()?.block_on(admin::request(admin, Method::DELETE, &path))?)?;
+            print!("{}", String::from_utf8_lossy(&body));
             Ok(())
         }
         Cmd::Reload { admin } => {

@@ -5,6 +5,8 @@ use std::{collections::BTreeMap, fmt::Write};
 
 use serde::{Deserialize, Serialize};
 
+use crate::l7::counters::{BackendSnapshot, ServiceSnapshot};
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Status {
     pub config: String,
@@ -26,6 +28,9 @@ pub struct ServiceStatus {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// http services: the proxy's request counters.
+    #[serde(default)]
+    pub http: Option<ServiceSnapshot>,
     pub backends: Vec<BackendStatus>,
 }
 
@@ -41,6 +46,11 @@ pub struct BackendStatus {
     /// Packets forwarded to this backend by XDP, and flows pinned to it.
     pub packets: u64,
     pub new_flows: u64,
+    /// http services: the backend group it belongs to, if any.
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub http: Option<BackendSnapshot>,
 }
 
 impl Status {
@@ -53,18 +63,44 @@ impl Status {
         };
         let _ = writeln!(o, "config: {}\ninterface: {xdp}", self.config);
         for s in &self.services {
-            let _ = writeln!(
+            let _ = write!(
                 o,
-                "service {} {}:{}/{} mode={} packets={} bytes={} flows={}",
-                s.name, s.vip, s.port, s.protocol, s.mode, s.packets, s.bytes, s.new_flows
+                "service {} {}:{}/{} mode={}",
+                s.name, s.vip, s.port, s.protocol, s.mode
             );
+            match &s.http {
+                Some(h) => {
+                    let _ = writeln!(
+                        o,
+                        " requests={} routed={} no_server={} refused={} sessions={}",
+                        h.requests, h.routed, h.no_server, h.refused, h.sessions
+                    );
+                }
+                None => {
+                    let _ = writeln!(o, " packets={} bytes={} flows={}", s.packets, s.bytes, s.new_flows);
+                }
+            }
             for b in &s.backends {
                 let backup = if b.backup { " backup" } else { "" };
-                let _ = writeln!(
+                let group = b.group.as_ref().map(|g| format!(" group={g}")).unwrap_or_default();
+                let _ = write!(
                     o,
-                    "  backend {} {} weight={} state={} packets={} flows={}{backup}",
-                    b.name, b.address, b.weight, b.state, b.packets, b.new_flows
+                    "  backend {} {} weight={} state={}{group}{backup}",
+                    b.name, b.address, b.weight, b.state
                 );
+                match &b.http {
+                    Some(h) => {
+                        let r = h.responses;
+                        let _ = writeln!(
+                            o,
+                            " requests={} active={} 2xx={} 3xx={} 4xx={} 5xx={} connect_errors={} retries={}",
+                            h.requests, h.active, r[1], r[2], r[3], r[4], h.connect_errors, h.retries
+                        );
+                    }
+                    None => {
+                        let _ = writeln!(o, " packets={} flows={}", b.packets, b.new_flows);
+                    }
+                }
             }
         }
         let outs: Vec<String> = self.outcomes.iter().map(|(k, v)| format!("{k}={v}")).collect();

@@ -73,7 +73,10 @@ impl Client {
 
     /// Sends a request (headers as `Name: value` lines) and reads the answer.
     pub fn request(&mut self, method: &str, path: &str, headers: &[&str], body: &str) -> io::Result<Response> {
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: xlb.test\r\n");
+        let mut req = format!("{method} {path} HTTP/1.1\r\n");
+        if !headers.iter().any(|h| h.to_ascii_lowercase().starts_with("host:")) {
+            req += "Host: xlb.test\r\n";
+        }
         for h in headers {
             req += h;
             req += "\r\n";
@@ -85,6 +88,12 @@ impl Client {
         req += body;
         self.stream.write_all(req.as_bytes())?;
         self.read_response(method == "HEAD")
+    }
+
+    /// Sends `bytes` as they are (a hand-made request) and reads the answer.
+    pub fn raw(&mut self, bytes: &str) -> io::Result<Response> {
+        self.stream.write_all(bytes.as_bytes())?;
+        self.read_response(false)
     }
 
     pub fn get(&mut self, path: &str, headers: &[&str]) -> io::Result<Response> {

@@ -10,6 +10,7 @@ pub mod bpffs;
 pub mod fib_ns;
 pub mod http;
 pub mod l4;
+pub mod l7;
 pub mod netns;
 pub mod packet;
 pub mod servers;

@@ -5,7 +5,7 @@ use std::{
     io::{self, BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
     thread,
@@ -15,6 +15,9 @@ use std::{
 use socket2::{Domain, Socket, Type};
 
 use crate::Netns;
+
+/// Session ids handed out by [`Kind::Http`] servers.
+static SESSIONS: AtomicU64 = AtomicU64::new(1);
 
 /// How a server talks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +29,10 @@ pub enum Kind {
     /// `NAME\n` then the request's headers as received (one per line), with
     /// an `X-Backend: NAME` header. The query string asks for more:
     /// `cookie=NAME:VALUE` (a `Set-Cookie`), `cc=VALUE` (`Cache-Control`),
-    /// `etag` (an `ETag`), `status=N`.
+    /// `etag` (an `ETag`), `status=N`, `session=NAME` (acts like Tomcat
+    /// with `jvmRoute` = the server's name: a request whose session id,
+    /// in cookie NAME or in a `;name=` path parameter, does not end in
+    /// `.SERVER` gets a new id `N.SERVER` in a `Set-Cookie`).
     Http,
 }
 
@@ -155,6 +161,30 @@ fn serve_http(mut stream: TcpStream, name: &str, stop: &AtomicBool) -> io::Resul
                 "cc" => extra += &format!("Cache-Control: {v}\r\n"),
                 "etag" => extra += "ETag: \"x\"\r\n",
                 "status" => status = v.parse().unwrap_or(200),
+                "session" => {
+                    let path_param = target
+                        .split('?')
+                        .next()
+                        .unwrap_or("")
+                        .split(';')
+                        .skip(1)
+                        .find_map(|p| p.split_once('=').filter(|(k, _)| k.eq_ignore_ascii_case(v)))
+                        .map(|(_, id)| id.to_string());
+                    let cookie = seen
+                        .iter()
+                        .filter_map(|h| h.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("cookie")))
+                        .flat_map(|(_, c)| c.split(';'))
+                        .find_map(|c| c.trim().split_once('=').filter(|(k, _)| *k == v))
+                        .map(|(_, id)| id.to_string());
+                    let route = format!(".{name}");
+                    if !cookie.or(path_param).is_some_and(|id| id.ends_with(&route)) {
+                        let n = SESSIONS.fetch_add(1, Ordering::Relaxed);
+                        extra += &format!(
+                            "Set-Cookie: {v}={:X}{n:04X}{route}; Path=/; HttpOnly\r\n",
+                            std::process::id()
+                        );
+                    }
+                }
                 _ => {}
             }
         }

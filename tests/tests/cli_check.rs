@@ -128,6 +128,59 @@ fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "rise",
             "health rise must be at least 1",
         ),
+        (
+            "appsession on L4",
+            format!("{L4}  [service.appsession]\n  cookie = \"JSESSIONID\"\n"),
+            "[service.appsession]",
+            "[service.appsession] applies to mode \"http\" only",
+        ),
+        (
+            "appsession len",
+            format!("{HTTP}  [service.appsession]\n  cookie = \"JSESSIONID\"\n  len = 0\n"),
+            "len = 0",
+            "appsession len 0 is not in 1-1024",
+        ),
+        (
+            "appsession url mode",
+            format!("{HTTP}  [service.appsession]\n  cookie = \"J\"\n  url_mode = \"fragment\"\n"),
+            "fragment",
+            "unknown variant `fragment`",
+        ),
+        (
+            "route to an unknown group",
+            format!("{HTTP}  [[service.route]]\n  path_beg = \"/s\"\n  backend_group = \"nope\"\n"),
+            "nope",
+            "backend_group \"nope\" is not a [[service.group]] of this service",
+        ),
+        (
+            "route host regex",
+            format!(
+                "{HTTP}  [[service.route]]\n  host = \"(api\"\n  backend_group = \"g\"\n  [[service.group]]\n  name = \"g\"\n"
+            ),
+            "(api",
+            "host regex \"(api\"",
+        ),
+        (
+            "route without a condition",
+            format!("{HTTP}  [[service.route]]\n  backend_group = \"g\"\n  [[service.group]]\n  name = \"g\"\n"),
+            "[[service.route]]",
+            "route needs path_beg, path_end or host",
+        ),
+        (
+            "group backend name taken",
+            format!(
+                "{HTTP}{}  [[service.group]]\n  name = \"g\"\n  [[service.group.backend]]\n  name = \"a\"\n  address = \"198.18.1.11:80\"\n",
+                backend("a", "198.18.1.10:80", "")
+            ),
+            "name = \"a\"",
+            "duplicate backend name \"a\" in service \"site\"",
+        ),
+        (
+            "stats auth",
+            "[stats]\nauth = \"nopassword\"\n".into(),
+            "auth",
+            "stats auth must be \"user:password\"",
+        ),
     ]
 }
 

@@ -3,80 +3,7 @@
 //! and a client that sees exactly what goes over the wire. Each test checks
 //! rules of shared/L7-SEMANTICS.md.
 
-use std::{
-    net::SocketAddr,
-    path::PathBuf,
-    sync::atomic::{AtomicU32, Ordering},
-};
-
-use lab::{
-    http::{get, Client},
-    servers::{Kind, Server},
-    xlb::{temp_file, xlb_once},
-    Netns, XlbProcess,
-};
-
-static N: AtomicU32 = AtomicU32::new(0);
-
-const VIP: &str = "127.0.0.1:8080";
-
-fn vip() -> SocketAddr {
-    VIP.parse().unwrap()
-}
-
-/// A backend: name, extra config lines (cookie, weight, backup, address).
-struct Be<'a>(&'a str, &'a str);
-
-struct L7 {
-    ns: Netns,
-    _servers: Vec<Server>,
-    xlb: XlbProcess,
-    _cfg: PathBuf,
-}
-
-impl L7 {
-    /// Starts backends s1.. on 127.0.0.1:9001.. (unless `dead` lists them)
-    /// and xlb with one http service; `service` adds lines to the service.
-    fn start(service: &str, backends: &[Be<'_>], dead: &[&str]) -> L7 {
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let ns = Netns::create(&format!("xlbt{}l7{n}", std::process::id())).unwrap();
-        let mut cfg = format!(
-            "[global]\nadmin = \"127.0.0.1:9900\"\n\n[[service]]\nname = \"site\"\nvip = \"127.0.0.1\"\nport = 8080\nmode = \"http\"\n{service}\n"
-        );
-        if !service.contains("[service.health]") {
-            cfg += "[service.health]\nkind = \"none\"\n";
-        }
-        let mut servers = Vec::new();
-        for (i, Be(name, extra)) in backends.iter().enumerate() {
-            let addr: SocketAddr = format!("127.0.0.1:{}", 9001 + i).parse().unwrap();
-            cfg += &format!("[[service.backend]]\nname = \"{name}\"\naddress = \"{addr}\"\n{extra}\n");
-            if !dead.contains(name) {
-                servers.push(Server::start(&ns, addr, name, Kind::Http).unwrap());
-            }
-        }
-        let path = temp_file(&format!("l7-{n}.toml"), &cfg).unwrap();
-        let xlb = XlbProcess::start(&ns, &path, &["--cleanup"]).unwrap_or_else(|e| panic!("{e}\n{cfg}"));
-        L7 {
-            ns,
-            _servers: servers,
-            xlb,
-            _cfg: path,
-        }
-    }
-
-    fn client(&self) -> Client {
-        Client::connect(&self.ns, vip()).unwrap()
-    }
-
-    fn get(&self, path: &str, headers: &[&str]) -> lab::http::Response {
-        get(&self.ns, vip(), path, headers).unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", self.xlb.log()))
-    }
-
-    fn set_state(&self, backend: &str, state: &str) {
-        let out = xlb_once(&self.ns, &["server", "set-state", "site", backend, state]).unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    }
-}
+use lab::l7::{Be, L7};
 
 const INSERT: &str = "[service.cookie]\nname = \"SERVERID\"\nmode = \"insert\"\nindirect = true\nnocache = true\n";
 
@@ -380,4 +307,38 @@ fn weighted_round_robin_and_hashing() {
     for _ in 0..4 {
         assert_eq!(l.get("/", &["X-User: alice"]).backend(), alice);
     }
+}
+
+#[test]
+fn body_and_header_limits_and_malformed_requests_get_4xx() {
+    lab::require_root!();
+    let l = L7::start(
+        "[service.http]\nmax_body_bytes = 16\nmax_header_bytes = 4096\n",
+        &two(),
+        &[],
+    );
+    let mut c = l.client();
+    let r = c.request("POST", "/", &[], "0123456789abcdefX").unwrap();
+    assert_eq!(r.status, 413, "Content-Length over the limit");
+    let mut c = l.client();
+    let r = c.request("POST", "/", &[], "0123456789abcdef").unwrap();
+    assert_eq!(r.status, 200, "at the limit");
+    let chunked = |chunks: &[&str]| {
+        let mut req = String::from("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+        for ch in chunks {
+            req += &format!("{:x}\r\n{ch}\r\n", ch.len());
+        }
+        req + "0\r\n\r\n"
+    };
+    let r = l.client().raw(&chunked(&["0123456789", "abcdefX"])).unwrap();
+    assert_eq!(r.status, 413, "a chunked body over the limit");
+    let r = l.client().raw(&chunked(&["0123456789", "abc"])).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.seen("content-length"), vec!["13"], "read whole, sent with its length");
+    let big = format!("X-Big: {}", "a".repeat(8000));
+    let r = l.client().get("/", &[&big]).unwrap();
+    assert_eq!(r.status, 431, "headers over the limit");
+    let r = l.client().raw("GARBAGE\r\n\r\n").unwrap();
+    assert_eq!(r.status, 400);
+    assert_eq!(l.get("/", &[]).status, 200, "and the proxy is still there");
 }

@@ -5,13 +5,12 @@
 
 use std::{
     net::IpAddr,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Mutex,
-    },
+    sync::{atomic::Ordering, Arc, Mutex},
 };
 
 use lb_common::{hash, maglev};
+
+use super::counters::BackendCounters;
 
 /// The balancing algorithm of an http service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,8 +47,8 @@ pub struct Key<'a> {
 pub struct Slot {
     pub name: String,
     pub weight: u32,
-    /// Requests in flight (leastconn).
-    pub active: AtomicUsize,
+    /// Its counters; leastconn reads the requests in flight.
+    pub counters: Arc<BackendCounters>,
 }
 
 #[derive(Default)]
@@ -137,8 +136,8 @@ impl Balancer {
             .iter()
             .min_by(|a, b| {
                 let (sa, sb) = (&slots[**a], &slots[**b]);
-                let la = sa.active.load(Ordering::Relaxed) as u64 * u64::from(sb.weight);
-                let lb = sb.active.load(Ordering::Relaxed) as u64 * u64::from(sa.weight);
+                let la = sa.counters.active.load(Ordering::Relaxed) as u64 * u64::from(sb.weight);
+                let lb = sb.counters.active.load(Ordering::Relaxed) as u64 * u64::from(sa.weight);
                 la.cmp(&lb)
             })
             .expect("eligible is not empty")
@@ -173,7 +172,7 @@ mod tests {
             .map(|(i, w)| Slot {
                 name: format!("s{i}"),
                 weight: *w,
-                active: AtomicUsize::new(0),
+                counters: Arc::default(),
             })
             .collect()
     }
@@ -198,11 +197,11 @@ mod tests {
     #[test]
     fn least_conn_prefers_idle_per_weight() {
         let s = slots(&[1, 2]);
-        s[0].active.store(1, Ordering::Relaxed);
-        s[1].active.store(1, Ordering::Relaxed);
+        s[0].counters.active.store(1, Ordering::Relaxed);
+        s[1].counters.active.store(1, Ordering::Relaxed);
         let b = Balancer::new(Algo::LeastConn, 2);
         assert_eq!(b.pick(&s, &[0, 1], &key("/")), Some(1), "1/2 beats 1/1");
-        s[1].active.store(3, Ordering::Relaxed);
+        s[1].counters.active.store(3, Ordering::Relaxed);
         assert_eq!(b.pick(&s, &[0, 1], &key("/")), Some(0));
     }
 

@@ -3,8 +3,10 @@
 //! balancing, retries and redispatch, X-Forwarded-For, monitor URI.
 //! Runs with or without the XDP tier: an http-only config needs no BPF.
 
+pub mod appsession;
 pub mod balance;
 pub mod cookie;
+pub mod counters;
 pub mod pool;
 
 use std::{
@@ -15,7 +17,7 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
 use hyper::{
     body::{Bytes, Incoming},
     header::{self, HeaderValue},
@@ -29,16 +31,19 @@ use hyper_util::{
 use tokio::{net::TcpListener, task::JoinHandle};
 
 use crate::{
-    config::{Config, ConnectionMode, CookieMode, Mode, Service as ServiceCfg},
+    config::{Config, ConnectionMode, CookieMode, HttpCfg, Mode, Service as ServiceCfg},
     map_manager::BackendStates,
 };
+use appsession::Table;
 use balance::{Algo, Balancer, Key, Slot};
 use cookie::Judgement;
+use counters::{bump, BackendCounters, BackendSnapshot, ServiceCounters, ServiceSnapshot};
 use pool::{Pool, SendError};
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
-/// Backend states shared with the daemon (health checks, operator).
-pub type States = Arc<RwLock<BackendStates>>;
+/// Backend states shared with the daemon (health checks, operator): a
+/// snapshot each request takes cheaply, replaced whole on a change.
+pub type States = Arc<RwLock<Arc<BackendStates>>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -50,16 +55,84 @@ pub enum ProxyError {
     },
 }
 
+/// What outlives a reload: counters and appsession tables, by name.
+#[derive(Default)]
+struct Kept {
+    backends: HashMap<(String, String), Arc<BackendCounters>>,
+    services: HashMap<String, Arc<ServiceCounters>>,
+    /// Per service: the appsession cookie name and its table.
+    tables: HashMap<String, (String, Arc<Table>)>,
+}
+
 /// One http service as the proxy runs it.
 pub struct Service {
     cfg: ServiceCfg,
     slots: Vec<Slot>,
     pools: Vec<Pool>,
-    balancer: Balancer,
+    /// Backend indexes per pool: [0] the service's own backends, then one
+    /// per group, in `cfg.groups` order.
+    members: Vec<Vec<usize>>,
+    balancers: Vec<Balancer>,
+    /// The pool each of `cfg.routes` sends to.
+    route_pools: Vec<usize>,
+    /// Cookie persistence applies in the service's own pool, and in a group
+    /// only if one of its servers has a cookie value (a group without any
+    /// is like a HAProxy backend without a `cookie` line).
+    cookie_pools: Vec<bool>,
+    counters: Arc<ServiceCounters>,
+    sessions: Option<Arc<Table>>,
+}
+
+/// How the server of a request was chosen (for the access log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Cookie,
+    AppSession,
+    Balance,
+    Redispatch,
+}
+
+impl Via {
+    fn as_str(self) -> &'static str {
+        match self {
+            Via::Cookie => "cookie",
+            Via::AppSession => "appsession",
+            Via::Balance => "balance",
+            Via::Redispatch => "redispatch",
+        }
+    }
 }
 
 impl Service {
-    fn new(cfg: &ServiceCfg) -> Service {
+    fn new(cfg: &ServiceCfg, kept: &mut Kept) -> Service {
+        let algo = Algo::parse(&cfg.balance);
+        let n = cfg.backends.len();
+        let mut members = vec![Vec::new(); 1 + cfg.groups.len()];
+        for (i, b) in cfg.backends.iter().enumerate() {
+            let pool = b
+                .group
+                .as_ref()
+                .and_then(|g| cfg.groups.iter().position(|x| x == g))
+                .map_or(0, |p| p + 1);
+            members[pool].push(i);
+        }
+        let cookie_pools = members
+            .iter()
+            .enumerate()
+            .map(|(p, m)| p == 0 || m.iter().any(|i| cfg.backends[*i].cookie.is_some()))
+            .collect();
+        let sessions = cfg.appsession.as_ref().map(|a| {
+            let (name, table) = kept
+                .tables
+                .entry(cfg.name.clone())
+                .or_insert_with(|| (a.cookie.clone(), Arc::new(Table::new(a))));
+            if *name != a.cookie {
+                *name = a.cookie.clone();
+                *table = Arc::new(Table::new(a));
+            }
+            table.reconfigure(a);
+            table.clone()
+        });
         Service {
             slots: cfg
                 .backends
@@ -67,11 +140,24 @@ impl Service {
                 .map(|b| Slot {
                     name: b.name.clone(),
                     weight: b.weight,
-                    active: Default::default(),
+                    counters: kept
+                        .backends
+                        .entry((cfg.name.clone(), b.name.clone()))
+                        .or_default()
+                        .clone(),
                 })
                 .collect(),
             pools: cfg.backends.iter().map(|b| Pool::new(b.address)).collect(),
-            balancer: Balancer::new(Algo::parse(&cfg.balance), cfg.backends.len()),
+            balancers: members.iter().map(|_| Balancer::new(algo.clone(), n)).collect(),
+            route_pools: cfg
+                .routes
+                .iter()
+                .map(|r| cfg.groups.iter().position(|g| *g == r.group).map_or(0, |p| p + 1))
+                .collect(),
+            members,
+            cookie_pools,
+            counters: kept.services.entry(cfg.name.clone()).or_default().clone(),
+            sessions,
             cfg: cfg.clone(),
         }
     }
@@ -85,24 +171,56 @@ impl Service {
         !st.out.contains(&self.key(i))
     }
 
-    /// Servers that take new (balanced) traffic: the normal ones that are
-    /// usable, not drained, with weight; else such backups.
-    fn eligible(&self, st: &BackendStates, except: &[usize]) -> Vec<usize> {
+    /// Servers of `pool` that take new (balanced) traffic: the normal ones
+    /// that are usable, not drained, with weight; else such backups.
+    fn eligible(&self, st: &BackendStates, pool: usize, except: &[usize]) -> Vec<usize> {
         let ok = |i: &usize| {
             let b = &self.cfg.backends[*i];
             b.weight > 0 && self.usable(st, *i) && !st.drained.contains(&self.key(*i)) && !except.contains(i)
         };
-        let normal: Vec<usize> = (0..self.cfg.backends.len())
+        let members = &self.members[pool];
+        let normal: Vec<usize> = members
+            .iter()
+            .copied()
             .filter(|i| !self.cfg.backends[*i].backup)
             .filter(ok)
             .collect();
         if !normal.is_empty() {
             return normal;
         }
-        (0..self.cfg.backends.len())
+        members
+            .iter()
+            .copied()
             .filter(|i| self.cfg.backends[*i].backup)
             .filter(ok)
             .collect()
+    }
+
+    /// The pool a request goes to: the first matching route's group, or
+    /// the service's own backends when no route matches or the group has
+    /// no usable server (HAProxy's `nbsrv(group) lt 1` fallback).
+    fn route(&self, st: &BackendStates, path: &str, host: Option<&str>) -> usize {
+        let Some(r) = self.cfg.routes.iter().position(|r| r.matches(path, host)) else {
+            return 0;
+        };
+        let pool = self.route_pools[r];
+        if self.members[pool].iter().any(|i| self.usable(st, *i)) {
+            pool
+        } else {
+            0
+        }
+    }
+
+    /// Counters for reports.
+    pub fn snapshot(&self) -> (ServiceSnapshot, Vec<(String, BackendSnapshot)>) {
+        let sessions = self.sessions.as_ref().map_or(0, |t| t.len());
+        (
+            self.counters.snapshot(sessions),
+            self.slots
+                .iter()
+                .map(|s| (s.name.clone(), s.counters.snapshot()))
+                .collect(),
+        )
     }
 }
 
@@ -115,6 +233,7 @@ struct Listener {
 pub struct Proxy {
     listeners: HashMap<SocketAddr, Listener>,
     states: States,
+    kept: Kept,
 }
 
 impl Proxy {
@@ -122,7 +241,21 @@ impl Proxy {
         Proxy {
             listeners: HashMap::new(),
             states,
+            kept: Kept::default(),
         }
+    }
+
+    /// The running service named `name`.
+    pub fn service(&self, name: &str) -> Option<Arc<Service>> {
+        self.listeners.values().find_map(|l| {
+            let s = l.current.read().expect("service lock").clone();
+            (s.cfg.name == name).then_some(s)
+        })
+    }
+
+    /// The appsession table of service `name`, if it has one.
+    pub fn sessions(&self, name: &str) -> Option<Arc<Table>> {
+        self.service(name)?.sessions.clone()
     }
 
     /// Listens for every http service of `cfg`: keeps the sockets of
@@ -156,15 +289,25 @@ impl Proxy {
             }
             keep
         });
+        // Counters and tables of services and backends that went are dropped.
+        let names: Vec<&str> = wanted.iter().map(|s| s.name.as_str()).collect();
+        let kept = &mut self.kept;
+        kept.services.retain(|n, _| names.contains(&n.as_str()));
+        kept.tables.retain(|n, _| names.contains(&n.as_str()));
+        kept.backends.retain(|(s, b), _| {
+            wanted
+                .iter()
+                .any(|w| w.name == *s && w.backends.iter().any(|x| x.name == *b))
+        });
         for (s, addr) in wanted.iter().zip(&addrs) {
-            let svc = Arc::new(Service::new(s));
+            let svc = Arc::new(Service::new(s, kept));
             if let Some(l) = self.listeners.get(addr) {
                 *l.current.write().expect("service lock") = svc;
             }
         }
         for (addr, listener) in fresh {
             let s = wanted[addrs.iter().position(|a| *a == addr).expect("bound above")];
-            let current = Arc::new(RwLock::new(Arc::new(Service::new(s))));
+            let current = Arc::new(RwLock::new(Arc::new(Service::new(s, kept))));
             let task = tokio::spawn(accept_loop(listener, current.clone(), self.states.clone()));
             tracing::info!(service = %s.name, %addr, "http proxy listening");
             self.listeners.insert(addr, Listener { current, task });
@@ -236,57 +379,114 @@ const HOP_BY_HOP: [&str; 7] = [
     "transfer-encoding",
 ];
 
-/// One request: persistence or balancing, retries, rewriting both ways.
-async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, mut req: Request<Incoming>) -> Response<Body> {
-    let started = Instant::now();
-    let http = &svc.cfg.http;
-    if let Some(uri) = &http.monitor_uri {
-        if req.uri().path() == uri {
-            let st = states.read().expect("states lock").clone();
-            return if svc.eligible(&st, &[]).is_empty() {
-                local(StatusCode::SERVICE_UNAVAILABLE, "no server available\n")
-            } else {
-                local(StatusCode::OK, "OK\n")
-            };
+/// A request body as the backend gets it. With a body limit, a body of
+/// unknown length (chunked, or HTTP/2 without content-length) is read
+/// first, so an oversized one is refused with 413 before anything is sent.
+async fn limit_body(http: &HttpCfg, req: Request<Incoming>) -> Result<Request<Body>, Response<Body>> {
+    let Some(max) = http.max_body_bytes else {
+        return Ok(req.map(BodyExt::boxed));
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .map(|v| v.to_str().ok().and_then(|v| v.parse::<u64>().ok()));
+    match declared {
+        Some(Some(n)) if n > max => Err(local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")),
+        Some(Some(_)) => Ok(req.map(BodyExt::boxed)),
+        Some(None) => Err(local(StatusCode::BAD_REQUEST, "bad content-length\n")),
+        None => {
+            let (parts, body) = req.into_parts();
+            match Limited::new(body, max as usize).collect().await {
+                Ok(b) => Ok(Request::from_parts(
+                    parts,
+                    Full::new(b.to_bytes()).map_err(|n| match n {}).boxed(),
+                )),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                    Err(local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"))
+                }
+                Err(_) => Err(local(StatusCode::BAD_REQUEST, "bad request body\n")),
+            }
         }
     }
-    let too_big = http.max_body_bytes.is_some_and(|max| {
-        req.headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-            .is_some_and(|n| n > max)
-    });
-    if too_big {
-        return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
-    }
-    let method = req.method().clone();
-    let now = now_secs();
-    let st = states.read().expect("states lock").clone();
+}
 
-    // Persistence: the joined Cookie header (HTTP/2 may split it).
-    let cookies: Vec<String> = req
+/// The request's host without its port (Host header, else the HTTP/2
+/// authority).
+fn host_of<B>(req: &Request<B>) -> Option<String> {
+    let h = match req.headers().get(header::HOST).and_then(|v| v.to_str().ok()) {
+        Some(h) => h.to_string(),
+        None => req.uri().authority()?.as_str().to_string(),
+    };
+    let host = match h.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => h.split(':').next().unwrap_or(""),
+    };
+    Some(host.to_ascii_lowercase())
+}
+
+/// What persistence decided for a request before balancing.
+struct Persistence {
+    judgement: Judgement,
+    target: Option<usize>,
+    via: Via,
+    /// The persistence cookie, parsed, when it was sent.
+    parsed: Option<cookie::Parsed>,
+    /// The appsession id the request carried.
+    session: Option<String>,
+}
+
+/// Cookie persistence and appsession lookup for a request to `pool`; the
+/// request's `Cookie` header is rewritten as the server must see it.
+fn persistence(
+    svc: &Service,
+    st: &BackendStates,
+    pool: usize,
+    req: &mut Request<Body>,
+    now: u64,
+    now_i: Instant,
+) -> Persistence {
+    let mut p = Persistence {
+        judgement: Judgement::None,
+        target: None,
+        via: Via::Balance,
+        parsed: None,
+        session: None,
+    };
+    let members = &svc.members[pool];
+    // The joined Cookie header (HTTP/2 may split it).
+    let cookies: Vec<&str> = req
         .headers()
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok().map(str::to_string))
+        .filter_map(|v| v.to_str().ok())
         .collect();
     let joined = (!cookies.is_empty()).then(|| cookies.join("; "));
-    let mut judgement = Judgement::None;
-    let mut target = None;
-    let mut parsed = None;
-    if let (Some(c), Some(h)) = (&svc.cfg.cookie, &joined) {
+    if let Some(a) = &svc.cfg.appsession {
+        let method = req.method();
+        if method == Method::GET || method == Method::POST || method == Method::HEAD {
+            let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            p.session = joined
+                .as_deref()
+                .and_then(|h| cookie::find([h], &a.cookie))
+                .filter(|v| !v.is_empty())
+                .or_else(|| appsession::from_url(pq, &a.cookie, a.url_mode))
+                .map(str::to_string);
+        }
+    }
+    if let (Some(c), Some(h), true) = (&svc.cfg.cookie, &joined, svc.cookie_pools[pool]) {
         if let Some(v) = cookie::find([h.as_str()], &c.name) {
-            let p = cookie::parse(c, v);
-            let candidates: Vec<cookie::Candidate<'_>> = (0..svc.cfg.backends.len())
+            let parsed = cookie::parse(c, v);
+            let candidates: Vec<cookie::Candidate<'_>> = members
+                .iter()
                 .map(|i| cookie::Candidate {
-                    cookie: svc.cfg.backends[i].cookie.as_deref(),
-                    usable: svc.usable(&st, i),
+                    cookie: svc.cfg.backends[*i].cookie.as_deref(),
+                    usable: svc.usable(st, *i),
                 })
                 .collect();
-            let (j, t) = cookie::judge(c, &p, &candidates, now);
-            judgement = j;
-            target = t;
-            parsed = Some(p);
+            let (j, t) = cookie::judge(c, &parsed, &candidates, now);
+            p.judgement = j;
+            p.target = t.map(|t| members[t]);
+            p.parsed = Some(parsed);
         }
         // What the server sees of the cookie.
         let rewritten = match c.mode {
@@ -299,95 +499,183 @@ async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, mut req: Re
             req.headers_mut().insert(header::COOKIE, v);
         }
     }
-    let via_cookie = target.is_some();
-    let header_value = match svc.balancer.header() {
-        Some(name) => req
-            .headers()
+    if p.target.is_some() {
+        p.via = Via::Cookie;
+    }
+    // Every hit refreshes the session, even when the cookie already placed
+    // the request.
+    if let (Some(t), Some(id)) = (&svc.sessions, &p.session) {
+        if let Some(server) = t.lookup(id, now_i) {
+            let found = members
+                .iter()
+                .copied()
+                .find(|i| svc.cfg.backends[*i].name == server && svc.usable(st, *i));
+            if p.target.is_none() && found.is_some() {
+                p.target = found;
+                p.via = Via::AppSession;
+            }
+        }
+    }
+    p
+}
+
+/// Appsession learning from the response: the server's new session id
+/// (replacing the one the request carried, which is how a changed id after
+/// a failover is followed), else with `request_learn` the request's id.
+fn learn_session(svc: &Service, session: Option<&str>, target: usize, resp: &Response<Body>, now: Instant) {
+    let (Some(a), Some(table)) = (&svc.cfg.appsession, &svc.sessions) else {
+        return;
+    };
+    let server = &svc.cfg.backends[target].name;
+    let set = resp
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    match (appsession::from_set_cookie(set, &a.cookie), session) {
+        (Some(new), old) => {
+            if let Some(old) = old.filter(|o| *o != new) {
+                table.forget(old);
+            }
+            table.learn(new, server, now);
+        }
+        (None, Some(id)) if a.request_learn => table.learn(id, server, now),
+        _ => {}
+    }
+}
+
+/// One request: routing, persistence or balancing, retries, rewriting
+/// both ways.
+async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    bump(&svc.counters.requests);
+    let http = &svc.cfg.http;
+    let st = states.read().expect("states lock").clone();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let line = Line {
+        svc: &svc,
+        peer,
+        method: &method,
+        path: &path,
+        started,
+    };
+    if let Some(uri) = &http.monitor_uri {
+        if path == *uri {
+            return if svc.eligible(&st, 0, &[]).is_empty() {
+                local_503()
+            } else {
+                local(StatusCode::OK, "OK\n")
+            };
+        }
+    }
+    // hyper's own buffer limit cannot go below 8 KiB: smaller limits here.
+    let head_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if head_bytes + req.uri().to_string().len() > http.max_header_bytes {
+        bump(&svc.counters.refused);
+        let resp = local(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request headers too large\n",
+        );
+        return line.log(None, Judgement::None, Via::Balance, resp);
+    }
+    let mut req = match limit_body(http, req).await {
+        Ok(r) => r,
+        Err(resp) => {
+            bump(&svc.counters.refused);
+            return line.log(None, Judgement::None, Via::Balance, resp);
+        }
+    };
+    let now = now_secs();
+    let now_i = Instant::now();
+    let pool = svc.route(&st, &path, host_of(&req).as_deref());
+    if pool != 0 {
+        bump(&svc.counters.routed);
+    }
+    let p = persistence(&svc, &st, pool, &mut req, now, now_i);
+    let header_value = svc.balancers[pool].header().and_then(|name| {
+        req.headers()
             .get(name)
             .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
-        None => None,
-    };
-    let path = req.uri().path().to_string();
+            .map(str::to_string)
+    });
     let key = Key {
         client: peer.ip(),
         path: &path,
         header: header_value.as_deref(),
     };
-    let mut target = match target.or_else(|| svc.balancer.pick(&svc.slots, &svc.eligible(&st, &[]), &key)) {
+    let balancer = &svc.balancers[pool];
+    let mut via = p.via;
+    let mut target = match p
+        .target
+        .or_else(|| balancer.pick(&svc.slots, &svc.eligible(&st, pool, &[]), &key))
+    {
         Some(t) => t,
-        None => return log(&svc, peer, &method, &path, None, 503, judgement, started, local_503()),
+        None => {
+            bump(&svc.counters.no_server);
+            return line.log(None, p.judgement, via, local_503());
+        }
     };
 
     prepare_request(&svc, peer, &mut req);
     // Connect, with retries; the last one goes elsewhere with redispatch.
     let attempts = 1 + http.retries;
     let mut failed = Vec::new();
-    let mut redispatched = false;
     let sender = loop {
         match svc.pools[target].checkout(http.timeout_connect).await {
             Ok(s) => break s,
             Err(e) => {
                 tracing::warn!(service = %svc.cfg.name, backend = %svc.cfg.backends[target].name, "{e}");
+                bump(&svc.slots[target].counters.connect_errors);
                 failed.push(target);
                 if failed.len() as u32 >= attempts {
-                    return log(
-                        &svc,
-                        peer,
-                        &method,
-                        &path,
-                        Some(target),
-                        503,
-                        judgement,
-                        started,
-                        local_503(),
-                    );
+                    bump(&svc.counters.no_server);
+                    return line.log(Some(target), p.judgement, via, local_503());
                 }
+                bump(&svc.slots[target].counters.retries);
                 if http.redispatch && failed.len() as u32 == attempts - 1 {
-                    if let Some(t) = svc.balancer.pick(&svc.slots, &svc.eligible(&st, &failed), &key) {
+                    if let Some(t) = balancer.pick(&svc.slots, &svc.eligible(&st, pool, &failed), &key) {
                         target = t;
-                        redispatched = true;
+                        via = Via::Redispatch;
+                        bump(&svc.slots[target].counters.redispatches);
                     }
                 }
             }
         }
     };
-    let slot = &svc.slots[target];
-    slot.active.fetch_add(1, Ordering::Relaxed);
+    let counters = &svc.slots[target].counters;
+    bump(&counters.requests);
+    counters.active.fetch_add(1, Ordering::Relaxed);
     let keep = http.connection == ConnectionMode::KeepAlive;
     let sent = tokio::time::timeout(
         http.timeout_server,
         svc.pools[target].send(sender, req, http.timeout_connect, keep),
     )
     .await;
-    slot.active.fetch_sub(1, Ordering::Relaxed);
+    counters.active.fetch_sub(1, Ordering::Relaxed);
     let resp = match sent {
         Ok(Ok(r)) => r,
         Ok(Err(e @ SendError::Exchange { .. })) | Ok(Err(e @ SendError::Connect { .. })) => {
             tracing::warn!(service = %svc.cfg.name, "{e}");
+            counters.response(502);
             let r = local(StatusCode::BAD_GATEWAY, "bad gateway\n");
-            return log(&svc, peer, &method, &path, Some(target), 502, judgement, started, r);
+            return line.log(Some(target), p.judgement, via, r);
         }
         Err(_) => {
+            counters.response(504);
             let r = local(StatusCode::GATEWAY_TIMEOUT, "backend timeout\n");
-            return log(&svc, peer, &method, &path, Some(target), 504, judgement, started, r);
+            return line.log(Some(target), p.judgement, via, r);
         }
     };
-    let via_cookie = via_cookie && !redispatched;
+    counters.response(resp.status().as_u16());
     let mut resp = resp.map(|b| b.boxed());
-    finish_response(&svc, &method, target, via_cookie, parsed.as_ref(), now, &mut resp);
-    let status = resp.status().as_u16();
-    log(
-        &svc,
-        peer,
-        &method,
-        &path,
-        Some(target),
-        status,
-        judgement,
-        started,
-        resp,
-    )
+    learn_session(&svc, p.session.as_deref(), target, &resp, now_i);
+    let via_cookie = via == Via::Cookie;
+    if svc.cookie_pools[pool] {
+        finish_cookie(&svc, &method, target, via_cookie, p.parsed.as_ref(), now, &mut resp);
+    }
+    finish_response(&svc, &mut resp);
+    line.log(Some(target), p.judgement, via, resp)
 }
 
 fn local_503() -> Response<Body> {
@@ -396,7 +684,7 @@ fn local_503() -> Response<Body> {
 
 /// Origin-form URI and Host (from HTTP/2's authority), HTTP/1.1 towards the
 /// backend, hop-by-hop headers dropped, X-Forwarded-For added.
-fn prepare_request(svc: &Service, peer: SocketAddr, req: &mut Request<Incoming>) {
+fn prepare_request(svc: &Service, peer: SocketAddr, req: &mut Request<Body>) {
     if req.headers().get(header::HOST).is_none() {
         if let Some(a) = req
             .uri()
@@ -421,9 +709,19 @@ fn prepare_request(svc: &Service, peer: SocketAddr, req: &mut Request<Incoming>)
     }
 }
 
-/// Cookie insertion/rewriting, nocache, connection mode, hop-by-hop
-/// headers, on the way back.
-fn finish_response(
+/// Connection mode and hop-by-hop headers on the way back.
+fn finish_response(svc: &Service, resp: &mut Response<Body>) {
+    let headers = resp.headers_mut();
+    for h in HOP_BY_HOP {
+        headers.remove(h);
+    }
+    if svc.cfg.http.connection == ConnectionMode::Close {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+}
+
+/// Cookie insertion or rewriting, and nocache, on the way back.
+fn finish_cookie(
     svc: &Service,
     method: &Method,
     target: usize,
@@ -432,14 +730,8 @@ fn finish_response(
     now: u64,
     resp: &mut Response<Body>,
 ) {
-    let headers = resp.headers_mut();
-    for h in HOP_BY_HOP {
-        headers.remove(h);
-    }
-    if svc.cfg.http.connection == ConnectionMode::Close {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
     let Some(c) = &svc.cfg.cookie else { return };
+    let headers = resp.headers_mut();
     let server_cookie = svc.cfg.backends[target].cookie.as_deref();
     let set_cookies: Vec<String> = headers
         .get_all(header::SET_COOKIE)
@@ -505,27 +797,33 @@ fn finish_response(
     }
 }
 
-/// The access log line (HAProxy-like: client, service, backend, status,
-/// time, request cookie flag) and the response, passed through.
-#[allow(clippy::too_many_arguments)]
-fn log(
-    svc: &Service,
+/// What the access log line of a request shows besides its outcome.
+struct Line<'a> {
+    svc: &'a Service,
     peer: SocketAddr,
-    method: &Method,
-    path: &str,
-    target: Option<usize>,
-    status: u16,
-    judgement: Judgement,
+    method: &'a Method,
+    path: &'a str,
     started: Instant,
-    resp: Response<Body>,
-) -> Response<Body> {
-    let backend = target.map_or("<NOSRV>", |t| svc.cfg.backends[t].name.as_str());
-    tracing::info!(
-        target: "xlb::access",
-        "{peer} {} {backend} {status} {}ms cookie={} \"{method} {path}\"",
-        svc.cfg.name,
-        started.elapsed().as_millis(),
-        judgement.flag()
-    );
-    resp
+}
+
+impl Line<'_> {
+    /// Logs (HAProxy-like: client, service, backend, status, time, request
+    /// cookie flag, how the server was chosen) and passes the response on.
+    fn log(&self, target: Option<usize>, judgement: Judgement, via: Via, resp: Response<Body>) -> Response<Body> {
+        let svc = self.svc;
+        let backend = target.map_or("<NOSRV>", |t| svc.cfg.backends[t].name.as_str());
+        tracing::info!(
+            target: "xlb::access",
+            "{} {} {backend} {} {}ms cookie={} via={} \"{} {}\"",
+            self.peer,
+            svc.cfg.name,
+            resp.status().as_u16(),
+            self.started.elapsed().as_millis(),
+            judgement.flag(),
+            via.as_str(),
+            self.method,
+            self.path
+        );
+        resp
+    }
 }

@@ -16,6 +16,8 @@ use hyper::{
     Request, Response,
 };
 use hyper_util::rt::TokioIo;
+
+use super::Body;
 use tokio::{net::TcpStream, time::timeout};
 
 /// Idle connections kept per backend.
@@ -31,7 +33,7 @@ pub enum SendError {
     Exchange { addr: SocketAddr, cause: String },
 }
 
-type Idle = Arc<Mutex<Vec<SendRequest<Incoming>>>>;
+type Idle = Arc<Mutex<Vec<SendRequest<Body>>>>;
 
 pub struct Pool {
     pub addr: SocketAddr,
@@ -46,7 +48,7 @@ impl Pool {
         }
     }
 
-    fn idle(&self) -> Option<SendRequest<Incoming>> {
+    fn idle(&self) -> Option<SendRequest<Body>> {
         let mut idle = self.idle.lock().expect("pool lock");
         while let Some(s) = idle.pop() {
             if s.is_ready() && !s.is_closed() {
@@ -56,7 +58,7 @@ impl Pool {
         None
     }
 
-    async fn connect(&self, connect_timeout: Duration) -> Result<SendRequest<Incoming>, SendError> {
+    async fn connect(&self, connect_timeout: Duration) -> Result<SendRequest<Body>, SendError> {
         let err = |cause| SendError::Connect { addr: self.addr, cause };
         let stream = timeout(connect_timeout, TcpStream::connect(self.addr))
             .await
@@ -72,7 +74,7 @@ impl Pool {
 
     /// A connection to send on: an idle one or a new one. Connect errors
     /// come back before the request is given away.
-    pub async fn checkout(&self, connect_timeout: Duration) -> Result<SendRequest<Incoming>, SendError> {
+    pub async fn checkout(&self, connect_timeout: Duration) -> Result<SendRequest<Body>, SendError> {
         match self.idle() {
             Some(s) => Ok(s),
             None => self.connect(connect_timeout).await,
@@ -83,8 +85,8 @@ impl Pool {
     /// before the request left, sends it on a new connection.
     pub async fn send(
         &self,
-        mut sender: SendRequest<Incoming>,
-        req: Request<Incoming>,
+        mut sender: SendRequest<Body>,
+        req: Request<Body>,
         connect_timeout: Duration,
         keep: bool,
     ) -> Result<Response<Incoming>, SendError> {
@@ -109,7 +111,7 @@ impl Pool {
     }
 
     /// Returns a connection to the pool once its response is read.
-    fn give_back(&self, mut sender: SendRequest<Incoming>) {
+    fn give_back(&self, mut sender: SendRequest<Body>) {
         let idle = self.idle.clone();
         tokio::spawn(async move {
             if sender.ready().await.is_ok() {

@@ -1,0 +1,106 @@
+//! Request counters of the L7 proxy, per service and per backend. They
+//! live in the proxy, not in a service's configuration, so a reload keeps
+//! them (and leastconn keeps its in-flight counts).
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Default)]
+pub struct BackendCounters {
+    /// Requests in flight (leastconn reads it).
+    pub active: AtomicUsize,
+    pub requests: AtomicU64,
+    /// Responses by class: 1xx .. 5xx (what the backend answered, or the
+    /// proxy's 502/504 for it).
+    pub responses: [AtomicU64; 5],
+    pub connect_errors: AtomicU64,
+    pub retries: AtomicU64,
+    pub redispatches: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+pub struct ServiceCounters {
+    pub requests: AtomicU64,
+    /// Answered by the proxy itself because no server could take them.
+    pub no_server: AtomicU64,
+    /// Refused before balancing (413 and the like).
+    pub refused: AtomicU64,
+    /// Requests that went to a route's backend group.
+    pub routed: AtomicU64,
+}
+
+/// A copy of the counters of one backend, for reports.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BackendSnapshot {
+    pub active: u64,
+    pub requests: u64,
+    /// 1xx, 2xx, 3xx, 4xx, 5xx.
+    pub responses: [u64; 5],
+    pub connect_errors: u64,
+    pub retries: u64,
+    pub redispatches: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceSnapshot {
+    pub requests: u64,
+    pub no_server: u64,
+    pub refused: u64,
+    pub routed: u64,
+    /// Entries in the appsession table.
+    pub sessions: u64,
+}
+
+fn get(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+pub fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl BackendCounters {
+    pub fn response(&self, status: u16) {
+        if let Some(c) = self.responses.get(usize::from(status / 100).wrapping_sub(1)) {
+            bump(c);
+        }
+    }
+
+    pub fn snapshot(&self) -> BackendSnapshot {
+        BackendSnapshot {
+            active: self.active.load(Ordering::Relaxed) as u64,
+            requests: get(&self.requests),
+            responses: std::array::from_fn(|i| get(&self.responses[i])),
+            connect_errors: get(&self.connect_errors),
+            retries: get(&self.retries),
+            redispatches: get(&self.redispatches),
+        }
+    }
+}
+
+impl ServiceCounters {
+    pub fn snapshot(&self, sessions: usize) -> ServiceSnapshot {
+        ServiceSnapshot {
+            requests: get(&self.requests),
+            no_server: get(&self.no_server),
+            refused: get(&self.refused),
+            routed: get(&self.routed),
+            sessions: sessions as u64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_by_class() {
+        let c = BackendCounters::default();
+        for s in [100, 200, 204, 302, 404, 503, 599, 0, 600, 99] {
+            c.response(s);
+        }
+        assert_eq!(c.snapshot().responses, [1, 2, 1, 1, 2]);
+    }
+}

@@ -1,0 +1,154 @@
+//! `/metrics` on the admin address: the status report in Prometheus'
+//! text format (counters as `_total`, states as 0/1 gauges).
+
+use std::{collections::HashMap, fmt::Write};
+
+use crate::status::Status;
+
+/// Label values escaped as the exposition format wants.
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Every metric: name, type, help; rendered in this order.
+const FAMILIES: &[(&str, &str, &str)] = &[
+    ("xlb_xdp_packets_total", "counter", "Packets per XDP outcome."),
+    (
+        "xlb_service_packets_total",
+        "counter",
+        "Packets of L4 services seen by XDP.",
+    ),
+    (
+        "xlb_service_bytes_total",
+        "counter",
+        "Bytes of L4 services seen by XDP.",
+    ),
+    ("xlb_service_new_flows_total", "counter", "New flows of L4 services."),
+    (
+        "xlb_backend_packets_total",
+        "counter",
+        "Packets XDP forwarded to a backend.",
+    ),
+    (
+        "xlb_backend_new_flows_total",
+        "counter",
+        "Flows XDP pinned to a backend.",
+    ),
+    ("xlb_backend_weight", "gauge", "Configured weight of a backend."),
+    ("xlb_backend_state", "gauge", "1 for the backend's current state."),
+    (
+        "xlb_http_requests_total",
+        "counter",
+        "Requests received by an http service.",
+    ),
+    (
+        "xlb_http_no_server_total",
+        "counter",
+        "Requests answered 503 for lack of a server.",
+    ),
+    (
+        "xlb_http_refused_total",
+        "counter",
+        "Requests refused before balancing (4xx).",
+    ),
+    (
+        "xlb_http_routed_total",
+        "counter",
+        "Requests sent to a route's backend group.",
+    ),
+    ("xlb_http_sessions", "gauge", "Entries in the appsession table."),
+    (
+        "xlb_http_backend_requests_total",
+        "counter",
+        "Requests sent to a backend.",
+    ),
+    ("xlb_http_backend_active", "gauge", "Requests in flight to a backend."),
+    (
+        "xlb_http_backend_responses_total",
+        "counter",
+        "Responses by status class.",
+    ),
+    (
+        "xlb_http_backend_connect_errors_total",
+        "counter",
+        "Failed connections to a backend.",
+    ),
+    (
+        "xlb_http_backend_retries_total",
+        "counter",
+        "Connection retries to a backend.",
+    ),
+    (
+        "xlb_http_backend_redispatches_total",
+        "counter",
+        "Requests redispatched to a backend.",
+    ),
+];
+
+/// The states `xlb_backend_state` has a sample for.
+pub const STATES: [&str; 4] = ["up", "down", "drain", "maint"];
+
+pub fn render(st: &Status) -> String {
+    let mut samples: HashMap<&str, Vec<(String, u64)>> = HashMap::new();
+    let mut add = |name: &'static str, labels: String, v: u64| samples.entry(name).or_default().push((labels, v));
+    for (k, v) in &st.outcomes {
+        add("xlb_xdp_packets_total", format!("outcome=\"{}\"", esc(k)), *v);
+    }
+    for s in &st.services {
+        let sl = format!("service=\"{}\"", esc(&s.name));
+        match &s.http {
+            Some(h) => {
+                add("xlb_http_requests_total", sl.clone(), h.requests);
+                add("xlb_http_no_server_total", sl.clone(), h.no_server);
+                add("xlb_http_refused_total", sl.clone(), h.refused);
+                add("xlb_http_routed_total", sl.clone(), h.routed);
+                add("xlb_http_sessions", sl.clone(), h.sessions);
+            }
+            None => {
+                add("xlb_service_packets_total", sl.clone(), s.packets);
+                add("xlb_service_bytes_total", sl.clone(), s.bytes);
+                add("xlb_service_new_flows_total", sl.clone(), s.new_flows);
+            }
+        }
+        for b in &s.backends {
+            let bl = format!("{sl},backend=\"{}\"", esc(&b.name));
+            add("xlb_backend_weight", bl.clone(), u64::from(b.weight));
+            for state in STATES {
+                add(
+                    "xlb_backend_state",
+                    format!("{bl},state=\"{state}\""),
+                    u64::from(b.state == state),
+                );
+            }
+            match &b.http {
+                Some(h) => {
+                    add("xlb_http_backend_requests_total", bl.clone(), h.requests);
+                    add("xlb_http_backend_active", bl.clone(), h.active);
+                    for (i, n) in h.responses.iter().enumerate() {
+                        add(
+                            "xlb_http_backend_responses_total",
+                            format!("{bl},code=\"{}xx\"", i + 1),
+                            *n,
+                        );
+                    }
+                    add("xlb_http_backend_connect_errors_total", bl.clone(), h.connect_errors);
+                    add("xlb_http_backend_retries_total", bl.clone(), h.retries);
+                    add("xlb_http_backend_redispatches_total", bl.clone(), h.redispatches);
+                }
+                None => {
+                    add("xlb_backend_packets_total", bl.clone(), b.packets);
+                    add("xlb_backend_new_flows_total", bl, b.new_flows);
+                }
+            }
+        }
+    }
+    let mut o = String::new();
+    for (name, kind, help) in FAMILIES {
+        let Some(v) = samples.get(name) else { continue };
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, n) in v {
+            let _ = writeln!(o, "{name}{{{labels}}} {n}");
+        }
+    }
+    o
+}

@@ -1,0 +1,251 @@
+//! The stats page on the admin address (HAProxy's `stats uri`): an HTML
+//! table per service with a form for admin actions, a CSV variant
+//! (`URI;csv` or `URI?csv`), basic auth and a refresh header.
+
+use std::fmt::Write;
+
+use crate::status::Status;
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+fn base64(data: &[u8]) -> String {
+    let mut o = String::new();
+    for c in data.chunks(3) {
+        let n =
+            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                o.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                o.push('=');
+            }
+        }
+    }
+    o
+}
+
+/// Whether an `Authorization` header value carries `user:password`.
+pub fn authorized(header: Option<&str>, user: &str, password: &str) -> bool {
+    let expected = base64(format!("{user}:{password}").as_bytes());
+    header
+        .and_then(|h| h.strip_prefix("Basic "))
+        .is_some_and(|given| given.trim() == expected)
+}
+
+/// Decodes `application/x-www-form-urlencoded` into pairs.
+pub fn form(body: &str) -> Vec<(String, String)> {
+    let decode = |s: &str| {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < b.len() => {
+                    match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                        Ok(v) => {
+                            out.push(v);
+                            i += 2;
+                        }
+                        Err(_) => out.push(b'%'),
+                    }
+                }
+                c => out.push(c),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    body.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// HAProxy-like CSV: a row per backend, then a `BACKEND` row per service.
+pub fn csv(st: &Status) -> String {
+    let mut o = String::from(
+        "# pxname,svname,status,weight,bck,group,addr,scur,stot,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx,econ,wretr,wredis,pkts,flows,\n",
+    );
+    for s in &st.services {
+        let (mut scur, mut stot) = (0, 0);
+        for b in &s.backends {
+            let h = b.http.clone().unwrap_or_default();
+            scur += h.active;
+            stot += h.requests;
+            let r = h.responses;
+            let _ = writeln!(
+                o,
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},",
+                s.name,
+                b.name,
+                b.state.to_uppercase(),
+                b.weight,
+                u8::from(b.backup),
+                b.group.as_deref().unwrap_or(""),
+                b.address,
+                h.active,
+                h.requests,
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                h.connect_errors,
+                h.retries,
+                h.redispatches,
+                b.packets,
+                b.new_flows
+            );
+        }
+        let up = s.backends.iter().any(|b| b.state == "up");
+        let _ = writeln!(
+            o,
+            "{},BACKEND,{},,,,{}:{},{scur},{},,,,,,,,,{},{},",
+            s.name,
+            if up { "UP" } else { "DOWN" },
+            s.vip,
+            s.port,
+            s.http.as_ref().map_or(stot, |h| h.requests),
+            s.packets,
+            s.new_flows
+        );
+    }
+    o
+}
+
+/// The HTML page; `admin` shows the action form, `notice` the outcome of
+/// the last action.
+pub fn html(st: &Status, uri: &str, admin: bool, notice: Option<&str>) -> String {
+    let mut o = String::from(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>xlb stats</title>\
+         <style>body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse;margin-bottom:1em}\
+         td,th{border:1px solid #999;padding:2px 6px}th{background:#eee}.up{background:#cfc}\
+         .down{background:#fcc}.drain{background:#ffc}.maint{background:#ccf}</style></head><body>\n",
+    );
+    let _ = writeln!(
+        o,
+        "<h1>xlb statistics</h1><p>config: {} &middot; <a href=\"{u};csv\">CSV</a></p>",
+        html_escape(&st.config),
+        u = html_escape(uri)
+    );
+    if let Some(n) = notice {
+        let _ = writeln!(o, "<p class=\"notice\"><b>{}</b></p>", html_escape(n));
+    }
+    for s in &st.services {
+        let _ = writeln!(
+            o,
+            "<h2>{} <small>{}:{}/{} mode={}</small></h2>",
+            html_escape(&s.name),
+            html_escape(&s.vip),
+            s.port,
+            html_escape(&s.protocol),
+            html_escape(&s.mode)
+        );
+        if admin {
+            let _ = writeln!(
+                o,
+                "<form method=\"post\" action=\"{}\"><input type=\"hidden\" name=\"b\" value=\"{}\">",
+                html_escape(uri),
+                html_escape(&s.name)
+            );
+        }
+        o.push_str("<table><tr>");
+        if admin {
+            o.push_str("<th></th>");
+        }
+        o.push_str(
+            "<th>backend</th><th>address</th><th>group</th><th>state</th><th>weight</th><th>active</th>\
+             <th>requests</th><th>2xx</th><th>3xx</th><th>4xx</th><th>5xx</th><th>conn errors</th>\
+             <th>retries</th><th>packets</th><th>flows</th></tr>\n",
+        );
+        for b in &s.backends {
+            let h = b.http.clone().unwrap_or_default();
+            let _ = write!(o, "<tr class=\"{}\">", html_escape(&b.state));
+            if admin {
+                let _ = write!(
+                    o,
+                    "<td><input type=\"checkbox\" name=\"s\" value=\"{}\"></td>",
+                    html_escape(&b.name)
+                );
+            }
+            let backup = if b.backup { " (backup)" } else { "" };
+            let _ = writeln!(
+                o,
+                "<td>{}{backup}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+                 <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                html_escape(&b.name),
+                html_escape(&b.address),
+                html_escape(b.group.as_deref().unwrap_or("")),
+                html_escape(&b.state),
+                b.weight,
+                h.active,
+                h.requests,
+                h.responses[1],
+                h.responses[2],
+                h.responses[3],
+                h.responses[4],
+                h.connect_errors,
+                h.retries,
+                b.packets,
+                b.new_flows
+            );
+        }
+        o.push_str("</table>\n");
+        if admin {
+            o.push_str(
+                "<select name=\"action\"><option value=\"ready\">set state to READY</option>\
+                 <option value=\"drain\">set state to DRAIN</option>\
+                 <option value=\"maint\">set state to MAINT</option></select> \
+                 <input type=\"submit\" value=\"Apply\"></form>\n",
+            );
+        }
+    }
+    o.push_str("</body></html>\n");
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+        ] {
+            assert_eq!(base64(i.as_bytes()), o);
+        }
+        assert!(authorized(Some("Basic YWRtaW46c2VjcmV0"), "admin", "secret"));
+        assert!(!authorized(Some("Basic YWRtaW46c2VjcmV1"), "admin", "secret"));
+        assert!(!authorized(None, "admin", "secret"));
+    }
+
+    #[test]
+    fn form_decoding() {
+        assert_eq!(
+            form("b=web&s=app+1&s=a%2Fb&action=drain&bad=%zz"),
+            vec![
+                ("b".to_string(), "web".to_string()),
+                ("s".into(), "app 1".into()),
+                ("s".into(), "a/b".into()),
+                ("action".into(), "drain".into()),
+                ("bad".into(), "%zz".into()),
+            ]
+        );
+    }
+}

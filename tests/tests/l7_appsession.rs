@@ -1,0 +1,182 @@
+//! Appsession, black-box: the real xlb in front of servers that hand out
+//! session ids like Tomcat with `jvmRoute` (`ID.SERVER`), checked as a
+//! client and the admin API see it (shared/L7-SEMANTICS.md,
+//! "Application-session learning").
+
+use std::{collections::HashSet, thread, time::Duration};
+
+use lab::l7::{Be, L7};
+
+const APPSESSION: &str = "[service.appsession]\ncookie = \"JSESSIONID\"\nlen = 64\ntimeout = \"5h\"\n";
+
+fn three() -> Vec<Be<'static>> {
+    vec![Be("s1", ""), Be("s2", ""), Be("s3", "")]
+}
+
+/// The table as `xlb session show --json` lists it: (id, server).
+fn table(l: &L7) -> Vec<(String, String)> {
+    let out = l.xlb(&["session", "show", "site", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["id"].as_str().unwrap().to_string(),
+                e["server"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Opens a session: the server that answers sets JSESSIONID=ID.SERVER.
+fn login(l: &L7) -> (String, String) {
+    let r = l.get("/login?session=JSESSIONID", &[]);
+    let id = r
+        .set_cookie("JSESSIONID")
+        .expect("the application sets its session cookie");
+    assert!(id.ends_with(&format!(".{}", r.backend())), "{id}");
+    (id, r.backend().to_string())
+}
+
+#[test]
+fn learns_from_the_response_and_finds_the_id_in_cookie_and_url() {
+    lab::require_root!();
+    let l = L7::start(APPSESSION, &three(), &[]);
+    let sessions: Vec<(String, String)> = (0..6).map(|_| login(&l)).collect();
+    let servers: HashSet<&str> = sessions.iter().map(|(_, s)| s.as_str()).collect();
+    assert_eq!(servers.len(), 3, "round robin spread the logins");
+    let mut learned = table(&l);
+    learned.sort();
+    let mut expected = sessions.clone();
+    expected.sort();
+    assert_eq!(learned, expected, "every id the servers set is in the table");
+    for (id, srv) in &sessions {
+        for _ in 0..3 {
+            let r = l.get("/app?session=JSESSIONID", &[&format!("Cookie: a=b; JSESSIONID={id}")]);
+            assert_eq!(r.backend(), srv, "the Cookie header finds the session");
+            assert!(r.set_cookie("JSESSIONID").is_none(), "the session lives on");
+        }
+        let r = l.get(&format!("/app;jsessionid={id}?x=1"), &[]);
+        assert_eq!(r.backend(), srv, "a path parameter finds the session");
+        let r = l.get(&format!("/app;JSESSIONID={id}"), &[]);
+        assert_eq!(r.backend(), srv, "the parameter name in any case");
+        let r = l.get(&format!("/app?jsessionid={id}"), &[]);
+        assert!(r.status == 200, "the query is not looked at in path-parameters mode");
+    }
+    let spread: HashSet<String> = (0..6)
+        .map(|_| l.get("/", &["Cookie: JSESSIONID=unknown"]).backend().to_string())
+        .collect();
+    assert_eq!(spread.len(), 3, "an unknown id is balanced");
+    let (id, _) = &sessions[0];
+    let mut c = l.client();
+    let spread: HashSet<String> = (0..3)
+        .map(|_| {
+            let r = c
+                .request("PUT", "/", &[&format!("Cookie: JSESSIONID={id}")], "x")
+                .unwrap();
+            r.backend().to_string()
+        })
+        .collect();
+    assert_eq!(spread.len(), 3, "only GET, POST and HEAD are looked up");
+    assert!(
+        l.xlb.log().contains("via=appsession"),
+        "the log says how the server was chosen"
+    );
+}
+
+#[test]
+fn query_string_mode() {
+    lab::require_root!();
+    let l = L7::start(&format!("{APPSESSION}url_mode = \"query-string\"\n"), &three(), &[]);
+    let (id, srv) = login(&l);
+    for _ in 0..4 {
+        assert_eq!(l.get(&format!("/a?x=1&JSESSIONID={id}"), &[]).backend(), srv);
+    }
+}
+
+#[test]
+fn request_learn_remembers_ids_the_server_never_sets() {
+    lab::require_root!();
+    // PHP-style: the client brings PHPSESSID, the server sets nothing.
+    let cfg = "[service.appsession]\ncookie = \"PHPSESSID\"\nrequest_learn = true\n";
+    let l = L7::start(cfg, &three(), &[]);
+    for id in ["alpha", "beta", "gamma"] {
+        let first = l.get("/", &[&format!("Cookie: PHPSESSID={id}")]).backend().to_string();
+        for _ in 0..4 {
+            assert_eq!(l.get("/", &[&format!("Cookie: PHPSESSID={id}")]).backend(), first);
+        }
+    }
+    assert_eq!(table(&l).len(), 3);
+    // Without request_learn the same requests are plainly balanced.
+    let l = L7::start("[service.appsession]\ncookie = \"PHPSESSID\"\n", &three(), &[]);
+    let spread: HashSet<String> = (0..3)
+        .map(|_| l.get("/", &["Cookie: PHPSESSID=alpha"]).backend().to_string())
+        .collect();
+    assert_eq!(spread.len(), 3);
+    assert!(table(&l).is_empty());
+}
+
+#[test]
+fn follows_the_new_id_after_a_failover() {
+    lab::require_root!();
+    let l = L7::start(APPSESSION, &three(), &[]);
+    let (old, first) = login(&l);
+    l.set_state(&first, "maint");
+    // Tomcat on another node does not know ID.FIRST and issues its own id.
+    let r = l.get("/app?session=JSESSIONID", &[&format!("Cookie: JSESSIONID={old}")]);
+    let second = r.backend().to_string();
+    assert_ne!(second, first, "a session on a server in maintenance is rebalanced");
+    let new = r.set_cookie("JSESSIONID").expect("the new server issues a new id");
+    assert!(new.ends_with(&format!(".{second}")));
+    let t = table(&l);
+    assert!(t.contains(&(new.clone(), second.clone())), "{t:?}");
+    assert!(!t.iter().any(|(id, _)| *id == old), "the stale id is forgotten: {t:?}");
+    l.set_state(&first, "ready");
+    for _ in 0..4 {
+        let r = l.get("/app?session=JSESSIONID", &[&format!("Cookie: JSESSIONID={new}")]);
+        assert_eq!(
+            r.backend(),
+            second,
+            "the new id sticks, also once the old server is back"
+        );
+    }
+}
+
+#[test]
+fn idle_entries_expire() {
+    lab::require_root!();
+    let l = L7::start(&APPSESSION.replace("5h", "1s"), &three(), &[]);
+    let (id, srv) = login(&l);
+    assert_eq!(l.get("/", &[&format!("Cookie: JSESSIONID={id}")]).backend(), srv);
+    thread::sleep(Duration::from_millis(1600));
+    assert!(table(&l).is_empty(), "idle longer than the timeout: gone");
+    let spread: HashSet<String> = (0..3)
+        .map(|_| l.get("/", &[&format!("Cookie: JSESSIONID={id}")]).backend().to_string())
+        .collect();
+    assert_eq!(spread.len(), 3, "an expired id is balanced");
+}
+
+#[test]
+fn the_table_survives_a_reload_and_can_be_cleared() {
+    lab::require_root!();
+    let mut l = L7::start(APPSESSION, &three(), &[]);
+    let sessions: Vec<(String, String)> = (0..3).map(|_| login(&l)).collect();
+    let cfg = l.cfg.replace("timeout = \"5h\"", "timeout = \"4h\"") + "[service.http]\nretries = 2\n";
+    l.reload(&cfg);
+    assert_eq!(table(&l).len(), 3, "reload keeps the table");
+    for (id, srv) in &sessions {
+        assert_eq!(l.get("/", &[&format!("Cookie: JSESSIONID={id}")]).backend(), srv);
+    }
+    let status: serde_json::Value = serde_json::from_str(&l.xlb(&["status", "--json"])).unwrap();
+    assert_eq!(status["services"][0]["http"]["sessions"], 3);
+    let out = l.xlb(&["session", "show", "site"]);
+    assert!(out.contains(&sessions[0].0) && out.contains("3 sessions"), "{out}");
+    l.xlb(&["session", "clear", "site", &sessions[0].0]);
+    assert_eq!(table(&l).len(), 2);
+    assert_eq!(l.xlb(&["session", "clear", "site"]).trim(), "cleared 2");
+    assert!(table(&l).is_empty());
+    let out = lab::xlb::xlb_once(&l.ns, &["session", "show", "nosuch"]).unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no appsession table"));
+}
