@@ -80,6 +80,22 @@ async fn route(shared: Shared, req: Request<hyper::body::Incoming>) -> Resp {
                 Err(e) => error(e),
             }
         }
+        // Body: a weight, 0-256.
+        (&Method::POST, ["api", "servers", service, backend, "weight"]) => {
+            let (service, backend) = (service.to_string(), backend.to_string());
+            let weight = match body_text(req)
+                .await
+                .and_then(|b| b.parse::<u32>().map_err(|e| format!("weight: {e}")))
+            {
+                Ok(w) => w,
+                Err(e) => return reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+            };
+            match shared.lock().await.set_weight(&service, &backend, weight) {
+                Ok(()) => reply(StatusCode::OK, "text/plain", "ok\n"),
+                Err(e @ RunError::Weight(_)) => reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+                Err(e) => error(e),
+            }
+        }
         (_, ["api", "sessions", service, rest @ ..]) => {
             let table = match shared.lock().await.sessions(service) {
                 Ok(t) => t,

@@ -297,6 +297,8 @@ struct RawGlobal {
     pin_dir: Option<String>,
     #[serde(default)]
     on_exit: OnExit,
+    #[serde(default)]
+    peers: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -457,6 +459,8 @@ pub struct Global {
     /// bpffs directory for the pinned data plane (per interface below it).
     pub pin_dir: PathBuf,
     pub on_exit: OnExit,
+    /// Admin addresses of peer xlb nodes that share appsession tables.
+    pub peers: Vec<SocketAddr>,
 }
 
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9900";
@@ -623,6 +627,18 @@ impl Validator<'_> {
             vip_interface: raw.global.vip_interface,
             pin_dir: PathBuf::from(raw.global.pin_dir.as_deref().unwrap_or(crate::pins::DEFAULT_PIN_DIR)),
             on_exit: raw.global.on_exit,
+            peers: raw
+                .global
+                .peers
+                .iter()
+                .filter_map(|p| {
+                    let a = p.get_ref().parse::<SocketAddr>().ok();
+                    if a.is_none() {
+                        self.at(p, format!("peer {:?} is not an admin address:port", p.get_ref()));
+                    }
+                    a
+                })
+                .collect(),
         };
         let mut services: Vec<Service> = Vec::new();
         let mut seen = Vec::<(String, (IpAddr, u16, Protocol))>::new();

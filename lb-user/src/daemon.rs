@@ -45,6 +45,8 @@ pub enum RunError {
     Vip(#[from] crate::vip::VipError),
     #[error(transparent)]
     Proxy(#[from] crate::l7::ProxyError),
+    #[error("weight {0} is not in 0-256")]
+    Weight(u32),
     #[error("service {0:?} has no appsession table (no such http service, or no [service.appsession])")]
     NoSessions(String),
 }
@@ -78,6 +80,9 @@ pub struct Daemon {
     down: HashSet<BackendRef>,
     /// Operator states other than ready.
     admin: HashMap<BackendRef, AdminState>,
+    /// Weights set at runtime (`xlb server set-weight`), until the next
+    /// reload: the file then wins, as with HAProxy's `set weight`.
+    weights: HashMap<BackendRef, u32>,
     checks: Vec<JoinHandle<()>>,
     health_tx: mpsc::Sender<health::Change>,
     vips: Option<VipAliases>,
@@ -126,14 +131,22 @@ impl Daemon {
             v.sync(&cfg)?;
         }
         let l7_states = l7::States::default();
-        let mut proxy = l7::Proxy::new(l7_states.clone());
+        let mut proxy = l7::Proxy::new(l7_states.clone(), l7::peers::spawn(cfg.global.peers.clone()));
         proxy.apply(&cfg)?;
+        if !cfg.global.peers.is_empty() {
+            for s in cfg.services.iter().filter(|s| s.appsession.is_some()) {
+                if let Some(t) = proxy.sessions(&s.name) {
+                    tokio::spawn(l7::peers::pull(cfg.global.peers.clone(), s.name.clone(), t));
+                }
+            }
+        }
         let mut d = Self {
             path,
             cfg,
             dp,
             down: HashSet::new(),
             admin: HashMap::new(),
+            weights: HashMap::new(),
             checks: Vec::new(),
             health_tx,
             vips,
@@ -187,10 +200,24 @@ impl Daemon {
         }
     }
 
+    /// The config with the runtime weights applied.
+    fn effective(&self) -> Config {
+        let mut cfg = self.cfg.clone();
+        for s in &mut cfg.services {
+            for b in &mut s.backends {
+                if let Some(w) = self.weights.get(&(s.name.clone(), b.name.clone())) {
+                    b.weight = *w;
+                }
+            }
+        }
+        cfg
+    }
+
     fn apply(&mut self) -> Result<(), RunError> {
         let states = Self::states(&self.down, &self.admin);
+        let cfg = self.effective();
         if let Some(dp) = &mut self.dp {
-            dp.apply(&self.cfg, &states)?;
+            dp.apply(&cfg, &states)?;
         }
         *self.l7_states.write().expect("states lock") = Arc::new(states);
         self.persist();
@@ -224,6 +251,7 @@ impl Daemon {
         self.cfg = cfg;
         self.down = down;
         self.admin = admin;
+        self.weights.clear();
         self.restart_checks();
         self.persist();
         Ok(())
@@ -232,17 +260,7 @@ impl Daemon {
     /// `xlb server set-state`: ready, drain (no new flows, existing ones
     /// stay) or maint (out: no traffic at all).
     pub fn set_state(&mut self, service: &str, backend: &str, state: AdminState) -> Result<(), RunError> {
-        let known = self
-            .cfg
-            .services
-            .iter()
-            .any(|s| s.name == service && s.backends.iter().any(|b| b.name == backend));
-        if !known {
-            return Err(RunError::NoSuchBackend {
-                service: service.into(),
-                backend: backend.into(),
-            });
-        }
+        self.check_backend(service, backend)?;
         let r = (service.to_string(), backend.to_string());
         let before = self.admin.get(&r).copied().unwrap_or(AdminState::Ready);
         match state {
@@ -251,6 +269,49 @@ impl Daemon {
         };
         tracing::warn!("backend {backend} of service {service}: {before:?} -> {state:?} (set by the operator)");
         self.apply()
+    }
+
+    /// `xlb server set-weight`: a new weight until the next reload (0
+    /// drains, as in the file).
+    pub fn set_weight(&mut self, service: &str, backend: &str, weight: u32) -> Result<(), RunError> {
+        self.check_backend(service, backend)?;
+        if i64::from(weight) > config::MAX_WEIGHT {
+            return Err(RunError::Weight(weight));
+        }
+        let r = (service.to_string(), backend.to_string());
+        let before = self.effective_weight(&r);
+        self.weights.insert(r, weight);
+        tracing::warn!("backend {backend} of service {service}: weight {before} -> {weight} (set by the operator)");
+        self.apply()?;
+        Ok(self.proxy.apply(&self.effective())?)
+    }
+
+    fn effective_weight(&self, r: &BackendRef) -> u32 {
+        self.weights.get(r).copied().unwrap_or_else(|| {
+            self.cfg
+                .services
+                .iter()
+                .filter(|s| s.name == r.0)
+                .flat_map(|s| &s.backends)
+                .find(|b| b.name == r.1)
+                .map_or(0, |b| b.weight)
+        })
+    }
+
+    fn check_backend(&self, service: &str, backend: &str) -> Result<(), RunError> {
+        let known = self
+            .cfg
+            .services
+            .iter()
+            .any(|s| s.name == service && s.backends.iter().any(|b| b.name == backend));
+        if known {
+            Ok(())
+        } else {
+            Err(RunError::NoSuchBackend {
+                service: service.into(),
+                backend: backend.into(),
+            })
+        }
     }
 
     /// A health-check state change: logged, and the tables rebuilt.
@@ -314,13 +375,13 @@ impl Daemon {
                                 Some(AdminState::Maint) => "maint",
                                 _ if self.down.contains(&r) => "down",
                                 Some(AdminState::Drain) => "drain",
-                                _ if b.weight == 0 => "drain",
+                                _ if self.effective_weight(&r) == 0 => "drain",
                                 _ => "up",
                             };
                             BackendStatus {
                                 name: b.name.clone(),
                                 address: b.address.to_string(),
-                                weight: b.weight,
+                                weight: self.effective_weight(&r),
                                 backup: b.backup,
                                 state: state.into(),
                                 packets: bs.packets,

@@ -87,6 +87,14 @@ enum ServerOp {
         #[arg(long, default_value = config::DEFAULT_ADMIN)]
         admin: SocketAddr,
     },
+    /// A new weight (0-256; 0 drains) until the next reload.
+    SetWeight {
+        service: String,
+        backend: String,
+        weight: u32,
+        #[arg(long, default_value = config::DEFAULT_ADMIN)]
+        admin: SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -163,12 +171,27 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 },
         } => {
             let path = format!("/api/servers/{service}/{backend}/state");
-            let (code, body) =
-                runtime()?.block_on(admin::request_with(admin, Method::POST, &path, state.clone().into()))?;
-            if code != StatusCode::OK {
-                bail!("{}", String::from_utf8_lossy(&body).trim_end());
-            }
+            admin_ok(runtime()?.block_on(admin::request_with(admin, Method::POST, &path, state.clone().into()))?)?;
             println!("{service}/{backend}: {state}");
+            Ok(())
+        }
+        Cmd::Server {
+            op:
+                ServerOp::SetWeight {
+                    service,
+                    backend,
+                    weight,
+                    admin,
+                },
+        } => {
+            let path = format!("/api/servers/{service}/{backend}/weight");
+            admin_ok(runtime()?.block_on(admin::request_with(
+                admin,
+                Method::POST,
+                &path,
+                weight.to_string().into(),
+            ))?)?;
+            println!("{service}/{backend}: weight {weight}");
             Ok(())
         }
         Cmd::Session {

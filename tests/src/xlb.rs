@@ -44,7 +44,17 @@ impl XlbProcess {
     /// Starts `xlb run --config CONFIG EXTRA..` in `ns` and waits until its
     /// admin API answers (default admin address).
     pub fn start(ns: &Netns, config: &Path, extra: &[&str]) -> io::Result<XlbProcess> {
-        let log_path = std::env::temp_dir().join(format!("{}-xlb-{}.log", ns.name(), std::process::id()));
+        XlbProcess::start_with_admin(ns, config, extra, "127.0.0.1:9900")
+    }
+
+    /// As [`XlbProcess::start`], for a config whose admin address is `admin`.
+    pub fn start_with_admin(ns: &Netns, config: &Path, extra: &[&str], admin: &str) -> io::Result<XlbProcess> {
+        let log_path = std::env::temp_dir().join(format!(
+            "{}-xlb-{}-{}.log",
+            ns.name(),
+            std::process::id(),
+            admin.replace([':', '.'], "_")
+        ));
         let log = std::fs::File::create(&log_path)?;
         let child = ns
             .cmd(xlb_binary())
@@ -67,7 +77,7 @@ impl XlbProcess {
             if let Some(st) = p.child.as_mut().expect("child").try_wait()? {
                 return Err(io::Error::other(format!("xlb exited at start ({st}):\n{}", p.log())));
             }
-            if xlb_once(ns, &["status", "--json"]).is_ok_and(|o| o.status.success()) {
+            if xlb_once(ns, &["status", "--json", "--admin", admin]).is_ok_and(|o| o.status.success()) {
                 return Ok(p);
             }
             if Instant::now() > deadline {

@@ -3,9 +3,20 @@
 //! client and the admin API see it (shared/L7-SEMANTICS.md,
 //! "Application-session learning").
 
-use std::{collections::HashSet, thread, time::Duration};
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    thread,
+    time::{Duration, Instant},
+};
 
-use lab::l7::{Be, L7};
+use lab::{
+    http::get,
+    l7::{Be, L7},
+    servers::{Kind, Server},
+    xlb::{temp_file, xlb_once},
+    Netns, XlbProcess,
+};
 
 const APPSESSION: &str = "[service.appsession]\ncookie = \"JSESSIONID\"\nlen = 64\ntimeout = \"5h\"\n";
 
@@ -15,8 +26,13 @@ fn three() -> Vec<Be<'static>> {
 
 /// The table as `xlb session show --json` lists it: (id, server).
 fn table(l: &L7) -> Vec<(String, String)> {
-    let out = l.xlb(&["session", "show", "site", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    table_at(&l.ns, "127.0.0.1:9900")
+}
+
+fn table_at(ns: &Netns, admin: &str) -> Vec<(String, String)> {
+    let out = xlb_once(ns, &["session", "show", "site", "--json", "--admin", admin]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     v.as_array()
         .unwrap()
         .iter()
@@ -179,4 +195,55 @@ fn the_table_survives_a_reload_and_can_be_cleared() {
     let out = lab::xlb::xlb_once(&l.ns, &["session", "show", "nosuch"]).unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no appsession table"));
+}
+
+#[test]
+fn peers_share_the_table_and_a_restarted_node_takes_it_back() {
+    lab::require_root!();
+    let ns = Netns::create(&format!("xlbt{}peers", std::process::id())).unwrap();
+    let mut backends = String::new();
+    let mut servers = Vec::new();
+    for (i, name) in ["s1", "s2", "s3"].iter().enumerate() {
+        let addr: SocketAddr = format!("127.0.0.1:{}", 9101 + i).parse().unwrap();
+        servers.push(Server::start(&ns, addr, name, Kind::Http).unwrap());
+        backends += &format!("[[service.backend]]\nname = \"{name}\"\naddress = \"{addr}\"\n");
+    }
+    // Two nodes on one host: A on 127.0.0.1:8080, B on 127.0.0.2:8080.
+    let node = |me: &str, peer: &str, vip: &str| {
+        let cfg = format!(
+            "[global]\nadmin = \"{me}\"\npeers = [\"{peer}\"]\n\n[[service]]\nname = \"site\"\nvip = \"{vip}\"\n\
+             port = 8080\nmode = \"http\"\n{APPSESSION}[service.health]\nkind = \"none\"\n{backends}"
+        );
+        let path = temp_file(&format!("peer-{}.toml", me.replace(':', "_")), &cfg).unwrap();
+        XlbProcess::start_with_admin(&ns, &path, &["--cleanup"], me).unwrap()
+    };
+    let (a_admin, b_admin) = ("127.0.0.1:9900", "127.0.0.1:9901");
+    let (a_vip, b_vip): (SocketAddr, SocketAddr) =
+        ("127.0.0.1:8080".parse().unwrap(), "127.0.0.2:8080".parse().unwrap());
+    let _a = node(a_admin, b_admin, "127.0.0.1");
+    let b = node(b_admin, a_admin, "127.0.0.2");
+    let login = |vip| {
+        let r = get(&ns, vip, "/login?session=JSESSIONID", &[]).unwrap();
+        (r.set_cookie("JSESSIONID").unwrap(), r.backend().to_string())
+    };
+    let wait_for = |admin: &str, entry: &(String, String)| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !table_at(&ns, admin).contains(entry) {
+            assert!(Instant::now() < deadline, "{entry:?} never reached {admin}");
+            thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let first = login(a_vip);
+    wait_for(b_admin, &first);
+    for _ in 0..3 {
+        let r = get(&ns, b_vip, "/", &[&format!("Cookie: JSESSIONID={}", first.0)]).unwrap();
+        assert_eq!(r.backend(), first.1, "a session learned by A sticks on B");
+    }
+    let second = login(b_vip);
+    wait_for(a_admin, &second);
+    // B restarts with an empty table and takes A's.
+    b.stop().unwrap();
+    let _b = node(b_admin, a_admin, "127.0.0.2");
+    wait_for(b_admin, &first);
+    wait_for(b_admin, &second);
 }

@@ -342,3 +342,27 @@ fn body_and_header_limits_and_malformed_requests_get_4xx() {
     assert_eq!(r.status, 400);
     assert_eq!(l.get("/", &[]).status, 200, "and the proxy is still there");
 }
+
+#[test]
+fn runtime_weights_until_the_next_reload() {
+    lab::require_root!();
+    let mut l = L7::start("", &[Be("s1", ""), Be("s2", "")], &[]);
+    l.xlb(&["server", "set-weight", "site", "s1", "3"]);
+    let mut c = l.client();
+    let picks: Vec<String> = (0..8).map(|_| c.get("/", &[]).unwrap().backend().to_string()).collect();
+    assert_eq!(picks.iter().filter(|p| *p == "s1").count(), 6, "3:1 {picks:?}");
+    l.xlb(&["server", "set-weight", "site", "s2", "0"]);
+    let status: serde_json::Value = serde_json::from_str(&l.xlb(&["status", "--json"])).unwrap();
+    assert_eq!(status["services"][0]["backends"][0]["weight"], 3);
+    assert_eq!(status["services"][0]["backends"][1]["state"], "drain");
+    assert!(
+        (0..4).all(|_| l.get("/", &[]).backend() == "s1"),
+        "weight 0: no new traffic"
+    );
+    let out = lab::xlb::xlb_once(&l.ns, &["server", "set-weight", "site", "s1", "999"]).unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("weight 999 is not in 0-256"));
+    let cfg = l.cfg.clone();
+    l.reload(&cfg);
+    let spread: std::collections::HashSet<String> = (0..4).map(|_| l.get("/", &[]).backend().to_string()).collect();
+    assert_eq!(spread.len(), 2, "the file's weights are back after a reload");
+}

@@ -1,5 +1,6 @@
 //! `cargo xtask`: toolchain bootstrap, eBPF build, running, tests.
 
+mod bench_l7;
 mod build;
 mod lab_run;
 mod setup;
@@ -44,9 +45,21 @@ enum Cmd {
     Lint,
     /// Benchmarks, side by side with baselines; results in bench-results/.
     Bench {
-        /// Which: l4 (the XDP data path).
+        /// Which: l4 (the XDP data path) or l7 (the HTTP proxy vs HAProxy and nginx).
         #[arg(default_value = "l4")]
         which: String,
+        /// l7: seconds per load run.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// l7: keep-alive connections of the load generator.
+        #[arg(long, default_value_t = 50)]
+        connections: u32,
+        /// l7: idle connections opened to measure memory per connection.
+        #[arg(long, default_value_t = 1000)]
+        idle: usize,
+        /// l7: rounds through the proxies (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
 }
 
@@ -91,11 +104,26 @@ fn main() -> Result<()> {
             build::xlb(&obj, true).map(drop)
         }
         Cmd::Lint => lint(),
-        Cmd::Bench { which } => {
-            if which != "l4" {
-                bail!("unknown benchmark {which:?} (available: l4)");
-            }
+        Cmd::Bench {
+            which,
+            duration,
+            connections,
+            idle,
+            rounds,
+        } => {
             let obj = build::ebpf()?;
+            if which == "l7" {
+                let opts = bench_l7::Opts {
+                    duration,
+                    connections,
+                    idle,
+                    rounds: rounds.max(1),
+                };
+                return bench_l7::run(&build::xlb(&obj, true)?, &opts);
+            }
+            if which != "l4" {
+                bail!("unknown benchmark {which:?} (available: l4, l7)");
+            }
             let floor = obj.with_file_name("bench-floor");
             run(cargo()
                 .args(["bench", "-p", "xlb-tests", "--bench", "l4"])

@@ -126,6 +126,29 @@ fn manual_instructions(why: &str) -> anyhow::Error {
     )
 }
 
+/// Installs those of `pkgs` that are missing (Debian, as root).
+pub fn install_debs(pkgs: &[&str]) -> Result<()> {
+    let missing = missing_debs(pkgs);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let debian = Path::new("/etc/debian_version").exists() && ok(Command::new("apt-get").arg("--version"));
+    if !debian {
+        return Err(manual_instructions("This is not a Debian machine with apt-get."));
+    }
+    if !is_root() {
+        return Err(manual_instructions(&format!(
+            "Missing packages {missing:?} and not root."
+        )));
+    }
+    eprintln!("xtask setup: installing {}", missing.join(" "));
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
 /// Installs everything that is missing.
 pub fn setup() -> Result<()> {
     let have_toolchain = detect();
@@ -133,24 +156,7 @@ pub fn setup() -> Result<()> {
     if have_toolchain.is_none() {
         want.extend_from_slice(TOOLCHAIN_PKGS);
     }
-    let missing = missing_debs(&want);
-    let debian = Path::new("/etc/debian_version").exists() && ok(Command::new("apt-get").arg("--version"));
-    if !missing.is_empty() {
-        if !debian {
-            return Err(manual_instructions("This is not a Debian machine with apt-get."));
-        }
-        if !is_root() {
-            return Err(manual_instructions(&format!(
-                "Missing packages {missing:?} and not root."
-            )));
-        }
-        eprintln!("xtask setup: installing {}", missing.join(" "));
-        run(Command::new("apt-get").args(["update", "-qq"]))?;
-        run(Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    }
+    install_debs(&want)?;
     if have_toolchain.is_none() {
         if !has_rust_src(DEBIAN_TOOLCHAIN) && Path::new("/usr/lib/rustlib/src/rust/library/core").exists() {
             eprintln!("xtask setup: registering Debian's rustc-web with rustup as `{DEBIAN_TOOLCHAIN}`");

@@ -101,7 +101,8 @@ impl Table {
         self.learn_aged(id, server, now, Duration::ZERO);
     }
 
-    /// As [`Table::learn`], for an entry already `idle` old (from a peer).
+    /// As [`Table::learn`], for an entry already `idle` old (from a peer);
+    /// an entry used more recently stays.
     pub fn learn_aged(&self, id: &str, server: &str, now: Instant, idle: Duration) {
         if id.is_empty() {
             return;
@@ -112,6 +113,10 @@ impl Table {
         }
         let k = key(id, t.len).to_string();
         let last = now.checked_sub(idle).unwrap_or(now);
+        // The most recently used entry wins (a peer's older news loses).
+        if t.map.get(&k).is_some_and(|e| e.last > last) {
+            return;
+        }
         t.map.insert(
             k,
             Entry {
@@ -259,6 +264,9 @@ mod tests {
         );
         // The last writer wins.
         t.learn("B", "s3", now + Duration::from_secs(12));
+        assert_eq!(t.lookup("B", now + Duration::from_secs(12)).as_deref(), Some("s3"));
+        // Older news (a peer's entry idle for 5 s) loses against a fresh one.
+        t.learn_aged("B", "s1", now + Duration::from_secs(12), Duration::from_secs(5));
         assert_eq!(t.lookup("B", now + Duration::from_secs(12)).as_deref(), Some("s3"));
         assert!(t.forget("B"));
         assert_eq!(t.clear(), 0);

@@ -7,6 +7,7 @@ pub mod appsession;
 pub mod balance;
 pub mod cookie;
 pub mod counters;
+pub mod peers;
 pub mod pool;
 
 use std::{
@@ -81,7 +82,18 @@ pub struct Service {
     cookie_pools: Vec<bool>,
     counters: Arc<ServiceCounters>,
     sessions: Option<Arc<Table>>,
+    /// Where learned sessions go to the peers, if there are any.
+    peers: Option<peers::Outbox>,
+    /// Per-backend state flags for the last states snapshot seen.
+    flags: std::sync::Mutex<Option<(Arc<BackendStates>, Flags)>>,
 }
+
+/// Per backend: [`OUT`] and [`DRAINED`] bits.
+type Flags = Arc<[u8]>;
+/// Down or in maintenance: no traffic.
+const OUT: u8 = 1;
+/// Drained by the operator: persistent traffic only.
+const DRAINED: u8 = 2;
 
 /// How the server of a request was chosen (for the access log).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +116,7 @@ impl Via {
 }
 
 impl Service {
-    fn new(cfg: &ServiceCfg, kept: &mut Kept) -> Service {
+    fn new(cfg: &ServiceCfg, kept: &mut Kept, peers: Option<peers::Outbox>) -> Service {
         let algo = Algo::parse(&cfg.balance);
         let n = cfg.backends.len();
         let mut members = vec![Vec::new(); 1 + cfg.groups.len()];
@@ -158,26 +170,42 @@ impl Service {
             cookie_pools,
             counters: kept.services.entry(cfg.name.clone()).or_default().clone(),
             sessions,
+            peers,
+            flags: Default::default(),
             cfg: cfg.clone(),
         }
     }
 
-    fn key(&self, i: usize) -> (String, String) {
-        (self.cfg.name.clone(), self.cfg.backends[i].name.clone())
+    /// The state of each backend in `st`, computed once per snapshot.
+    fn flags(&self, st: &Arc<BackendStates>) -> Flags {
+        let mut cache = self.flags.lock().expect("flags lock");
+        if let Some((seen, f)) = &*cache {
+            if Arc::ptr_eq(seen, st) {
+                return f.clone();
+            }
+        }
+        let f: Flags = self
+            .cfg
+            .backends
+            .iter()
+            .map(|b| {
+                let k = (self.cfg.name.clone(), b.name.clone());
+                (u8::from(st.out.contains(&k)) * OUT) | (u8::from(st.drained.contains(&k)) * DRAINED)
+            })
+            .collect();
+        *cache = Some((st.clone(), f.clone()));
+        f
     }
 
     /// May take traffic at all (not down, not in maintenance).
-    fn usable(&self, st: &BackendStates, i: usize) -> bool {
-        !st.out.contains(&self.key(i))
+    fn usable(st: &[u8], i: usize) -> bool {
+        st[i] & OUT == 0
     }
 
     /// Servers of `pool` that take new (balanced) traffic: the normal ones
     /// that are usable, not drained, with weight; else such backups.
-    fn eligible(&self, st: &BackendStates, pool: usize, except: &[usize]) -> Vec<usize> {
-        let ok = |i: &usize| {
-            let b = &self.cfg.backends[*i];
-            b.weight > 0 && self.usable(st, *i) && !st.drained.contains(&self.key(*i)) && !except.contains(i)
-        };
+    fn eligible(&self, st: &[u8], pool: usize, except: &[usize]) -> Vec<usize> {
+        let ok = |i: &usize| self.cfg.backends[*i].weight > 0 && st[*i] == 0 && !except.contains(i);
         let members = &self.members[pool];
         let normal: Vec<usize> = members
             .iter()
@@ -199,12 +227,12 @@ impl Service {
     /// The pool a request goes to: the first matching route's group, or
     /// the service's own backends when no route matches or the group has
     /// no usable server (HAProxy's `nbsrv(group) lt 1` fallback).
-    fn route(&self, st: &BackendStates, path: &str, host: Option<&str>) -> usize {
+    fn route(&self, st: &[u8], path: &str, host: Option<&str>) -> usize {
         let Some(r) = self.cfg.routes.iter().position(|r| r.matches(path, host)) else {
             return 0;
         };
         let pool = self.route_pools[r];
-        if self.members[pool].iter().any(|i| self.usable(st, *i)) {
+        if self.members[pool].iter().any(|i| Self::usable(st, *i)) {
             pool
         } else {
             0
@@ -234,14 +262,16 @@ pub struct Proxy {
     listeners: HashMap<SocketAddr, Listener>,
     states: States,
     kept: Kept,
+    peers: Option<peers::Outbox>,
 }
 
 impl Proxy {
-    pub fn new(states: States) -> Proxy {
+    pub fn new(states: States, peers: Option<peers::Outbox>) -> Proxy {
         Proxy {
             listeners: HashMap::new(),
             states,
             kept: Kept::default(),
+            peers,
         }
     }
 
@@ -300,14 +330,14 @@ impl Proxy {
                 .any(|w| w.name == *s && w.backends.iter().any(|x| x.name == *b))
         });
         for (s, addr) in wanted.iter().zip(&addrs) {
-            let svc = Arc::new(Service::new(s, kept));
+            let svc = Arc::new(Service::new(s, kept, self.peers.clone()));
             if let Some(l) = self.listeners.get(addr) {
                 *l.current.write().expect("service lock") = svc;
             }
         }
         for (addr, listener) in fresh {
             let s = wanted[addrs.iter().position(|a| *a == addr).expect("bound above")];
-            let current = Arc::new(RwLock::new(Arc::new(Service::new(s, kept))));
+            let current = Arc::new(RwLock::new(Arc::new(Service::new(s, kept, self.peers.clone()))));
             let task = tokio::spawn(accept_loop(listener, current.clone(), self.states.clone()));
             tracing::info!(service = %s.name, %addr, "http proxy listening");
             self.listeners.insert(addr, Listener { current, task });
@@ -336,6 +366,7 @@ async fn accept_loop(listener: TcpListener, current: Arc<RwLock<Arc<Service>>>, 
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()
+                .writev(false)
                 .timer(TokioTimer::new())
                 .header_read_timeout(http.timeout_client)
                 .keep_alive(http.connection != ConnectionMode::Close)
@@ -439,7 +470,7 @@ struct Persistence {
 /// request's `Cookie` header is rewritten as the server must see it.
 fn persistence(
     svc: &Service,
-    st: &BackendStates,
+    st: &[u8],
     pool: usize,
     req: &mut Request<Body>,
     now: u64,
@@ -480,7 +511,7 @@ fn persistence(
                 .iter()
                 .map(|i| cookie::Candidate {
                     cookie: svc.cfg.backends[*i].cookie.as_deref(),
-                    usable: svc.usable(st, *i),
+                    usable: Service::usable(st, *i),
                 })
                 .collect();
             let (j, t) = cookie::judge(c, &parsed, &candidates, now);
@@ -509,7 +540,7 @@ fn persistence(
             let found = members
                 .iter()
                 .copied()
-                .find(|i| svc.cfg.backends[*i].name == server && svc.usable(st, *i));
+                .find(|i| svc.cfg.backends[*i].name == server && Service::usable(st, *i));
             if p.target.is_none() && found.is_some() {
                 p.target = found;
                 p.via = Via::AppSession;
@@ -532,15 +563,19 @@ fn learn_session(svc: &Service, session: Option<&str>, target: usize, resp: &Res
         .get_all(header::SET_COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok());
-    match (appsession::from_set_cookie(set, &a.cookie), session) {
+    let learned = match (appsession::from_set_cookie(set, &a.cookie), session) {
         (Some(new), old) => {
             if let Some(old) = old.filter(|o| *o != new) {
                 table.forget(old);
             }
-            table.learn(new, server, now);
+            new
         }
-        (None, Some(id)) if a.request_learn => table.learn(id, server, now),
-        _ => {}
+        (None, Some(id)) if a.request_learn => id,
+        _ => return,
+    };
+    table.learn(learned, server, now);
+    if let Some(p) = &svc.peers {
+        p.push(&svc.cfg.name, learned, server);
     }
 }
 
@@ -550,7 +585,7 @@ async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, req: Reques
     let started = Instant::now();
     bump(&svc.counters.requests);
     let http = &svc.cfg.http;
-    let st = states.read().expect("states lock").clone();
+    let st = svc.flags(&states.read().expect("states lock").clone());
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let line = Line {
@@ -571,7 +606,8 @@ async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, req: Reques
     }
     // hyper's own buffer limit cannot go below 8 KiB: smaller limits here.
     let head_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
-    if head_bytes + req.uri().to_string().len() > http.max_header_bytes {
+    let target_bytes = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    if head_bytes + target_bytes > http.max_header_bytes {
         bump(&svc.counters.refused);
         let resp = local(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -588,7 +624,11 @@ async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, req: Reques
     };
     let now = now_secs();
     let now_i = Instant::now();
-    let pool = svc.route(&st, &path, host_of(&req).as_deref());
+    let pool = if svc.cfg.routes.is_empty() {
+        0
+    } else {
+        svc.route(&st, &path, host_of(&req).as_deref())
+    };
     if pool != 0 {
         bump(&svc.counters.routed);
     }
@@ -694,8 +734,11 @@ fn prepare_request(svc: &Service, peer: SocketAddr, req: &mut Request<Body>) {
             req.headers_mut().insert(header::HOST, a);
         }
     }
-    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
-    *req.uri_mut() = pq.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
+    // HTTP/1 requests come in origin form already; HTTP/2 ones in absolute form.
+    if req.uri().authority().is_some() || req.uri().scheme().is_some() {
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+        *req.uri_mut() = pq.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
+    }
     *req.version_mut() = Version::HTTP_11;
     for h in HOP_BY_HOP {
         req.headers_mut().remove(h);

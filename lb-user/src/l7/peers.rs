@@ -1,0 +1,90 @@
+//! Sharing appsession tables with peer xlb nodes (HAProxy's `peers`):
+//! what a node learns is pushed, in batches, to every peer's admin API
+//! (`POST /api/sessions/SERVICE`); a starting node fills its tables from
+//! its peers. Servers travel by name; the most recently used entry wins.
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Instant};
+
+use hyper::{Method, StatusCode};
+use tokio::sync::mpsc;
+
+use super::appsession::{EntryView, Table};
+use crate::admin;
+
+/// Entries waiting to be pushed at most; beyond, new ones are dropped (the
+/// peers are behind or gone) and the next learn of the id carries it.
+const QUEUE: usize = 65536;
+/// Entries per push.
+const BATCH: usize = 1000;
+
+/// Where the proxy drops what it learned.
+#[derive(Clone)]
+pub struct Outbox(mpsc::Sender<(String, EntryView)>);
+
+impl Outbox {
+    pub fn push(&self, service: &str, id: &str, server: &str) {
+        let entry = EntryView {
+            id: id.to_string(),
+            server: server.to_string(),
+            idle_ms: 0,
+        };
+        let _ = self.0.try_send((service.to_string(), entry));
+    }
+}
+
+/// Starts the pusher; None without peers.
+pub fn spawn(peers: Vec<SocketAddr>) -> Option<Outbox> {
+    if peers.is_empty() {
+        return None;
+    }
+    let (tx, mut rx) = mpsc::channel::<(String, EntryView)>(QUEUE);
+    tokio::spawn(async move {
+        while let Some((service, entry)) = rx.recv().await {
+            let mut batch: HashMap<String, Vec<EntryView>> = HashMap::new();
+            batch.entry(service).or_default().push(entry);
+            let mut n = 1;
+            while n < BATCH {
+                let Ok((service, entry)) = rx.try_recv() else { break };
+                batch.entry(service).or_default().push(entry);
+                n += 1;
+            }
+            for peer in &peers {
+                for (service, entries) in &batch {
+                    let body = serde_json::to_vec(entries).unwrap_or_default();
+                    let path = format!("/api/sessions/{service}");
+                    match admin::request_with(*peer, Method::POST, &path, body.into()).await {
+                        Ok((StatusCode::OK, _)) => {}
+                        Ok((code, body)) => tracing::warn!(
+                            %peer, %service, "peer refused sessions: {code} {}",
+                            String::from_utf8_lossy(&body).trim()
+                        ),
+                        Err(e) => tracing::warn!(%peer, "pushing sessions: {e}"),
+                    }
+                }
+            }
+        }
+    });
+    Some(Outbox(tx))
+}
+
+/// Fills `table` (service `service`) from the first peer that has it.
+pub async fn pull(peers: Vec<SocketAddr>, service: String, table: Arc<Table>) {
+    for peer in peers {
+        let path = format!("/api/sessions/{service}");
+        match admin::request(peer, Method::GET, &path).await {
+            Ok((StatusCode::OK, body)) => match serde_json::from_slice::<Vec<EntryView>>(&body) {
+                Ok(entries) => {
+                    let now = Instant::now();
+                    for e in &entries {
+                        table.learn_aged(&e.id, &e.server, now, std::time::Duration::from_millis(e.idle_ms));
+                    }
+                    tracing::info!(%peer, %service, entries = entries.len(), "sessions taken from peer");
+                    return;
+                }
+                Err(e) => tracing::warn!(%peer, %service, "peer sent malformed sessions: {e}"),
+            },
+            Ok((code, _)) => tracing::warn!(%peer, %service, "peer answered {code} for sessions"),
+            Err(e) => tracing::info!(%peer, "no sessions from peer: {e}"),
+        }
+    }
+}

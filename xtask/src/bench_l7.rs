@@ -1,0 +1,494 @@
+//! `cargo xtask bench l7`: xlb's HTTP proxy against HAProxy (cookie insert
+//! indirect nocache, the same persistence) and nginx (plain round robin),
+//! one after the other on the same backends with the same load generator
+//! (wrk), each proxy pinned to the same CPU. Reports requests/s, p50/p99
+//! latency, RSS after load and memory per idle keep-alive connection, and
+//! the ratios, to bench-results/l7.md. Loopback only.
+
+use std::{
+    fmt::Write as _,
+    io::{Read, Write},
+    net::TcpStream,
+    path::Path,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{root, setup};
+
+const PROXY: &str = "127.0.0.1:18080";
+const BACKENDS: [(&str, u16); 3] = [("s1", 19001), ("s2", 19002), ("s3", 19003)];
+
+pub struct Opts {
+    pub duration: u64,
+    pub connections: u32,
+    pub idle: usize,
+    /// Rounds through the three proxies; medians are reported.
+    pub rounds: usize,
+}
+
+/// A child process, killed when dropped.
+struct Proc {
+    child: Child,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, cpu: Option<u32>, cmd: &[&str], env: &[(&str, &str)], log: &Path) -> Result<Proc> {
+        let mut c = match cpu {
+            Some(n) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &n.to_string()]).args(cmd);
+                c
+            }
+            None => {
+                let mut c = Command::new(cmd[0]);
+                c.args(&cmd[1..]);
+                c
+            }
+        };
+        let out = std::fs::File::create(log)?;
+        c.envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        let child = c.spawn().with_context(|| format!("starting {name}"))?;
+        Ok(Proc { child })
+    }
+
+    /// Resident memory in KiB (taskset execs the program: same pid).
+    fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One GET on a connection; returns the response head and body.
+fn exchange(s: &mut TcpStream, cookie: Option<&str>) -> Result<String> {
+    let c = cookie.map(|c| format!("Cookie: SERVERID={c}\r\n")).unwrap_or_default();
+    write!(s, "GET / HTTP/1.1\r\nHost: bench\r\n{c}\r\n")?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            bail!("connection closed");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                return Ok(text);
+            }
+        }
+    }
+}
+
+fn wait_http(addr: &str, what: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ok = TcpStream::connect(addr)
+            .ok()
+            .and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+                exchange(&mut s, None).ok()
+            })
+            .is_some_and(|r| r.starts_with("HTTP/1.1 200"));
+        if ok {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{what} did not answer on {addr}");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What wrk measured.
+#[derive(Default, Clone)]
+struct Load {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+fn parse_ms(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let (num, scale) = if let Some(v) = s.strip_suffix("us") {
+        (v, 0.001)
+    } else if let Some(v) = s.strip_suffix("ms") {
+        (v, 1.0)
+    } else if let Some(v) = s.strip_suffix('s') {
+        (v, 1000.0)
+    } else {
+        (s, 1.0)
+    };
+    num.parse::<f64>().ok().map(|n| n * scale)
+}
+
+fn wrk(opts: &Opts, cpu: Option<u32>, duration: u64, cookie: Option<&str>) -> Result<Load> {
+    let mut c = match cpu {
+        Some(n) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &n.to_string(), "wrk"]);
+            c
+        }
+        None => Command::new("wrk"),
+    };
+    c.args([
+        "-t1",
+        &format!("-c{}", opts.connections),
+        &format!("-d{duration}s"),
+        "--latency",
+    ]);
+    if let Some(v) = cookie {
+        c.args(["-H", &format!("Cookie: SERVERID={v}")]);
+    }
+    let out = c.arg(format!("http://{PROXY}/")).output().context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    if !out.status.success() {
+        bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut l = Load::default();
+    for line in text.lines() {
+        let t = line.trim();
+        let mut w = t.split_whitespace();
+        match (w.next(), w.next()) {
+            (Some("Requests/sec:"), Some(v)) => l.rps = v.parse().unwrap_or(0.0),
+            (Some("50%"), Some(v)) => l.p50_ms = parse_ms(v).unwrap_or(0.0),
+            (Some("99%"), Some(v)) => l.p99_ms = parse_ms(v).unwrap_or(0.0),
+            (Some("Non-2xx"), _) => l.errors += t.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0),
+            (Some("Socket"), _) => {
+                l.errors += t
+                    .split(|c: char| !c.is_ascii_digit())
+                    .filter_map(|n| n.parse::<u64>().ok())
+                    .sum::<u64>()
+            }
+            _ => {}
+        }
+    }
+    if l.rps == 0.0 {
+        bail!("no Requests/sec in wrk's output:\n{text}");
+    }
+    Ok(l)
+}
+
+/// Each figure's median over the runs.
+fn median(mut v: Vec<Load>) -> Load {
+    let mid = |v: &mut Vec<Load>, f: fn(&Load) -> f64| {
+        v.sort_by(|a, b| f(a).total_cmp(&f(b)));
+        f(&v[v.len() / 2])
+    };
+    Load {
+        rps: mid(&mut v, |l| l.rps),
+        p50_ms: mid(&mut v, |l| l.p50_ms),
+        p99_ms: mid(&mut v, |l| l.p99_ms),
+        errors: v.iter().map(|l| l.errors).sum(),
+    }
+}
+
+struct Result1 {
+    name: &'static str,
+    new_clients: Load,
+    returning: Load,
+    rss_kib: u64,
+    idle_bytes: f64,
+}
+
+fn configs(dir: &Path) -> Result<()> {
+    let servers: String = BACKENDS
+        .iter()
+        .map(|(n, p)| {
+            format!(
+                "  server {{ listen 127.0.0.1:{p}; location / {{ add_header X-Backend {n}; return 200 \"{n}\\n\"; }} }}\n"
+            )
+        })
+        .collect();
+    let nginx_common = |name: &str| {
+        let d = dir.display();
+        format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile 20000;\npid {d}/{name}.pid;\n\
+             error_log {d}/{name}.err warn;\nevents {{ worker_connections 10000; }}\n\
+             http {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_body_temp_path {d}/{name}-body;\n\
+             proxy_temp_path {d}/{name}-proxy;\n  fastcgi_temp_path {d}/{name}-fcgi;\n  uwsgi_temp_path {d}/{name}-uwsgi;\n\
+             scgi_temp_path {d}/{name}-scgi;\n"
+        )
+    };
+    std::fs::write(
+        dir.join("backends.conf"),
+        format!("{}{servers}}}\n", nginx_common("backends")),
+    )?;
+    let upstream: String = BACKENDS
+        .iter()
+        .map(|(_, p)| format!("    server 127.0.0.1:{p};\n"))
+        .collect();
+    std::fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "{}  upstream be {{\n{upstream}    keepalive 64;\n  }}\n  server {{\n    listen {PROXY};\n    location / {{\n      \
+             proxy_pass http://be;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
+            nginx_common("nginx")
+        ),
+    )?;
+    let hservers: String = BACKENDS
+        .iter()
+        .map(|(n, p)| format!("  server {n} 127.0.0.1:{p} cookie {n}\n"))
+        .collect();
+    std::fs::write(
+        dir.join("haproxy.cfg"),
+        format!(
+            "global\n  nbthread 1\n  maxconn 9000\n\ndefaults\n  mode http\n  option http-keep-alive\n  timeout connect 5s\n  \
+             timeout client 30s\n  timeout server 30s\n\nfrontend fe\n  bind {PROXY}\n  default_backend be\n\n\
+             backend be\n  balance roundrobin\n  cookie SERVERID insert indirect nocache\n{hservers}"
+        ),
+    )?;
+    let xservers: String = BACKENDS
+        .iter()
+        .map(|(n, p)| format!("[[service.backend]]\nname = \"{n}\"\naddress = \"127.0.0.1:{p}\"\ncookie = \"{n}\"\n"))
+        .collect();
+    let (vip, port) = PROXY.split_once(':').expect("addr");
+    std::fs::write(
+        dir.join("xlb.toml"),
+        format!(
+            "[global]\nadmin = \"127.0.0.1:19900\"\n\n[[service]]\nname = \"bench\"\nvip = \"{vip}\"\nport = {port}\n\
+             mode = \"http\"\nbalance = \"roundrobin\"\n[service.cookie]\nname = \"SERVERID\"\nmode = \"insert\"\n\
+             indirect = true\nnocache = true\n[service.health]\nkind = \"none\"\n{xservers}"
+        ),
+    )?;
+    Ok(())
+}
+
+/// Checks the proxy does the same job as the others: balancing to the
+/// backends and, where configured, cookie insertion and persistence.
+fn sanity(name: &str, cookies: bool) -> Result<()> {
+    let mut s = TcpStream::connect(PROXY)?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let r = exchange(&mut s, None)?;
+    let lower = r.to_ascii_lowercase();
+    if !lower.contains("x-backend: s") {
+        bail!("{name}: no backend answered:\n{r}");
+    }
+    if cookies {
+        if !lower.contains("set-cookie: serverid=s") {
+            bail!("{name}: no persistence cookie inserted:\n{r}");
+        }
+        let r = exchange(&mut s, Some("s2"))?.to_ascii_lowercase();
+        if !r.contains("x-backend: s2") || r.contains("set-cookie") {
+            bail!("{name}: the cookie did not persist:\n{r}");
+        }
+    }
+    Ok(())
+}
+
+/// Memory per idle keep-alive connection: RSS before and after `n`
+/// connections that made one request each and stay open.
+fn idle_cost(p: &Proc, n: usize) -> Result<f64> {
+    let before = p.rss_kib();
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = TcpStream::connect(PROXY)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        exchange(&mut s, Some("s1"))?;
+        conns.push(s);
+    }
+    thread::sleep(Duration::from_millis(500));
+    let after = p.rss_kib();
+    drop(conns);
+    Ok((after.saturating_sub(before) * 1024) as f64 / n as f64)
+}
+
+pub fn run(xlb: &Path, opts: &Opts) -> Result<()> {
+    setup::install_debs(&["haproxy", "nginx-light", "wrk", "util-linux"])?;
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    // Proxies on CPU 0; wrk and the backends on CPU 1 (when there is one).
+    let (proxy_cpu, load_cpu) = if cpus >= 2 { (Some(0), Some(1)) } else { (None, None) };
+    for addr in std::iter::once(PROXY.to_string()).chain(BACKENDS.iter().map(|(_, p)| format!("127.0.0.1:{p}"))) {
+        if TcpStream::connect(&addr).is_ok() {
+            bail!("{addr} is in use: stop what listens there first");
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("xlb-bench-l7-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    configs(&dir)?;
+    let conf = |f: &str| dir.join(f).display().to_string();
+    let backends = Proc::spawn(
+        "backends",
+        load_cpu,
+        &["nginx", "-c", &conf("backends.conf")],
+        &[],
+        &dir.join("backends.log"),
+    )?;
+    for (_, p) in BACKENDS {
+        wait_http(&format!("127.0.0.1:{p}"), "backend nginx")?;
+    }
+    let xlb = xlb.display().to_string();
+    let proxies: [(&'static str, Vec<String>, bool); 3] = [
+        (
+            "xlb",
+            vec![xlb, "run".into(), "--config".into(), conf("xlb.toml")],
+            true,
+        ),
+        (
+            "haproxy",
+            vec!["haproxy".into(), "-db".into(), "-f".into(), conf("haproxy.cfg")],
+            true,
+        ),
+        ("nginx", vec!["nginx".into(), "-c".into(), conf("nginx.conf")], false),
+    ];
+    // Rounds alternate the proxies so that drift of the machine (other
+    // tenants, clocks) hits them alike; medians are reported.
+    let mut runs: Vec<Vec<(Load, Load)>> = vec![Vec::new(); proxies.len()];
+    let mut memory = vec![(0, 0.0); proxies.len()];
+    for round in 0..opts.rounds {
+        for (i, (name, cmd, cookies)) in proxies.iter().enumerate() {
+            let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+            let log = dir.join(format!("{name}.log"));
+            // xlb's access log is off, as HAProxy's and nginx's are here.
+            let p = Proc::spawn(name, proxy_cpu, &args, &[("RUST_LOG", "warn")], &log)?;
+            wait_http(PROXY, name).with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
+            sanity(name, *cookies)?;
+            wrk(opts, load_cpu, 1, None)?; // warm-up
+            let new_clients = wrk(opts, load_cpu, opts.duration, None)?;
+            let returning = wrk(opts, load_cpu, opts.duration, Some("s2"))?;
+            eprintln!(
+                "bench l7 round {}/{}: {name}: {:.0} req/s new, {:.0} req/s returning, p99 {:.2}/{:.2} ms",
+                round + 1,
+                opts.rounds,
+                new_clients.rps,
+                returning.rps,
+                new_clients.p99_ms,
+                returning.p99_ms
+            );
+            runs[i].push((new_clients, returning));
+            if round + 1 == opts.rounds {
+                let rss = p.rss_kib();
+                memory[i] = (rss, idle_cost(&p, opts.idle)?);
+            }
+        }
+    }
+    let results: Vec<Result1> = proxies
+        .iter()
+        .zip(runs)
+        .zip(memory)
+        .map(|(((name, _, _), r), (rss_kib, idle_bytes))| Result1 {
+            name,
+            new_clients: median(r.iter().map(|x| x.0.clone()).collect()),
+            returning: median(r.iter().map(|x| x.1.clone()).collect()),
+            rss_kib,
+            idle_bytes,
+        })
+        .collect();
+    drop(backends);
+    let report = render(opts, cpus, &results);
+    let out = root().join("bench-results/l7.md");
+    std::fs::create_dir_all(out.parent().expect("dir"))?;
+    std::fs::write(&out, &report)?;
+    print!("{report}");
+    eprintln!("written to {}", out.display());
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn version(cmd: &str, arg: &str) -> String {
+    Command::new(cmd)
+        .arg(arg)
+        .output()
+        .map(|o| {
+            let t = String::from_utf8_lossy(if o.stdout.is_empty() { &o.stderr } else { &o.stdout }).to_string();
+            t.lines().next().unwrap_or("").to_string()
+        })
+        .unwrap_or_default()
+}
+
+fn render(opts: &Opts, cpus: usize, r: &[Result1]) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "# L7 proxy benchmark (`cargo xtask bench l7`)\n\n\
+         Same 3 backends (nginx returning a short body), same load generator (wrk, 1 thread, {} keep-alive \
+         connections, {} s per run, median of {} rounds that alternate the proxies). Each proxy runs alone with one worker thread pinned to CPU 0; wrk and the \
+         backends share CPU 1 ({cpus} CPUs here). xlb and HAProxy do cookie persistence \
+         (`cookie SERVERID insert indirect nocache`, round robin); nginx is a plain round-robin proxy with \
+         upstream keep-alive. Access logs off everywhere.\n\n\
+         - *new clients*: no cookie, every response carries `Set-Cookie` (xlb and HAProxy)\n\
+         - *returning*: `Cookie: SERVERID=s2`, persistence to one backend, cookie stripped (indirect)\n\
+         - *idle conn*: RSS growth per idle keep-alive client connection, {} connections\n\n\
+         Versions: {}; {}; {}.\n",
+        opts.connections,
+        opts.duration,
+        opts.rounds,
+        opts.idle,
+        version("haproxy", "-v"),
+        version("nginx", "-v"),
+        version("wrk", "-v").split(" Copyright").next().unwrap_or("")
+    );
+    let _ = writeln!(
+        o,
+        "| proxy | new clients req/s | p50 ms | p99 ms | returning req/s | p50 ms | p99 ms | errors | RSS after load | idle conn |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for x in r {
+        let _ = writeln!(
+            o,
+            "| {} | {:.0} | {:.3} | {:.3} | {:.0} | {:.3} | {:.3} | {} | {:.1} MiB | {:.1} KiB |",
+            x.name,
+            x.new_clients.rps,
+            x.new_clients.p50_ms,
+            x.new_clients.p99_ms,
+            x.returning.rps,
+            x.returning.p50_ms,
+            x.returning.p99_ms,
+            x.new_clients.errors + x.returning.errors,
+            x.rss_kib as f64 / 1024.0,
+            x.idle_bytes / 1024.0
+        );
+    }
+    if let Some(xlb) = r.iter().find(|x| x.name == "xlb") {
+        let _ = writeln!(
+            o,
+            "\nRatios (xlb / other; req/s above 1 is better for xlb, p99 below 1 is):\n"
+        );
+        let _ = writeln!(
+            o,
+            "| vs | new clients req/s | returning req/s | p99 new | p99 returning | idle conn memory |\n|---|---:|---:|---:|---:|---:|"
+        );
+        for x in r.iter().filter(|x| x.name != "xlb") {
+            let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+            let _ = writeln!(
+                o,
+                "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                x.name,
+                ratio(xlb.new_clients.rps, x.new_clients.rps),
+                ratio(xlb.returning.rps, x.returning.rps),
+                ratio(xlb.new_clients.p99_ms, x.new_clients.p99_ms),
+                ratio(xlb.returning.p99_ms, x.returning.p99_ms),
+                ratio(xlb.idle_bytes, x.idle_bytes)
+            );
+        }
+    }
+    o
+}
