@@ -96,6 +96,11 @@ impl Client {
         self.read_response(false)
     }
 
+    /// Reads the next response (after [`Client::raw`] sent several).
+    pub fn read_next(&mut self) -> io::Result<Response> {
+        self.read_response(false)
+    }
+
     pub fn get(&mut self, path: &str, headers: &[&str]) -> io::Result<Response> {
         self.request("GET", path, headers, "")
     }

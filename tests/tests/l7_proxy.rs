@@ -338,6 +338,16 @@ fn body_and_header_limits_and_malformed_requests_get_4xx() {
     let big = format!("X-Big: {}", "a".repeat(8000));
     let r = l.client().get("/", &[&big]).unwrap();
     assert_eq!(r.status, 431, "headers over the limit");
+    // Pipelined: three requests in one write, three answers in order.
+    let mut c = l.client();
+    let req = |p: &str, n: u8| format!("GET {p} HTTP/1.1\r\nHost: x\r\nX-Seq: {n}\r\n\r\n");
+    let first = c
+        .raw(&(req("/a", 1) + &req("/b?status=404", 2) + &req("/c", 3)))
+        .unwrap();
+    let (second, third) = (c.read_next().unwrap(), c.read_next().unwrap());
+    assert_eq!((first.status, second.status, third.status), (200, 404, 200));
+    let seq: Vec<&str> = [&first, &second, &third].iter().flat_map(|r| r.seen("x-seq")).collect();
+    assert_eq!(seq, vec!["1", "2", "3"], "answers in request order");
     let r = l.client().raw("GARBAGE\r\n\r\n").unwrap();
     assert_eq!(r.status, 400);
     assert_eq!(l.get("/", &[]).status, 200, "and the proxy is still there");
