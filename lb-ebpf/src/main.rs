@@ -307,8 +307,6 @@ fn icmp_error(ctx: &XdpContext, s: &mut Scratch) -> u32 {
     if f.kind == FLOW_REPLY {
         rw.outer_src = f.addr_a;
         rw.outer_dst = f.client;
-        rw.inner_src = f.client;
-        rw.inner_dst = f.addr_a;
         rw.inner_sport_be = f.client_port_be;
         rw.inner_dport_be = f.port_a_be;
         if rewrite::icmp_nat(ctx, &s.pkt, &s.icmp).is_err() {
@@ -323,8 +321,6 @@ fn icmp_error(ctx: &XdpContext, s: &mut Scratch) -> u32 {
     if nat {
         rw.outer_src = f.addr_a;
         rw.outer_dst = be.addr;
-        rw.inner_src = be.addr;
-        rw.inner_dst = f.addr_a;
         rw.inner_sport_be = be.port_be;
         rw.inner_dport_be = f.port_a_be;
         if rewrite::icmp_nat(ctx, &s.pkt, &s.icmp).is_err() {

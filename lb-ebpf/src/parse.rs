@@ -76,6 +76,15 @@ impl Packet {
         k.family = self.family;
     }
 
+    /// IPv4 addresses, in the first 4 bytes of the 16-byte fields.
+    #[inline(always)]
+    fn set_v4_addrs(&mut self, src: &[u8; 4], dst: &[u8; 4]) {
+        self.src = [0; 16];
+        self.dst = [0; 16];
+        self.src[..4].copy_from_slice(src);
+        self.dst[..4].copy_from_slice(dst);
+    }
+
     /// Writes the flow key (the 5-tuple as on the wire) into `k`.
     #[inline(always)]
     pub fn flow_key(&self, k: &mut FlowKey) {
@@ -174,10 +183,7 @@ fn parse_v4(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<Parsed, ()
             inner_l4: 0,
         },
     );
-    pkt.src = [0; 16];
-    pkt.dst = [0; 16];
-    pkt.src[..4].copy_from_slice(&ip.src_addr);
-    pkt.dst[..4].copy_from_slice(&ip.dst_addr);
+    pkt.set_v4_addrs(&ip.src_addr, &ip.dst_addr);
     Ok(Parsed::Flow)
 }
 
@@ -277,10 +283,8 @@ fn icmp_error_v4(ctx: &XdpContext, off: usize, l4_off: usize, pkt: &mut Packet) 
         inner_l4: inner_off + ihl,
     };
     pkt.set(ctx, FAMILY_V4, ip.proto, (idport, isport), at);
-    pkt.src = [0; 16];
-    pkt.dst = [0; 16];
-    pkt.src[..4].copy_from_slice(&ip.dst_addr);
-    pkt.dst[..4].copy_from_slice(&ip.src_addr);
+    // The quoted packet went the other way.
+    pkt.set_v4_addrs(&ip.dst_addr, &ip.src_addr);
     Ok(Parsed::Flow)
 }
 

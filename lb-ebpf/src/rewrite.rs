@@ -233,8 +233,6 @@ pub fn nat(ctx: &XdpContext, pkt: &Packet, src: &[u8; 16], dst: &[u8; 16], ports
 pub struct IcmpRewrite {
     pub outer_src: [u8; 16],
     pub outer_dst: [u8; 16],
-    pub inner_src: [u8; 16],
-    pub inner_dst: [u8; 16],
     pub inner_sport_be: u16,
     pub inner_dport_be: u16,
 }
@@ -255,7 +253,8 @@ pub fn icmp_nat(ctx: &XdpContext, pkt: &Packet, rw: &IcmpRewrite) -> Result<(), 
     }
     // Every changed word of the quoted header counts for the ICMP sum,
     // its IPv4 checksum field included.
-    let (inner_sum, check_sum) = set_addrs(ctx, pkt.family, pkt.inner_l3_off, &rw.inner_src, &rw.inner_dst)?;
+    // The quoted packet went the other way: its addresses are the outer ones swapped.
+    let (inner_sum, check_sum) = set_addrs(ctx, pkt.family, pkt.inner_l3_off, &rw.outer_dst, &rw.outer_src)?;
     sum += inner_sum + check_sum;
     let ports = ptr_at::<[u8; 8]>(ctx, pkt.inner_l4_off)? as *mut u8;
     // SAFETY: ports at 0..4 of the 8 bounds-checked bytes; checksum as above.

@@ -45,7 +45,7 @@ pub enum RunError {
     Vip(#[from] crate::vip::VipError),
     #[error(transparent)]
     Proxy(#[from] crate::l7::ProxyError),
-    #[error("weight {0} is not in 0-256")]
+    #[error("weight {0} is not in 0-{max}", max = config::MAX_WEIGHT)]
     Weight(u32),
     #[error("service {0:?} has no appsession table (no such http service, or no [service.appsession])")]
     NoSessions(String),
@@ -371,17 +371,18 @@ impl Daemon {
                                 .map(|d| d.backend_stats(&s.name, &b.name))
                                 .unwrap_or_default();
                             let r = (s.name.clone(), b.name.clone());
+                            let weight = self.effective_weight(&r);
                             let state = match self.admin.get(&r) {
                                 Some(AdminState::Maint) => "maint",
                                 _ if self.down.contains(&r) => "down",
                                 Some(AdminState::Drain) => "drain",
-                                _ if self.effective_weight(&r) == 0 => "drain",
+                                _ if weight == 0 => "drain",
                                 _ => "up",
                             };
                             BackendStatus {
                                 name: b.name.clone(),
                                 address: b.address.to_string(),
-                                weight: self.effective_weight(&r),
+                                weight,
                                 backup: b.backup,
                                 state: state.into(),
                                 packets: bs.packets,
@@ -431,8 +432,9 @@ impl Drop for Daemon {
 }
 
 /// A proxy holds two descriptors per client (its own and the backend's):
-/// lift the soft open-file limit to the hard one, as HAProxy does.
-fn raise_nofile() {
+/// lifts the soft open-file limit to the hard one, as HAProxy does, and
+/// returns it.
+pub fn raise_nofile() -> std::io::Result<u64> {
     let mut l = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -445,9 +447,9 @@ fn raise_nofile() {
         }
     };
     if raised {
-        tracing::debug!(limit = l.rlim_cur, "open-file limit");
+        Ok(l.rlim_cur)
     } else {
-        tracing::warn!("cannot raise the open-file limit: {}", std::io::Error::last_os_error());
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -455,7 +457,10 @@ fn raise_nofile() {
 /// plane stays attached for the next run, unless `cleanup` (or
 /// `on_exit = "cleanup"`) asks to take it down.
 pub async fn run(path: PathBuf, iface: Option<String>, cleanup: bool) -> Result<(), RunError> {
-    raise_nofile();
+    match raise_nofile() {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;

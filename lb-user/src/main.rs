@@ -149,10 +149,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Status { admin, json } => {
-            let (code, body) = runtime()?.block_on(admin::request(admin, Method::GET, "/api/status"))?;
-            if code != StatusCode::OK {
-                bail!("admin API answered {code}: {}", String::from_utf8_lossy(&body));
-            }
+            let body = admin_ok(runtime()?.block_on(admin::request(admin, Method::GET, "/api/status"))?)?;
             if json {
                 println!("{}", String::from_utf8_lossy(&body));
             } else {

@@ -30,21 +30,6 @@ fn connect(ns: &Netns, addr: SocketAddr) -> tokio::net::TcpStream {
     tokio::net::TcpStream::from_std(s).unwrap()
 }
 
-/// Raises this process's open-file limit to its hard limit.
-fn raise_nofile() -> u64 {
-    let mut l = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscalls on a local struct.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
-        l.rlim_cur = l.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &l);
-    }
-    l.rlim_cur
-}
-
 fn request(path: &str, cookies: &[String]) -> Request<Empty<Bytes>> {
     let mut b = Request::get(path).header("host", "xlb.test");
     for c in cookies {
@@ -75,7 +60,7 @@ fn a_thousand_concurrent_keep_alive_clients_with_mixed_cookies() {
     const CLIENTS: usize = 1000;
     const ROUNDS: usize = 5;
     assert!(
-        raise_nofile() >= 4 * CLIENTS as u64,
+        lb_user::daemon::raise_nofile().unwrap() >= 4 * CLIENTS as u64,
         "need file descriptors for clients and servers"
     );
     let l = L7::start(INSERT, &three(), &[]);

@@ -30,6 +30,18 @@ pub struct Opts {
     pub rounds: usize,
 }
 
+/// `program`, run on `cpu` when one is given.
+fn pinned(cpu: Option<u32>, program: &str) -> Command {
+    match cpu {
+        Some(n) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &n.to_string(), program]);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
 /// A child process, killed when dropped.
 struct Proc {
     child: Child,
@@ -37,18 +49,8 @@ struct Proc {
 
 impl Proc {
     fn spawn(name: &'static str, cpu: Option<u32>, cmd: &[&str], env: &[(&str, &str)], log: &Path) -> Result<Proc> {
-        let mut c = match cpu {
-            Some(n) => {
-                let mut c = Command::new("taskset");
-                c.args(["-c", &n.to_string()]).args(cmd);
-                c
-            }
-            None => {
-                let mut c = Command::new(cmd[0]);
-                c.args(&cmd[1..]);
-                c
-            }
-        };
+        let mut c = pinned(cpu, cmd[0]);
+        c.args(&cmd[1..]);
         let out = std::fs::File::create(log)?;
         c.envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -151,14 +153,7 @@ fn parse_ms(s: &str) -> Option<f64> {
 }
 
 fn wrk(opts: &Opts, cpu: Option<u32>, duration: u64, cookie: Option<&str>) -> Result<Load> {
-    let mut c = match cpu {
-        Some(n) => {
-            let mut c = Command::new("taskset");
-            c.args(["-c", &n.to_string(), "wrk"]);
-            c
-        }
-        None => Command::new("wrk"),
-    };
+    let mut c = pinned(cpu, "wrk");
     c.args([
         "-t1",
         &format!("-c{}", opts.connections),
