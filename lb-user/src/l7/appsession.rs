@@ -141,17 +141,11 @@ impl Table {
         n
     }
 
-    /// Drops the entries idle longer than the timeout.
-    pub fn sweep(&self, now: Instant) {
-        self.lock().sweep(now);
-    }
-
-    pub fn len(&self) -> usize {
-        self.lock().map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// The live entries at `now` (what [`Table::entries`] would list).
+    pub fn live(&self, now: Instant) -> usize {
+        let mut t = self.lock();
+        t.sweep(now);
+        t.map.len()
     }
 
     /// The live entries, sorted by id.
@@ -252,10 +246,11 @@ mod tests {
         assert!(t.lookup("ABCD", now + Duration::from_secs(8)).is_some());
         assert!(t.lookup("ABCD", now + Duration::from_secs(16)).is_some());
         assert_eq!(t.lookup("ABCD", now + Duration::from_secs(27)), None, "idle too long");
-        assert!(t.is_empty());
+        assert_eq!(t.live(now + Duration::from_secs(27)), 0);
         t.learn("A", "s1", now);
         t.learn("B", "s2", now + Duration::from_secs(5));
-        t.sweep(now + Duration::from_secs(12));
+        assert_eq!(t.live(now + Duration::from_secs(5)), 2);
+        assert_eq!(t.live(now + Duration::from_secs(12)), 1, "expired entries do not count");
         let e = t.entries(now + Duration::from_secs(12));
         assert_eq!(e.len(), 1);
         assert_eq!(

@@ -241,7 +241,7 @@ impl Service {
 
     /// Counters for reports.
     pub fn snapshot(&self) -> (ServiceSnapshot, Vec<(String, BackendSnapshot)>) {
-        let sessions = self.sessions.as_ref().map_or(0, |t| t.len());
+        let sessions = self.sessions.as_ref().map_or(0, |t| t.live(Instant::now()));
         (
             self.counters.snapshot(sessions),
             self.slots
