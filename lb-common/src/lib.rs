@@ -3,7 +3,8 @@
 //! Every map key and value is `#[repr(C)]` with explicit padding and its size
 //! asserted at compile time, so both sides agree on the layout byte for byte.
 //! Fields in network byte order carry a `_be` suffix; `[u8; N]` addresses are
-//! network order by nature.
+//! network order by nature. Structs holding addresses are 4-byte aligned so
+//! that the XDP program copies and compares them a word at a time.
 #![cfg_attr(not(any(feature = "std", test)), no_std)]
 
 pub mod csum;
@@ -20,6 +21,7 @@ pub mod maps {
     pub const BACKENDS: &str = "BACKENDS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const FLOWS: &str = "FLOWS";
+    pub const FLOWS6: &str = "FLOWS6";
     pub const HOPS: &str = "HOPS";
 }
 
@@ -37,8 +39,10 @@ pub const RING_EMPTY: u32 = u32::MAX;
 pub const MAX_RINGS: u32 = 128;
 /// Capacity of the backend array (ids are indexes).
 pub const MAX_BACKENDS: u32 = 4096;
-/// Capacity of the flow table (a full-NAT connection takes two entries).
+/// Capacity of the IPv4 flow table (a full-NAT connection takes two entries).
 pub const MAX_FLOWS: u32 = 524_288;
+/// Capacity of the IPv6 flow table.
+pub const MAX_FLOWS6: u32 = 131_072;
 /// Source ports the full-NAT allocates from, below Linux's default
 /// ephemeral range (32768-60999) so xlb's own connections never collide.
 pub const SNAT_PORT_MIN: u16 = 1024;
@@ -56,7 +60,7 @@ pub const PROTO_ICMPV6: u8 = 58;
 /// Key of the service map: (VIP, port, protocol).
 ///
 /// An IPv4 VIP occupies the first four bytes of `addr`; the rest stay zero.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ServiceKey {
     pub addr: [u8; 16],
@@ -99,7 +103,7 @@ pub const SVC_F_HASH_5TUPLE: u32 = 1 << 2;
 // Neither SVC_F_NAT nor SVC_F_DSR: passed to the kernel (L7 proxy services).
 
 /// Value of the service map.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceValue {
     /// Index into the per-service counter array.
@@ -118,7 +122,7 @@ const _: () = assert!(core::mem::size_of::<ServiceValue>() == 32);
 pub const BE_F_DOWN: u8 = 1 << 0;
 
 /// One entry of the backend array.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backend {
     pub addr: [u8; 16],
@@ -132,15 +136,17 @@ const _: () = assert!(core::mem::size_of::<Backend>() == 24);
 
 /// How long the XDP program reuses a backend's next hop before asking the
 /// kernel's FIB again (the lookup costs about as much as the rest of the
-/// forwarding path). User space clears the cache when a backend changes.
-pub const HOP_TTL_NS: u64 = 1_000_000_000;
+/// forwarding path), in jiffies: 1 s at Debian's HZ=250, 0.25-2.5 s for HZ
+/// 1000-100. Jiffies, not `bpf_ktime_get_ns`, which costs ~30 ns a packet
+/// here. User space clears the cache when a backend changes.
+pub const HOP_TTL_JIFFIES: u64 = 250;
 
 /// Per-CPU cache of a backend's next hop (index: backend id).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HopCache {
-    /// `bpf_ktime_get_ns()` after which the entry must be refreshed; 0 = empty.
-    pub expires_ns: u64,
+    /// `bpf_jiffies64()` after which the entry must be refreshed; 0 = empty.
+    pub expires_jiffies: u64,
     pub ifindex: u32,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
@@ -161,29 +167,48 @@ const _: () = assert!(core::mem::size_of::<ServiceStats>() == 24);
 /// Per-CPU counters of one backend (packets forwarded to it).
 pub type BackendStats = ServiceStats;
 
-/// A 5-tuple as seen on the wire: key of the flow and reverse-NAT tables.
-#[repr(C)]
+/// An IPv4 5-tuple as seen on the wire: key of the IPv4 flow table. IPv4
+/// and IPv6 flows have tables of their own so that the common case hashes
+/// and compares 16 bytes, not 40.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct FlowKey {
+pub struct FlowKey4 {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    // Two fields, not [u8; 3]: LLVM turns an array's zeroing into a memset
+    // call, which BPF runs as a loop.
+    pub _pad: u8,
+    pub _pad2: u16,
+}
+const _: () = assert!(core::mem::size_of::<FlowKey4>() == 16);
+
+/// An IPv6 5-tuple as seen on the wire: key of the IPv6 flow table.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey6 {
     pub src: [u8; 16],
     pub dst: [u8; 16],
     pub sport_be: u16,
     pub dport_be: u16,
     pub proto: u8,
-    pub family: u8,
-    pub _pad: [u8; 2],
+    // Two fields: see FlowKey4.
+    pub _pad: u8,
+    pub _pad2: u16,
 }
-const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(core::mem::size_of::<FlowKey6>() == 40);
 
 /// A client → VIP flow pinned to a backend.
 pub const FLOW_FORWARD: u8 = 1;
 /// A backend → snat:port reply of a full-NAT flow, turned back into VIP → client.
 pub const FLOW_REPLY: u8 = 2;
 
-/// Value of the flow table, keyed by the 5-tuple as it arrives. Both
+/// Value of the flow tables, keyed by the 5-tuple as it arrives. Both
 /// directions of a connection live in one table so that an established
 /// packet, either way, costs one lookup.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
     /// `FLOW_FORWARD` or `FLOW_REPLY`.
@@ -260,7 +285,8 @@ mod pod {
     unsafe impl aya::Pod for super::ServiceValue {}
     unsafe impl aya::Pod for super::ServiceStats {}
     unsafe impl aya::Pod for super::Backend {}
-    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowKey4 {}
+    unsafe impl aya::Pod for super::FlowKey6 {}
     unsafe impl aya::Pod for super::Flow {}
     unsafe impl aya::Pod for super::HopCache {}
 }

@@ -13,24 +13,26 @@
 // per-CPU scratch slot.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
+mod flows;
 mod parse;
 mod rewrite;
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::bpf_ktime_get_ns,
+    helpers::generated::bpf_jiffies64,
     macros::{map, xdp},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::XdpContext,
 };
 use lb_common::{
-    hash, outcome, Backend, BackendStats, Flow, FlowKey, HopCache, ServiceKey, ServiceStats, ServiceValue, BE_F_DOWN,
-    FLOW_FORWARD, FLOW_REPLY, HOP_TTL_NS, MAX_BACKENDS, MAX_FLOWS, MAX_RINGS, MAX_SERVICES, RING_EMPTY, RING_SIZE,
+    hash, outcome, Backend, BackendStats, Flow, HopCache, ServiceKey, ServiceStats, ServiceValue, BE_F_DOWN,
+    FLOW_FORWARD, FLOW_REPLY, HOP_TTL_JIFFIES, MAX_BACKENDS, MAX_RINGS, MAX_SERVICES, RING_EMPTY, RING_SIZE,
     SNAT_PORT_MAX, SNAT_PORT_MIN, SNAT_PORT_TRIES, SVC_F_DSR, SVC_F_HASH_5TUPLE, SVC_F_NAT,
 };
 
 use crate::{
-    parse::{parse, Packet, Parsed},
+    flows::FlowKeys,
+    parse::{copy_addr, parse, Packet, Parsed},
     rewrite::{IcmpRewrite, NextHop},
 };
 
@@ -55,17 +57,14 @@ static BACKEND_STATS: PerCpuArray<BackendStats> = PerCpuArray::with_max_entries(
 #[map(name = "HOPS")]
 static HOPS: PerCpuArray<HopCache> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
-#[map(name = "FLOWS")]
-static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
-
 /// Per-CPU working memory: the parsed packet, lookup keys and the flow
 /// entries being built are too large for the 512-byte BPF stack next to
 /// everything else.
 struct Scratch {
     pkt: Packet,
     skey: ServiceKey,
-    fkey: FlowKey,
-    rkey: FlowKey,
+    fkey: FlowKeys,
+    rkey: FlowKeys,
     forward: Flow,
     reply: Flow,
     icmp: IcmpRewrite,
@@ -98,11 +97,8 @@ fn try_xlb(ctx: &XdpContext) -> u32 {
     if s.pkt.icmp_error {
         return icmp_error(ctx, s);
     }
-    s.pkt.flow_key(&mut s.fkey);
-    // Map values are used in place: the kernel keeps them alive for the
-    // rest of this program run (RCU), and updates replace them whole.
-    // SAFETY: see above.
-    if let Some(f) = unsafe { FLOWS.get(&s.fkey) } {
+    flow_key(&s.pkt, &mut s.fkey);
+    if let Some(f) = s.fkey.get() {
         if f.kind == FLOW_REPLY {
             return reply(ctx, &s.pkt, f);
         }
@@ -112,7 +108,7 @@ fn try_xlb(ctx: &XdpContext) -> u32 {
         // Its backend is out: the flow starts again on another one.
     }
     s.pkt.service_key(&mut s.skey);
-    // SAFETY: see above.
+    // SAFETY: as for flows (see FlowKeys::get).
     match unsafe { SERVICES.get(&s.skey) } {
         Some(svc) => new_flow(ctx, s, svc),
         None => outcome::PASS_NOT_SERVICE,
@@ -146,8 +142,8 @@ fn hop_to(ctx: &XdpContext, pkt: &Packet, id: u32, src: &[u8; 16], be: &Backend)
         return Err(outcome::DROP_NO_ROUTE);
     };
     // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if hop.expires_ns <= now {
+    let now = unsafe { bpf_jiffies64() };
+    if hop.expires_jiffies <= now {
         let mut fresh = NextHop {
             ifindex: 0,
             smac: [0; 6],
@@ -160,7 +156,7 @@ fn hop_to(ctx: &XdpContext, pkt: &Packet, id: u32, src: &[u8; 16], be: &Backend)
         hop.ifindex = fresh.ifindex;
         hop.smac = fresh.smac;
         hop.dmac = fresh.dmac;
-        hop.expires_ns = now + HOP_TTL_NS;
+        hop.expires_jiffies = now + HOP_TTL_JIFFIES;
     }
     Ok(hop)
 }
@@ -245,8 +241,8 @@ fn new_flow(ctx: &XdpContext, s: &mut Scratch, svc: &ServiceValue) -> u32 {
     f.backend = id;
     f.service = svc.id;
     f.svc_flags = svc.flags;
-    f.addr_a = svc.snat;
-    let _ = FLOWS.insert(&s.fkey, &s.forward, 0);
+    copy_addr(&mut f.addr_a, &svc.snat);
+    let _ = s.fkey.insert(&s.forward, 0);
     let nat = if nat { Some((&svc.snat, port_be)) } else { None };
     to_backend(ctx, &s.pkt, hop, id, be, svc.id, nat, true)
 }
@@ -265,25 +261,20 @@ fn claim_port(ctx: &XdpContext, s: &mut Scratch, svc: &ServiceValue, be: &Backen
     r.backend = id;
     r.service = svc.id;
     r.ifindex = ctx.ingress_ifindex() as u32;
-    r.addr_a = pkt.dst;
-    r.client = pkt.src;
+    copy_addr(&mut r.addr_a, &pkt.dst);
+    copy_addr(&mut r.client, &pkt.src);
     if rewrite::macs(ctx, &mut r.client_mac, &mut r.local_mac).is_err() {
         return 0;
     }
-    s.rkey.src = be.addr;
-    s.rkey.dst = svc.snat;
-    s.rkey.sport_be = be.port_be;
-    s.rkey.proto = pkt.proto;
-    s.rkey.family = pkt.family;
-    s.rkey._pad = [0; 2];
     let range = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
     let h = hash::five_tuple_hash(&pkt.src, &pkt.dst, pkt.sport_be, pkt.dport_be, pkt.proto);
     let mut i = 0;
     while i < SNAT_PORT_TRIES {
         // Stride by a prime so retries spread over the range.
         let port = SNAT_PORT_MIN + (h.wrapping_add(i.wrapping_mul(7919)) % range) as u16;
-        s.rkey.dport_be = port.to_be();
-        if FLOWS.insert(&s.rkey, &s.reply, u64::from(BPF_NOEXIST)).is_ok() {
+        s.rkey
+            .set(pkt.family, &be.addr, &svc.snat, be.port_be, port.to_be(), pkt.proto);
+        if s.rkey.insert(&s.reply, u64::from(BPF_NOEXIST)).is_ok() {
             return u32::from(port.to_be());
         }
         i += 1;
@@ -298,15 +289,14 @@ fn claim_port(ctx: &XdpContext, s: &mut Scratch, svc: &ServiceValue, be: &Backen
 /// client. Anything else is passed to the kernel.
 #[inline(never)]
 fn icmp_error(ctx: &XdpContext, s: &mut Scratch) -> u32 {
-    s.pkt.flow_key(&mut s.fkey);
-    // SAFETY: as in try_xlb.
-    let Some(f) = (unsafe { FLOWS.get(&s.fkey) }) else {
+    flow_key(&s.pkt, &mut s.fkey);
+    let Some(f) = s.fkey.get() else {
         return outcome::PASS_NOT_SERVICE;
     };
     let rw = &mut s.icmp;
     if f.kind == FLOW_REPLY {
-        rw.outer_src = f.addr_a;
-        rw.outer_dst = f.client;
+        copy_addr(&mut rw.outer_src, &f.addr_a);
+        copy_addr(&mut rw.outer_dst, &f.client);
         rw.inner_sport_be = f.client_port_be;
         rw.inner_dport_be = f.port_a_be;
         if rewrite::icmp_nat(ctx, &s.pkt, &s.icmp).is_err() {
@@ -319,8 +309,8 @@ fn icmp_error(ctx: &XdpContext, s: &mut Scratch) -> u32 {
     };
     let nat = f.svc_flags & SVC_F_NAT != 0;
     if nat {
-        rw.outer_src = f.addr_a;
-        rw.outer_dst = be.addr;
+        copy_addr(&mut rw.outer_src, &f.addr_a);
+        copy_addr(&mut rw.outer_dst, &be.addr);
         rw.inner_sport_be = be.port_be;
         rw.inner_dport_be = f.port_a_be;
         if rewrite::icmp_nat(ctx, &s.pkt, &s.icmp).is_err() {
@@ -349,6 +339,12 @@ fn reply(ctx: &XdpContext, pkt: &Packet, f: &Flow) -> u32 {
         return outcome::PASS_PARSE_ERROR;
     }
     rewrite::send(ctx, f.ifindex, &f.local_mac, &f.client_mac)
+}
+
+/// The flow key of a packet: its 5-tuple as on the wire.
+#[inline(always)]
+fn flow_key(pkt: &Packet, k: &mut FlowKeys) {
+    k.set(pkt.family, &pkt.src, &pkt.dst, pkt.sport_be, pkt.dport_be, pkt.proto);
 }
 
 #[inline(always)]

@@ -2,7 +2,7 @@
 //! goes through [`ptr_at`], which checks against `data_end`.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{FlowKey, ServiceKey, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+use lb_common::{ServiceKey, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -19,12 +19,13 @@ const IP_MF: u16 = 0x2000;
 const IP_OFFSET: u16 = 0x1fff;
 
 /// The fields of a TCP/UDP packet the data path decides on, and where its
-/// headers are.
+/// headers are. Addresses first and aligned: copied a word at a time.
+#[repr(C, align(8))]
 pub struct Packet {
-    pub family: u8,
-    pub proto: u8,
     pub src: [u8; 16],
     pub dst: [u8; 16],
+    pub family: u8,
+    pub proto: u8,
     pub sport_be: u16,
     pub dport_be: u16,
     pub l3_off: usize,
@@ -62,39 +63,30 @@ impl Packet {
         self.l3_off = at.l3;
         self.l4_off = at.l4;
         self.icmp_error = at.icmp_error;
-        self.inner_l3_off = at.inner_l3;
-        self.inner_l4_off = at.inner_l4;
+        // Only read for ICMP errors; storing zeros otherwise would be merged
+        // into a memset call.
+        if at.icmp_error {
+            self.inner_l3_off = at.inner_l3;
+            self.inner_l4_off = at.inner_l4;
+        }
         self.bytes = (ctx.data_end() - ctx.data()) as u64;
     }
 
     /// Writes the service-map key of this packet into `k`.
     #[inline(always)]
     pub fn service_key(&self, k: &mut ServiceKey) {
-        k.addr = self.dst;
+        copy_addr(&mut k.addr, &self.dst);
         k.port_be = self.dport_be;
         k.proto = self.proto;
         k.family = self.family;
     }
 
-    /// IPv4 addresses, in the first 4 bytes of the 16-byte fields.
+    /// IPv4 addresses (as loaded by [`load32`]), in the first 4 bytes of
+    /// the 16-byte fields.
     #[inline(always)]
-    fn set_v4_addrs(&mut self, src: &[u8; 4], dst: &[u8; 4]) {
-        self.src = [0; 16];
-        self.dst = [0; 16];
-        self.src[..4].copy_from_slice(src);
-        self.dst[..4].copy_from_slice(dst);
-    }
-
-    /// Writes the flow key (the 5-tuple as on the wire) into `k`.
-    #[inline(always)]
-    pub fn flow_key(&self, k: &mut FlowKey) {
-        k.src = self.src;
-        k.dst = self.dst;
-        k.sport_be = self.sport_be;
-        k.dport_be = self.dport_be;
-        k.proto = self.proto;
-        k.family = self.family;
-        k._pad = [0; 2];
+    fn set_v4_addrs(&mut self, src: u32, dst: u32) {
+        put_addr(&mut self.src, [src, 0, 0, 0]);
+        put_addr(&mut self.dst, [dst, 0, 0, 0]);
     }
 }
 
@@ -106,6 +98,63 @@ pub enum Parsed {
     Fragment,
     /// Anything else (ARP, ICMP, other protocols, unknown ethertypes).
     Other,
+}
+
+// Packet words are read and written with plain loads and stores, not
+// `read_unaligned`: the verifier allows unaligned packet access where the
+// CPU does (x86), and LLVM would split unaligned ones into byte accesses.
+
+#[inline(always)]
+pub fn load16(p: *const u8) -> u16 {
+    // SAFETY: callers pass pointers inside bounds-checked headers.
+    unsafe { (p as *const u16).read() }
+}
+
+#[inline(always)]
+pub fn store16(p: *mut u8, v: u16) {
+    // SAFETY: as for load16.
+    unsafe { (p as *mut u16).write(v) }
+}
+
+#[inline(always)]
+pub fn load32(p: *const u8) -> u32 {
+    // SAFETY: as for load16.
+    unsafe { (p as *const u32).read() }
+}
+
+#[inline(always)]
+pub fn store32(p: *mut u8, v: u32) {
+    // SAFETY: as for load16.
+    unsafe { (p as *mut u32).write(v) }
+}
+
+/// The four words of an address held in a 4-byte aligned struct (or in the
+/// packet).
+#[inline(always)]
+pub fn addr_words(a: &[u8; 16]) -> [u32; 4] {
+    let p = a.as_ptr();
+    // SAFETY: within the 16 bytes.
+    unsafe { [load32(p), load32(p.add(4)), load32(p.add(8)), load32(p.add(12))] }
+}
+
+/// Stores an address as four words. Volatile, because LLVM would merge
+/// plain stores into a memset/memmove call, which BPF runs as a byte loop.
+#[inline(always)]
+pub fn put_addr(dst: &mut [u8; 16], w: [u32; 4]) {
+    let p = dst.as_mut_ptr() as *mut u32;
+    // SAFETY: within the 16 bytes of a 4-byte aligned struct.
+    unsafe {
+        p.write_volatile(w[0]);
+        p.add(1).write_volatile(w[1]);
+        p.add(2).write_volatile(w[2]);
+        p.add(3).write_volatile(w[3]);
+    }
+}
+
+/// `*dst = *src` for addresses, a word at a time (see [`put_addr`]).
+#[inline(always)]
+pub fn copy_addr(dst: &mut [u8; 16], src: &[u8; 16]) {
+    put_addr(dst, addr_words(src));
 }
 
 /// Pointer to a `T` at `offset` from the start of the frame, or `Err` when the
@@ -183,7 +232,7 @@ fn parse_v4(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<Parsed, ()
             inner_l4: 0,
         },
     );
-    pkt.set_v4_addrs(&ip.src_addr, &ip.dst_addr);
+    pkt.set_v4_addrs(load32(ip.src_addr.as_ptr()), load32(ip.dst_addr.as_ptr()));
     Ok(Parsed::Flow)
 }
 
@@ -218,8 +267,8 @@ fn parse_v6(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<Parsed, ()
             inner_l4: 0,
         },
     );
-    pkt.src = ip.src_addr;
-    pkt.dst = ip.dst_addr;
+    copy_addr(&mut pkt.src, &ip.src_addr);
+    copy_addr(&mut pkt.dst, &ip.dst_addr);
     Ok(Parsed::Flow)
 }
 
@@ -232,10 +281,9 @@ fn ports(ctx: &XdpContext, off: usize, proto: u8) -> Result<(u16, u16), ()> {
     } else {
         ptr_at::<[u8; 8]>(ctx, off)?;
     }
-    let p: *const [u8; 4] = ptr_at(ctx, off)?;
+    let p: *const u8 = ptr_at::<[u8; 4]>(ctx, off)? as *const u8;
     // SAFETY: bounds checked by ptr_at.
-    let p = unsafe { *p };
-    Ok((u16::from_ne_bytes([p[0], p[1]]), u16::from_ne_bytes([p[2], p[3]])))
+    Ok((load16(p), load16(unsafe { p.add(2) })))
 }
 
 /// ICMP types that quote a packet of a flow: destination unreachable (incl.
@@ -250,10 +298,9 @@ const ICMPV6_TIME_EXCEED: u8 = 3;
 /// The first 8 bytes of the quoted L4 header (all RFC 792 promises).
 #[inline(always)]
 fn quoted_ports(ctx: &XdpContext, off: usize) -> Result<(u16, u16), ()> {
-    let p: *const [u8; 8] = ptr_at(ctx, off)?;
+    let p: *const u8 = ptr_at::<[u8; 8]>(ctx, off)? as *const u8;
     // SAFETY: bounds checked by ptr_at.
-    let p = unsafe { *p };
-    Ok((u16::from_ne_bytes([p[0], p[1]]), u16::from_ne_bytes([p[2], p[3]])))
+    Ok((load16(p), load16(unsafe { p.add(2) })))
 }
 
 #[inline(always)]
@@ -284,7 +331,7 @@ fn icmp_error_v4(ctx: &XdpContext, off: usize, l4_off: usize, pkt: &mut Packet) 
     };
     pkt.set(ctx, FAMILY_V4, ip.proto, (idport, isport), at);
     // The quoted packet went the other way.
-    pkt.set_v4_addrs(&ip.dst_addr, &ip.src_addr);
+    pkt.set_v4_addrs(load32(ip.dst_addr.as_ptr()), load32(ip.src_addr.as_ptr()));
     Ok(Parsed::Flow)
 }
 
@@ -312,7 +359,7 @@ fn icmp_error_v6(ctx: &XdpContext, off: usize, l4_off: usize, pkt: &mut Packet) 
         inner_l4: inner_off + Ipv6Hdr::LEN,
     };
     pkt.set(ctx, FAMILY_V6, ip.next_hdr, (idport, isport), at);
-    pkt.src = ip.dst_addr;
-    pkt.dst = ip.src_addr;
+    copy_addr(&mut pkt.src, &ip.dst_addr);
+    copy_addr(&mut pkt.dst, &ip.src_addr);
     Ok(Parsed::Flow)
 }

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use lb_common::{csum, outcome, FAMILY_V4, PROTO_TCP};
 use network_types::eth::EthHdr;
 
-use crate::parse::{ptr_at, Packet};
+use crate::parse::{addr_words, load16, load32, ptr_at, store16, store32, Packet};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -19,16 +19,6 @@ pub struct NextHop {
     pub ifindex: u32,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
-}
-
-#[inline(always)]
-fn words(a: &[u8; 16]) -> [u32; 4] {
-    [
-        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
-        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-    ]
 }
 
 /// Route lookup for `pkt` as if sent from `src` to `dst`; fills `hop` and
@@ -43,12 +33,12 @@ pub fn next_hop(ctx: &XdpContext, pkt: &Packet, src: &[u8; 16], dst: &[u8; 16], 
     p.ifindex = ctx.ingress_ifindex() as u32;
     if family == FAMILY_V4 {
         p.family = AF_INET;
-        p.__bindgen_anon_3.ipv4_src = words(src)[0];
-        p.__bindgen_anon_4.ipv4_dst = words(dst)[0];
+        p.__bindgen_anon_3.ipv4_src = word(src, 0);
+        p.__bindgen_anon_4.ipv4_dst = word(dst, 0);
     } else {
         p.family = AF_INET6;
-        p.__bindgen_anon_3.ipv6_src = words(src);
-        p.__bindgen_anon_4.ipv6_dst = words(dst);
+        p.__bindgen_anon_3.ipv6_src = [word(src, 0), word(src, 1), word(src, 2), word(src, 3)];
+        p.__bindgen_anon_4.ipv6_dst = [word(dst, 0), word(dst, 1), word(dst, 2), word(dst, 3)];
     }
     // SAFETY: valid context and parameter block of the size passed.
     let rc = unsafe {
@@ -79,10 +69,11 @@ pub fn send(ctx: &XdpContext, ifindex: u32, smac: &[u8; 6], dmac: &[u8; 6]) -> u
     let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return outcome::PASS_PARSE_ERROR;
     };
-    // SAFETY: bounds checked by ptr_at.
+    let eth = eth as *mut u8;
+    // SAFETY: bounds checked by ptr_at (dst 0..6, src 6..12).
     unsafe {
-        (*eth).src_addr = *smac;
-        (*eth).dst_addr = *dmac;
+        copy_mac(eth.add(6), smac.as_ptr());
+        copy_mac(eth, dmac.as_ptr());
     }
     if ifindex == ctx.ingress_ifindex() as u32 {
         outcome::TX
@@ -106,46 +97,38 @@ pub fn action_of(why: u32) -> u32 {
     }
 }
 
+/// Copies a MAC address as three 16-bit words: a plain array copy becomes
+/// byte moves or a memmove call (a byte loop in BPF).
+///
+/// # Safety
+/// Both pointers must have 6 valid bytes.
+#[inline(always)]
+unsafe fn copy_mac(dst: *mut u8, src: *const u8) {
+    let mut i = 0;
+    while i < 3 {
+        // SAFETY: within the 6 bytes the caller vouches for.
+        unsafe { (dst.add(2 * i) as *mut u16).write_volatile(load16(src.add(2 * i))) };
+        i += 1;
+    }
+}
+
 /// Copies the frame's Ethernet source and destination into `src`/`dst`.
 #[inline(always)]
 pub fn macs(ctx: &XdpContext, src: &mut [u8; 6], dst: &mut [u8; 6]) -> Result<(), ()> {
-    let eth: *const EthHdr = ptr_at(ctx, 0)?;
-    // SAFETY: bounds checked by ptr_at.
+    let eth = ptr_at::<EthHdr>(ctx, 0)? as *const u8;
+    // SAFETY: within the bounds-checked Ethernet header (dst 0..6, src 6..12).
     unsafe {
-        *src = (*eth).src_addr;
-        *dst = (*eth).dst_addr;
+        copy_mac(dst.as_mut_ptr(), eth);
+        copy_mac(src.as_mut_ptr(), eth.add(6));
     }
     Ok(())
 }
 
-#[inline(always)]
-fn load16(p: *const u8) -> u16 {
-    // SAFETY: callers pass pointers inside bounds-checked headers.
-    unsafe { core::ptr::read_unaligned(p as *const u16) }
-}
-
-#[inline(always)]
-fn store16(p: *mut u8, v: u16) {
-    // SAFETY: as for load16.
-    unsafe { core::ptr::write_unaligned(p as *mut u16, v) }
-}
-
-#[inline(always)]
-fn load32(p: *const u8) -> u32 {
-    // SAFETY: as for load16.
-    unsafe { core::ptr::read_unaligned(p as *const u32) }
-}
-
-#[inline(always)]
-fn store32(p: *mut u8, v: u32) {
-    // SAFETY: as for load16.
-    unsafe { core::ptr::write_unaligned(p as *mut u32, v) }
-}
-
 /// Word `i` of an address, in the native order a packet load would give.
+/// Addresses live in 4-byte aligned structs (lb-common, `Packet`).
 #[inline(always)]
 fn word(a: &[u8; 16], i: usize) -> u32 {
-    u32::from_ne_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]])
+    addr_words(a)[i]
 }
 
 /// Replaces the source and destination address of the IP header at `l3_off`
@@ -196,7 +179,7 @@ pub fn ports(sport_be: u16, dport_be: u16) -> u32 {
 /// [`ports`]), updating the IPv4 header checksum and the TCP/UDP checksum
 /// incrementally, in place. A UDP checksum of zero over IPv4 ("none") stays
 /// zero. Not inlined: its own stack frame.
-#[inline(never)]
+#[inline(always)]
 pub fn nat(ctx: &XdpContext, pkt: &Packet, src: &[u8; 16], dst: &[u8; 16], ports: u32) -> Result<(), ()> {
     let (sport_be, dport_be) = ((ports >> 16) as u16, ports as u16);
     // The address changes also enter the L4 checksum (pseudo-header).
@@ -230,6 +213,7 @@ pub fn nat(ctx: &XdpContext, pkt: &Packet, src: &[u8; 16], dst: &[u8; 16], ports
 
 /// New addresses for an ICMP error: its own source and destination, and the
 /// quoted packet's source and destination address and port.
+#[repr(C, align(4))]
 pub struct IcmpRewrite {
     pub outer_src: [u8; 16],
     pub outer_dst: [u8; 16],

@@ -24,7 +24,7 @@ use crate::{
 };
 
 /// Maps that outlive a run (pinned); the rest are per-run scratch.
-const PINNED: [&str; 8] = [
+const PINNED: [&str; 9] = [
     maps::SERVICES,
     maps::SERVICE_STATS,
     maps::OUTCOMES,
@@ -32,6 +32,7 @@ const PINNED: [&str; 8] = [
     maps::BACKENDS,
     maps::BACKEND_STATS,
     maps::FLOWS,
+    maps::FLOWS6,
     maps::HOPS,
 ];
 
@@ -50,7 +51,7 @@ fn layout() -> String {
     use core::mem::size_of;
     use lb_common::*;
     format!(
-        "v1 svc{}:{} ring{}x{} be{}:{} flow{}:{}:{} hop{} out{}",
+        "v2 svc{}:{} ring{}x{} be{}:{} flow{}:{}:{}:{}:{} hop{} out{}",
         size_of::<ServiceKey>(),
         size_of::<ServiceValue>(),
         MAX_RINGS,
@@ -58,7 +59,9 @@ fn layout() -> String {
         MAX_BACKENDS,
         size_of::<Backend>(),
         MAX_FLOWS,
-        size_of::<FlowKey>(),
+        size_of::<FlowKey4>(),
+        MAX_FLOWS6,
+        size_of::<FlowKey6>(),
         size_of::<Flow>(),
         size_of::<HopCache>(),
         outcome::COUNT

@@ -14,8 +14,9 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    maglev, maps, Backend as BpfBackend, Flow, FlowKey, HopCache, ServiceKey, ServiceStats, ServiceValue, BE_F_DOWN,
-    FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_RINGS, MAX_SERVICES, RING_SIZE, SVC_F_DSR, SVC_F_HASH_5TUPLE, SVC_F_NAT,
+    maglev, maps, Backend as BpfBackend, Flow, FlowKey4, FlowKey6, HopCache, ServiceKey, ServiceStats, ServiceValue,
+    BE_F_DOWN, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_RINGS, MAX_SERVICES, RING_SIZE, SVC_F_DSR, SVC_F_HASH_5TUPLE,
+    SVC_F_NAT,
 };
 
 use crate::{
@@ -356,21 +357,10 @@ impl MapManager {
     }
 
     /// Deletes the flows of the given backends, both directions (so their
-    /// NAT ports are free again).
+    /// NAT ports are free again), from both flow tables.
     fn sweep_flows(&self, ebpf: &mut Ebpf, ids: &HashSet<u32>) -> Result<(), DataPlaneError> {
-        let mut flows: HashMap<&mut MapData, FlowKey, Flow> =
-            HashMap::try_from(ebpf.map_mut(maps::FLOWS).ok_or(missing(maps::FLOWS))?)
-                .map_err(|e| map_err(maps::FLOWS, &e))?;
-        let doomed: Vec<FlowKey> = flows
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, v)| ids.contains(&v.backend))
-            .map(|(k, _)| k)
-            .collect();
-        for k in &doomed {
-            let _ = flows.remove(k);
-        }
-        tracing::debug!(flows = doomed.len(), "flows of removed backends deleted");
+        let n = sweep::<FlowKey4>(ebpf, maps::FLOWS, ids)? + sweep::<FlowKey6>(ebpf, maps::FLOWS6, ids)?;
+        tracing::debug!(flows = n, "flows of removed backends deleted");
         Ok(())
     }
 
@@ -388,6 +378,23 @@ impl MapManager {
     pub fn service_names(&self) -> Vec<String> {
         self.services.values().map(|s| s.name.clone()).collect()
     }
+}
+
+/// Deletes the entries of flow table `name` that point at one of `ids`;
+/// returns how many.
+fn sweep<K: aya::Pod>(ebpf: &mut Ebpf, name: &'static str, ids: &HashSet<u32>) -> Result<usize, DataPlaneError> {
+    let mut flows: HashMap<&mut MapData, K, Flow> =
+        HashMap::try_from(ebpf.map_mut(name).ok_or(missing(name))?).map_err(|e| map_err(name, &e))?;
+    let doomed: Vec<K> = flows
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, v)| ids.contains(&v.backend))
+        .map(|(k, _)| k)
+        .collect();
+    for k in &doomed {
+        let _ = flows.remove(k);
+    }
+    Ok(doomed.len())
 }
 
 fn missing(name: &'static str) -> DataPlaneError {
