@@ -299,6 +299,7 @@ struct RawGlobal {
     on_exit: OnExit,
     #[serde(default)]
     peers: Vec<Spanned<String>>,
+    threads: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -461,9 +462,14 @@ pub struct Global {
     pub on_exit: OnExit,
     /// Admin addresses of peer xlb nodes that share appsession tables.
     pub peers: Vec<SocketAddr>,
+    /// Threads serving the L7 proxy (HAProxy's `nbthread`); `None`: one per
+    /// CPU xlb may run on. Read at start only.
+    pub threads: Option<usize>,
 }
 
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9900";
+/// Upper bound of `global.threads`.
+pub const MAX_THREADS: usize = 256;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Service {
@@ -639,6 +645,17 @@ impl Validator<'_> {
                     a
                 })
                 .collect(),
+            threads: raw
+                .global
+                .threads
+                .as_ref()
+                .and_then(|t| match usize::try_from(*t.get_ref()) {
+                    Ok(n @ 1..=MAX_THREADS) => Some(n),
+                    _ => {
+                        self.at(t, format!("threads must be 1-{MAX_THREADS}, not {}", t.get_ref()));
+                        None
+                    }
+                }),
         };
         let mut services: Vec<Service> = Vec::new();
         let mut seen = Vec::<(String, (IpAddr, u16, Protocol))>::new();

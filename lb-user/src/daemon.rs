@@ -39,6 +39,8 @@ pub enum RunError {
     },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("cannot start the proxy's threads: {0}")]
+    Threads(std::io::Error),
     #[error("no backend {backend:?} in service {service:?}")]
     NoSuchBackend { service: String, backend: String },
     #[error(transparent)]
@@ -130,6 +132,11 @@ impl Daemon {
         if let Some(v) = &mut vips {
             v.sync(&cfg)?;
         }
+        let threads = cfg
+            .global
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        l7::workers::start(threads).map_err(RunError::Threads)?;
         let l7_states = l7::States::default();
         let mut proxy = l7::Proxy::new(l7_states.clone(), l7::peers::spawn(cfg.global.peers.clone()));
         proxy.apply(&cfg)?;

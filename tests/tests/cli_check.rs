@@ -176,6 +176,12 @@ fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "duplicate backend name \"a\" in service \"site\"",
         ),
         (
+            "threads",
+            "[global]\nthreads = 0\n".into(),
+            "threads",
+            "threads must be 1-256, not 0",
+        ),
+        (
             "stats auth",
             "[stats]\nauth = \"nopassword\"\n".into(),
             "auth",

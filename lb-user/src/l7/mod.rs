@@ -9,6 +9,7 @@ pub mod cookie;
 pub mod counters;
 pub mod peers;
 pub mod pool;
+pub mod workers;
 
 use std::{
     collections::HashMap,
@@ -21,7 +22,7 @@ use std::{
 use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
 use hyper::{
     body::{Bytes, Incoming},
-    header::{self, HeaderValue},
+    header::{self, HeaderName, HeaderValue},
     service::service_fn,
     Method, Request, Response, StatusCode, Uri, Version,
 };
@@ -361,25 +362,37 @@ async fn accept_loop(listener: TcpListener, current: Arc<RwLock<Arc<Service>>>, 
         };
         let _ = stream.set_nodelay(true);
         let (current, states) = (current.clone(), states.clone());
-        tokio::spawn(async move {
-            let http = current.read().expect("service lock").cfg.http.clone();
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .writev(false)
-                .timer(TokioTimer::new())
-                .header_read_timeout(http.timeout_client)
-                .keep_alive(http.connection != ConnectionMode::Close)
-                .max_buf_size(http.max_header_bytes.max(8192));
-            builder.http2().timer(TokioTimer::new());
-            let svc = service_fn(move |req| {
-                let svc = current.read().expect("service lock").clone();
-                let states = states.clone();
-                async move { Ok::<_, Infallible>(handle(svc, states, peer, req).await) }
-            });
-            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+        // Handed over as a plain socket: it joins the reactor of the thread
+        // that serves it.
+        let Ok(stream) = stream.into_std() else {
+            continue;
+        };
+        workers::spawn(move || async move {
+            if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
+                serve(stream, peer, current, states).await;
+            }
         });
     }
+}
+
+/// Serves one client connection, HTTP/1.1 or h2c.
+async fn serve(stream: tokio::net::TcpStream, peer: SocketAddr, current: Arc<RwLock<Arc<Service>>>, states: States) {
+    let http = current.read().expect("service lock").cfg.http.clone();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .writev(false)
+        .timer(TokioTimer::new())
+        .header_read_timeout(http.timeout_client)
+        .keep_alive(http.connection != ConnectionMode::Close)
+        .max_buf_size(http.max_header_bytes.max(8192));
+    builder.http2().timer(TokioTimer::new());
+    let svc = service_fn(move |req| {
+        let svc = current.read().expect("service lock").clone();
+        let states = states.clone();
+        async move { Ok::<_, Infallible>(handle(svc, states, peer, req).await) }
+    });
+    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
 }
 
 fn local(status: StatusCode, body: &'static str) -> Response<Body> {
@@ -400,14 +413,17 @@ fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "transfer-encoding",
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Named, not spelled: removing by `&str` parses the name every time.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::TRANSFER_ENCODING,
 ];
 
 /// A request body as the backend gets it. With a body limit, a body of
@@ -740,14 +756,14 @@ fn prepare_request(svc: &Service, peer: SocketAddr, req: &mut Request<Body>) {
         *req.uri_mut() = pq.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
     }
     *req.version_mut() = Version::HTTP_11;
-    for h in HOP_BY_HOP {
+    for h in &HOP_BY_HOP {
         req.headers_mut().remove(h);
     }
     let http = &svc.cfg.http;
     let except = http.forwardfor_except.is_some_and(|c| c.contains(peer.ip()));
     if http.forwardfor && !except {
         if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
-            req.headers_mut().append("x-forwarded-for", v);
+            req.headers_mut().append(X_FORWARDED_FOR, v);
         }
     }
 }
@@ -755,7 +771,7 @@ fn prepare_request(svc: &Service, peer: SocketAddr, req: &mut Request<Body>) {
 /// Connection mode and hop-by-hop headers on the way back.
 fn finish_response(svc: &Service, resp: &mut Response<Body>) {
     let headers = resp.headers_mut();
-    for h in HOP_BY_HOP {
+    for h in &HOP_BY_HOP {
         headers.remove(h);
     }
     if svc.cfg.http.connection == ConnectionMode::Close {

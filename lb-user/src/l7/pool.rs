@@ -2,7 +2,9 @@
 //! before the request is handed over, so the caller can retry or
 //! redispatch it; a pooled connection the backend had closed gives the
 //! request back and it goes out on a fresh one. A connection rejoins the
-//! pool when its response body has been read to the end.
+//! pool when its response body has been read to the end. Each serving
+//! thread has idle lists of its own: a connection is used on the thread
+//! whose runtime drives it.
 
 use std::{
     io,
@@ -39,7 +41,13 @@ pub enum SendError {
     Exchange { addr: SocketAddr, cause: String },
 }
 
-type Idle = Arc<Mutex<Vec<SendRequest<Body>>>>;
+/// Idle connections, per serving thread.
+type Idle = Arc<[Mutex<Vec<SendRequest<Body>>>]>;
+
+/// This thread's idle list.
+fn mine(idle: &Idle) -> &Mutex<Vec<SendRequest<Body>>> {
+    idle.get(super::workers::index()).unwrap_or(&idle[0])
+}
 
 pub struct Pool {
     pub addr: SocketAddr,
@@ -50,14 +58,14 @@ impl Pool {
     pub fn new(addr: SocketAddr) -> Pool {
         Pool {
             addr,
-            idle: Arc::new(Mutex::new(Vec::new())),
+            idle: (0..super::workers::count()).map(|_| Mutex::default()).collect(),
         }
     }
 
     /// An idle connection that is still open, ready for a request.
     async fn idle(&self) -> Option<SendRequest<Body>> {
         loop {
-            let mut s = self.idle.lock().expect("pool lock").pop()?;
+            let mut s = mine(&self.idle).lock().expect("pool lock").pop()?;
             // A connection comes back when its last response body ended; it
             // is ready as soon as hyper has seen that end.
             if !s.is_closed() && s.ready().await.is_ok() {
@@ -139,7 +147,7 @@ impl PooledBody {
 
     fn give_back(&mut self) {
         if let Some((sender, idle)) = self.back.take() {
-            let mut idle = idle.lock().expect("pool lock");
+            let mut idle = mine(&idle).lock().expect("pool lock");
             if idle.len() < MAX_IDLE {
                 idle.push(sender);
             }
