@@ -7,11 +7,6 @@ use clap::{Parser, Subcommand};
 use hyper::{Method, StatusCode};
 use lb_user::{admin, config, daemon, l7::appsession::EntryView, status::Status};
 
-// The proxy allocates per request (headers, buffers): mimalloc's per-thread
-// heaps cost less CPU per request than glibc's malloc.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "xlb", version, about = "XDP layer-4 load balancer with an L7 HTTP proxy")]
 struct Cli {
