@@ -81,7 +81,7 @@ impl Packet {
         k.family = self.family;
     }
 
-    /// IPv4 addresses (as loaded by [`load32`]), in the first 4 bytes of
+    /// IPv4 addresses (as loaded by [`load`]), in the first 4 bytes of
     /// the 16-byte fields.
     #[inline(always)]
     fn set_v4_addrs(&mut self, src: u32, dst: u32) {
@@ -105,27 +105,15 @@ pub enum Parsed {
 // CPU does (x86), and LLVM would split unaligned ones into byte accesses.
 
 #[inline(always)]
-pub fn load16(p: *const u8) -> u16 {
-    // SAFETY: callers pass pointers inside bounds-checked headers.
-    unsafe { (p as *const u16).read() }
+pub fn load<T: Copy>(p: *const u8) -> T {
+    // SAFETY: callers pass pointers inside bounds-checked headers or map values.
+    unsafe { (p as *const T).read() }
 }
 
 #[inline(always)]
-pub fn store16(p: *mut u8, v: u16) {
-    // SAFETY: as for load16.
-    unsafe { (p as *mut u16).write(v) }
-}
-
-#[inline(always)]
-pub fn load32(p: *const u8) -> u32 {
-    // SAFETY: as for load16.
-    unsafe { (p as *const u32).read() }
-}
-
-#[inline(always)]
-pub fn store32(p: *mut u8, v: u32) {
-    // SAFETY: as for load16.
-    unsafe { (p as *mut u32).write(v) }
+pub fn store<T>(p: *mut u8, v: T) {
+    // SAFETY: as for load.
+    unsafe { (p as *mut T).write(v) }
 }
 
 /// The four words of an address held in a 4-byte aligned struct (or in the
@@ -134,7 +122,14 @@ pub fn store32(p: *mut u8, v: u32) {
 pub fn addr_words(a: &[u8; 16]) -> [u32; 4] {
     let p = a.as_ptr();
     // SAFETY: within the 16 bytes.
-    unsafe { [load32(p), load32(p.add(4)), load32(p.add(8)), load32(p.add(12))] }
+    unsafe {
+        [
+            load::<u32>(p),
+            load::<u32>(p.add(4)),
+            load::<u32>(p.add(8)),
+            load::<u32>(p.add(12)),
+        ]
+    }
 }
 
 /// Stores an address as four words. Volatile, because LLVM would merge
@@ -232,7 +227,7 @@ fn parse_v4(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<Parsed, ()
             inner_l4: 0,
         },
     );
-    pkt.set_v4_addrs(load32(ip.src_addr.as_ptr()), load32(ip.dst_addr.as_ptr()));
+    pkt.set_v4_addrs(load::<u32>(ip.src_addr.as_ptr()), load::<u32>(ip.dst_addr.as_ptr()));
     Ok(Parsed::Flow)
 }
 
@@ -283,7 +278,7 @@ fn ports(ctx: &XdpContext, off: usize, proto: u8) -> Result<(u16, u16), ()> {
     }
     let p: *const u8 = ptr_at::<[u8; 4]>(ctx, off)? as *const u8;
     // SAFETY: bounds checked by ptr_at.
-    Ok((load16(p), load16(unsafe { p.add(2) })))
+    Ok((load::<u16>(p), load::<u16>(unsafe { p.add(2) })))
 }
 
 /// ICMP types that quote a packet of a flow: destination unreachable (incl.
@@ -300,7 +295,7 @@ const ICMPV6_TIME_EXCEED: u8 = 3;
 fn quoted_ports(ctx: &XdpContext, off: usize) -> Result<(u16, u16), ()> {
     let p: *const u8 = ptr_at::<[u8; 8]>(ctx, off)? as *const u8;
     // SAFETY: bounds checked by ptr_at.
-    Ok((load16(p), load16(unsafe { p.add(2) })))
+    Ok((load::<u16>(p), load::<u16>(unsafe { p.add(2) })))
 }
 
 #[inline(always)]
@@ -331,7 +326,7 @@ fn icmp_error_v4(ctx: &XdpContext, off: usize, l4_off: usize, pkt: &mut Packet) 
     };
     pkt.set(ctx, FAMILY_V4, ip.proto, (idport, isport), at);
     // The quoted packet went the other way.
-    pkt.set_v4_addrs(load32(ip.dst_addr.as_ptr()), load32(ip.src_addr.as_ptr()));
+    pkt.set_v4_addrs(load::<u32>(ip.dst_addr.as_ptr()), load::<u32>(ip.src_addr.as_ptr()));
     Ok(Parsed::Flow)
 }
 

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use lb_common::{csum, outcome, FAMILY_V4, PROTO_TCP};
 use network_types::eth::EthHdr;
 
-use crate::parse::{addr_words, load16, load32, ptr_at, store16, store32, Packet};
+use crate::parse::{addr_words, load, ptr_at, store, Packet};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -107,7 +107,7 @@ unsafe fn copy_mac(dst: *mut u8, src: *const u8) {
     let mut i = 0;
     while i < 3 {
         // SAFETY: within the 6 bytes the caller vouches for.
-        unsafe { (dst.add(2 * i) as *mut u16).write_volatile(load16(src.add(2 * i))) };
+        unsafe { (dst.add(2 * i) as *mut u16).write_volatile(load::<u16>(src.add(2 * i))) };
         i += 1;
     }
 }
@@ -143,13 +143,13 @@ fn set_addrs(ctx: &XdpContext, family: u8, l3_off: usize, src: &[u8; 16], dst: &
         let (ns, nd) = (word(src, 0), word(dst, 0));
         // SAFETY: offsets inside the 20 bounds-checked bytes.
         unsafe {
-            addr_sum = csum::diff32(addr_sum, load32(ip.add(12)), ns);
-            addr_sum = csum::diff32(addr_sum, load32(ip.add(16)), nd);
-            let old = load16(ip.add(10));
+            addr_sum = csum::diff32(addr_sum, load::<u32>(ip.add(12)), ns);
+            addr_sum = csum::diff32(addr_sum, load::<u32>(ip.add(16)), nd);
+            let old = load::<u16>(ip.add(10));
             let new = csum::finish(csum::start(old) + addr_sum);
-            store16(ip.add(10), new);
-            store32(ip.add(12), ns);
-            store32(ip.add(16), nd);
+            store::<u16>(ip.add(10), new);
+            store::<u32>(ip.add(12), ns);
+            store::<u32>(ip.add(16), nd);
             return Ok((addr_sum, csum::diff16(0, old, new)));
         }
     }
@@ -158,10 +158,10 @@ fn set_addrs(ctx: &XdpContext, family: u8, l3_off: usize, src: &[u8; 16], dst: &
     while i < 4 {
         // SAFETY: offsets inside the 32 bounds-checked address bytes.
         unsafe {
-            addr_sum = csum::diff32(addr_sum, load32(a.add(4 * i)), word(src, i));
-            store32(a.add(4 * i), word(src, i));
-            addr_sum = csum::diff32(addr_sum, load32(a.add(16 + 4 * i)), word(dst, i));
-            store32(a.add(16 + 4 * i), word(dst, i));
+            addr_sum = csum::diff32(addr_sum, load::<u32>(a.add(4 * i)), word(src, i));
+            store::<u32>(a.add(4 * i), word(src, i));
+            addr_sum = csum::diff32(addr_sum, load::<u32>(a.add(16 + 4 * i)), word(dst, i));
+            store::<u32>(a.add(16 + 4 * i), word(dst, i));
         }
         i += 1;
     }
@@ -193,20 +193,20 @@ pub fn nat(ctx: &XdpContext, pkt: &Packet, src: &[u8; 16], dst: &[u8; 16], ports
     // SAFETY: ports at 0..4, checksum at 16 (TCP, 20 bytes checked) or 6 (UDP, 8 checked).
     unsafe {
         let check = if tcp { l4.add(16) } else { l4.add(6) };
-        let old = load16(check);
+        let old = load::<u16>(check);
         if tcp || pkt.family != FAMILY_V4 || old != 0 {
             let mut sum = csum::start(old) + addr_sum;
-            sum = csum::diff16(sum, load16(l4), sport_be);
-            sum = csum::diff16(sum, load16(l4.add(2)), dport_be);
+            sum = csum::diff16(sum, load::<u16>(l4), sport_be);
+            sum = csum::diff16(sum, load::<u16>(l4.add(2)), dport_be);
             let mut new = csum::finish(sum);
             if !tcp && new == 0 {
                 // RFC 768: a computed zero is sent as all ones.
                 new = 0xffff;
             }
-            store16(check, new);
+            store::<u16>(check, new);
         }
-        store16(l4, sport_be);
-        store16(l4.add(2), dport_be);
+        store::<u16>(l4, sport_be);
+        store::<u16>(l4.add(2), dport_be);
     }
     Ok(())
 }
@@ -230,7 +230,7 @@ pub fn icmp_nat(ctx: &XdpContext, pkt: &Packet, rw: &IcmpRewrite) -> Result<(), 
     let (outer_sum, _) = set_addrs(ctx, pkt.family, pkt.l3_off, &rw.outer_src, &rw.outer_dst)?;
     let icmp = ptr_at::<[u8; 8]>(ctx, pkt.l4_off)? as *mut u8;
     // SAFETY: the checksum is at 2..4 of the 8 bounds-checked bytes.
-    let mut sum = csum::start(unsafe { load16(icmp.add(2)) });
+    let mut sum = csum::start(unsafe { load::<u16>(icmp.add(2)) });
     if pkt.family != FAMILY_V4 {
         // ICMPv6 covers a pseudo-header with the outer addresses.
         sum += outer_sum;
@@ -243,11 +243,11 @@ pub fn icmp_nat(ctx: &XdpContext, pkt: &Packet, rw: &IcmpRewrite) -> Result<(), 
     let ports = ptr_at::<[u8; 8]>(ctx, pkt.inner_l4_off)? as *mut u8;
     // SAFETY: ports at 0..4 of the 8 bounds-checked bytes; checksum as above.
     unsafe {
-        sum = csum::diff16(sum, load16(ports), rw.inner_sport_be);
-        sum = csum::diff16(sum, load16(ports.add(2)), rw.inner_dport_be);
-        store16(ports, rw.inner_sport_be);
-        store16(ports.add(2), rw.inner_dport_be);
-        store16(icmp.add(2), csum::finish(sum));
+        sum = csum::diff16(sum, load::<u16>(ports), rw.inner_sport_be);
+        sum = csum::diff16(sum, load::<u16>(ports.add(2)), rw.inner_dport_be);
+        store::<u16>(ports, rw.inner_sport_be);
+        store::<u16>(ports.add(2), rw.inner_dport_be);
+        store::<u16>(icmp.add(2), csum::finish(sum));
     }
     Ok(())
 }
