@@ -53,6 +53,20 @@ struct Offsets {
     inner_l4: usize,
 }
 
+impl Offsets {
+    /// A TCP/UDP packet's own headers (no quoted packet).
+    #[inline(always)]
+    fn direct(l3: usize, l4: usize) -> Offsets {
+        Offsets {
+            l3,
+            l4,
+            icmp_error: false,
+            inner_l3: 0,
+            inner_l4: 0,
+        }
+    }
+}
+
 impl Packet {
     /// Fills every field but the addresses.
     #[inline(always)]
@@ -214,19 +228,7 @@ fn parse_v4(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<Parsed, ()
         return Ok(Parsed::Other);
     }
     let p = ports(ctx, l4_off, proto)?;
-    pkt.set(
-        ctx,
-        FAMILY_V4,
-        proto,
-        p,
-        Offsets {
-            l3: off,
-            l4: l4_off,
-            icmp_error: false,
-            inner_l3: 0,
-            inner_l4: 0,
-        },
-    );
+    pkt.set(ctx, FAMILY_V4, proto, p, Offsets::direct(off, l4_off));
     pkt.set_v4_addrs(load::<u32>(ip.src_addr.as_ptr()), load::<u32>(ip.dst_addr.as_ptr()));
     Ok(Parsed::Flow)
 }
@@ -249,19 +251,7 @@ fn parse_v6(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<Parsed, ()
         return Ok(Parsed::Other);
     }
     let p = ports(ctx, l4_off, proto)?;
-    pkt.set(
-        ctx,
-        FAMILY_V6,
-        proto,
-        p,
-        Offsets {
-            l3: off,
-            l4: l4_off,
-            icmp_error: false,
-            inner_l3: 0,
-            inner_l4: 0,
-        },
-    );
+    pkt.set(ctx, FAMILY_V6, proto, p, Offsets::direct(off, l4_off));
     copy_addr(&mut pkt.src, &ip.src_addr);
     copy_addr(&mut pkt.dst, &ip.dst_addr);
     Ok(Parsed::Flow)
