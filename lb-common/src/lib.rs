@@ -23,6 +23,8 @@ pub mod maps {
     pub const FLOWS: &str = "FLOWS";
     pub const FLOWS6: &str = "FLOWS6";
     pub const HOPS: &str = "HOPS";
+    pub const SNATS: &str = "SNATS";
+    pub const NAT_FLOWS: &str = "NAT_FLOWS";
 }
 
 /// Name of the XDP entry point in the object file.
@@ -39,16 +41,37 @@ pub const RING_EMPTY: u32 = u32::MAX;
 pub const MAX_RINGS: u32 = 128;
 /// Capacity of the backend array (ids are indexes).
 pub const MAX_BACKENDS: u32 = 4096;
-/// Capacity of the IPv4 flow table (a full-NAT connection takes two entries).
-pub const MAX_FLOWS: u32 = 524_288;
+/// Capacity of the IPv4 flow table (dsr flows; full-NAT flows live in
+/// `NAT_FLOWS`).
+pub const MAX_FLOWS: u32 = 262_144;
 /// Capacity of the IPv6 flow table.
-pub const MAX_FLOWS6: u32 = 131_072;
+pub const MAX_FLOWS6: u32 = 65_536;
 /// Source ports the full-NAT allocates from, below Linux's default
 /// ephemeral range (32768-60999) so xlb's own connections never collide.
 pub const SNAT_PORT_MIN: u16 = 1024;
 pub const SNAT_PORT_MAX: u16 = 32767;
-/// Attempts at finding a free SNAT port before a new flow is dropped.
-pub const SNAT_PORT_TRIES: u32 = 8;
+/// Full-NAT flows one snat address can hold: one per source port.
+pub const NAT_PORTS: u32 = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
+/// Distinct snat addresses (each owns `NAT_PORTS` slots of `NAT_FLOWS`).
+pub const MAX_SNATS: u32 = 16;
+/// Slots a flow may sit in: its hash's port and the next ones.
+pub const NAT_PROBES: u32 = 16;
+/// A new flow may replace an unanswered one among its first slots only.
+pub const NAT_EVICT_WITHIN: u32 = 2;
+
+/// Name of the XDP object's global holding the kernel's HZ (jiffies per
+/// second), set at load time: the program's clock is `bpf_jiffies64`, which
+/// the verifier inlines into one load (`bpf_ktime_get_coarse_ns` costs a
+/// helper call, 25 ns a packet here).
+pub const HZ_GLOBAL: &str = "HZ";
+
+/// How long a full-NAT flow keeps its port without packets, by state, in
+/// seconds. A backend answers a new flow within a round trip inside the
+/// site, so an unanswered one is given up after 2 s.
+pub const NAT_IDLE_NEW: u64 = 2;
+pub const NAT_IDLE_TCP: u64 = 900;
+pub const NAT_IDLE_UDP: u64 = 300;
+pub const NAT_IDLE_CLOSING: u64 = 10;
 
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
@@ -112,7 +135,8 @@ pub struct ServiceValue {
     pub flags: u32,
     /// The live Maglev ring: slots `ring * RING_SIZE ..` of `RINGS`.
     pub ring: u32,
-    pub _pad: u32,
+    /// nat: which `NAT_PORTS` slots of `NAT_FLOWS` the snat address owns.
+    pub snat_region: u32,
     /// nat: source address towards the backends (same family as the VIP).
     pub snat: [u8; 16],
 }
@@ -134,19 +158,14 @@ pub struct Backend {
 }
 const _: () = assert!(core::mem::size_of::<Backend>() == 24);
 
-/// How long the XDP program reuses a backend's next hop before asking the
-/// kernel's FIB again (the lookup costs about as much as the rest of the
-/// forwarding path), in jiffies: 1 s at Debian's HZ=250, 0.25-2.5 s for HZ
-/// 1000-100. Jiffies, not `bpf_ktime_get_ns`, which costs ~30 ns a packet
-/// here. User space clears the cache when a backend changes.
-pub const HOP_TTL_JIFFIES: u64 = 250;
-
 /// Per-CPU cache of a backend's next hop (index: backend id).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HopCache {
-    /// `bpf_jiffies64()` after which the entry must be refreshed; 0 = empty.
-    pub expires_jiffies: u64,
+    /// Jiffies from which the entry must be refreshed (after a second:
+    /// the route lookup costs about as much as the rest of the forwarding
+    /// path; user space clears the cache when a backend changes); 0 = empty.
+    pub expires: u64,
     pub ifindex: u32,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
@@ -200,43 +219,52 @@ pub struct FlowKey6 {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey6>() == 40);
 
-/// A client → VIP flow pinned to a backend.
-pub const FLOW_FORWARD: u8 = 1;
-/// A backend → snat:port reply of a full-NAT flow, turned back into VIP → client.
-pub const FLOW_REPLY: u8 = 2;
-
-/// Value of the flow tables, keyed by the 5-tuple as it arrives. Both
-/// directions of a connection live in one table so that an established
-/// packet, either way, costs one lookup.
-#[repr(C, align(4))]
+/// Value of the (dsr) flow tables, keyed by the 5-tuple as it arrives.
+#[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
-    /// `FLOW_FORWARD` or `FLOW_REPLY`.
-    pub kind: u8,
-    pub _pad: u8,
-    /// Forward (nat): the source port towards the backend. Reply: the VIP port.
-    pub port_a_be: u16,
-    /// Reply: the client's port.
-    pub client_port_be: u16,
-    pub _pad2: u16,
-    /// The backend (index of the backend array) either way.
+    /// The backend (index of the backend array).
     pub backend: u32,
-    /// Forward: the service's counter slot.
+    /// The service's counter slot.
     pub service: u32,
-    /// Forward: `SVC_F_*` of the service.
-    pub svc_flags: u32,
-    /// Reply: the interface the client's packets come in on.
-    pub ifindex: u32,
-    /// Forward (nat): the source address towards the backend. Reply: the VIP.
-    pub addr_a: [u8; 16],
-    /// Reply: the client.
+}
+const _: () = assert!(core::mem::size_of::<Flow>() == 8);
+
+/// `NatFlow::state`: slot never used.
+pub const NAT_EMPTY: u8 = 0;
+/// The client spoke, the backend has not answered yet.
+pub const NAT_NEW: u8 = 1;
+/// The backend answered.
+pub const NAT_OPEN: u8 = 2;
+/// A FIN or RST went by.
+pub const NAT_CLOSING: u8 = 3;
+
+/// One full-NAT flow: slot `snat_region * NAT_PORTS + port - SNAT_PORT_MIN`
+/// of `NAT_FLOWS`, so the port towards the backend is the slot and a reply
+/// finds its flow by its destination port alone. One cache line.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatFlow {
     pub client: [u8; 16],
-    /// Reply: Ethernet addresses of the client's packets (its or its
-    /// router's, and ours), so replies need no route lookup.
+    pub vip: [u8; 16],
+    pub client_port_be: u16,
+    pub vip_port_be: u16,
+    /// Index of the backend array.
+    pub backend: u16,
+    pub proto: u8,
+    /// `NAT_*` state.
+    pub state: u8,
+    /// Jiffies at the last packet; a new flow claims the slot by
+    /// compare-and-swap on it (BPF has that for 64-bit words only).
+    pub seen: u64,
+    /// The interface the client's packets come in on.
+    pub ifindex: u32,
+    /// Ethernet addresses of the client's packets (its or its router's, and
+    /// ours), so replies need no route lookup.
     pub client_mac: [u8; 6],
     pub local_mac: [u8; 6],
 }
-const _: () = assert!(core::mem::size_of::<Flow>() == 68);
+const _: () = assert!(core::mem::size_of::<NatFlow>() == 64);
 
 /// What the XDP program did with a packet: indexes of the `OUTCOMES` per-CPU
 /// array. Every packet is counted under exactly one outcome.
@@ -288,5 +316,6 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey4 {}
     unsafe impl aya::Pod for super::FlowKey6 {}
     unsafe impl aya::Pod for super::Flow {}
+    unsafe impl aya::Pod for super::NatFlow {}
     unsafe impl aya::Pod for super::HopCache {}
 }

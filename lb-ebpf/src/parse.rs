@@ -28,6 +28,8 @@ pub struct Packet {
     pub proto: u8,
     pub sport_be: u16,
     pub dport_be: u16,
+    /// TCP flags (0 for UDP and ICMP errors).
+    pub tcp_flags: u8,
     pub l3_off: usize,
     pub l4_off: usize,
     /// ICMP error: the tuple fields above are those of the quoted packet,
@@ -70,10 +72,10 @@ impl Offsets {
 impl Packet {
     /// Fills every field but the addresses.
     #[inline(always)]
-    fn set(&mut self, ctx: &XdpContext, family: u8, proto: u8, ports: (u16, u16), at: Offsets) {
+    fn set(&mut self, ctx: &XdpContext, family: u8, proto: u8, l4: L4, at: Offsets) {
         self.family = family;
         self.proto = proto;
-        (self.sport_be, self.dport_be) = ports;
+        (self.sport_be, self.dport_be, self.tcp_flags) = l4;
         self.l3_off = at.l3;
         self.l4_off = at.l4;
         self.icmp_error = at.icmp_error;
@@ -158,6 +160,14 @@ pub fn put_addr(dst: &mut [u8; 16], w: [u32; 4]) {
         p.add(2).write_volatile(w[2]);
         p.add(3).write_volatile(w[3]);
     }
+}
+
+/// Whether two addresses are equal, compared a word at a time (an array
+/// comparison would become a memcmp call).
+#[inline(always)]
+pub fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let (a, b) = (addr_words(a), addr_words(b));
+    (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) == 0
 }
 
 /// `*dst = *src` for addresses, a word at a time (see [`put_addr`]).
@@ -257,18 +267,24 @@ fn parse_v6(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<Parsed, ()
     Ok(Parsed::Flow)
 }
 
-/// Source and destination port (network order). The whole L4 header must be
-/// present (20 bytes TCP, 8 UDP): the rewrite touches its checksum.
+/// Source and destination port (network order) and TCP flags.
+type L4 = (u16, u16, u8);
+
+/// The L4 fields of a TCP/UDP header. The whole header must be present (20
+/// bytes TCP, 8 UDP): the rewrite touches its checksum.
 #[inline(always)]
-fn ports(ctx: &XdpContext, off: usize, proto: u8) -> Result<(u16, u16), ()> {
+fn ports(ctx: &XdpContext, off: usize, proto: u8) -> Result<L4, ()> {
+    let mut flags = 0;
     if proto == PROTO_TCP {
-        ptr_at::<[u8; 20]>(ctx, off)?;
+        let tcp = ptr_at::<[u8; 20]>(ctx, off)?;
+        // SAFETY: bounds checked by ptr_at; flags are byte 13.
+        flags = unsafe { (*tcp)[13] };
     } else {
         ptr_at::<[u8; 8]>(ctx, off)?;
     }
     let p: *const u8 = ptr_at::<[u8; 4]>(ctx, off)? as *const u8;
     // SAFETY: bounds checked by ptr_at.
-    Ok((load::<u16>(p), load::<u16>(unsafe { p.add(2) })))
+    Ok((load::<u16>(p), load::<u16>(unsafe { p.add(2) }), flags))
 }
 
 /// ICMP types that quote a packet of a flow: destination unreachable (incl.
@@ -314,7 +330,7 @@ fn icmp_error_v4(ctx: &XdpContext, off: usize, l4_off: usize, pkt: &mut Packet) 
         inner_l3: inner_off,
         inner_l4: inner_off + ihl,
     };
-    pkt.set(ctx, FAMILY_V4, ip.proto, (idport, isport), at);
+    pkt.set(ctx, FAMILY_V4, ip.proto, (idport, isport, 0), at);
     // The quoted packet went the other way.
     pkt.set_v4_addrs(load::<u32>(ip.dst_addr.as_ptr()), load::<u32>(ip.src_addr.as_ptr()));
     Ok(Parsed::Flow)
@@ -343,7 +359,7 @@ fn icmp_error_v6(ctx: &XdpContext, off: usize, l4_off: usize, pkt: &mut Packet) 
         inner_l3: inner_off,
         inner_l4: inner_off + Ipv6Hdr::LEN,
     };
-    pkt.set(ctx, FAMILY_V6, ip.next_hdr, (idport, isport), at);
+    pkt.set(ctx, FAMILY_V6, ip.next_hdr, (idport, isport, 0), at);
     copy_addr(&mut pkt.src, &ip.dst_addr);
     copy_addr(&mut pkt.dst, &ip.src_addr);
     Ok(Parsed::Flow)

@@ -24,7 +24,7 @@ use crate::{
 };
 
 /// Maps that outlive a run (pinned); the rest are per-run scratch.
-const PINNED: [&str; 9] = [
+const PINNED: [&str; 11] = [
     maps::SERVICES,
     maps::SERVICE_STATS,
     maps::OUTCOMES,
@@ -34,6 +34,8 @@ const PINNED: [&str; 9] = [
     maps::FLOWS,
     maps::FLOWS6,
     maps::HOPS,
+    maps::SNATS,
+    maps::NAT_FLOWS,
 ];
 
 /// What a run leaves for the next one, in the state map.
@@ -51,7 +53,7 @@ fn layout() -> String {
     use core::mem::size_of;
     use lb_common::*;
     format!(
-        "v2 svc{}:{} ring{}x{} be{}:{} flow{}:{}:{}:{}:{} hop{} out{}",
+        "v3 svc{}:{} ring{}x{} be{}:{} flow{}:{}:{}:{}:{} nat{}x{}:{} hop{} out{}",
         size_of::<ServiceKey>(),
         size_of::<ServiceValue>(),
         MAX_RINGS,
@@ -63,6 +65,9 @@ fn layout() -> String {
         MAX_FLOWS6,
         size_of::<FlowKey6>(),
         size_of::<Flow>(),
+        MAX_SNATS,
+        NAT_PORTS,
+        size_of::<NatFlow>(),
         size_of::<HopCache>(),
         outcome::COUNT
     )
@@ -146,10 +151,46 @@ pub fn load_object() -> Result<Ebpf, DataPlaneError> {
     load_with(&mut EbpfLoader::new())
 }
 
+/// The kernel's HZ (jiffies per second), from `/proc/timer_list`: jiffies
+/// start at 2^32 - 300 s × HZ, so HZ = (jiffies - 2^32) / (uptime - 300 s).
+/// Rounded to the nearest value Linux offers; 250 if it cannot be read.
+pub fn kernel_hz() -> u64 {
+    const CHOICES: [u64; 4] = [100, 250, 300, 1000];
+    let sample = || -> Option<(f64, f64)> {
+        let text = std::fs::read_to_string("/proc/timer_list").ok()?;
+        let field = |key: &str| {
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        };
+        Some((field("now at")? / 1e9, field("jiffies:")?))
+    };
+    let hz = match sample() {
+        // Too close to the 300 s mark for the formula: time it instead.
+        Some((t, _)) if (t - 300.0).abs() < 60.0 => (|| {
+            let (t0, j0) = sample()?;
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let (t1, j1) = sample()?;
+            Some((j1 - j0) / (t1 - t0))
+        })(),
+        Some((t, j)) => Some((j - 4_294_967_296.0) / (t - 300.0)),
+        None => None,
+    };
+    hz.map(|hz| {
+        *CHOICES
+            .iter()
+            .min_by(|a, b| (**a as f64 - hz).abs().total_cmp(&(**b as f64 - hz).abs()))
+            .expect("not empty")
+    })
+    .unwrap_or(250)
+}
+
 fn load_with(loader: &mut EbpfLoader<'_>) -> Result<Ebpf, DataPlaneError> {
     if EBPF_OBJECT.is_empty() {
         return Err(DataPlaneError::NoObject);
     }
+    static HZ: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    loader.override_global(lb_common::HZ_GLOBAL, HZ.get_or_init(kernel_hz), true);
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
         if is_permission(&e) {
             DataPlaneError::Permission
@@ -447,4 +488,38 @@ pub fn read_outcomes(ebpf: &Ebpf) -> Vec<(&'static str, u64)> {
             (*name, n)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    /// The HZ worked out from /proc/timer_list is the one the kernel was
+    /// built with (or, without a readable config, the rate jiffies count at).
+    #[test]
+    fn kernel_hz_matches_the_kernel() {
+        let out = std::process::Command::new("sh")
+            .args(["-c", "zcat /proc/config.gz 2>/dev/null || cat /boot/config-$(uname -r)"])
+            .output()
+            .expect("sh");
+        let config = String::from_utf8_lossy(&out.stdout);
+        let configured = config
+            .lines()
+            .find_map(|l| l.strip_prefix("CONFIG_HZ="))
+            .and_then(|v| v.parse::<u64>().ok());
+        let hz = super::kernel_hz();
+        match configured {
+            Some(want) => assert_eq!(hz, want),
+            None => {
+                let jiffies = || {
+                    let t = std::fs::read_to_string("/proc/timer_list").unwrap();
+                    let j = t.lines().find_map(|l| l.strip_prefix("jiffies: ")).unwrap();
+                    (std::time::Instant::now(), j.trim().parse::<f64>().unwrap())
+                };
+                let (t0, j0) = jiffies();
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                let (t1, j1) = jiffies();
+                let rate = (j1 - j0) / (t1 - t0).as_secs_f64();
+                assert!((rate - hz as f64).abs() < hz as f64 * 0.1, "{rate} vs {hz}");
+            }
+        }
+    }
 }

@@ -2,7 +2,8 @@
 //! service map, the backend array, the Maglev rings. A ring is never changed
 //! while packets may read it: each L4 service owns two ring slots, the new
 //! table is written into the idle one, then the service entry is flipped to
-//! it in one map-element update.
+//! it in one map-element update. Each snat address gets a region of the
+//! full-NAT flow array.
 
 use std::{
     collections::{HashMap as StdHashMap, HashSet},
@@ -14,9 +15,9 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    maglev, maps, Backend as BpfBackend, Flow, FlowKey4, FlowKey6, HopCache, ServiceKey, ServiceStats, ServiceValue,
-    BE_F_DOWN, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_RINGS, MAX_SERVICES, RING_SIZE, SVC_F_DSR, SVC_F_HASH_5TUPLE,
-    SVC_F_NAT,
+    maglev, maps, Backend as BpfBackend, Flow, FlowKey4, FlowKey6, HopCache, NatFlow, ServiceKey, ServiceStats,
+    ServiceValue, BE_F_DOWN, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_RINGS, MAX_SERVICES, MAX_SNATS, NAT_EMPTY,
+    NAT_PORTS, RING_SIZE, SVC_F_DSR, SVC_F_HASH_5TUPLE, SVC_F_NAT,
 };
 
 use crate::{
@@ -61,6 +62,18 @@ fn addr16(ip: IpAddr) -> ([u8; 16], u8) {
     }
 }
 
+/// The `SNATS` key of a snat address: its service key with port and
+/// protocol 0.
+fn snat_key(ip: IpAddr) -> ServiceKey {
+    let (addr, family) = addr16(ip);
+    ServiceKey {
+        addr,
+        port_be: 0,
+        proto: 0,
+        family,
+    }
+}
+
 pub fn service_key(s: &Service) -> ServiceKey {
     let proto = s.protocol.number();
     match s.vip {
@@ -76,6 +89,9 @@ pub struct Saved {
     pub services: Vec<SavedService>,
     /// (service, backend, id)
     pub backends: Vec<(String, String, u32)>,
+    /// (snat address, `NAT_FLOWS` region)
+    #[serde(default)]
+    pub snats: Vec<(IpAddr, u32)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -108,6 +124,8 @@ struct Installed {
 pub struct MapManager {
     services: StdHashMap<ServiceKey, Installed>,
     backends: StdHashMap<BackendRef, u32>,
+    /// snat address → its region of `NAT_FLOWS`.
+    snats: StdHashMap<IpAddr, u32>,
 }
 
 /// Lowest index in `0..limit` not in `used`.
@@ -152,6 +170,7 @@ impl MapManager {
                 .iter()
                 .map(|((s, b), id)| (s.clone(), b.clone(), *id))
                 .collect(),
+            snats: self.snats.iter().map(|(a, r)| (*a, *r)).collect(),
         }
     }
 
@@ -180,6 +199,7 @@ impl MapManager {
                 })
                 .collect(),
             backends: saved.backends.into_iter().map(|(s, b, id)| ((s, b), id)).collect(),
+            snats: saved.snats.into_iter().collect(),
         }
     }
 
@@ -269,12 +289,50 @@ impl MapManager {
         }
 
         // 3. Services: rings then the service entry, for each.
+        let mut snats_used = HashSet::new();
         for (key, svc) in wanted {
-            self.apply_service(ebpf, key, svc, states, default_snat)?;
+            if let Some(snat) = self.apply_service(ebpf, key, svc, states, default_snat)? {
+                snats_used.insert(snat);
+            }
+        }
+
+        // 4. snat addresses no service uses any more: forgotten, their
+        // flows cleared so the region starts empty when it is reused.
+        let unused: Vec<(IpAddr, u32)> = self
+            .snats
+            .iter()
+            .filter(|(a, _)| !snats_used.contains(*a))
+            .map(|(a, r)| (*a, *r))
+            .collect();
+        for (addr, region) in unused {
+            let mut snats: HashMap<&mut MapData, ServiceKey, u32> =
+                HashMap::try_from(ebpf.map_mut(maps::SNATS).ok_or(missing(maps::SNATS))?)
+                    .map_err(|e| map_err(maps::SNATS, &e))?;
+            snats.remove(&snat_key(addr)).map_err(|e| map_err(maps::SNATS, &e))?;
+            clear_nat_flows(ebpf, region, |_| true)?;
+            self.snats.remove(&addr);
         }
         Ok(())
     }
 
+    /// The `NAT_FLOWS` region of a snat address, allocated and published in
+    /// `SNATS` the first time.
+    fn snat_region(&mut self, ebpf: &mut Ebpf, addr: IpAddr) -> Result<u32, DataPlaneError> {
+        if let Some(r) = self.snats.get(&addr) {
+            return Ok(*r);
+        }
+        let region = free_index(self.snats.values().copied(), MAX_SNATS, maps::SNATS)?;
+        let mut snats: HashMap<&mut MapData, ServiceKey, u32> =
+            HashMap::try_from(ebpf.map_mut(maps::SNATS).ok_or(missing(maps::SNATS))?)
+                .map_err(|e| map_err(maps::SNATS, &e))?;
+        snats
+            .insert(snat_key(addr), region, 0)
+            .map_err(|e| map_err(maps::SNATS, &e))?;
+        self.snats.insert(addr, region);
+        Ok(region)
+    }
+
+    /// Installs one service; returns its snat address (nat services).
     fn apply_service(
         &mut self,
         ebpf: &mut Ebpf,
@@ -282,7 +340,7 @@ impl MapManager {
         svc: &Service,
         states: &BackendStates,
         default_snat: &dyn Fn(IpAddr) -> Option<IpAddr>,
-    ) -> Result<(), DataPlaneError> {
+    ) -> Result<Option<IpAddr>, DataPlaneError> {
         let l4 = svc.mode != Mode::Http;
         if !self.services.contains_key(&key) {
             let id = free_index(self.services.values().map(|s| s.id), MAX_SERVICES, maps::SERVICES)?;
@@ -313,20 +371,23 @@ impl MapManager {
                 Mode::Http => 0,
             },
             ring: 0,
-            _pad: 0,
+            snat_region: 0,
             snat: [0; 16],
         };
         if svc.balance == "5tuple" {
             value.flags |= SVC_F_HASH_5TUPLE;
         }
+        let mut snat = None;
         if svc.mode == Mode::Nat {
-            let snat = svc.snat.or_else(|| default_snat(svc.vip)).ok_or_else(|| {
+            let addr = svc.snat.or_else(|| default_snat(svc.vip)).ok_or_else(|| {
                 DataPlaneError::Config(format!(
                     "service {:?}: no address of the VIP's family on the XDP interface to use as snat: set `snat`",
                     svc.name
                 ))
             })?;
-            value.snat = addr16(snat).0;
+            value.snat = addr16(addr).0;
+            value.snat_region = self.snat_region(ebpf, addr)?;
+            snat = Some(addr);
         }
         if l4 {
             let table = self.table(svc, states);
@@ -340,7 +401,8 @@ impl MapManager {
         let mut smap: HashMap<&mut MapData, ServiceKey, ServiceValue> =
             HashMap::try_from(ebpf.map_mut(maps::SERVICES).ok_or(missing(maps::SERVICES))?)
                 .map_err(|e| map_err(maps::SERVICES, &e))?;
-        smap.insert(key, value, 0).map_err(|e| map_err(maps::SERVICES, &e))
+        smap.insert(key, value, 0).map_err(|e| map_err(maps::SERVICES, &e))?;
+        Ok(snat)
     }
 
     /// The Maglev table of a service for the current backend state.
@@ -356,10 +418,14 @@ impl MapManager {
         maglev::build(&entries, RING_SIZE)
     }
 
-    /// Deletes the flows of the given backends, both directions (so their
-    /// NAT ports are free again), from both flow tables.
+    /// Deletes the flows of the given backends: dsr flows from both flow
+    /// tables, full-NAT flows from every snat region (so their ports are
+    /// free again).
     fn sweep_flows(&self, ebpf: &mut Ebpf, ids: &HashSet<u32>) -> Result<(), DataPlaneError> {
-        let n = sweep::<FlowKey4>(ebpf, maps::FLOWS, ids)? + sweep::<FlowKey6>(ebpf, maps::FLOWS6, ids)?;
+        let mut n = sweep::<FlowKey4>(ebpf, maps::FLOWS, ids)? + sweep::<FlowKey6>(ebpf, maps::FLOWS6, ids)?;
+        for region in self.snats.values() {
+            n += clear_nat_flows(ebpf, *region, |f| ids.contains(&u32::from(f.backend)))?;
+        }
         tracing::debug!(flows = n, "flows of removed backends deleted");
         Ok(())
     }
@@ -395,6 +461,23 @@ fn sweep<K: aya::Pod>(ebpf: &mut Ebpf, name: &'static str, ids: &HashSet<u32>) -
         let _ = flows.remove(k);
     }
     Ok(doomed.len())
+}
+
+/// Empties the slots of snat region `region` whose flow `doomed` picks;
+/// returns how many.
+fn clear_nat_flows(ebpf: &mut Ebpf, region: u32, doomed: impl Fn(&NatFlow) -> bool) -> Result<usize, DataPlaneError> {
+    let name = maps::NAT_FLOWS;
+    let mut flows: Array<&mut MapData, NatFlow> =
+        Array::try_from(ebpf.map_mut(name).ok_or(missing(name))?).map_err(|e| map_err(name, &e))?;
+    let mut n = 0;
+    for i in region * NAT_PORTS..(region + 1) * NAT_PORTS {
+        let f = flows.get(&i, 0).map_err(|e| map_err(name, &e))?;
+        if f.state != NAT_EMPTY && doomed(&f) {
+            flows.set(i, NatFlow::default(), 0).map_err(|e| map_err(name, &e))?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 fn missing(name: &'static str) -> DataPlaneError {

@@ -25,7 +25,7 @@ use lab::{
     topology::mac_for,
     Netns,
 };
-use lb_common::{hash, maps, ServiceStats, PROTO_TCP, SNAT_PORT_MAX, SNAT_PORT_MIN};
+use lb_common::{hash, maps, ServiceStats, NAT_PORTS, PROTO_TCP, SNAT_PORT_MIN};
 use lb_user::{
     config,
     dataplane::{load_object, read_outcomes, xdp_program},
@@ -229,7 +229,7 @@ fn pass(name: &'static str, input: Vec<u8>, outcome: &'static str, service: Opti
 }
 
 /// The source port full-NAT picks for a new flow on an empty table: the
-/// first candidate of the shared hash.
+/// flow's home port by the shared hash.
 fn snat_port(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: u8) -> u16 {
     let a16 = |a: IpAddr| match a {
         IpAddr::V4(a) => {
@@ -239,8 +239,8 @@ fn snat_port(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: u8) -> u16
         }
         IpAddr::V6(a) => a.octets(),
     };
-    let h = hash::five_tuple_hash(&a16(src), &a16(dst), sport.to_be(), dport.to_be(), proto);
-    SNAT_PORT_MIN + (h % u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN + 1)) as u16
+    let h = hash::flow_hash(&a16(src), &a16(dst), sport.to_be(), dport.to_be(), proto);
+    SNAT_PORT_MIN + (h % NAT_PORTS) as u16
 }
 
 /// `f` as it leaves towards `to_mac` from eth0.
@@ -266,6 +266,23 @@ fn cases() -> Vec<Case> {
     let mut to_client = Frame::tcp(vip_nat, 80, client, 40000, TCP_SYN | TCP_ACK);
     to_client.src_mac = LOCAL_MAC;
     to_client.dst_mac = CLIENT_MAC;
+
+    // Someone else than the flow's backend sending to its port.
+    let mut spoof = Frame::tcp(ip("198.18.1.9"), 8080, snat, port, TCP_SYN | TCP_ACK);
+    spoof.src_mac = v4mac("198.18.1.1");
+    spoof.dst_mac = ETH0_MAC;
+    // A client whose flow hashes to the first flow's port takes the next.
+    let (cc, cc_port) = (0..=255u8)
+        .flat_map(|b| (1024..=65535u16).map(move |p| (ip(&format!("198.18.3.{b}")), p)))
+        .find(|&(c, p)| snat_port(c, p, vip_nat, 80, PROTO_TCP) == port)
+        .expect("a colliding client");
+    let next = if port == SNAT_PORT_MIN + (NAT_PORTS - 1) as u16 {
+        SNAT_PORT_MIN
+    } else {
+        port + 1
+    };
+    let collide = Frame::tcp(cc, cc_port, vip_nat, 80, TCP_SYN);
+    let collide_out = via_eth0(Frame::tcp(snat, next, be_a, 8080, TCP_SYN), v4mac("198.18.1.1"));
 
     let client2 = ip("198.18.2.2");
     let mut dns = Frame::udp(client2, 5353, vip_nat, 53);
@@ -406,6 +423,20 @@ fn cases() -> Vec<Case> {
             Some(to_client.build()),
             "tx",
             None,
+        ),
+        pass(
+            "nat: a host other than the flow's backend is not un-NATed",
+            spoof.build(),
+            "pass_not_service",
+            None,
+        ),
+        case(
+            "nat: a flow whose port is taken gets the next one",
+            collide.build(),
+            XDP_REDIRECT,
+            Some(collide_out.build()),
+            "redirect",
+            Some("nat4"),
         ),
         case(
             "nat: udp",

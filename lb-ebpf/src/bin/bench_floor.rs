@@ -29,6 +29,7 @@ pub fn floor_swap(ctx: XdpContext) -> u32 {
         dst: [0; 16],
         sport_be: 0,
         dport_be: 0,
+        tcp_flags: 0,
         l3_off: 0,
         l4_off: 0,
         icmp_error: false,
