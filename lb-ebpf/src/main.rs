@@ -29,8 +29,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    hash, outcome, Backend, BackendStats, Flow, HopCache, ServiceKey, ServiceStats, ServiceValue, BE_F_DOWN,
-    MAX_BACKENDS, MAX_RINGS, MAX_SERVICES, RING_EMPTY, RING_SIZE, SVC_F_DSR, SVC_F_HASH_5TUPLE, SVC_F_NAT,
+    hash, outcome, Backend, BackendStats, Flow, HopCache, RingElem, ServiceKey, ServiceStats, ServiceValue, BE_F_DOWN,
+    MAX_BACKENDS, MAX_RINGS, MAX_SERVICES, RING_ELEMS, RING_EMPTY16, RING_PACK, RING_SIZE, SVC_F_DSR,
+    SVC_F_HASH_5TUPLE, SVC_F_NAT,
 };
 
 use crate::{
@@ -49,7 +50,7 @@ static SERVICE_STATS: PerCpuArray<ServiceStats> = PerCpuArray::with_max_entries(
 static OUTCOMES: PerCpuArray<u64> = PerCpuArray::with_max_entries(outcome::COUNT, 0);
 
 #[map(name = "RINGS")]
-static RINGS: Array<u32> = Array::with_max_entries(MAX_RINGS * RING_SIZE, 0);
+static RINGS: Array<RingElem> = Array::with_max_entries(MAX_RINGS * RING_ELEMS, 0);
 
 #[map(name = "BACKENDS")]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
@@ -162,10 +163,15 @@ pub fn pick_backend(pkt: &Packet, svc: &ServiceValue) -> Result<u32, u32> {
     } else {
         hash::source_hash(&pkt.src)
     };
-    match RINGS.get(svc.ring * RING_SIZE + h % RING_SIZE) {
-        Some(id) if *id != RING_EMPTY => Ok(*id),
-        _ => Err(outcome::DROP_NO_BACKEND),
+    let slot = h % RING_SIZE;
+    let id = match RINGS.get(svc.ring * RING_ELEMS + slot / RING_PACK) {
+        Some(e) => e[(slot % RING_PACK) as usize],
+        None => RING_EMPTY16,
+    };
+    if id == RING_EMPTY16 {
+        return Err(outcome::DROP_NO_BACKEND);
     }
+    Ok(u32::from(id))
 }
 
 #[inline(always)]

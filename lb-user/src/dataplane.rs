@@ -53,11 +53,12 @@ fn layout() -> String {
     use core::mem::size_of;
     use lb_common::*;
     format!(
-        "v3 svc{}:{} ring{}x{} be{}:{} flow{}:{}:{}:{}:{} nat{}x{}:{} hop{} out{}",
+        "v3 svc{}:{} ring{}x{}/{} be{}:{} flow{}:{}:{}:{}:{} nat{}x{}:{} hop{} out{}",
         size_of::<ServiceKey>(),
         size_of::<ServiceValue>(),
         MAX_RINGS,
         RING_SIZE,
+        RING_PACK,
         MAX_BACKENDS,
         size_of::<Backend>(),
         MAX_FLOWS,

@@ -15,9 +15,9 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    maglev, maps, Backend as BpfBackend, Flow, FlowKey4, FlowKey6, HopCache, NatFlow, ServiceKey, ServiceStats,
-    ServiceValue, BE_F_DOWN, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_RINGS, MAX_SERVICES, MAX_SNATS, NAT_EMPTY,
-    NAT_PORTS, RING_SIZE, SVC_F_DSR, SVC_F_HASH_5TUPLE, SVC_F_NAT,
+    maglev, maps, Backend as BpfBackend, Flow, FlowKey4, FlowKey6, HopCache, NatFlow, RingElem, ServiceKey,
+    ServiceStats, ServiceValue, BE_F_DOWN, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_RINGS, MAX_SERVICES, MAX_SNATS,
+    NAT_EMPTY, NAT_PORTS, RING_ELEMS, RING_EMPTY16, RING_PACK, RING_SIZE, SVC_F_DSR, SVC_F_HASH_5TUPLE, SVC_F_NAT,
 };
 
 use crate::{
@@ -116,7 +116,7 @@ struct Installed {
     /// Which ring of the pair is live (0 or 1).
     live: u32,
     /// What each ring of the pair holds, to write only the slots that change.
-    rings: [Vec<u32>; 2],
+    rings: [Vec<RingElem>; 2],
 }
 
 /// The user-space mirror of the maps.
@@ -506,18 +506,25 @@ fn clear_hops(ebpf: &mut Ebpf, ids: &[u32]) -> Result<(), DataPlaneError> {
 
 /// Writes `table` into ring `ring`, only the slots that differ from what the
 /// ring is known to hold (`held`, updated).
-fn write_ring(ebpf: &mut Ebpf, ring: u32, held: &mut Vec<u32>, table: &[u32]) -> Result<(), DataPlaneError> {
-    let mut rings: Array<&mut MapData, u32> = Array::try_from(ebpf.map_mut(maps::RINGS).ok_or(missing(maps::RINGS))?)
-        .map_err(|e| map_err(maps::RINGS, &e))?;
-    let base = ring * RING_SIZE;
-    for (i, v) in table.iter().enumerate() {
-        if held.get(i) != Some(v) {
+fn write_ring(ebpf: &mut Ebpf, ring: u32, held: &mut Vec<RingElem>, table: &[u32]) -> Result<(), DataPlaneError> {
+    let mut rings: Array<&mut MapData, RingElem> =
+        Array::try_from(ebpf.map_mut(maps::RINGS).ok_or(missing(maps::RINGS))?)
+            .map_err(|e| map_err(maps::RINGS, &e))?;
+    // Ids are below MAX_BACKENDS and RING_EMPTY narrows to RING_EMPTY16.
+    let elems: Vec<RingElem> = table
+        .chunks(RING_PACK as usize)
+        .map(|c| std::array::from_fn(|i| c.get(i).map_or(RING_EMPTY16, |id| *id as u16)))
+        .collect();
+    debug_assert_eq!(elems.len(), RING_ELEMS as usize);
+    let base = ring * RING_ELEMS;
+    for (i, e) in elems.iter().enumerate() {
+        if held.get(i) != Some(e) {
             rings
-                .set(base + i as u32, *v, 0)
+                .set(base + i as u32, *e, 0)
                 .map_err(|e| map_err(maps::RINGS, &e))?;
         }
     }
-    *held = table.to_vec();
+    *held = elems;
     Ok(())
 }
 
