@@ -273,11 +273,7 @@ fn known(ctx: &XdpContext, s: &mut Scratch, svc: &ServiceValue, base: u32, port:
     };
     touch(f, now, pkt.tcp_flags, false);
     if pkt.icmp_error {
-        let rw = &mut s.icmp;
-        copy_addr(&mut rw.outer_src, &svc.snat);
-        copy_addr(&mut rw.outer_dst, &be.addr);
-        rw.inner_sport_be = be.port_be;
-        rw.inner_dport_be = port_be;
+        s.icmp.set(&svc.snat, &be.addr, be.port_be, port_be);
         if rewrite::icmp_nat(ctx, &s.pkt, &s.icmp).is_err() {
             return outcome::PASS_PARSE_ERROR;
         }
@@ -316,11 +312,7 @@ pub fn reply(ctx: &XdpContext, s: &mut Scratch, region: u32) -> u32 {
     }
     touch(f, now, pkt.tcp_flags, true);
     if pkt.icmp_error {
-        let rw = &mut s.icmp;
-        copy_addr(&mut rw.outer_src, &f.vip);
-        copy_addr(&mut rw.outer_dst, &f.client);
-        rw.inner_sport_be = f.client_port_be;
-        rw.inner_dport_be = f.vip_port_be;
+        s.icmp.set(&f.vip, &f.client, f.client_port_be, f.vip_port_be);
         if rewrite::icmp_nat(ctx, &s.pkt, &s.icmp).is_err() {
             return outcome::PASS_PARSE_ERROR;
         }

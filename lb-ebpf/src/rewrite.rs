@@ -9,7 +9,7 @@ use aya_ebpf::{
 use lb_common::{csum, outcome, FAMILY_V4, PROTO_TCP};
 use network_types::eth::EthHdr;
 
-use crate::parse::{addr_words, load, ptr_at, store, Packet};
+use crate::parse::{addr_words, copy_addr, load, ptr_at, store, Packet};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -219,6 +219,16 @@ pub struct IcmpRewrite {
     pub outer_dst: [u8; 16],
     pub inner_sport_be: u16,
     pub inner_dport_be: u16,
+}
+
+impl IcmpRewrite {
+    #[inline(always)]
+    pub fn set(&mut self, src: &[u8; 16], dst: &[u8; 16], inner_sport_be: u16, inner_dport_be: u16) {
+        copy_addr(&mut self.outer_src, src);
+        copy_addr(&mut self.outer_dst, dst);
+        self.inner_sport_be = inner_sport_be;
+        self.inner_dport_be = inner_dport_be;
+    }
 }
 
 /// Rewrites an ICMP error and the packet it quotes, updating the outer IPv4
