@@ -21,6 +21,7 @@ mod flows;
 mod nat;
 mod parse;
 mod rewrite;
+mod runtime;
 
 use aya_ebpf::{
     helpers::generated::bpf_jiffies64,
@@ -283,17 +284,6 @@ fn count_outcome(why: u32) {
         unsafe { *c += 1 };
     }
 }
-
-#[cfg(target_arch = "bpf")]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[cfg(target_arch = "bpf")]
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}

@@ -8,6 +8,8 @@
 #[allow(dead_code)]
 #[path = "../parse.rs"]
 mod parse;
+#[path = "../runtime.rs"]
+mod runtime;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use network_types::eth::EthHdr;
@@ -48,17 +50,6 @@ pub fn floor_swap(ctx: XdpContext) -> u32 {
     unsafe { core::mem::swap(&mut (*eth).src_addr, &mut (*eth).dst_addr) };
     xdp_action::XDP_TX
 }
-
-#[cfg(target_arch = "bpf")]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[cfg(target_arch = "bpf")]
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}
