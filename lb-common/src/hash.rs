@@ -58,18 +58,26 @@ pub fn five_tuple_hash(src: &[u8; 16], dst: &[u8; 16], sport_be: u16, dport_be: 
     finish(h, 40)
 }
 
+const K: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// Address words `i` and `i + 1` as one 64-bit word.
+#[inline(always)]
+fn pair(b: &[u8; 16], i: usize) -> u64 {
+    u64::from(word(b, i)) | (u64::from(word(b, i + 1)) << 32)
+}
+
+#[inline(always)]
+fn fold(h: u64, w: u64) -> u64 {
+    let h = (h ^ w).wrapping_mul(K);
+    h ^ (h >> 32)
+}
+
 /// Hash of a 5-tuple that places a full-NAT flow (its home port). Every
 /// packet of a nat flow computes it, so it folds 64-bit words with
 /// multiplies: Murmur's 32-bit rotations cost BPF a mask each. Node-local
 /// (it picks a slot, not a backend), so not pinned like the two above.
 #[inline(always)]
 pub fn flow_hash(src: &[u8; 16], dst: &[u8; 16], sport_be: u16, dport_be: u16, proto: u8) -> u32 {
-    const K: u64 = 0x9e37_79b9_7f4a_7c15;
-    let pair = |b: &[u8; 16], i: usize| u64::from(word(b, i)) | (u64::from(word(b, i + 1)) << 32);
-    let fold = |h: u64, w: u64| {
-        let h = (h ^ w).wrapping_mul(K);
-        h ^ (h >> 32)
-    };
     let mut h = (u64::from(SEED) << 32) ^ ((u64::from(sport_be) << 16 | u64::from(dport_be)) << 8) ^ u64::from(proto);
     h = fold(h, pair(src, 0));
     h = fold(h, pair(src, 2));
@@ -78,6 +86,18 @@ pub fn flow_hash(src: &[u8; 16], dst: &[u8; 16], sport_be: u16, dport_be: u16, p
     h ^= h >> 29;
     h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     (h ^ (h >> 32)) as u32
+}
+
+/// Home slot of a destination (address, port, protocol) in the `SERVICES`
+/// table whose seed is `seed`. User space places entries by it, the XDP
+/// program finds them by it; node-local like `flow_hash`.
+#[inline(always)]
+pub fn service_home(addr: &[u8; 16], port_be: u16, proto: u8, seed: u32) -> u32 {
+    // Port and protocol get a fold of their own: XORed into the address
+    // word, some (address, port) pairs would collide under every seed.
+    let h = fold(u64::from(seed) << 32, u64::from(port_be) << 8 | u64::from(proto));
+    let h = fold(fold(h, pair(addr, 0)), pair(addr, 2));
+    h as u32 & (crate::SVC_SLOTS - 1)
 }
 
 #[cfg(test)]
@@ -136,5 +156,18 @@ mod tests {
         let empty = seen.iter().filter(|&&c| c == 0).count() as f64 / f64::from(slots);
         assert!((0.12..0.15).contains(&empty), "{empty}");
         assert!(seen.iter().all(|&c| c < 16), "a slot took {:?}", seen.iter().max());
+    }
+
+    /// VIPs of one subnet on a few ports spread over the service table.
+    #[test]
+    fn service_home_spreads() {
+        let mut seen = vec![0u8; crate::SVC_SLOTS as usize];
+        for i in 0..1024u32 {
+            let a = i.to_be_bytes();
+            let port = [80u16, 443, 8080, 53][(i % 4) as usize].to_be();
+            let s = &mut seen[service_home(&v4([198, 19, a[2], a[3]]), port, 6, 7) as usize];
+            *s += 1;
+        }
+        assert!(seen.iter().all(|&c| c <= 3), "a slot took {:?}", seen.iter().max());
     }
 }

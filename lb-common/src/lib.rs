@@ -23,7 +23,7 @@ pub mod maps {
     pub const FLOWS: &str = "FLOWS";
     pub const FLOWS6: &str = "FLOWS6";
     pub const HOPS: &str = "HOPS";
-    pub const SNATS: &str = "SNATS";
+    pub const SERVICE_HEAD: &str = "SERVICE_HEAD";
     pub const NAT_FLOWS: &str = "NAT_FLOWS";
 }
 
@@ -137,6 +137,16 @@ pub const SVC_F_DSR: u32 = 1 << 1;
 /// New flows hash the 5-tuple instead of the source address.
 pub const SVC_F_HASH_5TUPLE: u32 = 1 << 2;
 // Neither SVC_F_NAT nor SVC_F_DSR: passed to the kernel (L7 proxy services).
+/// Not a service: a snat address (key with port and protocol 0), whose
+/// full-NAT flows sit in `NAT_FLOWS` region `snat_region`.
+pub const SVC_F_SNAT: u32 = 1 << 3;
+
+/// Slots of each half of the `SERVICES` table (a power of two, about eight
+/// times what `MAX_SERVICES` services and `MAX_SNATS` snat addresses need).
+pub const SVC_SLOTS: u32 = 8192;
+/// Slots a lookup reads, from its key's home slot on: user space places
+/// every key within them (choosing another seed when one would not fit).
+pub const SVC_PROBES: u32 = 8;
 
 /// Value of the service map.
 #[repr(C, align(4))]
@@ -154,6 +164,26 @@ pub struct ServiceValue {
     pub snat: [u8; 16],
 }
 const _: () = assert!(core::mem::size_of::<ServiceValue>() == 32);
+
+/// One slot of the `SERVICES` table; empty while `key.family` is 0.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceSlot {
+    pub key: ServiceKey,
+    pub _pad: u32,
+    pub value: ServiceValue,
+}
+const _: () = assert!(core::mem::size_of::<ServiceSlot>() == 56);
+
+/// The one element of `SERVICE_HEAD`: which half of `SERVICES` is live and
+/// the seed of its home slots (`hash::service_home`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceHead {
+    pub half: u32,
+    pub seed: u32,
+}
+const _: () = assert!(core::mem::size_of::<ServiceHead>() == 8);
 
 /// Backend is out (failed or removed): its flows are re-balanced.
 pub const BE_F_DOWN: u8 = 1 << 0;
@@ -324,6 +354,8 @@ mod pod {
     // SAFETY: plain `#[repr(C)]` data without padding holes or invalid bit patterns.
     unsafe impl aya::Pod for super::ServiceKey {}
     unsafe impl aya::Pod for super::ServiceValue {}
+    unsafe impl aya::Pod for super::ServiceSlot {}
+    unsafe impl aya::Pod for super::ServiceHead {}
     unsafe impl aya::Pod for super::ServiceStats {}
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::FlowKey4 {}

@@ -22,17 +22,18 @@ mod nat;
 mod parse;
 mod rewrite;
 mod runtime;
+mod services;
 
 use aya_ebpf::{
     helpers::generated::bpf_jiffies64,
     macros::{map, xdp},
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
 use lb_common::{
-    hash, outcome, Backend, BackendStats, Flow, HopCache, RingElem, ServiceKey, ServiceStats, ServiceValue, BE_F_DOWN,
+    hash, outcome, Backend, BackendStats, Flow, HopCache, RingElem, ServiceStats, ServiceValue, BE_F_DOWN,
     MAX_BACKENDS, MAX_RINGS, MAX_SERVICES, RING_ELEMS, RING_EMPTY16, RING_PACK, RING_SIZE, SVC_F_DSR,
-    SVC_F_HASH_5TUPLE, SVC_F_NAT,
+    SVC_F_HASH_5TUPLE, SVC_F_NAT, SVC_F_SNAT,
 };
 
 use crate::{
@@ -40,9 +41,6 @@ use crate::{
     parse::{parse, Packet, Parsed},
     rewrite::{IcmpRewrite, NextHop},
 };
-
-#[map(name = "SERVICES")]
-static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
 #[map(name = "SERVICE_STATS")]
 static SERVICE_STATS: PerCpuArray<ServiceStats> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
@@ -66,7 +64,6 @@ static HOPS: PerCpuArray<HopCache> = PerCpuArray::with_max_entries(MAX_BACKENDS,
 /// too large for the 512-byte BPF stack next to everything else.
 pub struct Scratch {
     pkt: Packet,
-    skey: ServiceKey,
     fkey: FlowKeys,
     icmp: IcmpRewrite,
 }
@@ -95,9 +92,8 @@ fn try_xlb(ctx: &XdpContext) -> u32 {
         Ok(Parsed::Fragment) => return outcome::PASS_FRAGMENT,
         Err(()) => return outcome::PASS_PARSE_ERROR,
     }
-    s.pkt.service_key(&mut s.skey);
-    // SAFETY: map values stay valid for this program run (RCU).
-    if let Some(svc) = unsafe { SERVICES.get(&s.skey) } {
+    let p = &s.pkt;
+    if let Some(svc) = services::find(&p.dst, p.dport_be, p.proto, p.family) {
         if svc.flags & SVC_F_NAT != 0 {
             return nat::forward(ctx, s, svc);
         }
@@ -108,12 +104,9 @@ fn try_xlb(ctx: &XdpContext) -> u32 {
         return outcome::PASS_SERVICE;
     }
     // A snat address: the key of the packet's destination address alone.
-    s.skey.port_be = 0;
-    s.skey.proto = 0;
-    // SAFETY: as above.
-    match unsafe { nat::SNATS.get(&s.skey) } {
-        Some(region) => nat::reply(ctx, s, *region),
-        None => outcome::PASS_NOT_SERVICE,
+    match services::find(&p.dst, 0, 0, p.family) {
+        Some(snat) if snat.flags & SVC_F_SNAT != 0 => nat::reply(ctx, s, snat.snat_region),
+        _ => outcome::PASS_NOT_SERVICE,
     }
 }
 

@@ -13,15 +13,11 @@
 //! before is free (SYN flood, dead backend); with no such slot and none
 //! free, the packet is dropped (`drop_no_port`).
 
-use aya_ebpf::{
-    macros::map,
-    maps::{Array, HashMap},
-    programs::XdpContext,
-};
+use aya_ebpf::{macros::map, maps::Array, programs::XdpContext};
 use lb_common::{
-    hash, outcome, NatFlow, ServiceKey, ServiceValue, MAX_SNATS, NAT_CLOSING, NAT_EMPTY, NAT_EVICT_WITHIN,
-    NAT_IDLE_CLOSING, NAT_IDLE_NEW, NAT_IDLE_TCP, NAT_IDLE_UDP, NAT_NEW, NAT_OPEN, NAT_PORTS, NAT_PROBES, PROTO_TCP,
-    SNAT_PORT_MAX, SNAT_PORT_MIN,
+    hash, outcome, NatFlow, ServiceValue, MAX_SNATS, NAT_CLOSING, NAT_EMPTY, NAT_EVICT_WITHIN, NAT_IDLE_CLOSING,
+    NAT_IDLE_NEW, NAT_IDLE_TCP, NAT_IDLE_UDP, NAT_NEW, NAT_OPEN, NAT_PORTS, NAT_PROBES, PROTO_TCP, SNAT_PORT_MAX,
+    SNAT_PORT_MIN,
 };
 
 use crate::{
@@ -32,11 +28,6 @@ use crate::{
 
 #[map(name = "NAT_FLOWS")]
 static NAT_FLOWS: Array<NatFlow> = Array::with_max_entries(MAX_SNATS * NAT_PORTS, 0);
-
-/// snat address (as a service key with port and protocol 0) → its region
-/// of `NAT_FLOWS`.
-#[map(name = "SNATS")]
-pub static SNATS: HashMap<ServiceKey, u32> = HashMap::with_max_entries(MAX_SNATS, 0);
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;

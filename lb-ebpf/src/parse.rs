@@ -2,7 +2,7 @@
 //! goes through [`ptr_at`], which checks against `data_end`.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{ServiceKey, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+use lb_common::{FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -86,15 +86,6 @@ impl Packet {
             self.inner_l4_off = at.inner_l4;
         }
         self.bytes = (ctx.data_end() - ctx.data()) as u64;
-    }
-
-    /// Writes the service-map key of this packet into `k`.
-    #[inline(always)]
-    pub fn service_key(&self, k: &mut ServiceKey) {
-        copy_addr(&mut k.addr, &self.dst);
-        k.port_be = self.dport_be;
-        k.proto = self.proto;
-        k.family = self.family;
     }
 
     /// IPv4 addresses (as loaded by [`load`]), in the first 4 bytes of

@@ -34,7 +34,7 @@ const PINNED: [&str; 11] = [
     maps::FLOWS,
     maps::FLOWS6,
     maps::HOPS,
-    maps::SNATS,
+    maps::SERVICE_HEAD,
     maps::NAT_FLOWS,
 ];
 
@@ -53,9 +53,10 @@ fn layout() -> String {
     use core::mem::size_of;
     use lb_common::*;
     format!(
-        "v3 svc{}:{} ring{}x{}/{} be{}:{} flow{}:{}:{}:{}:{} nat{}x{}:{} hop{} out{}",
-        size_of::<ServiceKey>(),
-        size_of::<ServiceValue>(),
+        "v4 svc{}x{}:{} ring{}x{}/{} be{}:{} flow{}:{}:{}:{}:{} nat{}x{}:{} hop{} out{}",
+        SVC_SLOTS,
+        size_of::<ServiceSlot>(),
+        size_of::<ServiceHead>(),
         MAX_RINGS,
         RING_SIZE,
         RING_PACK,

@@ -9,6 +9,7 @@ pub mod map_manager;
 pub mod metrics;
 pub mod netlink;
 pub mod pins;
+pub mod service_table;
 pub mod stats_page;
 pub mod status;
 pub mod vip;

@@ -1,9 +1,9 @@
 //! Turns the config plus backend state into the XDP program's maps: the
-//! service map, the backend array, the Maglev rings. A ring is never changed
-//! while packets may read it: each L4 service owns two ring slots, the new
-//! table is written into the idle one, then the service entry is flipped to
-//! it in one map-element update. Each snat address gets a region of the
-//! full-NAT flow array.
+//! service table, the backend array, the Maglev rings. A ring is never
+//! changed while packets may read it: each L4 service owns two ring slots,
+//! the new ring is written into the idle one, then the service table (two
+//! halves of its own, see `service_table`) is flipped to entries naming it.
+//! Each snat address gets a region of the full-NAT flow array.
 
 use std::{
     collections::{HashMap as StdHashMap, HashSet},
@@ -11,18 +11,20 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
     Ebpf,
 };
 use lb_common::{
     maglev, maps, Backend as BpfBackend, Flow, FlowKey4, FlowKey6, HopCache, NatFlow, RingElem, ServiceKey,
     ServiceStats, ServiceValue, BE_F_DOWN, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_RINGS, MAX_SERVICES, MAX_SNATS,
     NAT_EMPTY, NAT_PORTS, RING_ELEMS, RING_EMPTY16, RING_PACK, RING_SIZE, SVC_F_DSR, SVC_F_HASH_5TUPLE, SVC_F_NAT,
+    SVC_F_SNAT,
 };
 
 use crate::{
     config::{Backend, Config, Mode, Service},
     dataplane::{flatten, DataPlaneError},
+    service_table::ServiceTable,
 };
 
 /// (service name, backend name): how a backend is known across reloads.
@@ -44,7 +46,7 @@ impl BackendStates {
     }
 }
 
-fn map_err(name: &'static str, e: &(dyn std::error::Error + 'static)) -> DataPlaneError {
+pub(crate) fn map_err(name: &'static str, e: &(dyn std::error::Error + 'static)) -> DataPlaneError {
     DataPlaneError::Map {
         name,
         reason: flatten(e),
@@ -62,7 +64,7 @@ fn addr16(ip: IpAddr) -> ([u8; 16], u8) {
     }
 }
 
-/// The `SNATS` key of a snat address: its service key with port and
+/// The service table key of a snat address: its address with port and
 /// protocol 0.
 fn snat_key(ip: IpAddr) -> ServiceKey {
     let (addr, family) = addr16(ip);
@@ -126,6 +128,7 @@ pub struct MapManager {
     backends: StdHashMap<BackendRef, u32>,
     /// snat address → its region of `NAT_FLOWS`.
     snats: StdHashMap<IpAddr, u32>,
+    table: ServiceTable,
 }
 
 /// Lowest index in `0..limit` not in `used`.
@@ -200,6 +203,7 @@ impl MapManager {
                 .collect(),
             backends: saved.backends.into_iter().map(|(s, b, id)| ((s, b), id)).collect(),
             snats: saved.snats.into_iter().collect(),
+            table: ServiceTable::default(),
         }
     }
 
@@ -222,9 +226,7 @@ impl MapManager {
             }
         }
         let mut ids = Vec::new();
-        let mut bmap: Array<&mut MapData, BpfBackend> =
-            Array::try_from(ebpf.map_mut(maps::BACKENDS).ok_or(missing(maps::BACKENDS))?)
-                .map_err(|e| map_err(maps::BACKENDS, &e))?;
+        let mut bmap: Array<&mut MapData, BpfBackend> = map_of(ebpf, maps::BACKENDS)?;
         for s in cfg.services.iter().filter(|s| s.mode != Mode::Http) {
             for b in &s.backends {
                 let r = (s.name.clone(), b.name.clone());
@@ -272,67 +274,60 @@ impl MapManager {
             }
         }
 
-        // 2. Services: remove the ones no longer configured.
+        // 2. Services no longer configured are forgotten (and leave the
+        // table with the publish below).
         let wanted: StdHashMap<ServiceKey, &Service> = cfg.services.iter().map(|s| (service_key(s), s)).collect();
-        let mut smap: HashMap<&mut MapData, ServiceKey, ServiceValue> =
-            HashMap::try_from(ebpf.map_mut(maps::SERVICES).ok_or(missing(maps::SERVICES))?)
-                .map_err(|e| map_err(maps::SERVICES, &e))?;
-        let stale: Vec<ServiceKey> = self
-            .services
-            .keys()
-            .filter(|k| !wanted.contains_key(*k))
-            .copied()
-            .collect();
-        for k in stale {
-            smap.remove(&k).map_err(|e| map_err(maps::SERVICES, &e))?;
-            self.services.remove(&k);
-        }
+        self.services.retain(|k, _| wanted.contains_key(k));
 
-        // 3. Services: rings then the service entry, for each.
+        // 3. Services: their rings, then their table entries.
+        let mut entries = Vec::new();
         let mut snats_used = HashSet::new();
         for (key, svc) in wanted {
-            if let Some(snat) = self.apply_service(ebpf, key, svc, states, default_snat)? {
-                snats_used.insert(snat);
-            }
+            let (value, snat) = self.apply_service(ebpf, key, svc, states, default_snat)?;
+            entries.push((key, value));
+            snats_used.extend(snat);
         }
-
-        // 4. snat addresses no service uses any more: forgotten, their
-        // flows cleared so the region starts empty when it is reused.
         let unused: Vec<(IpAddr, u32)> = self
             .snats
             .iter()
             .filter(|(a, _)| !snats_used.contains(*a))
             .map(|(a, r)| (*a, *r))
             .collect();
-        for (addr, region) in unused {
-            let mut snats: HashMap<&mut MapData, ServiceKey, u32> =
-                HashMap::try_from(ebpf.map_mut(maps::SNATS).ok_or(missing(maps::SNATS))?)
-                    .map_err(|e| map_err(maps::SNATS, &e))?;
-            snats.remove(&snat_key(addr)).map_err(|e| map_err(maps::SNATS, &e))?;
+        for (addr, _) in &unused {
+            self.snats.remove(addr);
+        }
+        for (addr, region) in &self.snats {
+            let (snat, _) = addr16(*addr);
+            let value = ServiceValue {
+                flags: SVC_F_SNAT,
+                snat_region: *region,
+                snat,
+                ..Default::default()
+            };
+            entries.push((snat_key(*addr), value));
+        }
+        self.table.publish(ebpf, entries)?;
+
+        // 4. snat addresses no service uses any more: their flows cleared
+        // so the region starts empty when it is reused.
+        for (_, region) in unused {
             clear_nat_flows(ebpf, region, |_| true)?;
-            self.snats.remove(&addr);
         }
         Ok(())
     }
 
-    /// The `NAT_FLOWS` region of a snat address, allocated and published in
-    /// `SNATS` the first time.
-    fn snat_region(&mut self, ebpf: &mut Ebpf, addr: IpAddr) -> Result<u32, DataPlaneError> {
+    /// The `NAT_FLOWS` region of a snat address, allocated the first time.
+    fn snat_region(&mut self, addr: IpAddr) -> Result<u32, DataPlaneError> {
         if let Some(r) = self.snats.get(&addr) {
             return Ok(*r);
         }
-        let region = free_index(self.snats.values().copied(), MAX_SNATS, maps::SNATS)?;
-        let mut snats: HashMap<&mut MapData, ServiceKey, u32> =
-            HashMap::try_from(ebpf.map_mut(maps::SNATS).ok_or(missing(maps::SNATS))?)
-                .map_err(|e| map_err(maps::SNATS, &e))?;
-        snats
-            .insert(snat_key(addr), region, 0)
-            .map_err(|e| map_err(maps::SNATS, &e))?;
+        let region = free_index(self.snats.values().copied(), MAX_SNATS, maps::NAT_FLOWS)?;
         self.snats.insert(addr, region);
         Ok(region)
     }
 
-    /// Installs one service; returns its snat address (nat services).
+    /// Installs one service's rings; returns its table entry and its snat
+    /// address (nat services).
     fn apply_service(
         &mut self,
         ebpf: &mut Ebpf,
@@ -340,7 +335,7 @@ impl MapManager {
         svc: &Service,
         states: &BackendStates,
         default_snat: &dyn Fn(IpAddr) -> Option<IpAddr>,
-    ) -> Result<Option<IpAddr>, DataPlaneError> {
+    ) -> Result<(ServiceValue, Option<IpAddr>), DataPlaneError> {
         let l4 = svc.mode != Mode::Http;
         if !self.services.contains_key(&key) {
             let id = free_index(self.services.values().map(|s| s.id), MAX_SERVICES, maps::SERVICES)?;
@@ -386,7 +381,7 @@ impl MapManager {
                 ))
             })?;
             value.snat = addr16(addr).0;
-            value.snat_region = self.snat_region(ebpf, addr)?;
+            value.snat_region = self.snat_region(addr)?;
             snat = Some(addr);
         }
         if l4 {
@@ -398,11 +393,7 @@ impl MapManager {
             inst.live = idle;
             value.ring = ring;
         }
-        let mut smap: HashMap<&mut MapData, ServiceKey, ServiceValue> =
-            HashMap::try_from(ebpf.map_mut(maps::SERVICES).ok_or(missing(maps::SERVICES))?)
-                .map_err(|e| map_err(maps::SERVICES, &e))?;
-        smap.insert(key, value, 0).map_err(|e| map_err(maps::SERVICES, &e))?;
-        Ok(snat)
+        Ok((value, snat))
     }
 
     /// The Maglev table of a service for the current backend state.
@@ -449,8 +440,7 @@ impl MapManager {
 /// Deletes the entries of flow table `name` that point at one of `ids`;
 /// returns how many.
 fn sweep<K: aya::Pod>(ebpf: &mut Ebpf, name: &'static str, ids: &HashSet<u32>) -> Result<usize, DataPlaneError> {
-    let mut flows: HashMap<&mut MapData, K, Flow> =
-        HashMap::try_from(ebpf.map_mut(name).ok_or(missing(name))?).map_err(|e| map_err(name, &e))?;
+    let mut flows: HashMap<&mut MapData, K, Flow> = map_of(ebpf, name)?;
     let doomed: Vec<K> = flows
         .iter()
         .filter_map(Result::ok)
@@ -467,8 +457,7 @@ fn sweep<K: aya::Pod>(ebpf: &mut Ebpf, name: &'static str, ids: &HashSet<u32>) -
 /// returns how many.
 fn clear_nat_flows(ebpf: &mut Ebpf, region: u32, doomed: impl Fn(&NatFlow) -> bool) -> Result<usize, DataPlaneError> {
     let name = maps::NAT_FLOWS;
-    let mut flows: Array<&mut MapData, NatFlow> =
-        Array::try_from(ebpf.map_mut(name).ok_or(missing(name))?).map_err(|e| map_err(name, &e))?;
+    let mut flows: Array<&mut MapData, NatFlow> = map_of(ebpf, name)?;
     let mut n = 0;
     for i in region * NAT_PORTS..(region + 1) * NAT_PORTS {
         let f = flows.get(&i, 0).map_err(|e| map_err(name, &e))?;
@@ -480,19 +469,22 @@ fn clear_nat_flows(ebpf: &mut Ebpf, region: u32, doomed: impl Fn(&NatFlow) -> bo
     Ok(n)
 }
 
-fn missing(name: &'static str) -> DataPlaneError {
-    DataPlaneError::Map {
+/// Map `name` of the loaded object, as the aya map type `M`.
+pub(crate) fn map_of<'a, M>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<M, DataPlaneError>
+where
+    M: TryFrom<&'a mut Map, Error = MapError>,
+{
+    let map = ebpf.map_mut(name).ok_or_else(|| DataPlaneError::Map {
         name,
         reason: "not in object".into(),
-    }
+    })?;
+    M::try_from(map).map_err(|e| map_err(name, &e))
 }
 
 /// Forgets the cached next hops of these backends on every CPU, so a changed
 /// address is routed afresh at once.
 fn clear_hops(ebpf: &mut Ebpf, ids: &[u32]) -> Result<(), DataPlaneError> {
-    let mut hops: PerCpuArray<&mut MapData, HopCache> =
-        PerCpuArray::try_from(ebpf.map_mut(maps::HOPS).ok_or(missing(maps::HOPS))?)
-            .map_err(|e| map_err(maps::HOPS, &e))?;
+    let mut hops: PerCpuArray<&mut MapData, HopCache> = map_of(ebpf, maps::HOPS)?;
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataPlaneError::Map {
         name: maps::HOPS,
         reason: e.to_string(),
@@ -507,9 +499,7 @@ fn clear_hops(ebpf: &mut Ebpf, ids: &[u32]) -> Result<(), DataPlaneError> {
 /// Writes `table` into ring `ring`, only the slots that differ from what the
 /// ring is known to hold (`held`, updated).
 fn write_ring(ebpf: &mut Ebpf, ring: u32, held: &mut Vec<RingElem>, table: &[u32]) -> Result<(), DataPlaneError> {
-    let mut rings: Array<&mut MapData, RingElem> =
-        Array::try_from(ebpf.map_mut(maps::RINGS).ok_or(missing(maps::RINGS))?)
-            .map_err(|e| map_err(maps::RINGS, &e))?;
+    let mut rings: Array<&mut MapData, RingElem> = map_of(ebpf, maps::RINGS)?;
     // Ids are below MAX_BACKENDS and RING_EMPTY narrows to RING_EMPTY16.
     let elems: Vec<RingElem> = table
         .chunks(RING_PACK as usize)

@@ -628,3 +628,39 @@ fn fixtures() {
     })
     .unwrap();
 }
+
+/// A reload gives the XDP program the new service table in one flip: a
+/// service moved to another VIP is forwarded there and its old VIP passed,
+/// through both halves of the table and back.
+#[test]
+fn reload_swaps_the_service_table() {
+    lab::require_root!();
+    let ns = fixture_ns();
+    ns.enter(|| {
+        let mut fx = Fixture::new();
+        let moved = CONFIG.replace("vip = \"198.19.0.30\"", "vip = \"198.19.0.31\"");
+        let client = ip("198.18.2.1");
+        for (cfg, live, gone) in [
+            (moved.as_str(), "198.19.0.31", "198.19.0.30"),
+            (CONFIG, "198.19.0.30", "198.19.0.31"),
+            (moved.as_str(), "198.19.0.31", "198.19.0.30"),
+        ] {
+            fx.cfg = config::parse(Path::new("fixtures.toml"), cfg).unwrap();
+            fx.mm
+                .apply(&mut fx.ebpf, &fx.cfg, &Default::default(), &|_| None)
+                .unwrap();
+            let syn = |vip| Frame::tcp(client, 40001, ip(vip), 80, TCP_SYN);
+            let out = via_eth0(syn(live), v4mac("198.18.1.2")).build();
+            fx.run(&case(
+                "dsr at its new vip",
+                syn(live).build(),
+                XDP_REDIRECT,
+                Some(out),
+                "redirect",
+                Some("dsr4"),
+            ));
+            fx.run(&pass("dsr's old vip", syn(gone).build(), "pass_not_service", None));
+        }
+    })
+    .unwrap();
+}
