@@ -96,6 +96,11 @@ impl Client {
         self.read_response(false)
     }
 
+    /// Sends `bytes` as they are, reading nothing.
+    pub fn send(&mut self, bytes: &str) -> io::Result<()> {
+        self.stream.write_all(bytes.as_bytes())
+    }
+
     /// Reads the next response (after [`Client::raw`] sent several).
     pub fn read_next(&mut self) -> io::Result<Response> {
         self.read_response(false)

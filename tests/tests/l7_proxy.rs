@@ -48,6 +48,37 @@ fn insert_indirect_first_request_gets_a_cookie_later_ones_stick() {
     // Keep-alive both sides: one client connection carried all of the above.
 }
 
+/// An idle keep-alive connection gives its hyper state back (after about
+/// 200 ms) and keeps serving on the same socket: requests after idle
+/// spells, a request split across one, pipelined requests; none is told
+/// to close.
+#[test]
+fn idle_connections_release_their_state_and_keep_serving() {
+    lab::require_root!();
+    let l = L7::start(INSERT, &two(), &[]);
+    let mut c = l.client();
+    let idle = || std::thread::sleep(std::time::Duration::from_millis(600));
+    let open = |r: &lab::http::Response| {
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("connection"), None, "{:?}", r.headers);
+    };
+    for _ in 0..3 {
+        open(&c.get("/", &[]).unwrap());
+        idle();
+    }
+    c.send("GET /split HTTP/1.1\r\nHo").unwrap();
+    idle();
+    open(&c.raw("st: xlb.test\r\n\r\n").unwrap());
+    idle();
+    let r = c
+        .raw("GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    open(&r);
+    open(&c.read_next().unwrap());
+    idle();
+    open(&c.get("/", &[]).unwrap());
+}
+
 #[test]
 fn without_indirect_the_server_sees_the_cookie() {
     lab::require_root!();

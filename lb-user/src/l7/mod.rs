@@ -9,11 +9,11 @@ pub mod cookie;
 pub mod counters;
 pub mod peers;
 pub mod pool;
+mod serve;
 pub mod workers;
 
 use std::{
     collections::HashMap,
-    convert::Infallible,
     net::SocketAddr,
     sync::{atomic::Ordering, Arc, RwLock},
     time::{Instant, SystemTime, UNIX_EPOCH},
@@ -23,12 +23,7 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
 use hyper::{
     body::{Bytes, Incoming},
     header::{self, HeaderName, HeaderValue},
-    service::service_fn,
     Method, Request, Response, StatusCode, Uri, Version,
-};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::conn::auto,
 };
 use tokio::{net::TcpListener, task::JoinHandle};
 
@@ -369,30 +364,10 @@ async fn accept_loop(listener: TcpListener, current: Arc<RwLock<Arc<Service>>>, 
         };
         workers::spawn(move || async move {
             if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
-                serve(stream, peer, current, states).await;
+                serve::serve(stream, peer, current, states).await;
             }
         });
     }
-}
-
-/// Serves one client connection, HTTP/1.1 or h2c.
-async fn serve(stream: tokio::net::TcpStream, peer: SocketAddr, current: Arc<RwLock<Arc<Service>>>, states: States) {
-    let http = current.read().expect("service lock").cfg.http.clone();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .writev(false)
-        .timer(TokioTimer::new())
-        .header_read_timeout(http.timeout_client)
-        .keep_alive(http.connection != ConnectionMode::Close)
-        .max_buf_size(http.max_header_bytes.max(8192));
-    builder.http2().timer(TokioTimer::new());
-    let svc = service_fn(move |req| {
-        let svc = current.read().expect("service lock").clone();
-        let states = states.clone();
-        async move { Ok::<_, Infallible>(handle(svc, states, peer, req).await) }
-    });
-    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
 }
 
 fn local(status: StatusCode, body: &'static str) -> Response<Body> {
