@@ -46,22 +46,6 @@ pub fn place(entries: &[(ServiceKey, ServiceValue)], seed: u32) -> Option<Vec<Se
     Some(table)
 }
 
-/// What the XDP program finds for `key` in `table` placed with `seed` (its
-/// lookup, for tests).
-pub fn find<'a>(table: &'a [ServiceSlot], key: &ServiceKey, seed: u32) -> Option<&'a ServiceValue> {
-    let h = home(key, seed);
-    for i in 0..SVC_PROBES {
-        let slot = &table[((h + i) & (SVC_SLOTS - 1)) as usize];
-        if slot.key.family == 0 {
-            return None;
-        }
-        if slot.key == *key {
-            return Some(&slot.value);
-        }
-    }
-    None
-}
-
 /// The table for `entries` and its seed: `seed` if it places them all,
 /// else the first of the next `SEEDS` seeds that does.
 pub fn build(entries: &[(ServiceKey, ServiceValue)], seed: u32) -> Result<(Vec<ServiceSlot>, u32), DataPlaneError> {
@@ -118,6 +102,22 @@ impl ServiceTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the XDP program finds for `key` in `table` placed with `seed`
+    /// (its lookup, mirrored).
+    fn find<'a>(table: &'a [ServiceSlot], key: &ServiceKey, seed: u32) -> Option<&'a ServiceValue> {
+        let h = home(key, seed);
+        for i in 0..SVC_PROBES {
+            let slot = &table[((h + i) & (SVC_SLOTS - 1)) as usize];
+            if slot.key.family == 0 {
+                return None;
+            }
+            if slot.key == *key {
+                return Some(&slot.value);
+            }
+        }
+        None
+    }
 
     fn key(i: u32, port: u16) -> ServiceKey {
         let a = i.to_be_bytes();
