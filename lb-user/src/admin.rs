@@ -24,6 +24,7 @@ use crate::{
     daemon::{AdminState, RunError, Shared},
     l7::appsession::EntryView,
     metrics, stats_page,
+    transaction::Change,
 };
 
 type Resp = Response<Full<Bytes>>;
@@ -44,56 +45,149 @@ async fn route(shared: Shared, req: Request<hyper::body::Incoming>) -> Resp {
             return stats(shared, &sc, req).await;
         }
     }
+    let mut resp = api(shared.clone(), req).await;
+    if path.starts_with("/api/") {
+        // Every answer tells the config version it saw (or made).
+        let v = shared.lock().await.version();
+        resp.headers_mut().insert(VERSION_HEADER, HeaderValue::from(v));
+    }
+    resp
+}
+
+/// The header with the config version, as HAProxy's Data Plane API names it.
+pub const VERSION_HEADER: &str = "configuration-version";
+
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Resp {
+    reply(
+        status,
+        "application/json",
+        serde_json::to_vec_pretty(value).unwrap_or_default(),
+    )
+}
+
+fn error(e: RunError) -> Resp {
+    let status = match e {
+        RunError::NoSuchBackend { .. } | RunError::NoSessions(_) | RunError::NoSuchTransaction(_) => {
+            StatusCode::NOT_FOUND
+        }
+        RunError::StaleVersion { .. } => StatusCode::CONFLICT,
+        RunError::Config(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        RunError::Weight(_) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    reply(status, "text/plain", format!("{e}\n"))
+}
+
+fn bad_request(e: impl std::fmt::Display) -> Resp {
+    reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n"))
+}
+
+/// The query parameters of a write: `version=N` (refused with 409 unless
+/// it is the running config's) and `transaction=ID` (stage, do not apply).
+#[derive(Default)]
+struct WriteParams {
+    version: Option<u64>,
+    transaction: Option<String>,
+}
+
+fn write_params(query: Option<&str>) -> Result<WriteParams, String> {
+    let mut p = WriteParams::default();
+    for pair in query.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("version", v) => p.version = Some(v.parse().map_err(|_| format!("version {v:?} is not a number"))?),
+            ("transaction", id) if !id.is_empty() => p.transaction = Some(id.to_string()),
+            (k, _) => return Err(format!("unknown parameter {k:?} (version, transaction)")),
+        }
+    }
+    Ok(p)
+}
+
+async fn api(shared: Shared, req: Request<hyper::body::Incoming>) -> Resp {
+    let path = req.uri().path().to_string();
     let method = req.method().clone();
+    let params = match write_params(req.uri().query()) {
+        Ok(p) => p,
+        Err(e) => return bad_request(e),
+    };
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let not_found = || reply(StatusCode::NOT_FOUND, "text/plain", "not found\n");
-    let error = |e: RunError| match e {
-        RunError::NoSuchBackend { .. } | RunError::NoSessions(_) => {
-            reply(StatusCode::NOT_FOUND, "text/plain", format!("{e}\n"))
-        }
-        RunError::Config(_) => reply(StatusCode::UNPROCESSABLE_ENTITY, "text/plain", format!("{e}\n")),
-        e => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
-    };
     match (&method, parts.as_slice()) {
         (&Method::GET, ["metrics"]) => {
             let status = shared.lock().await.status();
             reply(StatusCode::OK, "text/plain; version=0.0.4", metrics::render(&status))
         }
-        (&Method::GET, ["api", "status"]) => {
-            let status = shared.lock().await.status();
-            let body = serde_json::to_vec_pretty(&status).unwrap_or_default();
-            reply(StatusCode::OK, "application/json", body)
-        }
-        (&Method::POST, ["api", "reload"]) => match shared.lock().await.reload() {
-            Ok(()) => reply(StatusCode::OK, "text/plain", "reloaded\n"),
-            Err(e) => error(e),
-        },
-        // Body: ready | drain | maint.
-        (&Method::POST, ["api", "servers", service, backend, "state"]) => {
-            let (service, backend) = (service.to_string(), backend.to_string());
-            let state = match body_text(req).await.and_then(|b| b.parse::<AdminState>()) {
-                Ok(s) => s,
-                Err(e) => return reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
-            };
-            match shared.lock().await.set_state(&service, &backend, state) {
-                Ok(()) => reply(StatusCode::OK, "text/plain", "ok\n"),
+        (&Method::GET, ["api", "status"]) => json(StatusCode::OK, &shared.lock().await.status()),
+        (&Method::GET, ["api", "version"]) => json(
+            StatusCode::OK,
+            &serde_json::json!({ "version": shared.lock().await.version() }),
+        ),
+        (&Method::POST, ["api", "reload"]) => {
+            let mut d = shared.lock().await;
+            match d.check_version(params.version).and_then(|()| d.reload()) {
+                Ok(()) => reply(StatusCode::OK, "text/plain", "reloaded\n"),
                 Err(e) => error(e),
             }
         }
-        // Body: a weight, 0-256.
-        (&Method::POST, ["api", "servers", service, backend, "weight"]) => {
+        // Body: ready | drain | maint, or a weight 0-256.
+        (&Method::POST, ["api", "servers", service, backend, what @ ("state" | "weight")]) => {
             let (service, backend) = (service.to_string(), backend.to_string());
-            let weight = match body_text(req)
-                .await
-                .and_then(|b| b.parse::<u32>().map_err(|e| format!("weight: {e}")))
-            {
-                Ok(w) => w,
-                Err(e) => return reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+            let body = match body_text(req).await {
+                Ok(b) => b,
+                Err(e) => return bad_request(e),
             };
-            match shared.lock().await.set_weight(&service, &backend, weight) {
-                Ok(()) => reply(StatusCode::OK, "text/plain", "ok\n"),
-                Err(e @ RunError::Weight(_)) => reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+            let change = if *what == "state" {
+                body.parse::<AdminState>().map(|state| Change::State {
+                    service,
+                    backend,
+                    state,
+                })
+            } else {
+                body.parse::<u32>()
+                    .map(|weight| Change::Weight {
+                        service,
+                        backend,
+                        weight,
+                    })
+                    .map_err(|e| format!("weight: {e}"))
+            };
+            let change = match change {
+                Ok(c) => c,
+                Err(e) => return bad_request(e),
+            };
+            let mut d = shared.lock().await;
+            let done = match &params.transaction {
+                Some(id) => d.stage(id, change).map(|()| (StatusCode::ACCEPTED, "staged\n")),
+                None => d
+                    .check_version(params.version)
+                    .and_then(|()| d.commit(&[change]))
+                    .map(|_| (StatusCode::OK, "ok\n")),
+            };
+            match done {
+                Ok((code, text)) => reply(code, "text/plain", text),
                 Err(e) => error(e),
+            }
+        }
+        (_, ["api", "transactions", rest @ ..]) => {
+            let mut d = shared.lock().await;
+            match (&method, rest) {
+                (&Method::GET, []) => json(StatusCode::OK, &d.transactions()),
+                (&Method::POST, []) => match d.open_transaction(params.version) {
+                    Ok(t) => json(StatusCode::CREATED, &t),
+                    Err(e) => error(e),
+                },
+                (&Method::GET, [id]) => match d.transaction(id) {
+                    Ok(t) => json(StatusCode::OK, t),
+                    Err(e) => error(e),
+                },
+                (&Method::PUT, [id]) => match d.commit_transaction(id) {
+                    Ok(v) => json(StatusCode::OK, &serde_json::json!({ "id": id, "version": v })),
+                    Err(e) => error(e),
+                },
+                (&Method::DELETE, [id]) => match d.delete_transaction(id) {
+                    Ok(()) => reply(StatusCode::OK, "text/plain", "deleted\n"),
+                    Err(e) => error(e),
+                },
+                _ => not_found(),
             }
         }
         (_, ["api", "sessions", service, rest @ ..]) => {
@@ -103,10 +197,7 @@ async fn route(shared: Shared, req: Request<hyper::body::Incoming>) -> Resp {
             };
             let now = Instant::now();
             match (&method, rest) {
-                (&Method::GET, []) => {
-                    let body = serde_json::to_vec_pretty(&table.entries(now)).unwrap_or_default();
-                    reply(StatusCode::OK, "application/json", body)
-                }
+                (&Method::GET, []) => json(StatusCode::OK, &table.entries(now)),
                 (&Method::DELETE, []) => reply(StatusCode::OK, "text/plain", format!("cleared {}\n", table.clear())),
                 (&Method::DELETE, [id]) if table.forget(id) => reply(StatusCode::OK, "text/plain", "forgotten\n"),
                 (&Method::DELETE, [_]) => not_found(),
@@ -118,7 +209,7 @@ async fn route(shared: Shared, req: Request<hyper::body::Incoming>) -> Resp {
                         .and_then(|b| serde_json::from_str::<Vec<EntryView>>(&b).map_err(|e| e.to_string()))
                     {
                         Ok(v) => v,
-                        Err(e) => return reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+                        Err(e) => return bad_request(e),
                     };
                     for e in &entries {
                         table.learn_aged(&e.id, &e.server, now, Duration::from_millis(e.idle_ms));

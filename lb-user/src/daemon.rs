@@ -19,6 +19,7 @@ use crate::{
     health, l7,
     map_manager::{BackendRef, BackendStates},
     status::{BackendStatus, ServiceStatus, Status},
+    transaction::{Change, Transaction, Transactions},
     vip::{self, VipAliases},
 };
 
@@ -49,13 +50,18 @@ pub enum RunError {
     Proxy(#[from] crate::l7::ProxyError),
     #[error("weight {0} is not in 0-{max}", max = config::MAX_WEIGHT)]
     Weight(u32),
+    #[error("config version {given} is stale: the running config is version {current}")]
+    StaleVersion { given: u64, current: u64 },
+    #[error("no open transaction {0:?} (committed, deleted, or from an earlier run)")]
+    NoSuchTransaction(String),
     #[error("service {0:?} has no appsession table (no such http service, or no [service.appsession])")]
     NoSessions(String),
 }
 
 /// What the operator set with `xlb server set-state` (HAProxy's
 /// ready/drain/maint).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AdminState {
     Ready,
     Drain,
@@ -91,6 +97,10 @@ pub struct Daemon {
     /// The L7 proxy and the backend states it reads.
     proxy: l7::Proxy,
     l7_states: l7::States,
+    /// The config version: one more with every reload and every committed
+    /// change, so a writer can tell whether it saw the latest.
+    version: u64,
+    transactions: Transactions,
 }
 
 impl Daemon {
@@ -159,6 +169,8 @@ impl Daemon {
             vips,
             proxy,
             l7_states,
+            version: 1,
+            transactions: Transactions::default(),
         };
         d.restart_checks();
         d.persist();
@@ -259,6 +271,7 @@ impl Daemon {
         self.down = down;
         self.admin = admin;
         self.weights.clear();
+        self.version += 1;
         self.restart_checks();
         self.persist();
         Ok(())
@@ -267,30 +280,143 @@ impl Daemon {
     /// `xlb server set-state`: ready, drain (no new flows, existing ones
     /// stay) or maint (out: no traffic at all).
     pub fn set_state(&mut self, service: &str, backend: &str, state: AdminState) -> Result<(), RunError> {
-        self.check_backend(service, backend)?;
-        let r = (service.to_string(), backend.to_string());
-        let before = self.admin.get(&r).copied().unwrap_or(AdminState::Ready);
-        match state {
-            AdminState::Ready => self.admin.remove(&r),
-            other => self.admin.insert(r, other),
-        };
-        tracing::warn!("backend {backend} of service {service}: {before:?} -> {state:?} (set by the operator)");
-        self.apply()
+        self.commit(&[Change::State {
+            service: service.into(),
+            backend: backend.into(),
+            state,
+        }])
+        .map(drop)
     }
 
-    /// `xlb server set-weight`: a new weight until the next reload (0
-    /// drains, as in the file).
     pub fn set_weight(&mut self, service: &str, backend: &str, weight: u32) -> Result<(), RunError> {
-        self.check_backend(service, backend)?;
-        if i64::from(weight) > config::MAX_WEIGHT {
-            return Err(RunError::Weight(weight));
+        self.commit(&[Change::Weight {
+            service: service.into(),
+            backend: backend.into(),
+            weight,
+        }])
+        .map(drop)
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Refuses a write made against another version than the running one.
+    pub fn check_version(&self, given: Option<u64>) -> Result<(), RunError> {
+        match given {
+            Some(given) if given != self.version => Err(RunError::StaleVersion {
+                given,
+                current: self.version,
+            }),
+            _ => Ok(()),
         }
-        let r = (service.to_string(), backend.to_string());
-        let before = self.effective_weight(&r);
-        self.weights.insert(r, weight);
-        tracing::warn!("backend {backend} of service {service}: weight {before} -> {weight} (set by the operator)");
+    }
+
+    /// A change that names a backend that exists, with a valid value.
+    pub fn validate(&self, c: &Change) -> Result<(), RunError> {
+        let (service, backend) = c.target();
+        self.check_backend(service, backend)?;
+        match c {
+            Change::Weight { weight, .. } if i64::from(*weight) > config::MAX_WEIGHT => Err(RunError::Weight(*weight)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Applies `changes` together (all valid, or none applied) and returns
+    /// the new config version.
+    pub fn commit(&mut self, changes: &[Change]) -> Result<u64, RunError> {
+        for c in changes {
+            self.validate(c)?;
+        }
+        let (admin, weights) = (self.admin.clone(), self.weights.clone());
+        for c in changes {
+            let (service, backend) = c.target();
+            let r = (service.to_string(), backend.to_string());
+            match *c {
+                Change::State { state, .. } => {
+                    let before = self.admin.get(&r).copied().unwrap_or(AdminState::Ready);
+                    match state {
+                        AdminState::Ready => self.admin.remove(&r),
+                        other => self.admin.insert(r, other),
+                    };
+                    tracing::warn!(
+                        "backend {backend} of service {service}: {before:?} -> {state:?} (set by the operator)"
+                    );
+                }
+                Change::Weight { weight, .. } => {
+                    let before = self.effective_weight(&r);
+                    self.weights.insert(r, weight);
+                    tracing::warn!(
+                        "backend {backend} of service {service}: weight {before} -> {weight} (set by the operator)"
+                    );
+                }
+            }
+        }
+        // Weights shape the proxy's balancers: it is rebuilt only for them
+        // (states it reads from `l7_states` as they change).
+        let reweigh = changes.iter().any(|c| matches!(c, Change::Weight { .. }));
+        let applied = self.apply_changes(reweigh);
+        if let Err(e) = applied {
+            // Back to what ran before.
+            (self.admin, self.weights) = (admin, weights);
+            let _ = self.apply_changes(reweigh);
+            return Err(e);
+        }
+        self.version += 1;
+        Ok(self.version)
+    }
+
+    fn apply_changes(&mut self, reweigh: bool) -> Result<(), RunError> {
         self.apply()?;
-        Ok(self.proxy.apply(&self.effective())?)
+        if reweigh {
+            self.proxy.apply(&self.effective())?;
+        }
+        Ok(())
+    }
+
+    /// Opens a transaction on `version` (default: the running one).
+    pub fn open_transaction(&mut self, version: Option<u64>) -> Result<Transaction, RunError> {
+        self.check_version(version)?;
+        Ok(self.transactions.open(self.version))
+    }
+
+    pub fn transaction(&self, id: &str) -> Result<&Transaction, RunError> {
+        self.transactions
+            .get(id)
+            .ok_or_else(|| RunError::NoSuchTransaction(id.into()))
+    }
+
+    pub fn transactions(&self) -> Vec<Transaction> {
+        self.transactions.list()
+    }
+
+    /// Adds a valid change to an open transaction.
+    pub fn stage(&mut self, id: &str, change: Change) -> Result<(), RunError> {
+        self.validate(&change)?;
+        let t = self
+            .transactions
+            .get_mut(id)
+            .ok_or_else(|| RunError::NoSuchTransaction(id.into()))?;
+        t.changes.push(change);
+        Ok(())
+    }
+
+    /// Commits a transaction; one opened on an older version is dropped
+    /// unapplied (someone else changed the config since).
+    pub fn commit_transaction(&mut self, id: &str) -> Result<u64, RunError> {
+        let t = self
+            .transactions
+            .take(id)
+            .ok_or_else(|| RunError::NoSuchTransaction(id.into()))?;
+        self.check_version(Some(t.version))?;
+        self.commit(&t.changes)
+    }
+
+    pub fn delete_transaction(&mut self, id: &str) -> Result<(), RunError> {
+        self.transactions
+            .take(id)
+            .map(drop)
+            .ok_or_else(|| RunError::NoSuchTransaction(id.into()))
     }
 
     fn effective_weight(&self, r: &BackendRef) -> u32 {
@@ -404,6 +530,7 @@ impl Daemon {
             .collect();
         Status {
             config: self.path.display().to_string(),
+            version: self.version,
             interface: self.dp.as_ref().map(|d| d.iface.clone()),
             xdp_mode: self.dp.as_ref().map(|d| d.mode.as_str().to_string()),
             services,

@@ -12,4 +12,5 @@ pub mod pins;
 pub mod service_table;
 pub mod stats_page;
 pub mod status;
+pub mod transaction;
 pub mod vip;

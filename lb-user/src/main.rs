@@ -44,6 +44,9 @@ enum Cmd {
     Reload {
         #[arg(long, default_value = config::DEFAULT_ADMIN)]
         admin: SocketAddr,
+        /// Refuse unless the running config is this version (`xlb status`).
+        #[arg(long)]
+        config_version: Option<u64>,
     },
     /// Runtime operations on backends ("servers" in HAProxy's words).
     Server {
@@ -86,6 +89,9 @@ enum ServerOp {
         state: String,
         #[arg(long, default_value = config::DEFAULT_ADMIN)]
         admin: SocketAddr,
+        /// Refuse unless the running config is this version (`xlb status`).
+        #[arg(long)]
+        config_version: Option<u64>,
     },
     /// A new weight (0-256; 0 drains) until the next reload.
     SetWeight {
@@ -94,6 +100,9 @@ enum ServerOp {
         weight: u32,
         #[arg(long, default_value = config::DEFAULT_ADMIN)]
         admin: SocketAddr,
+        /// Refuse unless the running config is this version (`xlb status`).
+        #[arg(long)]
+        config_version: Option<u64>,
     },
 }
 
@@ -119,6 +128,10 @@ fn admin_ok((code, body): (StatusCode, hyper::body::Bytes)) -> anyhow::Result<hy
         bail!("{}", String::from_utf8_lossy(&body).trim_end());
     }
     Ok(body)
+}
+
+fn version_query(v: Option<u64>) -> String {
+    v.map(|v| format!("?version={v}")).unwrap_or_default()
 }
 
 /// Single-threaded: the daemon is the proxy's first serving thread, and
@@ -167,9 +180,13 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                     backend,
                     state,
                     admin,
+                    config_version,
                 },
         } => {
-            let path = format!("/api/servers/{service}/{backend}/state");
+            let path = format!(
+                "/api/servers/{service}/{backend}/state{}",
+                version_query(config_version)
+            );
             admin_ok(runtime()?.block_on(admin::request_with(admin, Method::POST, &path, state.clone().into()))?)?;
             println!("{service}/{backend}: {state}");
             Ok(())
@@ -181,9 +198,13 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                     backend,
                     weight,
                     admin,
+                    config_version,
                 },
         } => {
-            let path = format!("/api/servers/{service}/{backend}/weight");
+            let path = format!(
+                "/api/servers/{service}/{backend}/weight{}",
+                version_query(config_version)
+            );
             admin_ok(runtime()?.block_on(admin::request_with(
                 admin,
                 Method::POST,
@@ -220,8 +241,9 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             print!("{}", String::from_utf8_lossy(&body));
             Ok(())
         }
-        Cmd::Reload { admin } => {
-            let (code, body) = runtime()?.block_on(admin::request(admin, Method::POST, "/api/reload"))?;
+        Cmd::Reload { admin, config_version } => {
+            let path = format!("/api/reload{}", version_query(config_version));
+            let (code, body) = runtime()?.block_on(admin::request(admin, Method::POST, &path))?;
             let text = String::from_utf8_lossy(&body);
             if code != StatusCode::OK {
                 bail!("reload refused, running config kept:\n{}", text.trim_end());

@@ -10,6 +10,9 @@ use crate::l7::counters::{BackendSnapshot, ServiceSnapshot};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Status {
     pub config: String,
+    /// The config version (reloads and runtime changes count it up).
+    #[serde(default)]
+    pub version: u64,
     pub interface: Option<String>,
     /// "native" or "generic"; None when no XDP program is attached.
     pub xdp_mode: Option<String>,
@@ -61,7 +64,11 @@ impl Status {
             (Some(i), Some(m)) => format!("{i} ({m} XDP)"),
             _ => "none (no XDP program attached)".into(),
         };
-        let _ = writeln!(o, "config: {}\ninterface: {xdp}", self.config);
+        let _ = writeln!(
+            o,
+            "config: {} (version {})\ninterface: {xdp}",
+            self.config, self.version
+        );
         for s in &self.services {
             let _ = write!(
                 o,

@@ -1,0 +1,204 @@
+//! The data-plane style admin API: config versions (a write against a stale
+//! version is refused with 409 and changes nothing) and transactions
+//! (changes staged, then applied together by one commit).
+
+use std::net::SocketAddr;
+
+use lab::{
+    http::{Client, Response},
+    l7::{Be, Spec, L7},
+    xlb::xlb_once,
+};
+use serde_json::Value;
+
+fn lab() -> L7 {
+    L7::run(&Spec {
+        backends: &[Be("s1", ""), Be("s2", ""), Be("s3", "")],
+        ..Spec::default()
+    })
+}
+
+fn api(l: &L7, method: &str, path: &str, body: &str) -> Response {
+    let admin: SocketAddr = "127.0.0.1:9900".parse().unwrap();
+    Client::connect(&l.ns, admin)
+        .unwrap()
+        .request(method, path, &[], body)
+        .unwrap()
+}
+
+fn parse(r: &Response) -> Value {
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body))
+}
+
+fn version(l: &L7) -> u64 {
+    let r = api(l, "GET", "/api/version", "");
+    let v = parse(&r)["version"].as_u64().unwrap();
+    assert_eq!(r.header("configuration-version"), Some(v.to_string().as_str()));
+    v
+}
+
+/// (state, weight) of a backend, as `/api/status` reports it.
+fn backend(l: &L7, name: &str) -> (String, u64) {
+    let status = parse(&api(l, "GET", "/api/status", ""));
+    let b = status["services"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == name)
+        .cloned()
+        .unwrap();
+    (b["state"].as_str().unwrap().to_string(), b["weight"].as_u64().unwrap())
+}
+
+/// The backends that answer `n` new (cookie-less) requests.
+fn served(l: &L7, n: usize) -> Vec<String> {
+    let mut v: Vec<String> = (0..n).map(|_| l.get("/", &[]).backend().to_string()).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+#[test]
+fn a_write_against_a_stale_version_is_refused_and_changes_nothing() {
+    lab::require_root!();
+    let l = lab();
+    let v = version(&l);
+
+    let r = api(&l, "POST", &format!("/api/servers/site/s1/state?version={v}"), "drain");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("configuration-version"), Some((v + 1).to_string().as_str()));
+    assert_eq!(version(&l), v + 1);
+
+    // Another writer still holding version v.
+    let r = api(&l, "POST", &format!("/api/servers/site/s1/state?version={v}"), "maint");
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body.contains("stale"), "{}", r.body);
+    let r = api(&l, "POST", &format!("/api/servers/site/s2/weight?version={v}"), "9");
+    assert_eq!(r.status, 409);
+    assert_eq!(backend(&l, "s1").0, "drain");
+    assert_eq!(backend(&l, "s2").1, 1);
+    assert_eq!(version(&l), v + 1, "refused writes do not count");
+
+    // The same from the command line, and a reload.
+    let out = xlb_once(
+        &l.ns,
+        &[
+            "server",
+            "set-weight",
+            "site",
+            "s2",
+            "5",
+            "--config-version",
+            &v.to_string(),
+        ],
+    )
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stale"));
+    std::fs::write(&l.cfg_path, l.cfg.replace("name = \"s3\"", "name = \"s3\"\nweight = 4")).unwrap();
+    let out = xlb_once(&l.ns, &["reload", "--config-version", &v.to_string()]).unwrap();
+    assert!(!out.status.success());
+    assert_eq!(backend(&l, "s3").1, 1, "a stale reload leaves the running config");
+    assert_eq!(backend(&l, "s1").0, "drain");
+    let w = (v + 1).to_string();
+    l.xlb(&["reload", "--config-version", &w]);
+    assert_eq!(backend(&l, "s3").1, 4);
+    assert_eq!(version(&l), v + 2);
+    assert!(l.xlb(&["status"]).contains(&format!("(version {})", v + 2)));
+
+    // Without a version a write is unconditional.
+    assert_eq!(api(&l, "POST", "/api/servers/site/s2/weight", "2").status, 200);
+    assert_eq!(backend(&l, "s2").1, 2);
+    assert_eq!(api(&l, "POST", "/api/reload?version=x", "").status, 400);
+    assert_eq!(api(&l, "POST", "/api/reload?flavour=1", "").status, 400);
+}
+
+#[test]
+fn a_transaction_applies_its_changes_together_at_commit() {
+    lab::require_root!();
+    let l = lab();
+    let v = version(&l);
+    let t = parse(&api(&l, "POST", "/api/transactions", ""));
+    assert_eq!(t["version"].as_u64(), Some(v));
+    let id = t["id"].as_str().unwrap().to_string();
+
+    let stage = |path: &str, body: &str| api(&l, "POST", &format!("{path}?transaction={id}"), body);
+    assert_eq!(stage("/api/servers/site/s1/state", "maint").status, 202);
+    assert_eq!(stage("/api/servers/site/s2/state", "maint").status, 202);
+    assert_eq!(stage("/api/servers/site/s3/weight", "7").status, 202);
+    // Invalid changes are refused at once and not staged.
+    assert_eq!(stage("/api/servers/site/nosuch/state", "drain").status, 404);
+    assert_eq!(stage("/api/servers/site/s3/weight", "100000").status, 400);
+    assert_eq!(stage("/api/servers/site/s3/state", "asleep").status, 400);
+
+    // Staged, not applied: all three still serve, the version stands.
+    assert_eq!(served(&l, 6), ["s1", "s2", "s3"]);
+    assert_eq!(version(&l), v);
+    let shown = parse(&api(&l, "GET", &format!("/api/transactions/{id}"), ""));
+    assert_eq!(shown["changes"].as_array().unwrap().len(), 3, "{shown}");
+    assert_eq!(shown["changes"][2]["set"], "weight");
+    let listed = parse(&api(&l, "GET", "/api/transactions", ""));
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+
+    let r = api(&l, "PUT", &format!("/api/transactions/{id}"), "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(parse(&r)["version"].as_u64(), Some(v + 1), "one commit, one version");
+    assert_eq!(served(&l, 6), ["s3"]);
+    assert_eq!(backend(&l, "s1").0, "maint");
+    assert_eq!(backend(&l, "s3").1, 7);
+    assert_eq!(
+        api(&l, "PUT", &format!("/api/transactions/{id}"), "").status,
+        404,
+        "committed once"
+    );
+
+    // A transaction opened before someone else's write is outdated.
+    let old = parse(&api(&l, "POST", "/api/transactions", ""))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        api(
+            &l,
+            "POST",
+            &format!("/api/servers/site/s1/state?transaction={old}"),
+            "ready"
+        )
+        .status,
+        202
+    );
+    assert_eq!(api(&l, "POST", "/api/servers/site/s2/state", "ready").status, 200);
+    let r = api(&l, "PUT", &format!("/api/transactions/{old}"), "");
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(backend(&l, "s1").0, "maint", "nothing of it applied");
+    assert_eq!(
+        api(&l, "GET", &format!("/api/transactions/{old}"), "").status,
+        404,
+        "and it is gone"
+    );
+    let stale = v;
+    assert_eq!(
+        api(&l, "POST", &format!("/api/transactions?version={stale}"), "").status,
+        409
+    );
+
+    // Deleted: nothing applied.
+    let gone = parse(&api(&l, "POST", "/api/transactions", ""))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        api(
+            &l,
+            "POST",
+            &format!("/api/servers/site/s1/state?transaction={gone}"),
+            "ready"
+        )
+        .status,
+        202
+    );
+    assert_eq!(api(&l, "DELETE", &format!("/api/transactions/{gone}"), "").status, 200);
+    assert_eq!(api(&l, "PUT", &format!("/api/transactions/{gone}"), "").status, 404);
+    assert_eq!(backend(&l, "s1").0, "maint");
+    assert_eq!(served(&l, 4), ["s2", "s3"]);
+}
