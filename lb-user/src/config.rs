@@ -102,6 +102,10 @@ pub struct AppSessionCfg {
     pub timeout: Duration,
     pub request_learn: bool,
     pub url_mode: UrlMode,
+    /// An id the table does not know goes to the server named by its
+    /// route suffix (Tomcat `jvmRoute`: `ID.ROUTE`, ROUTE = the server's
+    /// cookie value, or its name when it has none), as mod_jk does.
+    pub route_suffix: bool,
 }
 
 /// A host regex; compared by its source so configs stay comparable.
@@ -335,6 +339,8 @@ struct RawAppSession {
     request_learn: bool,
     #[serde(default)]
     url_mode: UrlMode,
+    #[serde(default)]
+    route_suffix: bool,
 }
 
 /// A string or a list of strings.
@@ -923,6 +929,7 @@ impl Validator<'_> {
                 .unwrap_or(Duration::from_secs(3 * 3600)),
             request_learn: raw.request_learn,
             url_mode: raw.url_mode,
+            route_suffix: raw.route_suffix,
         }
     }
 

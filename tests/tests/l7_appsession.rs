@@ -160,6 +160,39 @@ fn follows_the_new_id_after_a_failover() {
 }
 
 #[test]
+fn route_suffix_finds_the_server_the_table_does_not_know() {
+    lab::require_root!();
+    let cfg = format!("{APPSESSION}route_suffix = true\n");
+    // s2's route is its cookie value, the others' their name.
+    let l = L7::start(&cfg, &[Be("s1", ""), Be("s2", "cookie = \"tc2\""), Be("s3", "")], &[]);
+    let ask = |id: &str| l.get("/", &[&format!("Cookie: JSESSIONID={id}")]).backend().to_string();
+    for _ in 0..3 {
+        assert_eq!(ask("lost.s3"), "s3", "no entry: the suffix names s3");
+        assert_eq!(ask("lost.tc2"), "s2", "the suffix matches s2's cookie value");
+        assert_eq!(l.get("/app;jsessionid=lost.s1", &[]).backend(), "s1", "and in the URL");
+    }
+    assert!(table(&l).is_empty(), "routing on the suffix learns nothing");
+    let spread: HashSet<String> = (0..3).map(|_| ask("lost.s2")).collect();
+    assert_eq!(spread.len(), 3, "s2 goes by its cookie value, not its name");
+    // A learned entry wins over the suffix; a suffix naming a server in
+    // maintenance is balanced.
+    let (id, srv) = login(&l);
+    let other = if srv == "s1" { "s3" } else { "s1" };
+    let moved = format!("{}.{other}", id.rsplit_once('.').unwrap().0);
+    l.set_state(other, "maint");
+    let spread: HashSet<String> = (0..4).map(|_| ask(&moved)).collect();
+    assert!(!spread.contains(other), "{spread:?}");
+    assert_eq!(ask(&id), srv);
+
+    // Without the option, HAProxy's behaviour: unknown ids are balanced.
+    let l = L7::start(APPSESSION, &three(), &[]);
+    let spread: HashSet<String> = (0..3)
+        .map(|_| l.get("/", &["Cookie: JSESSIONID=lost.s3"]).backend().to_string())
+        .collect();
+    assert_eq!(spread.len(), 3);
+}
+
+#[test]
 fn idle_entries_expire() {
     lab::require_root!();
     let l = L7::start(&APPSESSION.replace("5h", "1s"), &three(), &[]);

@@ -187,6 +187,12 @@ pub fn from_url<'a>(pq: &'a str, name: &str, mode: UrlMode) -> Option<&'a str> {
     })
 }
 
+/// The route suffix of a session id: what follows its last `.`
+/// (`ABC123.tomcat1`, memcached-session-manager's `ABC-n1.tomcat1`).
+pub fn route_of(id: &str) -> Option<&str> {
+    id.rsplit_once('.').map(|(_, r)| r).filter(|r| !r.is_empty())
+}
+
 /// The value the server gives cookie `name` in its `Set-Cookie` headers.
 pub fn from_set_cookie<'a>(values: impl IntoIterator<Item = &'a str>, name: &str) -> Option<&'a str> {
     values.into_iter().find_map(|v| {
@@ -207,6 +213,7 @@ mod tests {
             timeout,
             request_learn: false,
             url_mode: UrlMode::PathParameters,
+            route_suffix: false,
         }
     }
 
@@ -226,6 +233,14 @@ mod tests {
         assert_eq!(from_url("/x?a=1&jsessionid=ABC&b=2", "JSESSIONID", qs), Some("ABC"));
         assert_eq!(from_url("/x;jsessionid=ABC", "JSESSIONID", qs), None);
         assert_eq!(from_url("/x?ajsessionid=ABC", "JSESSIONID", qs), None);
+    }
+
+    #[test]
+    fn route_suffixes() {
+        assert_eq!(route_of("ABC123.tomcat1"), Some("tomcat1"));
+        assert_eq!(route_of("ABC-n1.t.s2"), Some("s2"));
+        assert_eq!(route_of("ABC123"), None);
+        assert_eq!(route_of("ABC."), None);
     }
 
     #[test]

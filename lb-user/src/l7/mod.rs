@@ -28,7 +28,7 @@ use hyper::{
 use tokio::{net::TcpListener, task::JoinHandle};
 
 use crate::{
-    config::{Config, ConnectionMode, CookieMode, HttpCfg, Mode, Service as ServiceCfg},
+    config::{Backend, Config, ConnectionMode, CookieMode, HttpCfg, Mode, Service as ServiceCfg},
     map_manager::BackendStates,
 };
 use appsession::Table;
@@ -527,15 +527,19 @@ fn persistence(
     // Every hit refreshes the session, even when the cookie already placed
     // the request.
     if let (Some(t), Some(id)) = (&svc.sessions, &p.session) {
-        if let Some(server) = t.lookup(id, now_i) {
-            let found = members
+        let usable = |named: &dyn Fn(&Backend) -> bool| {
+            members
                 .iter()
                 .copied()
-                .find(|i| svc.cfg.backends[*i].name == server && Service::usable(st, *i));
-            if p.target.is_none() && found.is_some() {
-                p.target = found;
-                p.via = Via::AppSession;
-            }
+                .find(|i| named(&svc.cfg.backends[*i]) && Service::usable(st, *i))
+        };
+        let mut found = t.lookup(id, now_i).and_then(|server| usable(&|b| b.name == server));
+        if found.is_none() && svc.cfg.appsession.as_ref().is_some_and(|a| a.route_suffix) {
+            found = appsession::route_of(id).and_then(|r| usable(&|b| b.cookie.as_deref().unwrap_or(&b.name) == r));
+        }
+        if p.target.is_none() && found.is_some() {
+            p.target = found;
+            p.via = Via::AppSession;
         }
     }
     p
