@@ -32,7 +32,9 @@ pub enum Kind {
     /// `etag` (an `ETag`), `status=N`, `session=NAME` (acts like Tomcat
     /// with `jvmRoute` = the server's name: a request whose session id,
     /// in cookie NAME or in a `;name=` path parameter, does not end in
-    /// `.SERVER` gets a new id `N.SERVER` in a `Set-Cookie`).
+    /// `.SERVER` gets a new id `N.SERVER` in a `Set-Cookie`), `chunked`,
+    /// `eof` and `drop` (response framing). A request body, plain or
+    /// chunked, comes back in `X-Request-Body`.
     Http,
 }
 
@@ -127,6 +129,7 @@ fn serve_http(mut stream: TcpStream, name: &str, stop: &AtomicBool) -> io::Resul
             return Ok(());
         }
         let mut content_length = 0usize;
+        let mut chunked = false;
         let mut close = false;
         let mut seen = Vec::new();
         loop {
@@ -141,6 +144,8 @@ fn serve_http(mut stream: TcpStream, name: &str, stop: &AtomicBool) -> io::Resul
             let lower = h.to_ascii_lowercase();
             if let Some(v) = lower.strip_prefix("content-length:") {
                 content_length = v.trim().parse().unwrap_or(0);
+            } else if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+                chunked = true;
             } else if lower.starts_with("connection:") && lower.contains("close") {
                 close = true;
             }
@@ -148,7 +153,18 @@ fn serve_http(mut stream: TcpStream, name: &str, stop: &AtomicBool) -> io::Resul
         }
         let mut body = vec![0; content_length];
         reader.read_exact(&mut body)?;
+        if chunked {
+            body = read_chunked(&mut reader, stop)?;
+        }
         let target = request_line.split_whitespace().nth(1).unwrap_or("/");
+        let head_only = request_line.starts_with("HEAD ");
+        // Framing asked for: `chunked` (two chunks), `eof` (no length, the
+        // body ends with the connection), `drop` (keep-alive announced,
+        // then closed anyway).
+        let framing = ["chunked", "eof", "drop"]
+            .into_iter()
+            .find(|f| query_has(target, f))
+            .unwrap_or("");
         let query = target.split_once('?').map_or("", |(_, q)| q);
         let (mut status, mut extra) = (200u16, String::new());
         for param in query.split('&').filter(|p| !p.is_empty()) {
@@ -188,16 +204,59 @@ fn serve_http(mut stream: TcpStream, name: &str, stop: &AtomicBool) -> io::Resul
                 _ => {}
             }
         }
+        if !body.is_empty() {
+            extra += &format!("X-Request-Body: {}\r\n", String::from_utf8_lossy(&body).escape_debug());
+        }
         let reply = format!("{name}\n{}\n", seen.join("\n"));
+        let close = close || framing == "eof";
         let conn = if close { "close" } else { "keep-alive" };
-        write!(
-            stream,
-            "HTTP/1.1 {status} X\r\nX-Backend: {name}\r\n{extra}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: {conn}\r\n\r\n{reply}",
-            reply.len()
-        )?;
-        if close {
+        let head = format!(
+            "HTTP/1.1 {status} X\r\nX-Backend: {name}\r\n{extra}Content-Type: text/plain\r\nConnection: {conn}\r\n"
+        );
+        let (mid, tail) = reply.split_at(reply.len() / 2);
+        let out = match framing {
+            "chunked" => format!(
+                "{head}Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{mid}\r\n{:x};x=y\r\n{tail}\r\n0\r\n\r\n",
+                mid.len(),
+                tail.len()
+            ),
+            "eof" => format!("{head}\r\n{reply}"),
+            _ if head_only => format!("{head}Content-Length: {}\r\n\r\n", reply.len()),
+            _ => format!("{head}Content-Length: {}\r\n\r\n{reply}", reply.len()),
+        };
+        stream.write_all(out.as_bytes())?;
+        if close || framing == "drop" {
             return Ok(());
         }
+    }
+}
+
+fn query_has(target: &str, name: &str) -> bool {
+    target
+        .split_once('?')
+        .is_some_and(|(_, q)| q.split('&').any(|p| p == name))
+}
+
+/// A chunked request body (extensions and trailers skipped).
+fn read_chunked(r: &mut impl BufRead, stop: &AtomicBool) -> io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let mut line = String::new();
+        read_line(r, &mut line, stop)?;
+        let hex = line.split(';').next().unwrap_or("").trim();
+        let n = usize::from_str_radix(hex, 16).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        if n == 0 {
+            loop {
+                line.clear();
+                if read_line(r, &mut line, stop)? == 0 || line.trim_end().is_empty() {
+                    return Ok(body);
+                }
+            }
+        }
+        let at = body.len();
+        body.resize(at + n + 2, 0);
+        r.read_exact(&mut body[at..])?;
+        body.truncate(at + n);
     }
 }
 

@@ -407,3 +407,42 @@ fn runtime_weights_until_the_next_reload() {
     let spread: std::collections::HashSet<String> = (0..4).map(|_| l.get("/", &[]).backend().to_string()).collect();
     assert_eq!(spread.len(), 2, "the file's weights are back after a reload");
 }
+
+#[test]
+fn backend_framing_and_connections_the_backend_closes() {
+    lab::require_root!();
+    let l = L7::start("", &[Be("s1", "")], &[]);
+    let mut c = l.client();
+    let plain = c.get("/", &[]).unwrap();
+    assert!(plain.body.starts_with("s1\n"));
+    // Chunked (with a chunk extension) and until-close bodies arrive whole.
+    for framing in ["chunked", "eof", "chunked"] {
+        let r = c.get(&format!("/?{framing}"), &[]).unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, plain.body.as_str()), "{framing}");
+    }
+    // HEAD: the head only, and the connection carries on.
+    let r = c.request("HEAD", "/", &[], "").unwrap();
+    assert_eq!(r.header("content-length"), Some(plain.body.len().to_string().as_str()));
+    assert_eq!(c.get("/", &[]).unwrap().body, plain.body);
+    // Request bodies reach the backend whole: with a length, and chunked
+    // (streamed on as chunked).
+    let r = c.request("POST", "/", &[], "a=1&b=2").unwrap();
+    assert_eq!(r.header("x-request-body"), Some("a=1&b=2"));
+    let r = c
+        .raw("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n7;e=1\r\n, world\r\n0\r\n\r\n")
+        .unwrap();
+    assert_eq!(r.header("x-request-body"), Some("hello, world"));
+    assert_eq!(r.seen("transfer-encoding"), vec!["chunked"]);
+    // The backend closes connections it said it would keep: closed ones
+    // are not reused, a request that meets one just as it closes goes
+    // again on a new one.
+    for i in 0..40 {
+        let r = c.get("/?drop", &[]).unwrap();
+        assert_eq!(r.status, 200);
+        if i % 2 == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let r = c.get("/", &[]).unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, plain.body.as_str()), "round {i}");
+    }
+}

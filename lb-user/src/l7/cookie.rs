@@ -101,7 +101,12 @@ pub fn parse(cfg: &CookieCfg, value: &str) -> Parsed {
 /// Judges a request's cookie: the first server whose value matches and that
 /// is usable; expired by maxidle/maxlife; dates more than a day in the future
 /// are ignored. Returns the judgement and the chosen server's index.
-pub fn judge(cfg: &CookieCfg, p: &Parsed, servers: &[Candidate<'_>], now: u64) -> (Judgement, Option<usize>) {
+pub fn judge<'a>(
+    cfg: &CookieCfg,
+    p: &Parsed,
+    servers: impl IntoIterator<Item = Candidate<'a>>,
+    now: u64,
+) -> (Judgement, Option<usize>) {
     if p.server.is_empty() {
         return (Judgement::Invalid, None);
     }
@@ -114,7 +119,7 @@ pub fn judge(cfg: &CookieCfg, p: &Parsed, servers: &[Candidate<'_>], now: u64) -
         return (Judgement::Expired, None);
     }
     let mut named = false;
-    for (i, s) in servers.iter().enumerate() {
+    for (i, s) in servers.into_iter().enumerate() {
         if s.cookie == Some(p.server.as_str()) {
             named = true;
             if s.usable {
@@ -299,12 +304,21 @@ mod tests {
         // A server and its backup share "s1"; the first is down.
         let s = servers(&[(Some("s1"), false), (Some("s1"), true), (Some("s2"), true)]);
         let p = parse(&c, "s1");
-        assert_eq!(judge(&c, &p, &s, 0), (Judgement::Valid, Some(1)));
-        assert_eq!(judge(&c, &parse(&c, "s2"), &s, 0), (Judgement::Valid, Some(2)));
-        assert_eq!(judge(&c, &parse(&c, "nope"), &s, 0), (Judgement::Invalid, None));
-        assert_eq!(judge(&c, &parse(&c, ""), &s, 0), (Judgement::Invalid, None));
+        assert_eq!(judge(&c, &p, s.iter().copied(), 0), (Judgement::Valid, Some(1)));
+        assert_eq!(
+            judge(&c, &parse(&c, "s2"), s.iter().copied(), 0),
+            (Judgement::Valid, Some(2))
+        );
+        assert_eq!(
+            judge(&c, &parse(&c, "nope"), s.iter().copied(), 0),
+            (Judgement::Invalid, None)
+        );
+        assert_eq!(
+            judge(&c, &parse(&c, ""), s.iter().copied(), 0),
+            (Judgement::Invalid, None)
+        );
         let down = servers(&[(Some("s1"), false)]);
-        assert_eq!(judge(&c, &p, &down, 0), (Judgement::Down, None));
+        assert_eq!(judge(&c, &p, down.iter().copied(), 0), (Judgement::Down, None));
     }
 
     #[test]
@@ -316,20 +330,20 @@ mod tests {
         let now = 1_000_000;
         let v = |last: u64, first: u64| format!("s1|{}|{}", encode_date(last), encode_date(first));
         assert_eq!(
-            judge(&c, &parse(&c, &v(now - 30, now - 100)), &s, now).0,
+            judge(&c, &parse(&c, &v(now - 30, now - 100)), s.iter().copied(), now).0,
             Judgement::Valid
         );
         assert_eq!(
-            judge(&c, &parse(&c, &v(now - 120, now - 100)), &s, now).0,
+            judge(&c, &parse(&c, &v(now - 120, now - 100)), s.iter().copied(), now).0,
             Judgement::Expired
         );
         assert_eq!(
-            judge(&c, &parse(&c, &v(now - 10, now - 7200)), &s, now).0,
+            judge(&c, &parse(&c, &v(now - 10, now - 7200)), s.iter().copied(), now).0,
             Judgement::Expired
         );
         // A date a week ahead is ignored, not trusted.
         assert_eq!(
-            judge(&c, &parse(&c, &v(now + 7 * 86400, now)), &s, now).0,
+            judge(&c, &parse(&c, &v(now + 7 * 86400, now)), s.iter().copied(), now).0,
             Judgement::Valid
         );
         assert!(needs_refresh(&c, &parse(&c, &v(now - 30, now)), now));

@@ -10,6 +10,7 @@ pub mod counters;
 pub mod peers;
 pub mod pool;
 mod serve;
+mod upstream;
 pub mod workers;
 
 use std::{
@@ -22,7 +23,7 @@ use std::{
 use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
 use hyper::{
     body::{Bytes, Incoming},
-    header::{self, HeaderName, HeaderValue},
+    header::{self, HeaderMap, HeaderName, HeaderValue},
     Method, Request, Response, StatusCode, Uri, Version,
 };
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -37,7 +38,8 @@ use cookie::Judgement;
 use counters::{bump, BackendCounters, BackendSnapshot, ServiceCounters, ServiceSnapshot};
 use pool::{Pool, SendError};
 
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = BoxBody<Bytes, BoxError>;
 /// Backend states shared with the daemon (health checks, operator): a
 /// snapshot each request takes cheaply, replaced whole on a change.
 pub type States = Arc<RwLock<Arc<BackendStates>>>;
@@ -401,12 +403,30 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// Removes the hop-by-hop headers a message has (most have one or none:
+/// one scan instead of a lookup for each name).
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let mut found = [false; 7];
+    for k in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            found[i] = true;
+        }
+    }
+    for (h, _) in HOP_BY_HOP.iter().zip(found).filter(|(_, f)| *f) {
+        headers.remove(h);
+    }
+}
+
+fn boxed(body: Incoming) -> Body {
+    body.map_err(BoxError::from).boxed()
+}
+
 /// A request body as the backend gets it. With a body limit, a body of
 /// unknown length (chunked, or HTTP/2 without content-length) is read
 /// first, so an oversized one is refused with 413 before anything is sent.
 async fn limit_body(http: &HttpCfg, req: Request<Incoming>) -> Result<Request<Body>, Response<Body>> {
     let Some(max) = http.max_body_bytes else {
-        return Ok(req.map(BodyExt::boxed));
+        return Ok(req.map(boxed));
     };
     let declared = req
         .headers()
@@ -414,7 +434,7 @@ async fn limit_body(http: &HttpCfg, req: Request<Incoming>) -> Result<Request<Bo
         .map(|v| v.to_str().ok().and_then(|v| v.parse::<u64>().ok()));
     match declared {
         Some(Some(n)) if n > max => Err(local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")),
-        Some(Some(_)) => Ok(req.map(BodyExt::boxed)),
+        Some(Some(_)) => Ok(req.map(boxed)),
         Some(None) => Err(local(StatusCode::BAD_REQUEST, "bad content-length\n")),
         None => {
             let (parts, body) = req.into_parts();
@@ -475,49 +495,60 @@ fn persistence(
         session: None,
     };
     let members = &svc.members[pool];
-    // The joined Cookie header (HTTP/2 may split it).
-    let cookies: Vec<&str> = req
-        .headers()
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let joined = (!cookies.is_empty()).then(|| cookies.join("; "));
+    // The Cookie header, joined if HTTP/2 split it (a header value clone
+    // shares its bytes).
+    let mut values = req.headers().get_all(header::COOKIE).iter();
+    let cookie_header = match (values.next(), values.next()) {
+        (None, _) => None,
+        (Some(one), None) => Some(one.clone()),
+        (Some(_), Some(_)) => {
+            let all: Vec<&str> = req
+                .headers()
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            HeaderValue::try_from(all.join("; ")).ok()
+        }
+    };
+    let joined = cookie_header.as_ref().and_then(|v| v.to_str().ok());
     if let Some(a) = &svc.cfg.appsession {
         let method = req.method();
         if method == Method::GET || method == Method::POST || method == Method::HEAD {
             let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
             p.session = joined
-                .as_deref()
                 .and_then(|h| cookie::find([h], &a.cookie))
                 .filter(|v| !v.is_empty())
                 .or_else(|| appsession::from_url(pq, &a.cookie, a.url_mode))
                 .map(str::to_string);
         }
     }
-    if let (Some(c), Some(h), true) = (&svc.cfg.cookie, &joined, svc.cookie_pools[pool]) {
-        if let Some(v) = cookie::find([h.as_str()], &c.name) {
+    if let (Some(c), Some(h), true) = (&svc.cfg.cookie, joined, svc.cookie_pools[pool]) {
+        let ours = cookie::find([h], &c.name);
+        if let Some(v) = ours {
             let parsed = cookie::parse(c, v);
-            let candidates: Vec<cookie::Candidate<'_>> = members
-                .iter()
-                .map(|i| cookie::Candidate {
-                    cookie: svc.cfg.backends[*i].cookie.as_deref(),
-                    usable: Service::usable(st, *i),
-                })
-                .collect();
-            let (j, t) = cookie::judge(c, &parsed, &candidates, now);
+            let candidates = members.iter().map(|i| cookie::Candidate {
+                cookie: svc.cfg.backends[*i].cookie.as_deref(),
+                usable: Service::usable(st, *i),
+            });
+            let (j, t) = cookie::judge(c, &parsed, candidates, now);
             p.judgement = j;
             p.target = t.map(|t| members[t]);
             p.parsed = Some(parsed);
         }
-        // What the server sees of the cookie.
+        // What the server sees of the cookie: unchanged unless ours is in
+        // it and must go (indirect) or lose its prefix.
         let rewritten = match c.mode {
-            CookieMode::Insert if c.indirect => cookie::strip(h, &c.name),
-            CookieMode::Prefix => Some(cookie::unprefix(h, &c.name)),
-            _ => Some(h.clone()),
+            CookieMode::Insert if c.indirect && ours.is_some() => Some(cookie::strip(h, &c.name)),
+            CookieMode::Prefix if ours.is_some() => Some(Some(cookie::unprefix(h, &c.name))),
+            _ => None,
+        };
+        let header = match rewritten {
+            Some(v) => v.and_then(|v| HeaderValue::try_from(v).ok()),
+            None => cookie_header.clone(),
         };
         req.headers_mut().remove(header::COOKIE);
-        if let Some(v) = rewritten.and_then(|v| HeaderValue::from_str(&v).ok()) {
+        if let Some(v) = header {
             req.headers_mut().insert(header::COOKIE, v);
         }
     }
@@ -582,16 +613,17 @@ async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, req: Reques
     let http = &svc.cfg.http;
     let st = svc.flags(&states.read().expect("states lock").clone());
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    let uri = req.uri().clone();
+    let path = uri.path();
     let line = Line {
         svc: &svc,
         peer,
         method: &method,
-        path: &path,
+        path,
         started,
     };
     if let Some(uri) = &http.monitor_uri {
-        if path == *uri {
+        if path == uri {
             return if svc.eligible(&st, 0, &[]).is_empty() {
                 local_503()
             } else {
@@ -622,7 +654,7 @@ async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, req: Reques
     let pool = if svc.cfg.routes.is_empty() {
         0
     } else {
-        svc.route(&st, &path, host_of(&req).as_deref())
+        svc.route(&st, path, host_of(&req).as_deref())
     };
     if pool != 0 {
         bump(&svc.counters.routed);
@@ -636,7 +668,7 @@ async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, req: Reques
     });
     let key = Key {
         client: peer.ip(),
-        path: &path,
+        path,
         header: header_value.as_deref(),
     };
     let balancer = &svc.balancers[pool];
@@ -735,13 +767,11 @@ fn prepare_request(svc: &Service, peer: SocketAddr, req: &mut Request<Body>) {
         *req.uri_mut() = pq.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
     }
     *req.version_mut() = Version::HTTP_11;
-    for h in &HOP_BY_HOP {
-        req.headers_mut().remove(h);
-    }
+    strip_hop_by_hop(req.headers_mut());
     let http = &svc.cfg.http;
     let except = http.forwardfor_except.is_some_and(|c| c.contains(peer.ip()));
     if http.forwardfor && !except {
-        if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
+        if let Ok(v) = HeaderValue::try_from(peer.ip().to_string()) {
             req.headers_mut().append(X_FORWARDED_FOR, v);
         }
     }
@@ -750,9 +780,7 @@ fn prepare_request(svc: &Service, peer: SocketAddr, req: &mut Request<Body>) {
 /// Connection mode and hop-by-hop headers on the way back.
 fn finish_response(svc: &Service, resp: &mut Response<Body>) {
     let headers = resp.headers_mut();
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
-    }
+    strip_hop_by_hop(headers);
     if svc.cfg.http.connection == ConnectionMode::Close {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -792,7 +820,7 @@ fn finish_cookie(
             }
             if want {
                 let first = if via_cookie { parsed.and_then(|p| p.first) } else { None };
-                if let Ok(v) = HeaderValue::from_str(&cookie::insert(c, server_cookie, now, first)) {
+                if let Ok(v) = HeaderValue::try_from(cookie::insert(c, server_cookie, now, first)) {
                     headers.append(header::SET_COOKIE, v);
                 }
                 if c.nocache && server_cookie.is_some() {

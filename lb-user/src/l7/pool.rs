@@ -1,7 +1,7 @@
 //! Keep-alive connections to one backend. A connect failure is reported
 //! before the request is handed over, so the caller can retry or
-//! redispatch it; a pooled connection the backend had closed gives the
-//! request back and it goes out on a fresh one. A connection rejoins the
+//! redispatch it; a request without a body that meets a pooled connection
+//! the backend had just closed goes again on a fresh one. A connection rejoins the
 //! pool when its response body has been read to the end. Each serving
 //! thread has idle lists of its own: a connection is used on the thread
 //! whose runtime drives it.
@@ -9,24 +9,22 @@
 use std::{
     io,
     net::SocketAddr,
+    pin::Pin,
     sync::{Arc, Mutex},
+    task::{Context, Poll},
     time::Duration,
 };
 
-use std::{
-    pin::Pin,
-    task::{Context, Poll},
-};
-
 use hyper::{
-    body::{Body as _, Bytes, Frame, Incoming, SizeHint},
-    client::conn::http1::{self, SendRequest},
+    body::{Body as _, Bytes, Frame, SizeHint},
     Request, Response,
 };
-use hyper_util::rt::TokioIo;
-
-use super::Body;
 use tokio::{net::TcpStream, time::timeout};
+
+use super::{
+    upstream::{self, BackendBody, Conn, ExchangeError},
+    Body, BoxError,
+};
 
 /// Idle connections kept per backend.
 const MAX_IDLE: usize = 64;
@@ -38,20 +36,26 @@ pub enum SendError {
     Connect { addr: SocketAddr, cause: io::Error },
     /// The request went out but no valid response came back.
     #[error("backend {addr}: {cause}")]
-    Exchange { addr: SocketAddr, cause: String },
+    Exchange { addr: SocketAddr, cause: ExchangeError },
 }
 
 /// Idle connections, per serving thread.
-type Idle = Arc<[Mutex<Vec<SendRequest<Body>>>]>;
+type Idle = Arc<[Mutex<Vec<Conn>>]>;
 
 /// This thread's idle list.
-fn mine(idle: &Idle) -> &Mutex<Vec<SendRequest<Body>>> {
+fn mine(idle: &Idle) -> &Mutex<Vec<Conn>> {
     idle.get(super::workers::index()).unwrap_or(&idle[0])
 }
 
 pub struct Pool {
     pub addr: SocketAddr,
     idle: Idle,
+}
+
+/// A connection to send on, and whether it came from the pool.
+pub struct Checkout {
+    conn: Conn,
+    reused: bool,
 }
 
 impl Pool {
@@ -62,94 +66,89 @@ impl Pool {
         }
     }
 
-    /// An idle connection that is still open, ready for a request.
-    async fn idle(&self) -> Option<SendRequest<Body>> {
-        loop {
-            let mut s = mine(&self.idle).lock().expect("pool lock").pop()?;
-            // A connection comes back when its last response body ended; it
-            // is ready as soon as hyper has seen that end.
-            if !s.is_closed() && s.ready().await.is_ok() {
-                return Some(s);
+    /// An idle connection that is still open.
+    fn idle(&self) -> Option<Conn> {
+        let mut idle = mine(&self.idle).lock().expect("pool lock");
+        while let Some(c) = idle.pop() {
+            if c.reusable() {
+                return Some(c);
             }
         }
+        None
     }
 
-    async fn connect(&self, connect_timeout: Duration) -> Result<SendRequest<Body>, SendError> {
+    async fn connect(&self, connect_timeout: Duration) -> Result<Conn, SendError> {
         let err = |cause| SendError::Connect { addr: self.addr, cause };
         let stream = timeout(connect_timeout, TcpStream::connect(self.addr))
             .await
             .map_err(|_| err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))?
             .map_err(err)?;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::Builder::new()
-            .writev(false)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| err(io::Error::other(e)))?;
-        tokio::spawn(conn);
-        Ok(sender)
+        Ok(Conn::new(stream))
     }
 
     /// A connection to send on: an idle one or a new one. Connect errors
     /// come back before the request is given away.
-    pub async fn checkout(&self, connect_timeout: Duration) -> Result<SendRequest<Body>, SendError> {
-        match self.idle().await {
-            Some(s) => Ok(s),
-            None => self.connect(connect_timeout).await,
+    pub async fn checkout(&self, connect_timeout: Duration) -> Result<Checkout, SendError> {
+        match self.idle() {
+            Some(conn) => Ok(Checkout { conn, reused: true }),
+            None => Ok(Checkout {
+                conn: self.connect(connect_timeout).await?,
+                reused: false,
+            }),
         }
     }
 
-    /// Sends `req` on `sender`; if that pooled connection turned out closed
-    /// before the request left, sends it on a new connection. With `keep`,
-    /// the connection goes back to the pool when the response body ends.
+    /// Sends `req` on the checked-out connection; if a pooled connection
+    /// turns out closed before any answer, a request without a body goes
+    /// again on a new connection. With `keep`, the connection goes back to
+    /// the pool when the response body ends; without, the backend is asked
+    /// to close it.
     pub async fn send(
         &self,
-        mut sender: SendRequest<Body>,
+        out: Checkout,
         req: Request<Body>,
         connect_timeout: Duration,
         keep: bool,
     ) -> Result<Response<PooledBody>, SendError> {
-        let exchange = |e: hyper::Error| SendError::Exchange {
-            addr: self.addr,
-            cause: e.to_string(),
+        let exchange = |cause| SendError::Exchange { addr: self.addr, cause };
+        let head = upstream::head(&req, !keep);
+        let resp = match upstream::exchange(out.conn, &head, req.into_body()).await {
+            Err(ExchangeError::Closed | ExchangeError::Io(_)) if out.reused && head.replayable => {
+                let conn = self.connect(connect_timeout).await?;
+                upstream::exchange(conn, &head, Body::default())
+                    .await
+                    .map_err(exchange)?
+            }
+            other => other.map_err(exchange)?,
         };
-        let resp = match sender.try_send_request(req).await {
-            Ok(r) => r,
-            Err(mut e) => match e.take_message() {
-                Some(req) => {
-                    sender = self.connect(connect_timeout).await?;
-                    sender.send_request(req).await.map_err(exchange)?
-                }
-                None => return Err(exchange(e.into_error())),
-            },
-        };
-        let back = keep.then(|| (sender, self.idle.clone()));
+        let back = keep.then(|| self.idle.clone());
         Ok(resp.map(|body| PooledBody::new(body, back)))
     }
 }
 
 /// A response body that returns its connection to the pool once it has
-/// been read to the end (a body dropped early takes the connection with
-/// it: hyper closes it).
+/// been read to the end (a body dropped early closes the connection).
 pub struct PooledBody {
-    body: Incoming,
-    back: Option<(SendRequest<Body>, Idle)>,
+    body: BackendBody,
+    back: Option<Idle>,
 }
 
 impl PooledBody {
-    fn new(body: Incoming, back: Option<(SendRequest<Body>, Idle)>) -> PooledBody {
+    fn new(body: BackendBody, back: Option<Idle>) -> PooledBody {
         let mut b = PooledBody { body, back };
-        if b.body.is_end_stream() {
-            b.give_back();
-        }
+        b.give_back();
         b
     }
 
     fn give_back(&mut self) {
-        if let Some((sender, idle)) = self.back.take() {
+        if !self.body.is_end_stream() {
+            return;
+        }
+        if let (Some(conn), Some(idle)) = (self.body.reusable_conn(), self.back.take()) {
             let mut idle = mine(&idle).lock().expect("pool lock");
             if idle.len() < MAX_IDLE {
-                idle.push(sender);
+                idle.push(conn);
             }
         }
     }
@@ -157,14 +156,12 @@ impl PooledBody {
 
 impl hyper::body::Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.give_back(),
-            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.give_back(),
-            _ => {}
+        if polled.is_ready() {
+            self.give_back();
         }
         polled
     }

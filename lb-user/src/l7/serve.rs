@@ -40,7 +40,7 @@ use tokio::{
     time::timeout,
 };
 
-use super::{handle, Body, Service, States};
+use super::{handle, Body, BoxError, Service, States};
 use crate::config::{ConnectionMode, HttpCfg};
 
 /// How long a connection idles before its hyper state goes (at most twice
@@ -244,9 +244,9 @@ struct Tracked {
 
 impl hyper::body::Body for Tracked {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         Pin::new(&mut self.body).poll_frame(cx)
     }
 

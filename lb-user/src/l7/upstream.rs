@@ -1,0 +1,551 @@
+//! HTTP/1.1 towards a backend, driven by the request's own task: the
+//! request goes out in one write where it can, the response head is parsed
+//! in place, and the body is read from the socket as the client side asks
+//! for it. (hyper's client runs each connection as a task of its own, fed
+//! through channels: two task switches and several wakeups per request.)
+
+use std::{
+    future::poll_fn,
+    io,
+    pin::Pin,
+    task::{Context, Poll, Waker},
+};
+
+use bytes::{Bytes, BytesMut};
+use hyper::{
+    body::{Body as _, Frame, SizeHint},
+    header::{self, HeaderMap, HeaderName, HeaderValue},
+    Method, Request, Response, StatusCode, Version,
+};
+use tokio::{io::AsyncWriteExt, net::TcpStream};
+
+use super::{Body, BoxError};
+
+/// A response head larger than this is refused (502).
+const MAX_HEAD: usize = 64 * 1024;
+/// Headers a response head may have.
+const MAX_HEADERS: usize = 128;
+/// Request body bytes gathered before a write.
+const WRITE_CHUNK: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("closed the connection before answering")]
+    Closed,
+    #[error("malformed response: {0}")]
+    Malformed(String),
+    #[error("request body: {0}")]
+    RequestBody(BoxError),
+}
+
+/// A connection to a backend, between or during exchanges.
+pub struct Conn {
+    stream: TcpStream,
+    /// Read but not yet used.
+    buf: BytesMut,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream) -> Conn {
+        Conn {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Still open and quiet. No system call unless the reactor saw the
+    /// socket readable, which for an idle connection means the backend
+    /// closed it (or sent what nobody asked for).
+    pub fn reusable(&self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+            Poll::Ready(Err(_)) => false,
+        }
+    }
+
+    /// Reads more into `buf`; Ok(0) at end of stream. (Through tokio's
+    /// `poll_read`, which takes a short read as "drained": no read that
+    /// would only say EAGAIN before the next answer.)
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(16 * 1024);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)
+    }
+
+    async fn fill(&mut self) -> io::Result<usize> {
+        poll_fn(|cx| self.poll_fill(cx)).await
+    }
+}
+
+/// A request head on the wire, and how its body follows.
+pub struct Head {
+    bytes: Vec<u8>,
+    chunked: bool,
+    /// No body and an idempotent method: if a pooled connection turns out
+    /// closed, the request can be sent again on a new one.
+    pub replayable: bool,
+    head_method: bool,
+}
+
+/// Writes `req`'s head as HTTP/1.1; `close` asks the backend to close
+/// after its answer (connection modes other than keep-alive).
+pub fn head(req: &Request<Body>, close: bool) -> Head {
+    let body = req.body();
+    let empty = body.is_end_stream();
+    let exact = body.size_hint().exact();
+    let headers = req.headers();
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(req.uri().path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (k, v) in headers {
+        out.extend_from_slice(k.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let has_length = headers.contains_key(header::CONTENT_LENGTH);
+    let mut chunked = false;
+    match exact {
+        _ if has_length => {}
+        Some(0) if empty && !matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) => {}
+        Some(n) => out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),
+        None => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            chunked = true;
+        }
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Head {
+        bytes: out,
+        chunked,
+        replayable: empty && req.method().is_idempotent(),
+        head_method: req.method() == Method::HEAD,
+    }
+}
+
+/// Sends the head and `body` on `conn` and reads the response head. On
+/// error the connection is gone; `Closed` means the backend answered
+/// nothing (a pooled connection it had just closed).
+pub async fn exchange(mut conn: Conn, head: &Head, mut body: Body) -> Result<Response<BackendBody>, ExchangeError> {
+    let mut out = head.bytes.clone();
+    loop {
+        // Gather what the body has ready; write when it has to wait.
+        let frame = match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
+            Poll::Ready(f) => f,
+            Poll::Pending => {
+                conn.stream.write_all(&out).await?;
+                out.clear();
+                poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+            }
+        };
+        match frame {
+            None => break,
+            Some(Err(e)) => return Err(ExchangeError::RequestBody(e)),
+            Some(Ok(f)) => {
+                if let Ok(data) = f.into_data() {
+                    if head.chunked && !data.is_empty() {
+                        out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                        out.extend_from_slice(&data);
+                        out.extend_from_slice(b"\r\n");
+                    } else {
+                        out.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+        if out.len() >= WRITE_CHUNK {
+            conn.stream.write_all(&out).await?;
+            out.clear();
+        }
+    }
+    if head.chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    conn.stream.write_all(&out).await?;
+    read_response(conn, head.head_method).await
+}
+
+async fn read_response(mut conn: Conn, head_method: bool) -> Result<Response<BackendBody>, ExchangeError> {
+    let mut got_any = false;
+    loop {
+        if !conn.buf.is_empty() {
+            got_any = true;
+            if let Some(resp) = parse_head(&mut conn.buf, head_method)? {
+                let (parts, framing) = resp;
+                if parts.status.is_informational() {
+                    continue; // 100 Continue and friends: the answer follows
+                }
+                let body = BackendBody {
+                    conn: Some(conn),
+                    decode: framing.0,
+                    reusable: framing.1,
+                    done: None,
+                };
+                return Ok(Response::from_parts(parts, body));
+            }
+            if conn.buf.len() > MAX_HEAD {
+                return Err(ExchangeError::Malformed("response head too large".into()));
+            }
+        }
+        if conn.fill().await? == 0 {
+            return Err(if got_any {
+                ExchangeError::Malformed("connection closed in the response head".into())
+            } else {
+                ExchangeError::Closed
+            });
+        }
+    }
+}
+
+type Parsed = (hyper::http::response::Parts, (Decode, bool));
+
+/// A complete response head at the front of `buf`, taken out of it.
+fn parse_head(buf: &mut BytesMut, head_method: bool) -> Result<Option<Parsed>, ExchangeError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut r = httparse::Response::new(&mut slots);
+    let len = match r.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(ExchangeError::Malformed(e.to_string())),
+    };
+    let code = r.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
+    if code == 101 {
+        return Err(ExchangeError::Malformed(
+            "101 Switching Protocols: upgrades are not proxied".into(),
+        ));
+    }
+    let version = if r.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // Header values share the head's bytes.
+    let base = buf.as_ptr() as usize;
+    let spans: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> = r
+        .headers
+        .iter()
+        .map(|h| {
+            let n = h.name.as_ptr() as usize - base;
+            let v = h.value.as_ptr() as usize - base;
+            (n..n + h.name.len(), v..v + h.value.len())
+        })
+        .collect();
+    let bytes: Bytes = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for (n, v) in spans {
+        let name = HeaderName::from_bytes(&bytes[n]).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
+        let value =
+            HeaderValue::from_maybe_shared(bytes.slice(v)).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
+        headers.append(name, value);
+    }
+    let keep_alive = version == Version::HTTP_11
+        && !headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+        });
+    let decode = framing(&headers, status, head_method)?;
+    let reusable = keep_alive && decode != Decode::UntilClose;
+    let mut parts = Response::new(()).into_parts().0;
+    parts.status = status;
+    parts.version = version;
+    parts.headers = headers;
+    Ok(Some((parts, (decode, reusable))))
+}
+
+/// How a response body is delimited (RFC 9112 section 6.3).
+fn framing(headers: &HeaderMap, status: StatusCode, head_method: bool) -> Result<Decode, ExchangeError> {
+    if head_method
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(Decode::Done);
+    }
+    if let Some(te) = headers.get_all(header::TRANSFER_ENCODING).iter().next_back() {
+        let chunked = te
+            .to_str()
+            .ok()
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        return Ok(if chunked {
+            Decode::Chunked(Chunk::Size)
+        } else {
+            Decode::UntilClose
+        });
+    }
+    let mut length = None;
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        let n = v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .ok_or_else(|| ExchangeError::Malformed("bad content-length".into()))?;
+        if length.is_some_and(|l| l != n) {
+            return Err(ExchangeError::Malformed("conflicting content-length".into()));
+        }
+        length = Some(n);
+    }
+    Ok(match length {
+        Some(0) => Decode::Done,
+        Some(n) => Decode::Length(n),
+        None => Decode::UntilClose,
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decode {
+    Length(u64),
+    Chunked(Chunk),
+    UntilClose,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines up to an empty one.
+    Trailers,
+}
+
+/// A response body read from the backend's socket. Once it has been read
+/// whole, [`BackendBody::reusable_conn`] hands out the connection.
+pub struct BackendBody {
+    conn: Option<Conn>,
+    decode: Decode,
+    reusable: bool,
+    /// The connection, finished and fit for another exchange.
+    done: Option<Conn>,
+}
+
+impl BackendBody {
+    /// The connection, once the body is read whole and the connection can
+    /// carry another exchange (keep-alive, nothing left over).
+    pub fn reusable_conn(&mut self) -> Option<Conn> {
+        self.done.take()
+    }
+
+    fn finish(&mut self) {
+        self.decode = Decode::Done;
+        if let Some(conn) = self.conn.take() {
+            if self.reusable && conn.buf.is_empty() {
+                self.done = Some(conn);
+            }
+        }
+    }
+
+    /// The next frame from what is buffered, or None if more must be read.
+    fn decode(&mut self) -> Result<Option<Bytes>, BoxError> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(None);
+        };
+        let buf = &mut conn.buf;
+        loop {
+            match self.decode {
+                Decode::Done => return Ok(None),
+                Decode::UntilClose => {
+                    return Ok((!buf.is_empty()).then(|| buf.split().freeze()));
+                }
+                Decode::Length(n) => {
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let take = (n.min(buf.len() as u64)) as usize;
+                    let data = buf.split_to(take).freeze();
+                    self.decode = match n - take as u64 {
+                        0 => Decode::Done,
+                        left => Decode::Length(left),
+                    };
+                    return Ok(Some(data));
+                }
+                Decode::Chunked(Chunk::Data(n)) => {
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let take = (n.min(buf.len() as u64)) as usize;
+                    let data = buf.split_to(take).freeze();
+                    let left = n - take as u64;
+                    self.decode = Decode::Chunked(if left == 0 { Chunk::DataEnd } else { Chunk::Data(left) });
+                    return Ok(Some(data));
+                }
+                Decode::Chunked(state) => {
+                    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+                        if buf.len() > 4096 {
+                            return Err("chunked body: line too long".into());
+                        }
+                        return Ok(None);
+                    };
+                    let line = buf.split_to(end + 2);
+                    let line = &line[..end];
+                    self.decode = match state {
+                        Chunk::Size => {
+                            let hex = line.split(|b| *b == b';').next().unwrap_or(b"");
+                            let hex = std::str::from_utf8(hex).map_err(|_| "chunked body: bad size")?;
+                            match u64::from_str_radix(hex.trim(), 16).map_err(|_| "chunked body: bad size")? {
+                                0 => Decode::Chunked(Chunk::Trailers),
+                                n => Decode::Chunked(Chunk::Data(n)),
+                            }
+                        }
+                        Chunk::DataEnd if line.is_empty() => Decode::Chunked(Chunk::Size),
+                        Chunk::DataEnd => return Err("chunked body: data longer than its size".into()),
+                        Chunk::Trailers if line.is_empty() => Decode::Done,
+                        Chunk::Trailers => Decode::Chunked(Chunk::Trailers),
+                        Chunk::Data(_) => unreachable!("handled above"),
+                    };
+                }
+            }
+        }
+    }
+}
+
+impl hyper::body::Body for BackendBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            let frame = match self.decode() {
+                Ok(f) => f,
+                Err(e) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            };
+            if self.decode == Decode::Done {
+                self.finish();
+            }
+            if let Some(data) = frame {
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match std::task::ready!(conn.poll_fill(cx)) {
+                Ok(0) if self.decode == Decode::UntilClose => {
+                    self.reusable = false;
+                    self.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err("backend closed the connection in the body".into())));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.decode == Decode::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.decode {
+            Decode::Done => SizeHint::with_exact(0),
+            Decode::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body_of(decode: Decode, wire: &[u8]) -> Result<Vec<u8>, BoxError> {
+        // Decodes what is buffered, as poll_frame does between reads.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (s, _peer) = tcp_pair().await;
+            let mut b = BackendBody {
+                conn: Some(Conn {
+                    stream: s,
+                    buf: BytesMut::from(wire),
+                }),
+                decode,
+                reusable: true,
+                done: None,
+            };
+            let mut out = Vec::new();
+            while let Some(d) = b.decode()? {
+                out.extend_from_slice(&d);
+            }
+            if b.decode != Decode::Done {
+                return Err(format!("not done: {:?}", b.decode).into());
+            }
+            Ok(out)
+        })
+    }
+
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        (c, l.accept().await.unwrap().0)
+    }
+
+    #[test]
+    fn chunked_bodies_decode_with_extensions_and_trailers() {
+        let wire = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: t\r\n\r\n";
+        assert_eq!(body_of(Decode::Chunked(Chunk::Size), wire).unwrap(), b"hello world");
+        assert!(body_of(Decode::Chunked(Chunk::Size), b"zz\r\n").is_err());
+        assert!(body_of(Decode::Chunked(Chunk::Size), b"2\r\nabc\r\n0\r\n\r\n").is_err());
+        assert_eq!(body_of(Decode::Length(3), b"abc").unwrap(), b"abc");
+    }
+
+    #[test]
+    fn response_framing() {
+        let mut h = HeaderMap::new();
+        assert_eq!(framing(&h, StatusCode::OK, false).unwrap(), Decode::UntilClose);
+        assert_eq!(framing(&h, StatusCode::NO_CONTENT, false).unwrap(), Decode::Done);
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
+        assert_eq!(framing(&h, StatusCode::OK, false).unwrap(), Decode::Length(12));
+        assert_eq!(framing(&h, StatusCode::OK, true).unwrap(), Decode::Done, "HEAD");
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("13"));
+        assert!(framing(&h, StatusCode::OK, false).is_err());
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("gzip, chunked"));
+        assert_eq!(
+            framing(&h, StatusCode::OK, false).unwrap(),
+            Decode::Chunked(Chunk::Size)
+        );
+    }
+
+    #[test]
+    fn response_heads_parse_in_place() {
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: b\r\n\r\nhi"[..]);
+        assert!(parse_head(&mut BytesMut::from(&b"HTTP/1.1 200 OK\r\nX"[..]), false)
+            .unwrap()
+            .is_none());
+        let (parts, (decode, reusable)) = parse_head(&mut buf, false).unwrap().unwrap();
+        assert_eq!(parts.status, 200);
+        assert_eq!(parts.headers["x-a"], "b");
+        assert_eq!((decode, reusable), (Decode::Length(2), true));
+        assert_eq!(&buf[..], b"hi", "the body stays buffered");
+        let mut close = BytesMut::from(&b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"[..]);
+        assert!(!parse_head(&mut close, false).unwrap().unwrap().1 .1);
+        assert!(parse_head(&mut BytesMut::from(&b"HTTP/1.1 abc\r\n\r\n"[..]), false).is_err());
+    }
+}
