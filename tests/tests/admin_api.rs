@@ -37,6 +37,19 @@ fn version(l: &L7) -> u64 {
     v
 }
 
+/// Opens a transaction; its id.
+fn open(l: &L7) -> String {
+    parse(&api(l, "POST", "/api/transactions", ""))["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Stages `body` for `/api/servers/site/PATH` in transaction `id`; the status.
+fn stage(l: &L7, id: &str, path: &str, body: &str) -> u16 {
+    api(l, "POST", &format!("/api/servers/site/{path}?transaction={id}"), body).status
+}
+
 /// (state, weight) of a backend, as `/api/status` reports it.
 fn backend(l: &L7, name: &str) -> (String, u64) {
     let status = parse(&api(l, "GET", "/api/status", ""));
@@ -122,14 +135,13 @@ fn a_transaction_applies_its_changes_together_at_commit() {
     assert_eq!(t["version"].as_u64(), Some(v));
     let id = t["id"].as_str().unwrap().to_string();
 
-    let stage = |path: &str, body: &str| api(&l, "POST", &format!("{path}?transaction={id}"), body);
-    assert_eq!(stage("/api/servers/site/s1/state", "maint").status, 202);
-    assert_eq!(stage("/api/servers/site/s2/state", "maint").status, 202);
-    assert_eq!(stage("/api/servers/site/s3/weight", "7").status, 202);
+    assert_eq!(stage(&l, &id, "s1/state", "maint"), 202);
+    assert_eq!(stage(&l, &id, "s2/state", "maint"), 202);
+    assert_eq!(stage(&l, &id, "s3/weight", "7"), 202);
     // Invalid changes are refused at once and not staged.
-    assert_eq!(stage("/api/servers/site/nosuch/state", "drain").status, 404);
-    assert_eq!(stage("/api/servers/site/s3/weight", "100000").status, 400);
-    assert_eq!(stage("/api/servers/site/s3/state", "asleep").status, 400);
+    assert_eq!(stage(&l, &id, "nosuch/state", "drain"), 404);
+    assert_eq!(stage(&l, &id, "s3/weight", "100000"), 400);
+    assert_eq!(stage(&l, &id, "s3/state", "asleep"), 400);
 
     // Staged, not applied: all three still serve, the version stands.
     assert_eq!(served(&l, 6), ["s1", "s2", "s3"]);
@@ -153,20 +165,8 @@ fn a_transaction_applies_its_changes_together_at_commit() {
     );
 
     // A transaction opened before someone else's write is outdated.
-    let old = parse(&api(&l, "POST", "/api/transactions", ""))["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert_eq!(
-        api(
-            &l,
-            "POST",
-            &format!("/api/servers/site/s1/state?transaction={old}"),
-            "ready"
-        )
-        .status,
-        202
-    );
+    let old = open(&l);
+    assert_eq!(stage(&l, &old, "s1/state", "ready"), 202);
     assert_eq!(api(&l, "POST", "/api/servers/site/s2/state", "ready").status, 200);
     let r = api(&l, "PUT", &format!("/api/transactions/{old}"), "");
     assert_eq!(r.status, 409, "{}", r.body);
@@ -183,20 +183,8 @@ fn a_transaction_applies_its_changes_together_at_commit() {
     );
 
     // Deleted: nothing applied.
-    let gone = parse(&api(&l, "POST", "/api/transactions", ""))["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert_eq!(
-        api(
-            &l,
-            "POST",
-            &format!("/api/servers/site/s1/state?transaction={gone}"),
-            "ready"
-        )
-        .status,
-        202
-    );
+    let gone = open(&l);
+    assert_eq!(stage(&l, &gone, "s1/state", "ready"), 202);
     assert_eq!(api(&l, "DELETE", &format!("/api/transactions/{gone}"), "").status, 200);
     assert_eq!(api(&l, "PUT", &format!("/api/transactions/{gone}"), "").status, 404);
     assert_eq!(backend(&l, "s1").0, "maint");
