@@ -45,7 +45,7 @@ async fn route(shared: Shared, req: Request<hyper::body::Incoming>) -> Resp {
             return stats(shared, &sc, req).await;
         }
     }
-    let mut resp = api(shared.clone(), req).await;
+    let mut resp = api(shared.clone(), &path, req).await;
     if path.starts_with("/api/") {
         // Every answer tells the config version it saw (or made).
         let v = shared.lock().await.version();
@@ -55,7 +55,7 @@ async fn route(shared: Shared, req: Request<hyper::body::Incoming>) -> Resp {
 }
 
 /// The header with the config version, as HAProxy's Data Plane API names it.
-pub const VERSION_HEADER: &str = "configuration-version";
+const VERSION_HEADER: &str = "configuration-version";
 
 fn json(status: StatusCode, value: &impl serde::Serialize) -> Resp {
     reply(
@@ -102,8 +102,7 @@ fn write_params(query: Option<&str>) -> Result<WriteParams, String> {
     Ok(p)
 }
 
-async fn api(shared: Shared, req: Request<hyper::body::Incoming>) -> Resp {
-    let path = req.uri().path().to_string();
+async fn api(shared: Shared, path: &str, req: Request<hyper::body::Incoming>) -> Resp {
     let method = req.method().clone();
     let params = match write_params(req.uri().query()) {
         Ok(p) => p,

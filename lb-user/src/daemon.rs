@@ -19,7 +19,7 @@ use crate::{
     health, l7,
     map_manager::{BackendRef, BackendStates},
     status::{BackendStatus, ServiceStatus, Status},
-    transaction::{Change, Transaction, Transactions},
+    transaction::{Change, NoSuchTransaction, Transaction, Transactions},
     vip::{self, VipAliases},
 };
 
@@ -52,8 +52,8 @@ pub enum RunError {
     Weight(u32),
     #[error("config version {given} is stale: the running config is version {current}")]
     StaleVersion { given: u64, current: u64 },
-    #[error("no open transaction {0:?} (committed, deleted, or from an earlier run)")]
-    NoSuchTransaction(String),
+    #[error(transparent)]
+    NoSuchTransaction(#[from] NoSuchTransaction),
     #[error("service {0:?} has no appsession table (no such http service, or no [service.appsession])")]
     NoSessions(String),
 }
@@ -288,6 +288,8 @@ impl Daemon {
         .map(drop)
     }
 
+    /// `xlb server set-weight`: a new weight until the next reload (0
+    /// drains, as in the file).
     pub fn set_weight(&mut self, service: &str, backend: &str, weight: u32) -> Result<(), RunError> {
         self.commit(&[Change::Weight {
             service: service.into(),
@@ -313,7 +315,7 @@ impl Daemon {
     }
 
     /// A change that names a backend that exists, with a valid value.
-    pub fn validate(&self, c: &Change) -> Result<(), RunError> {
+    fn validate(&self, c: &Change) -> Result<(), RunError> {
         let (service, backend) = c.target();
         self.check_backend(service, backend)?;
         match c {
@@ -381,9 +383,7 @@ impl Daemon {
     }
 
     pub fn transaction(&self, id: &str) -> Result<&Transaction, RunError> {
-        self.transactions
-            .get(id)
-            .ok_or_else(|| RunError::NoSuchTransaction(id.into()))
+        Ok(self.transactions.get(id)?)
     }
 
     pub fn transactions(&self) -> Vec<Transaction> {
@@ -393,30 +393,21 @@ impl Daemon {
     /// Adds a valid change to an open transaction.
     pub fn stage(&mut self, id: &str, change: Change) -> Result<(), RunError> {
         self.validate(&change)?;
-        let t = self
-            .transactions
-            .get_mut(id)
-            .ok_or_else(|| RunError::NoSuchTransaction(id.into()))?;
-        t.changes.push(change);
+        self.transactions.get_mut(id)?.changes.push(change);
         Ok(())
     }
 
     /// Commits a transaction; one opened on an older version is dropped
     /// unapplied (someone else changed the config since).
     pub fn commit_transaction(&mut self, id: &str) -> Result<u64, RunError> {
-        let t = self
-            .transactions
-            .take(id)
-            .ok_or_else(|| RunError::NoSuchTransaction(id.into()))?;
+        let t = self.transactions.take(id)?;
         self.check_version(Some(t.version))?;
         self.commit(&t.changes)
     }
 
     pub fn delete_transaction(&mut self, id: &str) -> Result<(), RunError> {
-        self.transactions
-            .take(id)
-            .map(drop)
-            .ok_or_else(|| RunError::NoSuchTransaction(id.into()))
+        self.transactions.take(id)?;
+        Ok(())
     }
 
     fn effective_weight(&self, r: &BackendRef) -> u32 {

@@ -32,6 +32,10 @@ impl Change {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error("no open transaction {0:?} (committed, deleted, or from an earlier run)")]
+pub struct NoSuchTransaction(pub String);
+
 /// Changes staged on top of config version `version`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transaction {
@@ -40,12 +44,13 @@ pub struct Transaction {
     pub changes: Vec<Change>,
 }
 
-/// The open transactions of a daemon. Ids carry the daemon's start time, so
-/// an id from an earlier run never names a transaction of this one.
+/// The open transactions of a daemon, by sequence number (oldest first).
+/// Ids carry the daemon's start time, so an id from an earlier run never
+/// names a transaction of this one.
 pub struct Transactions {
     epoch: u64,
     next: u64,
-    open: BTreeMap<String, Transaction>,
+    open: BTreeMap<u64, Transaction>,
 }
 
 /// Open transactions kept at most; the oldest goes first (clients that open
@@ -68,43 +73,44 @@ impl Default for Transactions {
 impl Transactions {
     pub fn open(&mut self, version: u64) -> Transaction {
         if self.open.len() >= MAX_OPEN {
-            // Ids sort by creation within a run: the first is the oldest.
-            let oldest = self.open.iter().min_by_key(|(_, t)| seq(&t.id)).map(|(k, _)| k.clone());
-            if let Some(k) = oldest {
-                self.open.remove(&k);
-            }
+            self.open.pop_first();
         }
         let t = Transaction {
             id: format!("{:x}-{}", self.epoch, self.next),
             version,
             changes: Vec::new(),
         };
+        self.open.insert(self.next, t.clone());
         self.next += 1;
-        self.open.insert(t.id.clone(), t.clone());
         t
     }
 
-    pub fn get(&self, id: &str) -> Option<&Transaction> {
-        self.open.get(id)
+    /// The sequence number `id` names in this run.
+    fn seq(&self, id: &str) -> Result<u64, NoSuchTransaction> {
+        id.strip_prefix(&format!("{:x}-", self.epoch))
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| NoSuchTransaction(id.into()))
     }
 
-    pub fn get_mut(&mut self, id: &str) -> Option<&mut Transaction> {
-        self.open.get_mut(id)
+    pub fn get(&self, id: &str) -> Result<&Transaction, NoSuchTransaction> {
+        self.open
+            .get(&self.seq(id)?)
+            .ok_or_else(|| NoSuchTransaction(id.into()))
     }
 
-    pub fn take(&mut self, id: &str) -> Option<Transaction> {
-        self.open.remove(id)
+    pub fn get_mut(&mut self, id: &str) -> Result<&mut Transaction, NoSuchTransaction> {
+        let n = self.seq(id)?;
+        self.open.get_mut(&n).ok_or_else(|| NoSuchTransaction(id.into()))
+    }
+
+    pub fn take(&mut self, id: &str) -> Result<Transaction, NoSuchTransaction> {
+        let n = self.seq(id)?;
+        self.open.remove(&n).ok_or_else(|| NoSuchTransaction(id.into()))
     }
 
     pub fn list(&self) -> Vec<Transaction> {
-        let mut v: Vec<Transaction> = self.open.values().cloned().collect();
-        v.sort_by_key(|t| seq(&t.id));
-        v
+        self.open.values().cloned().collect()
     }
-}
-
-fn seq(id: &str) -> u64 {
-    id.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -117,12 +123,14 @@ mod tests {
         let first = t.open(1).id;
         let ids: Vec<String> = (0..MAX_OPEN).map(|_| t.open(1).id).collect();
         assert!(
-            t.get(&first).is_none(),
+            t.get(&first).is_err(),
             "oldest dropped once {MAX_OPEN} more were opened"
         );
         assert_eq!(t.list().len(), MAX_OPEN);
         assert_eq!(t.list().iter().map(|x| x.id.clone()).collect::<Vec<_>>(), ids);
-        assert!(t.take(&ids[3]).is_some() && t.get(&ids[3]).is_none());
+        assert!(t.take(&ids[3]).is_ok() && t.get(&ids[3]).is_err());
+        let other_run = format!("0-{}", ids[4].rsplit('-').next().unwrap());
+        assert!(t.get(&other_run).is_err() && t.get(&ids[4]).is_ok());
     }
 
     #[test]

@@ -688,7 +688,7 @@ async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, req: Reques
     // Connect, with retries; the last one goes elsewhere with redispatch.
     let attempts = 1 + http.retries;
     let mut failed = Vec::new();
-    let sender = loop {
+    let conn = loop {
         match svc.pools[target].checkout(http.timeout_connect).await {
             Ok(s) => break s,
             Err(e) => {
@@ -716,7 +716,7 @@ async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, req: Reques
     let keep = http.connection == ConnectionMode::KeepAlive;
     let sent = tokio::time::timeout(
         http.timeout_server,
-        svc.pools[target].send(sender, req, http.timeout_connect, keep),
+        svc.pools[target].send(conn, req, http.timeout_connect, keep),
     )
     .await;
     counters.active.fetch_sub(1, Ordering::Relaxed);

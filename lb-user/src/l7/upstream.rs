@@ -140,6 +140,10 @@ pub fn head(req: &Request<Body>, close: bool) -> Head {
 /// error the connection is gone; `Closed` means the backend answered
 /// nothing (a pooled connection it had just closed).
 pub async fn exchange(mut conn: Conn, head: &Head, mut body: Body) -> Result<Response<BackendBody>, ExchangeError> {
+    if body.is_end_stream() && !head.chunked {
+        conn.stream.write_all(&head.bytes).await?;
+        return read_response(conn, head.head_method).await;
+    }
     let mut out = head.bytes.clone();
     loop {
         // Gather what the body has ready; write when it has to wait.
@@ -183,16 +187,14 @@ async fn read_response(mut conn: Conn, head_method: bool) -> Result<Response<Bac
     loop {
         if !conn.buf.is_empty() {
             got_any = true;
-            if let Some(resp) = parse_head(&mut conn.buf, head_method)? {
-                let (parts, framing) = resp;
+            if let Some((parts, decode, reusable)) = parse_head(&mut conn.buf, head_method)? {
                 if parts.status.is_informational() {
                     continue; // 100 Continue and friends: the answer follows
                 }
                 let body = BackendBody {
                     conn: Some(conn),
-                    decode: framing.0,
-                    reusable: framing.1,
-                    done: None,
+                    decode,
+                    reusable,
                 };
                 return Ok(Response::from_parts(parts, body));
             }
@@ -210,7 +212,9 @@ async fn read_response(mut conn: Conn, head_method: bool) -> Result<Response<Bac
     }
 }
 
-type Parsed = (hyper::http::response::Parts, (Decode, bool));
+/// A response head, how its body is delimited, and whether the
+/// connection can carry another exchange after it.
+type Parsed = (hyper::http::response::Parts, Decode, bool);
 
 /// A complete response head at the front of `buf`, taken out of it.
 fn parse_head(buf: &mut BytesMut, head_method: bool) -> Result<Option<Parsed>, ExchangeError> {
@@ -263,7 +267,7 @@ fn parse_head(buf: &mut BytesMut, head_method: bool) -> Result<Option<Parsed>, E
     parts.status = status;
     parts.version = version;
     parts.headers = headers;
-    Ok(Some((parts, (decode, reusable))))
+    Ok(Some((parts, decode, reusable)))
 }
 
 /// How a response body is delimited (RFC 9112 section 6.3).
@@ -331,24 +335,16 @@ pub struct BackendBody {
     conn: Option<Conn>,
     decode: Decode,
     reusable: bool,
-    /// The connection, finished and fit for another exchange.
-    done: Option<Conn>,
 }
 
 impl BackendBody {
     /// The connection, once the body is read whole and the connection can
     /// carry another exchange (keep-alive, nothing left over).
     pub fn reusable_conn(&mut self) -> Option<Conn> {
-        self.done.take()
-    }
-
-    fn finish(&mut self) {
-        self.decode = Decode::Done;
-        if let Some(conn) = self.conn.take() {
-            if self.reusable && conn.buf.is_empty() {
-                self.done = Some(conn);
-            }
+        if self.decode != Decode::Done || !self.reusable {
+            return None;
         }
+        self.conn.take().filter(|c| c.buf.is_empty())
     }
 
     /// The next frame from what is buffered, or None if more must be read.
@@ -428,11 +424,11 @@ impl hyper::body::Body for BackendBody {
                     return Poll::Ready(Some(Err(e)));
                 }
             };
-            if self.decode == Decode::Done {
-                self.finish();
-            }
             if let Some(data) = frame {
                 return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            if self.decode == Decode::Done {
+                return Poll::Ready(None);
             }
             let Some(conn) = self.conn.as_mut() else {
                 return Poll::Ready(None);
@@ -440,7 +436,7 @@ impl hyper::body::Body for BackendBody {
             match std::task::ready!(conn.poll_fill(cx)) {
                 Ok(0) if self.decode == Decode::UntilClose => {
                     self.reusable = false;
-                    self.finish();
+                    self.decode = Decode::Done;
                     return Poll::Ready(None);
                 }
                 Ok(0) => {
@@ -473,8 +469,9 @@ impl hyper::body::Body for BackendBody {
 mod tests {
     use super::*;
 
-    fn body_of(decode: Decode, wire: &[u8]) -> Result<Vec<u8>, BoxError> {
-        // Decodes what is buffered, as poll_frame does between reads.
+    /// The body decoded from what is buffered (as poll_frame does between
+    /// reads), and whether the connection then comes back for reuse.
+    fn body_of(decode: Decode, wire: &[u8]) -> Result<(Vec<u8>, bool), BoxError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -488,7 +485,6 @@ mod tests {
                 }),
                 decode,
                 reusable: true,
-                done: None,
             };
             let mut out = Vec::new();
             while let Some(d) = b.decode()? {
@@ -497,7 +493,7 @@ mod tests {
             if b.decode != Decode::Done {
                 return Err(format!("not done: {:?}", b.decode).into());
             }
-            Ok(out)
+            Ok((out, b.reusable_conn().is_some()))
         })
     }
 
@@ -510,10 +506,27 @@ mod tests {
     #[test]
     fn chunked_bodies_decode_with_extensions_and_trailers() {
         let wire = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: t\r\n\r\n";
-        assert_eq!(body_of(Decode::Chunked(Chunk::Size), wire).unwrap(), b"hello world");
+        assert_eq!(
+            body_of(Decode::Chunked(Chunk::Size), wire).unwrap(),
+            (b"hello world".to_vec(), true)
+        );
         assert!(body_of(Decode::Chunked(Chunk::Size), b"zz\r\n").is_err());
         assert!(body_of(Decode::Chunked(Chunk::Size), b"2\r\nabc\r\n0\r\n\r\n").is_err());
-        assert_eq!(body_of(Decode::Length(3), b"abc").unwrap(), b"abc");
+    }
+
+    #[test]
+    fn the_connection_comes_back_once_the_body_is_read_whole() {
+        assert_eq!(body_of(Decode::Length(3), b"abc").unwrap(), (b"abc".to_vec(), true));
+        assert_eq!(
+            body_of(Decode::Done, b"").unwrap(),
+            (Vec::new(), true),
+            "HEAD, 204, 304"
+        );
+        assert_eq!(
+            body_of(Decode::Length(3), b"abcX").unwrap(),
+            (b"abc".to_vec(), false),
+            "bytes past the response: not reused"
+        );
     }
 
     #[test]
@@ -539,13 +552,13 @@ mod tests {
         assert!(parse_head(&mut BytesMut::from(&b"HTTP/1.1 200 OK\r\nX"[..]), false)
             .unwrap()
             .is_none());
-        let (parts, (decode, reusable)) = parse_head(&mut buf, false).unwrap().unwrap();
+        let (parts, decode, reusable) = parse_head(&mut buf, false).unwrap().unwrap();
         assert_eq!(parts.status, 200);
         assert_eq!(parts.headers["x-a"], "b");
         assert_eq!((decode, reusable), (Decode::Length(2), true));
         assert_eq!(&buf[..], b"hi", "the body stays buffered");
         let mut close = BytesMut::from(&b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"[..]);
-        assert!(!parse_head(&mut close, false).unwrap().unwrap().1 .1);
+        assert!(!parse_head(&mut close, false).unwrap().unwrap().2);
         assert!(parse_head(&mut BytesMut::from(&b"HTTP/1.1 abc\r\n\r\n"[..]), false).is_err());
     }
 }
