@@ -58,6 +58,11 @@ const FAMILIES: &[(&str, &str, &str)] = &[
     ),
     ("xlb_http_sessions", "gauge", "Entries in the appsession table."),
     (
+        "xlb_http_parked_connections",
+        "gauge",
+        "Idle keep-alive client connections parked (no task, no buffer).",
+    ),
+    (
         "xlb_http_backend_requests_total",
         "counter",
         "Requests sent to a backend.",
@@ -103,6 +108,7 @@ pub fn render(st: &Status) -> String {
                 add("xlb_http_refused_total", sl.clone(), h.refused);
                 add("xlb_http_routed_total", sl.clone(), h.routed);
                 add("xlb_http_sessions", sl.clone(), h.sessions);
+                add("xlb_http_parked_connections", sl.clone(), h.parked);
             }
             None => {
                 add("xlb_service_packets_total", sl.clone(), s.packets);

@@ -79,8 +79,8 @@ impl Status {
                 Some(h) => {
                     let _ = writeln!(
                         o,
-                        " requests={} routed={} no_server={} refused={} sessions={}",
-                        h.requests, h.routed, h.no_server, h.refused, h.sessions
+                        " requests={} routed={} no_server={} refused={} sessions={} parked={}",
+                        h.requests, h.routed, h.no_server, h.refused, h.sessions, h.parked
                     );
                 }
                 None => {

@@ -110,6 +110,13 @@ impl Client {
         self.request("GET", path, headers, "")
     }
 
+    /// What arrives until the other side closes (within the read timeout).
+    pub fn until_closed(&mut self) -> io::Result<String> {
+        let mut rest = String::new();
+        self.reader.read_to_string(&mut rest)?;
+        Ok(rest)
+    }
+
     fn read_response(&mut self, head: bool) -> io::Result<Response> {
         let mut line = String::new();
         if self.reader.read_line(&mut line)? == 0 {

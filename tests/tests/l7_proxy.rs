@@ -48,10 +48,10 @@ fn insert_indirect_first_request_gets_a_cookie_later_ones_stick() {
     // Keep-alive both sides: one client connection carried all of the above.
 }
 
-/// An idle keep-alive connection gives its hyper state back (after about
-/// 200 ms) and keeps serving on the same socket: requests after idle
-/// spells, a request split across one, pipelined requests; none is told
-/// to close.
+/// An idle keep-alive connection is parked (no task, no buffer) and keeps
+/// serving on the same socket: requests after idle spells, a request split
+/// across one, pipelined requests; none is told to close. A parked
+/// connection the client closes goes.
 #[test]
 fn idle_connections_release_their_state_and_keep_serving() {
     lab::require_root!();
@@ -62,9 +62,14 @@ fn idle_connections_release_their_state_and_keep_serving() {
         assert_eq!(r.status, 200);
         assert_eq!(r.header("connection"), None, "{:?}", r.headers);
     };
+    let parked = || {
+        let status: serde_json::Value = serde_json::from_str(&l.xlb(&["status", "--json"])).unwrap();
+        status["services"][0]["http"]["parked"].as_u64().unwrap()
+    };
     for _ in 0..3 {
         open(&c.get("/", &[]).unwrap());
         idle();
+        assert_eq!(parked(), 1);
     }
     c.send("GET /split HTTP/1.1\r\nHo").unwrap();
     idle();
@@ -77,6 +82,10 @@ fn idle_connections_release_their_state_and_keep_serving() {
     open(&c.read_next().unwrap());
     idle();
     open(&c.get("/", &[]).unwrap());
+    idle();
+    drop(c);
+    idle();
+    assert_eq!(parked(), 0, "closed by the client while parked");
 }
 
 #[test]
@@ -382,6 +391,66 @@ fn body_and_header_limits_and_malformed_requests_get_4xx() {
     let r = l.client().raw("GARBAGE\r\n\r\n").unwrap();
     assert_eq!(r.status, 400);
     assert_eq!(l.get("/", &[]).status, 200, "and the proxy is still there");
+}
+
+/// The client side of HTTP/1: HTTP/1.0 keeps the connection only when
+/// asked, `Expect: 100-continue` gets its interim answer, a request with
+/// both Transfer-Encoding and Content-Length is read by the first (the
+/// backend never sees both) and its connection closed, a stalled head gets
+/// 408 and a silent connection is closed after `timeout_client`, a client
+/// that leaves in the middle of a body harms nobody.
+#[test]
+fn http1_client_connections() {
+    lab::require_root!();
+    let l = L7::start("[service.http]\ntimeout_client = \"1s\"\n", &two(), &[]);
+    let mut c = l.client();
+    let r = c.raw("GET / HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!((r.status, r.header("connection")), (200, Some("close")));
+    assert_eq!(c.until_closed().unwrap(), "", "closed after the answer");
+    let mut c = l.client();
+    let keep = "GET / HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n";
+    let r = c.raw(keep).unwrap();
+    assert_eq!((r.status, r.header("connection")), (200, Some("keep-alive")));
+    assert_eq!(c.raw(keep).unwrap().status, 200, "the same connection again");
+
+    let mut c = l.client();
+    c.send("POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        .unwrap();
+    assert_eq!(c.read_next().unwrap().status, 100, "before the body is sent");
+    let r = c.raw("hello").unwrap();
+    assert_eq!((r.status, r.header("x-request-body")), (200, Some("hello")));
+    // Pipelined after a body: the next request starts where the body ends.
+    let r = c
+        .raw("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhiGET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(r.header("x-request-body"), Some("hi"));
+    assert_eq!(c.read_next().unwrap().status, 200);
+
+    let mut c = l.client();
+    let r = c
+        .raw("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        .unwrap();
+    assert_eq!((r.status, r.header("x-request-body")), (200, Some("hello")));
+    assert_eq!(r.seen("content-length"), Vec::<&str>::new());
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_eq!(c.until_closed().unwrap(), "");
+
+    let mut c = l.client();
+    c.send("GET / HTTP/1.1\r\nHo").unwrap();
+    assert_eq!(c.read_next().unwrap().status, 408, "a head that stalls");
+    let mut c = l.client();
+    assert_eq!(c.get("/", &[]).unwrap().status, 200);
+    assert_eq!(
+        c.until_closed().unwrap(),
+        "",
+        "idle past timeout_client: closed, no answer"
+    );
+
+    let mut c = l.client();
+    c.send("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+        .unwrap();
+    drop(c);
+    assert_eq!(l.get("/", &[]).status, 200);
 }
 
 #[test]

@@ -28,6 +28,8 @@ pub struct ServiceCounters {
     pub refused: AtomicU64,
     /// Requests that went to a route's backend group.
     pub routed: AtomicU64,
+    /// Idle keep-alive client connections parked now.
+    pub parked: AtomicU64,
 }
 
 /// A copy of the counters of one backend, for reports.
@@ -50,6 +52,9 @@ pub struct ServiceSnapshot {
     pub routed: u64,
     /// Entries in the appsession table.
     pub sessions: u64,
+    /// Idle keep-alive client connections parked now.
+    #[serde(default)]
+    pub parked: u64,
 }
 
 fn get(c: &AtomicU64) -> u64 {
@@ -87,6 +92,7 @@ impl ServiceCounters {
             refused: get(&self.refused),
             routed: get(&self.routed),
             sessions: sessions as u64,
+            parked: get(&self.parked),
         }
     }
 }

@@ -7,6 +7,9 @@ pub mod appsession;
 pub mod balance;
 pub mod cookie;
 pub mod counters;
+mod downstream;
+mod framing;
+mod parking;
 pub mod peers;
 pub mod pool;
 mod serve;
@@ -20,9 +23,9 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::{
-    body::{Bytes, Incoming},
+    body::Bytes,
     header::{self, HeaderMap, HeaderName, HeaderValue},
     Method, Request, Response, StatusCode, Uri, Version,
 };
@@ -417,16 +420,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn boxed(body: Incoming) -> Body {
-    body.map_err(BoxError::from).boxed()
-}
-
 /// A request body as the backend gets it. With a body limit, a body of
 /// unknown length (chunked, or HTTP/2 without content-length) is read
 /// first, so an oversized one is refused with 413 before anything is sent.
-async fn limit_body(http: &HttpCfg, req: Request<Incoming>) -> Result<Request<Body>, Response<Body>> {
+async fn limit_body(http: &HttpCfg, req: Request<Body>) -> Result<Request<Body>, Response<Body>> {
     let Some(max) = http.max_body_bytes else {
-        return Ok(req.map(boxed));
+        return Ok(req);
     };
     let declared = req
         .headers()
@@ -434,20 +433,24 @@ async fn limit_body(http: &HttpCfg, req: Request<Incoming>) -> Result<Request<Bo
         .map(|v| v.to_str().ok().and_then(|v| v.parse::<u64>().ok()));
     match declared {
         Some(Some(n)) if n > max => Err(local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")),
-        Some(Some(_)) => Ok(req.map(boxed)),
+        Some(Some(_)) => Ok(req),
         Some(None) => Err(local(StatusCode::BAD_REQUEST, "bad content-length\n")),
         None => {
-            let (parts, body) = req.into_parts();
-            match Limited::new(body, max as usize).collect().await {
-                Ok(b) => Ok(Request::from_parts(
-                    parts,
-                    Full::new(b.to_bytes()).map_err(|n| match n {}).boxed(),
-                )),
-                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                    Err(local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"))
+            let (parts, mut body) = req.into_parts();
+            let mut whole = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else {
+                    return Err(local(StatusCode::BAD_REQUEST, "bad request body\n"));
+                };
+                if let Ok(data) = frame.into_data() {
+                    if (whole.len() + data.len()) as u64 > max {
+                        return Err(local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"));
+                    }
+                    whole.extend_from_slice(&data);
                 }
-                Err(_) => Err(local(StatusCode::BAD_REQUEST, "bad request body\n")),
             }
+            let whole = Full::new(Bytes::from(whole)).map_err(|n| match n {}).boxed();
+            Ok(Request::from_parts(parts, whole))
         }
     }
 }
@@ -607,7 +610,7 @@ fn learn_session(svc: &Service, session: Option<&str>, target: usize, resp: &Res
 
 /// One request: routing, persistence or balancing, retries, rewriting
 /// both ways.
-async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, req: Request<Body>) -> Response<Body> {
     let started = Instant::now();
     bump(&svc.counters.requests);
     let http = &svc.cfg.http;
@@ -631,7 +634,8 @@ async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, req: Reques
             };
         }
     }
-    // hyper's own buffer limit cannot go below 8 KiB: smaller limits here.
+    // (HTTP/1 heads are held to the limit as they are read; this is for
+    // HTTP/2's.)
     let head_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
     let target_bytes = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
     if head_bytes + target_bytes > http.max_header_bytes {

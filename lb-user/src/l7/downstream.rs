@@ -1,0 +1,565 @@
+//! HTTP/1.1 towards clients, on the connection's own task: the request
+//! head is parsed in place, the handler runs, and the response goes out
+//! with its head and whatever body is ready in one write. Pipelined
+//! requests are answered in order. Between requests a connection holds no
+//! buffer, only its socket and this task (HAProxy, too, holds no buffers
+//! for an idle connection); hyper's server kept about 16 KiB per
+//! connection for as long as it was open.
+
+use std::{
+    future::poll_fn,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex, RwLock},
+    task::{Context, Poll},
+    time::{Duration, Instant, SystemTime},
+};
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::{
+    body::{Body as _, Frame, SizeHint},
+    header::{self, HeaderMap, HeaderName, HeaderValue},
+    Method, Request, Response, StatusCode, Uri, Version,
+};
+use tokio::{
+    io::AsyncWriteExt,
+    net::{
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+        TcpStream,
+    },
+    time::timeout,
+};
+
+use super::{
+    counters::bump,
+    framing::{self, Decode},
+    handle,
+    parking::{self, PARK_AFTER},
+    Body, BoxError, Service, States,
+};
+use crate::config::ConnectionMode;
+
+/// Headers a request may have (hyper's limit is 100).
+const MAX_HEADERS: usize = 128;
+/// What a request head is first read into.
+const HEAD_BUF: usize = 4096;
+/// Response body pieces at least this large are written as they are,
+/// not copied behind the head.
+const WRITE_DIRECT: usize = 16 * 1024;
+/// After refusing a request, how long and how much of what the client
+/// still sends is read and dropped before closing, so that closing with
+/// unread data (a reset) does not destroy the answer on its way.
+const LINGER: (Duration, usize) = (Duration::from_secs(1), 256 * 1024);
+
+/// The reading side of a client connection.
+struct Rx {
+    read: OwnedReadHalf,
+    /// Read but not yet used.
+    buf: BytesMut,
+}
+
+impl Rx {
+    /// Reads more into `buf`; Ok(0) at end of stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(HEAD_BUF);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.read), cx, &mut self.buf)
+    }
+
+    async fn fill(&mut self) -> io::Result<usize> {
+        poll_fn(|cx| self.poll_fill(cx)).await
+    }
+}
+
+/// Why no request came: the client gets this answer, then the connection
+/// closes.
+struct Refusal(StatusCode, &'static str);
+
+/// A request head, and what the connection must know of it.
+struct Incoming {
+    req: Request<()>,
+    body: Decode,
+    /// The client keeps the connection open after this exchange.
+    keep_alive: bool,
+    /// Answers "100 Continue" before reading the body.
+    expect_continue: bool,
+    /// Both Transfer-Encoding and Content-Length: served, then closed.
+    ambiguous: bool,
+}
+
+/// What follows an exchange.
+enum After {
+    KeepAlive,
+    /// Close: nothing more is expected from the client.
+    Close,
+    /// Close, reading what the client may still send first.
+    Linger,
+}
+
+/// Serves one HTTP/1 client connection until it closes, times out, errs
+/// or is parked.
+pub async fn serve(stream: TcpStream, peer: SocketAddr, current: Arc<RwLock<Arc<Service>>>, states: States) {
+    let (read, mut write) = stream.into_split();
+    let mut rx = Rx {
+        read,
+        buf: BytesMut::new(),
+    };
+    loop {
+        let svc = current.read().expect("service lock").clone();
+        let http = &svc.cfg.http;
+        let t_client = http.timeout_client;
+        if rx.buf.is_empty() {
+            // Between requests; parked (no task, no buffer) when it lasts.
+            let first = t_client.min(PARK_AFTER);
+            match timeout(first, rx.read.readable()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) if t_client <= first => return,
+                Err(_) => {
+                    let stream = rx.read.reunite(write).expect("the halves of one stream");
+                    let until = Instant::now() + (t_client - first);
+                    let Err(stream) = parking::park(stream, peer, current.clone(), states.clone(), until) else {
+                        return;
+                    };
+                    (rx.read, write) = stream.into_split();
+                    if !matches!(timeout(t_client - first, rx.read.readable()).await, Ok(Ok(()))) {
+                        return;
+                    }
+                }
+            }
+        }
+        let next = match next_request(&mut rx, t_client, http.max_header_bytes).await {
+            Ok(Some(n)) => n,
+            Ok(None) => return,
+            Err(Refusal(status, why)) => {
+                bump(&svc.counters.refused);
+                // The access log's shape, as HAProxy logs a bad request.
+                let (name, code) = (&svc.cfg.name, status.as_u16());
+                tracing::info!(target: "xlb::access", "{peer} {name} <NOSRV> {code} 0ms cookie=- via=- \"<BADREQ>\"");
+                return refuse(rx, write, status, why, t_client).await;
+            }
+        };
+        let after;
+        (rx, after) = exchange(rx, &mut write, next, svc, &states, peer).await;
+        match after {
+            After::KeepAlive => {}
+            After::Close => return,
+            After::Linger => return linger(rx, write).await,
+        }
+    }
+}
+
+/// One request: the handler's answer, written to the client.
+async fn exchange(
+    mut rx: Rx,
+    write: &mut OwnedWriteHalf,
+    next: Incoming,
+    svc: Arc<Service>,
+    states: &States,
+    peer: SocketAddr,
+) -> (Rx, After) {
+    let (t_client, mode) = (svc.cfg.http.timeout_client, svc.cfg.http.connection);
+    if next.expect_continue
+        && next.body != Decode::Done
+        && !write_all(write, b"HTTP/1.1 100 Continue\r\n\r\n", t_client).await
+    {
+        return (rx, After::Close);
+    }
+    let head_method = next.req.method() == Method::HEAD;
+    let http10 = next.req.version() == Version::HTTP_10;
+    let mut keep_alive = next.keep_alive && !next.ambiguous && mode != ConnectionMode::Close;
+    let mut body_read = true;
+    let resp = if next.body == Decode::Done {
+        handle(svc, states.clone(), peer, next.req.map(|()| Body::default())).await
+    } else {
+        // The body reads the socket while the handler runs; the reading
+        // side comes back when the handler is done with it.
+        let slot = Arc::new(Mutex::new(Some((rx, next.body))));
+        let body = ClientBody(slot.clone()).boxed();
+        let resp = handle(svc, states.clone(), peer, next.req.map(|()| body)).await;
+        let (back, left) = slot.lock().expect("body lock").take().expect("taken only here");
+        rx = back;
+        // A body the handler did not read whole (it refused the request):
+        // the connection cannot carry on.
+        body_read = left == Decode::Done;
+        keep_alive &= body_read;
+        resp
+    };
+    let after = match respond(write, resp, head_method, http10, &mut keep_alive, t_client).await {
+        Ok(()) if keep_alive => After::KeepAlive,
+        Ok(()) if body_read && rx.buf.is_empty() => After::Close,
+        _ => After::Linger,
+    };
+    (rx, after)
+}
+
+/// Reads the next request head, once the client has sent something.
+/// Ok(None): the client closed.
+async fn next_request(rx: &mut Rx, t_client: Duration, max_head: usize) -> Result<Option<Incoming>, Refusal> {
+    // From its first byte, a head has the client timeout to arrive whole
+    // (HAProxy's `timeout http-request`: 408).
+    let read = async {
+        loop {
+            if !rx.buf.is_empty() {
+                if let Some(n) = parse(&mut rx.buf, max_head)? {
+                    return Ok(Some(n));
+                }
+            }
+            match rx.fill().await {
+                Ok(0) if rx.buf.is_empty() => return Ok(None),
+                Ok(0) => return Err(Refusal(StatusCode::BAD_REQUEST, "closed in the request head")),
+                Ok(_) => {}
+                Err(_) => return Ok(None),
+            }
+        }
+    };
+    timeout(t_client, read)
+        .await
+        .unwrap_or(Err(Refusal(StatusCode::REQUEST_TIMEOUT, "request head timed out")))
+}
+
+/// A complete request head at the front of `buf`, taken out of it.
+fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Incoming>, Refusal> {
+    let too_large = Refusal(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too large");
+    let bad = |why| Refusal(StatusCode::BAD_REQUEST, why);
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut r = httparse::Request::new(&mut slots);
+    let len = match r.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n > max_head => return Err(too_large),
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > max_head => return Err(too_large),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(too_large),
+        Err(_) => return Err(bad("malformed request head")),
+    };
+    let method = Method::from_bytes(r.method.unwrap_or("").as_bytes()).map_err(|_| bad("bad method"))?;
+    let version = if r.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // The target and header values share the head's bytes.
+    let base = buf.as_ptr() as usize;
+    let span = |s: &[u8]| {
+        let at = s.as_ptr() as usize - base;
+        at..at + s.len()
+    };
+    let target = span(r.path.unwrap_or("").as_bytes());
+    let spans: Vec<_> = r
+        .headers
+        .iter()
+        .map(|h| (span(h.name.as_bytes()), span(h.value)))
+        .collect();
+    let bytes = buf.split_to(len).freeze();
+    let uri = Uri::from_maybe_shared(bytes.slice(target)).map_err(|_| bad("bad request target"))?;
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for (n, v) in spans {
+        let name = HeaderName::from_bytes(&bytes[n]).map_err(|_| bad("bad header name"))?;
+        let value = HeaderValue::from_maybe_shared(bytes.slice(v)).map_err(|_| bad("bad header value"))?;
+        headers.append(name, value);
+    }
+    let ambiguous = headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH);
+    let body = match framing::declared(&headers).map_err(bad)? {
+        Some(Decode::UntilClose) => Decode::Done,
+        Some(d) => d,
+        // RFC 9112 6.3: a request whose transfer coding does not end in
+        // chunked cannot be delimited.
+        None => return Err(bad("transfer-encoding without chunked")),
+    };
+    if ambiguous {
+        // Transfer-Encoding wins; the backend must not see both.
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    let keep_alive = match version {
+        Version::HTTP_10 => framing::lists(&headers, &header::CONNECTION, "keep-alive"),
+        _ => !framing::lists(&headers, &header::CONNECTION, "close"),
+    };
+    let expect_continue = headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let mut req = Request::new(());
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = version;
+    *req.headers_mut() = headers;
+    Ok(Some(Incoming {
+        req,
+        body,
+        keep_alive,
+        expect_continue,
+        ambiguous,
+    }))
+}
+
+/// A request body read from the client's socket as the backend side asks
+/// for it.
+struct ClientBody(Arc<Mutex<Option<(Rx, Decode)>>>);
+
+impl hyper::body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut slot = self.0.lock().expect("body lock");
+        let Some((rx, decode)) = slot.as_mut() else {
+            return Poll::Ready(Some(Err("the request is over".into())));
+        };
+        loop {
+            match decode.next(&mut rx.buf) {
+                Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(None) if *decode == Decode::Done => return Poll::Ready(None),
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Some(Err(e))),
+            }
+            match std::task::ready!(rx.poll_fill(cx)) {
+                Ok(0) => return Poll::Ready(Some(Err("the client closed in the request body".into()))),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Some(Err(e.into()))),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0
+            .lock()
+            .expect("body lock")
+            .as_ref()
+            .is_none_or(|(_, d)| *d == Decode::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0
+            .lock()
+            .expect("body lock")
+            .as_ref()
+            .map_or_else(SizeHint::default, |(_, d)| d.size_hint())
+    }
+}
+
+/// How a response body goes to the client.
+#[derive(PartialEq)]
+enum Out {
+    /// No body (HEAD, 1xx, 204, 304).
+    None,
+    /// As it comes: its length is in the head.
+    Raw,
+    Chunked,
+    /// Until the connection closes (HTTP/1.0 clients, length unknown).
+    UntilClose,
+}
+
+/// Writes `resp` to the client. `keep_alive` comes back false when the
+/// response can only end by closing the connection.
+async fn respond(
+    write: &mut OwnedWriteHalf,
+    resp: Response<Body>,
+    head_method: bool,
+    http10: bool,
+    keep_alive: &mut bool,
+    t: Duration,
+) -> Result<(), ()> {
+    let (parts, mut body) = resp.into_parts();
+    let status = parts.status;
+    let headers = &parts.headers;
+    let exact = body.size_hint().exact();
+    let mut out = Vec::with_capacity(512);
+    let add = |out: &mut Vec<u8>, name: &str, value: &[u8]| {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    };
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (k, v) in headers {
+        add(&mut out, k.as_str(), v.as_bytes());
+    }
+    if !headers.contains_key(header::DATE) {
+        add(&mut out, "date", &date());
+    }
+    let how = if head_method || status.is_informational() || status == 204 || status == 304 {
+        Out::None
+    } else if headers.contains_key(header::CONTENT_LENGTH) {
+        Out::Raw
+    } else if let Some(n) = exact {
+        add(&mut out, "content-length", n.to_string().as_bytes());
+        Out::Raw
+    } else if http10 {
+        Out::UntilClose
+    } else {
+        add(&mut out, "transfer-encoding", b"chunked");
+        Out::Chunked
+    };
+    *keep_alive &= how != Out::UntilClose && !framing::lists(headers, &header::CONNECTION, "close");
+    if !headers.contains_key(header::CONNECTION) {
+        match (*keep_alive, http10) {
+            (false, _) => add(&mut out, "connection", b"close"),
+            (true, true) => add(&mut out, "connection", b"keep-alive"),
+            (true, false) => {}
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    if how == Out::None {
+        return write_all(write, &out, t).await.then_some(()).ok_or(());
+    }
+    loop {
+        // Gather what the body has ready; write when it has to wait.
+        let frame = match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
+            Poll::Ready(f) => f,
+            Poll::Pending => {
+                if !write_all(write, &out, t).await {
+                    return Err(());
+                }
+                out.clear();
+                poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+            }
+        };
+        let data = match frame {
+            None => break,
+            // The backend failed in the body: the client can only tell by
+            // the connection closing before the body's end.
+            Some(Err(_)) => {
+                let _ = write_all(write, &out, t).await;
+                return Err(());
+            }
+            Some(Ok(f)) => match f.into_data() {
+                Ok(d) => d,
+                Err(_) => continue, // trailers
+            },
+        };
+        match how {
+            Out::Chunked => framing::put_chunk(&mut out, &data),
+            _ if data.len() >= WRITE_DIRECT => {
+                if !write_all(write, &out, t).await || !write_all(write, &data, t).await {
+                    return Err(());
+                }
+                out.clear();
+            }
+            _ => out.extend_from_slice(&data),
+        }
+        if out.len() >= WRITE_DIRECT {
+            if !write_all(write, &out, t).await {
+                return Err(());
+            }
+            out.clear();
+        }
+    }
+    if how == Out::Chunked {
+        out.extend_from_slice(framing::LAST_CHUNK);
+    }
+    write_all(write, &out, t).await.then_some(()).ok_or(())
+}
+
+/// Writes all of `bytes` within the client timeout.
+async fn write_all(write: &mut OwnedWriteHalf, bytes: &[u8], t: Duration) -> bool {
+    bytes.is_empty() || matches!(timeout(t, write.write_all(bytes)).await, Ok(Ok(())))
+}
+
+/// Answers a request that cannot be served, and closes.
+async fn refuse(rx: Rx, mut write: OwnedWriteHalf, status: StatusCode, why: &str, t: Duration) {
+    let body = format!("{why}\n");
+    let head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain\r\ncache-control: no-cache\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    if write_all(&mut write, (head + &body).as_bytes(), t).await {
+        linger(rx, write).await;
+    }
+}
+
+/// Closes after our last answer: the sending side first, then what the
+/// client still sends is read (within [`LINGER`]) so that it arrives.
+async fn linger(mut rx: Rx, mut write: OwnedWriteHalf) {
+    let _ = write.shutdown().await;
+    let (t, max) = LINGER;
+    let _ = timeout(t, async {
+        let mut seen = 0;
+        while seen < max {
+            rx.buf.clear();
+            match rx.fill().await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen += n,
+            }
+        }
+    })
+    .await;
+}
+
+/// The Date header value, made once a second per thread.
+fn date() -> Bytes {
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, Bytes)> = const { std::cell::RefCell::new((0, Bytes::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs {
+            *d = (secs, Bytes::from(httpdate::fmt_http_date(now)));
+        }
+        d.1.clone()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(wire: &str) -> Result<Option<Incoming>, StatusCode> {
+        parse(&mut BytesMut::from(wire), 1024).map_err(|Refusal(s, _)| s)
+    }
+
+    #[test]
+    fn request_heads() {
+        let n = parsed("GET /a?b HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!((n.req.uri().path(), n.req.uri().query()), ("/a", Some("b")));
+        assert_eq!(n.req.headers()["x-a"], "1");
+        assert!(n.keep_alive && n.body == Decode::Done);
+        assert!(parsed("GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none(), "partial");
+        let n = parsed("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert!(!n.keep_alive, "HTTP/1.0 closes unless asked");
+        let n = parsed("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(n.keep_alive);
+        let n = parsed("POST / HTTP/1.1\r\nConnection: close\r\nContent-Length: 5\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(!n.keep_alive && n.body == Decode::Length(5));
+    }
+
+    #[test]
+    fn request_framing_and_refusals() {
+        let n = parsed("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(n.ambiguous && matches!(n.body, Decode::Chunked(_)));
+        assert!(!n.req.headers().contains_key(header::CONTENT_LENGTH));
+        assert_eq!(
+            parsed("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n").err(),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            parsed("POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n").err(),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(parsed("GARBAGE\r\n\r\n").err(), Some(StatusCode::BAD_REQUEST));
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(1100));
+        assert_eq!(parsed(&big).err(), Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
+        assert_eq!(
+            parsed(&big[..1050]).err(),
+            Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+            "partial"
+        );
+    }
+}
