@@ -200,25 +200,32 @@ async fn exchange(
 /// Ok(None): the client closed.
 async fn next_request(rx: &mut Rx, t_client: Duration, max_head: usize) -> Result<Option<Incoming>, Refusal> {
     // From its first byte, a head has the client timeout to arrive whole
-    // (HAProxy's `timeout http-request`: 408).
-    let read = async {
-        loop {
-            if !rx.buf.is_empty() {
-                if let Some(n) = parse(&mut rx.buf, max_head)? {
-                    return Ok(Some(n));
-                }
-            }
-            match rx.fill().await {
-                Ok(0) if rx.buf.is_empty() => return Ok(None),
-                Ok(0) => return Err(Refusal(StatusCode::BAD_REQUEST, "closed in the request head")),
-                Ok(_) => {}
-                Err(_) => return Ok(None),
+    // (HAProxy's `timeout http-request`: 408). The clock starts only if a
+    // read has to wait: most heads arrive in one.
+    let mut deadline = None;
+    loop {
+        if !rx.buf.is_empty() {
+            if let Some(n) = parse(&mut rx.buf, max_head)? {
+                return Ok(Some(n));
             }
         }
-    };
-    timeout(t_client, read)
-        .await
-        .unwrap_or(Err(Refusal(StatusCode::REQUEST_TIMEOUT, "request head timed out")))
+        let filled = match poll_fn(|cx| Poll::Ready(rx.poll_fill(cx))).await {
+            Poll::Ready(r) => r,
+            Poll::Pending => {
+                let until = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + t_client);
+                let Ok(r) = tokio::time::timeout_at(until, rx.fill()).await else {
+                    return Err(Refusal(StatusCode::REQUEST_TIMEOUT, "request head timed out"));
+                };
+                r
+            }
+        };
+        match filled {
+            Ok(0) if rx.buf.is_empty() => return Ok(None),
+            Ok(0) => return Err(Refusal(StatusCode::BAD_REQUEST, "closed in the request head")),
+            Ok(_) => {}
+            Err(_) => return Ok(None),
+        }
+    }
 }
 
 /// A complete request head at the front of `buf`, taken out of it.
@@ -456,9 +463,15 @@ async fn respond(
     write_all(write, &out, t).await.then_some(()).ok_or(())
 }
 
-/// Writes all of `bytes` within the client timeout.
+/// Writes all of `bytes` within the client timeout (most writes go out at
+/// once: no timer for those).
 async fn write_all(write: &mut OwnedWriteHalf, bytes: &[u8], t: Duration) -> bool {
-    bytes.is_empty() || matches!(timeout(t, write.write_all(bytes)).await, Ok(Ok(())))
+    let sent = match write.try_write(bytes) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(_) => return false,
+    };
+    sent == bytes.len() || matches!(timeout(t, write.write_all(&bytes[sent..])).await, Ok(Ok(())))
 }
 
 /// Answers a request that cannot be served, and closes.
