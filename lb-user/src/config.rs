@@ -194,6 +194,12 @@ pub struct HttpCfg {
     pub timeout_connect: Duration,
     pub timeout_client: Duration,
     pub timeout_server: Duration,
+    /// A request head must arrive whole within this of its first byte
+    /// (HAProxy's `timeout http-request`; default `timeout_client`).
+    pub timeout_http_request: Duration,
+    /// How long a keep-alive connection waits for its next request
+    /// (HAProxy's `timeout http-keep-alive`; default `timeout_http_request`).
+    pub timeout_http_keep_alive: Duration,
     pub max_header_bytes: usize,
     pub max_body_bytes: Option<u64>,
 }
@@ -211,6 +217,8 @@ impl Default for HttpCfg {
             timeout_connect: Duration::from_secs(5),
             timeout_client: Duration::from_secs(30),
             timeout_server: Duration::from_secs(30),
+            timeout_http_request: Duration::from_secs(30),
+            timeout_http_keep_alive: Duration::from_secs(30),
             max_header_bytes: 16 * 1024,
             max_body_bytes: None,
         }
@@ -415,6 +423,8 @@ struct RawHttp {
     timeout_connect: Option<Spanned<String>>,
     timeout_client: Option<Spanned<String>>,
     timeout_server: Option<Spanned<String>>,
+    timeout_http_request: Option<Spanned<String>>,
+    timeout_http_keep_alive: Option<Spanned<String>>,
     max_header_bytes: Option<usize>,
     max_body_bytes: Option<u64>,
 }
@@ -1041,6 +1051,15 @@ impl Validator<'_> {
                 None
             })
         });
+        let timeout_client = self
+            .duration(raw.timeout_client, "timeout_client")
+            .unwrap_or(d.timeout_client);
+        let timeout_http_request = self
+            .duration(raw.timeout_http_request, "timeout_http_request")
+            .unwrap_or(timeout_client);
+        let timeout_http_keep_alive = self
+            .duration(raw.timeout_http_keep_alive, "timeout_http_keep_alive")
+            .unwrap_or(timeout_http_request);
         HttpCfg {
             redispatch: raw.redispatch,
             retries: raw.retries.unwrap_or(d.retries),
@@ -1051,12 +1070,12 @@ impl Validator<'_> {
             timeout_connect: self
                 .duration(raw.timeout_connect, "timeout_connect")
                 .unwrap_or(d.timeout_connect),
-            timeout_client: self
-                .duration(raw.timeout_client, "timeout_client")
-                .unwrap_or(d.timeout_client),
+            timeout_client,
             timeout_server: self
                 .duration(raw.timeout_server, "timeout_server")
                 .unwrap_or(d.timeout_server),
+            timeout_http_request,
+            timeout_http_keep_alive,
             max_header_bytes: raw.max_header_bytes.unwrap_or(d.max_header_bytes),
             max_body_bytes: raw.max_body_bytes,
         }
@@ -1169,6 +1188,27 @@ mode = "nat"
         assert_eq!((s.port, s.protocol, s.balance.as_str()), (80, Protocol::Tcp, "source"));
         assert_eq!(s.backends[0].weight, 1);
         assert_eq!(s.health.rise, 2);
+    }
+
+    #[test]
+    fn http_timeouts_default_as_haproxys() {
+        let http = |extra: &str| {
+            let text = format!(
+                "[[service]]\nname = \"w\"\nvip = \"127.0.0.1\"\nport = 80\nmode = \"http\"\n\
+                 [service.http]\ntimeout_client = \"10s\"\n{extra}\
+                 [[service.backend]]\nname = \"a\"\naddress = \"127.0.0.1:81\"\n"
+            );
+            let c = parse(Path::new("x.toml"), &text).unwrap();
+            let h = &c.services[0].http;
+            (h.timeout_http_request.as_secs(), h.timeout_http_keep_alive.as_secs())
+        };
+        assert_eq!(http(""), (10, 10), "both from timeout_client");
+        assert_eq!(
+            http("timeout_http_request = \"2s\"\n"),
+            (2, 2),
+            "keep-alive from http-request"
+        );
+        assert_eq!(http("timeout_http_keep_alive = \"1s\"\n"), (10, 1));
     }
 
     #[test]

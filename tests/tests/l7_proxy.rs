@@ -397,12 +397,17 @@ fn body_and_header_limits_and_malformed_requests_get_4xx() {
 /// asked, `Expect: 100-continue` gets its interim answer, a request with
 /// both Transfer-Encoding and Content-Length is read by the first (the
 /// backend never sees both) and its connection closed, a stalled head gets
-/// 408 and a silent connection is closed after `timeout_client`, a client
-/// that leaves in the middle of a body harms nobody.
+/// 408 after `timeout_http_request` and a silent connection is closed after
+/// `timeout_http_keep_alive` (both shorter than `timeout_client` here), a
+/// client that leaves in the middle of a body harms nobody.
 #[test]
 fn http1_client_connections() {
     lab::require_root!();
-    let l = L7::start("[service.http]\ntimeout_client = \"1s\"\n", &two(), &[]);
+    let l = L7::start(
+        "[service.http]\ntimeout_client = \"60s\"\ntimeout_http_request = \"1s\"\ntimeout_http_keep_alive = \"1s\"\n",
+        &two(),
+        &[],
+    );
     let mut c = l.client();
     let r = c.raw("GET / HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
     assert_eq!((r.status, r.header("connection")), (200, Some("close")));
@@ -443,7 +448,7 @@ fn http1_client_connections() {
     assert_eq!(
         c.until_closed().unwrap(),
         "",
-        "idle past timeout_client: closed, no answer"
+        "idle past the keep-alive timeout: closed, no answer"
     );
 
     let mut c = l.client();

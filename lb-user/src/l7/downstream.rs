@@ -110,28 +110,28 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, current: Arc<RwLock<Arc<
     loop {
         let svc = current.read().expect("service lock").clone();
         let http = &svc.cfg.http;
-        let t_client = http.timeout_client;
+        let (t_client, t_idle) = (http.timeout_client, http.timeout_http_keep_alive);
         if rx.buf.is_empty() {
             // Between requests; parked (no task, no buffer) when it lasts.
-            let first = t_client.min(PARK_AFTER);
+            let first = t_idle.min(PARK_AFTER);
             match timeout(first, rx.read.readable()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return,
-                Err(_) if t_client <= first => return,
+                Err(_) if t_idle <= first => return,
                 Err(_) => {
                     let stream = rx.read.reunite(write).expect("the halves of one stream");
-                    let until = Instant::now() + (t_client - first);
+                    let until = Instant::now() + (t_idle - first);
                     let Err(stream) = parking::park(stream, peer, current.clone(), states.clone(), until) else {
                         return;
                     };
                     (rx.read, write) = stream.into_split();
-                    if !matches!(timeout(t_client - first, rx.read.readable()).await, Ok(Ok(()))) {
+                    if !matches!(timeout(t_idle - first, rx.read.readable()).await, Ok(Ok(()))) {
                         return;
                     }
                 }
             }
         }
-        let next = match next_request(&mut rx, t_client, http.max_header_bytes).await {
+        let next = match next_request(&mut rx, http.timeout_http_request, http.max_header_bytes).await {
             Ok(Some(n)) => n,
             Ok(None) => return,
             Err(Refusal(status, why)) => {
@@ -198,10 +198,10 @@ async fn exchange(
 
 /// Reads the next request head, once the client has sent something.
 /// Ok(None): the client closed.
-async fn next_request(rx: &mut Rx, t_client: Duration, max_head: usize) -> Result<Option<Incoming>, Refusal> {
-    // From its first byte, a head has the client timeout to arrive whole
-    // (HAProxy's `timeout http-request`: 408). The clock starts only if a
-    // read has to wait: most heads arrive in one.
+async fn next_request(rx: &mut Rx, t_head: Duration, max_head: usize) -> Result<Option<Incoming>, Refusal> {
+    // From its first byte, a head has `timeout_http_request` to arrive
+    // whole (else 408). The clock starts only if a read has to wait: most
+    // heads arrive in one.
     let mut deadline = None;
     loop {
         if !rx.buf.is_empty() {
@@ -212,7 +212,7 @@ async fn next_request(rx: &mut Rx, t_client: Duration, max_head: usize) -> Resul
         let filled = match poll_fn(|cx| Poll::Ready(rx.poll_fill(cx))).await {
             Poll::Ready(r) => r,
             Poll::Pending => {
-                let until = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + t_client);
+                let until = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + t_head);
                 let Ok(r) = tokio::time::timeout_at(until, rx.fill()).await else {
                     return Err(Refusal(StatusCode::REQUEST_TIMEOUT, "request head timed out"));
                 };

@@ -16,11 +16,11 @@ use super::{downstream, handle, Body, BoxError, Service, States};
 
 /// Serves one client connection, HTTP/1.1 or h2c.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, current: Arc<RwLock<Arc<Service>>>, states: States) {
-    let t_client = current.read().expect("service lock").cfg.http.timeout_client;
+    let t_first = current.read().expect("service lock").cfg.http.timeout_http_request;
     // h2c with prior knowledge opens with "PRI * HTTP/2.0", a method no
     // HTTP/1 request uses.
     let mut first = [0u8; 4];
-    let http1 = match timeout(t_client, stream.peek(&mut first)).await {
+    let http1 = match timeout(t_first, stream.peek(&mut first)).await {
         Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
         Ok(Ok(n)) => !b"PRI ".starts_with(&first[..n]),
     };
