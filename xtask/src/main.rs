@@ -49,7 +49,7 @@ enum Cmd {
         #[arg(default_value = "l4")]
         which: String,
         /// l7: seconds per load run.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 6)]
         duration: u64,
         /// l7: keep-alive connections of the load generator.
         #[arg(long, default_value_t = 50)]
@@ -57,8 +57,9 @@ enum Cmd {
         /// l7: idle connections opened to measure memory per connection.
         #[arg(long, default_value_t = 1000)]
         idle: usize,
-        /// l7: rounds through the proxies (medians are reported).
-        #[arg(long, default_value_t = 3)]
+        /// l7: rounds through the proxies (medians are reported: more
+        /// rounds of shorter runs make them robust to a noisy machine).
+        #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
 }
