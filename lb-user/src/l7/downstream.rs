@@ -1,10 +1,10 @@
 //! HTTP/1.1 towards clients, on the connection's own task: the request
 //! head is parsed in place, the handler runs, and the response goes out
 //! with its head and whatever body is ready in one write. Pipelined
-//! requests are answered in order. Between requests a connection holds no
-//! buffer, only its socket and this task (HAProxy, too, holds no buffers
-//! for an idle connection); hyper's server kept about 16 KiB per
-//! connection for as long as it was open.
+//! requests are answered in order. A connection that waits long for its
+//! next request is parked ([`super::parking`]): no task, no buffer
+//! (hyper's server kept about 16 KiB per connection for as long as it was
+//! open).
 
 use std::{
     future::poll_fn,
