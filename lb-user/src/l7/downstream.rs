@@ -20,8 +20,7 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::{
     body::{Body as _, Frame, SizeHint},
-    header::{self, HeaderMap, HeaderName, HeaderValue},
-    Method, Request, Response, StatusCode, Uri, Version,
+    header, Method, Request, Response, StatusCode, Uri, Version,
 };
 use tokio::{
     io::AsyncWriteExt,
@@ -249,25 +248,11 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Incoming>, Refusa
         Version::HTTP_11
     };
     // The target and header values share the head's bytes.
-    let base = buf.as_ptr() as usize;
-    let span = |s: &[u8]| {
-        let at = s.as_ptr() as usize - base;
-        at..at + s.len()
-    };
-    let target = span(r.path.unwrap_or("").as_bytes());
-    let spans: Vec<_> = r
-        .headers
-        .iter()
-        .map(|h| (span(h.name.as_bytes()), span(h.value)))
-        .collect();
-    let bytes = buf.split_to(len).freeze();
-    let uri = Uri::from_maybe_shared(bytes.slice(target)).map_err(|_| bad("bad request target"))?;
-    let mut headers = HeaderMap::with_capacity(spans.len());
-    for (n, v) in spans {
-        let name = HeaderName::from_bytes(&bytes[n]).map_err(|_| bad("bad header name"))?;
-        let value = HeaderValue::from_maybe_shared(bytes.slice(v)).map_err(|_| bad("bad header value"))?;
-        headers.append(name, value);
-    }
+    let target = framing::span(buf, r.path.unwrap_or("").as_bytes());
+    let spans = framing::header_spans(buf, r.headers);
+    let head = buf.split_to(len).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(target)).map_err(|_| bad("bad request target"))?;
+    let mut headers = framing::header_map(&head, spans).map_err(bad)?;
     let ambiguous = headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH);
     let body = match framing::declared(&headers).map_err(bad)? {
         Some(Decode::UntilClose) => Decode::Done,

@@ -2,10 +2,12 @@
 //! how a body is delimited (RFC 9112 section 6) and the decoding of what
 //! has been read of it.
 
+use std::ops::Range;
+
 use bytes::{Bytes, BytesMut};
 use hyper::{
     body::SizeHint,
-    header::{self, HeaderMap, HeaderName},
+    header::{self, HeaderMap, HeaderName, HeaderValue},
 };
 
 use super::BoxError;
@@ -122,6 +124,32 @@ pub fn declared(headers: &HeaderMap) -> Result<Option<Decode>, &'static str> {
         Some(n) => Decode::Length(n),
         None => Decode::UntilClose,
     }))
+}
+
+/// Where `part` (a slice httparse found) sits in `head`.
+pub fn span(head: &[u8], part: &[u8]) -> Range<usize> {
+    let at = part.as_ptr() as usize - head.as_ptr() as usize;
+    at..at + part.len()
+}
+
+/// Where each header's name and value sit in `head`, taken before the
+/// head leaves its buffer.
+pub fn header_spans(head: &[u8], headers: &[httparse::Header<'_>]) -> Vec<(Range<usize>, Range<usize>)> {
+    headers
+        .iter()
+        .map(|h| (span(head, h.name.as_bytes()), span(head, h.value)))
+        .collect()
+}
+
+/// The headers at `spans` of `head`, their values sharing its bytes.
+pub fn header_map(head: &Bytes, spans: Vec<(Range<usize>, Range<usize>)>) -> Result<HeaderMap, &'static str> {
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for (n, v) in spans {
+        let name = HeaderName::from_bytes(&head[n]).map_err(|_| "bad header name")?;
+        let value = HeaderValue::from_maybe_shared(head.slice(v)).map_err(|_| "bad header value")?;
+        headers.append(name, value);
+    }
+    Ok(headers)
 }
 
 /// A comma-separated header (Connection) lists `token`.

@@ -39,6 +39,7 @@ use appsession::Table;
 use balance::{Algo, Balancer, Key, Slot};
 use cookie::Judgement;
 use counters::{bump, BackendCounters, BackendSnapshot, ServiceCounters, ServiceSnapshot};
+use framing::Decode;
 use pool::{Pool, SendError};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -427,15 +428,12 @@ async fn limit_body(http: &HttpCfg, req: Request<Body>) -> Result<Request<Body>,
     let Some(max) = http.max_body_bytes else {
         return Ok(req);
     };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .map(|v| v.to_str().ok().and_then(|v| v.parse::<u64>().ok()));
-    match declared {
-        Some(Some(n)) if n > max => Err(local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")),
-        Some(Some(_)) => Ok(req),
-        Some(None) => Err(local(StatusCode::BAD_REQUEST, "bad content-length\n")),
-        None => {
+    match framing::declared(req.headers()) {
+        Ok(Some(Decode::Length(n))) if n > max => Err(local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")),
+        Ok(Some(Decode::Length(_) | Decode::Done)) => Ok(req),
+        Err(_) => Err(local(StatusCode::BAD_REQUEST, "bad content-length\n")),
+        // Chunked (HTTP/1) or no length at all (HTTP/2).
+        _ => {
             let (parts, mut body) = req.into_parts();
             let mut whole = Vec::new();
             while let Some(frame) = body.frame().await {

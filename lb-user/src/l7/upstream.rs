@@ -14,7 +14,7 @@ use std::{
 use bytes::{Bytes, BytesMut};
 use hyper::{
     body::{Body as _, Frame, SizeHint},
-    header::{self, HeaderMap, HeaderName, HeaderValue},
+    header::{self, HeaderMap},
     Method, Request, Response, StatusCode, Version,
 };
 use tokio::{io::AsyncWriteExt, net::TcpStream};
@@ -239,24 +239,9 @@ fn parse_head(buf: &mut BytesMut, head_method: bool) -> Result<Option<Parsed>, E
         Version::HTTP_11
     };
     // Header values share the head's bytes.
-    let base = buf.as_ptr() as usize;
-    let spans: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> = r
-        .headers
-        .iter()
-        .map(|h| {
-            let n = h.name.as_ptr() as usize - base;
-            let v = h.value.as_ptr() as usize - base;
-            (n..n + h.name.len(), v..v + h.value.len())
-        })
-        .collect();
-    let bytes: Bytes = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(spans.len());
-    for (n, v) in spans {
-        let name = HeaderName::from_bytes(&bytes[n]).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
-        let value =
-            HeaderValue::from_maybe_shared(bytes.slice(v)).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
-        headers.append(name, value);
-    }
+    let spans = framing::header_spans(buf, r.headers);
+    let head = buf.split_to(len).freeze();
+    let headers = framing::header_map(&head, spans).map_err(|e| ExchangeError::Malformed(e.into()))?;
     let keep_alive = version == Version::HTTP_11 && !framing::lists(&headers, &header::CONNECTION, "close");
     let decode = framing(&headers, status, head_method)?;
     let reusable = keep_alive && decode != Decode::UntilClose;
@@ -360,6 +345,7 @@ impl hyper::body::Body for BackendBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::header::HeaderValue;
 
     /// The body decoded from what is buffered (as poll_frame does between
     /// reads), and whether the connection then comes back for reuse.
