@@ -1,16 +1,19 @@
-//! xlb user space: config, XDP loader and map manager, admin API.
-pub mod admin;
+//! xlb user space. Dependencies point one way, top to bottom:
+//!
+//! - `model`, `admin_client`: small shared leaves
+//! - `config`: the file, its validation and the typed model
+//! - `l4` (the XDP tier), `l7` (the HTTP proxy), then `control` (the
+//!   daemon, reloads, health, VIPs) over both
+//! - `ops`: the admin API, metrics and stats page, over `control`
+//! - `app`: `xlb run`, wiring it all together
+//!
+//! The `layering` test checks this order and that no module imports one
+//! that imports it.
+pub mod admin_client;
+pub mod app;
 pub mod config;
-pub mod daemon;
-pub mod dataplane;
-pub mod health;
+pub mod control;
+pub mod l4;
 pub mod l7;
-pub mod map_manager;
-pub mod metrics;
-pub mod netlink;
-pub mod pins;
-pub mod service_table;
-pub mod stats_page;
-pub mod status;
-pub mod transaction;
-pub mod vip;
+pub mod model;
+pub mod ops;

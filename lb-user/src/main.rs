@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use hyper::{Method, StatusCode};
-use lb_user::{admin, config, daemon, l7::appsession::EntryView, status::Status};
+use lb_user::{admin_client as client, app, config, control::status::Status, l7::appsession::EntryView};
 
 #[derive(Parser)]
 #[command(name = "xlb", version, about = "XDP layer-4 load balancer with an L7 HTTP proxy")]
@@ -145,7 +145,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
-        Cmd::Run { config, iface, cleanup } => Ok(runtime()?.block_on(daemon::run(config, iface, cleanup))?),
+        Cmd::Run { config, iface, cleanup } => Ok(runtime()?.block_on(app::run(config, iface, cleanup))?),
         Cmd::Check { config } => {
             let cfg = config::load(&config)?;
             println!("{}: OK", config.display());
@@ -164,7 +164,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Status { admin, json } => {
-            let body = admin_ok(runtime()?.block_on(admin::request(admin, Method::GET, "/api/status"))?)?;
+            let body = admin_ok(runtime()?.block_on(client::request(admin, Method::GET, "/api/status"))?)?;
             if json {
                 println!("{}", String::from_utf8_lossy(&body));
             } else {
@@ -187,7 +187,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 "/api/servers/{service}/{backend}/state{}",
                 version_query(config_version)
             );
-            admin_ok(runtime()?.block_on(admin::request_with(admin, Method::POST, &path, state.clone().into()))?)?;
+            admin_ok(runtime()?.block_on(client::request_with(admin, Method::POST, &path, state.clone().into()))?)?;
             println!("{service}/{backend}: {state}");
             Ok(())
         }
@@ -205,7 +205,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 "/api/servers/{service}/{backend}/weight{}",
                 version_query(config_version)
             );
-            admin_ok(runtime()?.block_on(admin::request_with(
+            admin_ok(runtime()?.block_on(client::request_with(
                 admin,
                 Method::POST,
                 &path,
@@ -218,7 +218,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             op: SessionOp::Show { service, admin, json },
         } => {
             let path = format!("/api/sessions/{service}");
-            let body = admin_ok(runtime()?.block_on(admin::request(admin, Method::GET, &path))?)?;
+            let body = admin_ok(runtime()?.block_on(client::request(admin, Method::GET, &path))?)?;
             if json {
                 println!("{}", String::from_utf8_lossy(&body));
                 return Ok(());
@@ -237,13 +237,13 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 Some(id) => format!("/api/sessions/{service}/{id}"),
                 None => format!("/api/sessions/{service}"),
             };
-            let body = admin_ok(runtime()?.block_on(admin::request(admin, Method::DELETE, &path))?)?;
+            let body = admin_ok(runtime()?.block_on(client::request(admin, Method::DELETE, &path))?)?;
             print!("{}", String::from_utf8_lossy(&body));
             Ok(())
         }
         Cmd::Reload { admin, config_version } => {
             let path = format!("/api/reload{}", version_query(config_version));
-            let (code, body) = runtime()?.block_on(admin::request(admin, Method::POST, &path))?;
+            let (code, body) = runtime()?.block_on(client::request(admin, Method::POST, &path))?;
             let text = String::from_utf8_lossy(&body);
             if code != StatusCode::OK {
                 bail!("reload refused, running config kept:\n{}", text.trim_end());

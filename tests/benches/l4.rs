@@ -40,8 +40,10 @@ use lab::{
 };
 use lb_user::{
     config,
-    dataplane::{load_object, xdp_program},
-    map_manager::MapManager,
+    l4::{
+        bpf::{load_object, xdp_program},
+        map_manager::MapManager,
+    },
 };
 
 /// Calls per program (XLB_BENCH_CALLS overrides, for quick looks).

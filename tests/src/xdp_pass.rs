@@ -1,6 +1,6 @@
 //! A two-instruction XDP_PASS program attached natively to the switch-side
 //! veth peers. Native XDP_TX/redirect out of a veth is delivered only when
-//! the peer veth has an XDP program (see shared/TOOLCHAIN.md); a real NIC
+//! the peer veth has an XDP program (see docs/building.md); a real NIC
 //! needs nothing of the kind. Loaded with raw bpf(2) calls so the lab does not
 //! depend on the eBPF toolchain.
 

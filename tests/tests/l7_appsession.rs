@@ -1,7 +1,7 @@
 //! Appsession, black-box: the real xlb in front of servers that hand out
 //! session ids like Tomcat with `jvmRoute` (`ID.SERVER`), checked as a
-//! client and the admin API see it (shared/L7-SEMANTICS.md,
-//! "Application-session learning").
+//! client and the admin API see it (docs/operations.md, "The L7 proxy",
+//! "Appsession").
 
 use std::{
     collections::HashSet,

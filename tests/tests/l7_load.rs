@@ -60,7 +60,7 @@ fn a_thousand_concurrent_keep_alive_clients_with_mixed_cookies() {
     const CLIENTS: usize = 1000;
     const ROUNDS: usize = 5;
     assert!(
-        lb_user::daemon::raise_nofile().unwrap() >= 4 * CLIENTS as u64,
+        lb_user::app::raise_nofile().unwrap() >= 4 * CLIENTS as u64,
         "need file descriptors for clients and servers"
     );
     let l = L7::start(INSERT, &three(), &[]);

@@ -1,7 +1,7 @@
 //! The L7 proxy, black-box: the real xlb (an http-only config: no XDP at
 //! all) in a namespace of its own with real backend servers on loopback,
 //! and a client that sees exactly what goes over the wire. Each test checks
-//! rules of shared/L7-SEMANTICS.md.
+//! rules in docs/operations.md.
 
 use lab::l7::{Be, L7};
 

@@ -28,8 +28,10 @@ use lab::{
 use lb_common::{hash, maps, ServiceStats, NAT_PORTS, PROTO_TCP, SNAT_PORT_MIN};
 use lb_user::{
     config,
-    dataplane::{load_object, read_outcomes, xdp_program},
-    map_manager::{service_key, MapManager},
+    l4::{
+        bpf::{load_object, read_outcomes, xdp_program},
+        map_manager::{service_key, MapManager},
+    },
 };
 
 const XDP_DROP: u32 = 1;

@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 
 use crate::run;
 
-/// Debian packages of the verified eBPF toolchain (shared/TOOLCHAIN.md):
+/// Debian packages of the verified eBPF toolchain (docs/building.md):
 /// rustc 1.96 on LLVM 22 with its library source, and LLVM 22 for bpf-linker.
 const TOOLCHAIN_PKGS: &[&str] = &[
     "rustc-web",

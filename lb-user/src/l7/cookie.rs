@@ -1,4 +1,4 @@
-//! Cookie persistence, HAProxy's way (shared/L7-SEMANTICS.md): which server
+//! Cookie persistence, HAProxy's way (docs/operations.md): which server
 //! a request's cookie names, what the server sees of it, and what the
 //! response carries back. Pure functions over header values.
 

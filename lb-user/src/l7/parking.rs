@@ -20,7 +20,10 @@ use std::{
 use mio::{unix::SourceFd, Events, Interest, Poll, Registry, Token};
 use tokio::{io::unix::AsyncFd, net::TcpStream};
 
-use super::{counters::ServiceCounters, downstream, Service, States};
+use super::{
+    counters::ServiceCounters,
+    service::{Service, States},
+};
 
 /// How long a connection waits for its next request on its own task before
 /// it is parked. Parking and waking cost a few microseconds (four epoll
@@ -31,9 +34,14 @@ const TRIM_AFTER: usize = 32;
 /// How often the lot closes the connections whose client timeout passed.
 const SWEEP: Duration = Duration::from_millis(250);
 
+/// What serves a connection again when it wakes: the HTTP/1 server,
+/// passed in so that the lot does not depend on it.
+pub type Resume = fn(TcpStream, SocketAddr, Arc<RwLock<Arc<Service>>>, States);
+
 /// A parked connection: what it needs to be served again.
 struct Parked {
     stream: std::net::TcpStream,
+    resume: Resume,
     peer: SocketAddr,
     current: Arc<RwLock<Arc<Service>>>,
     states: States,
@@ -78,6 +86,7 @@ pub fn park(
     current: Arc<RwLock<Arc<Service>>>,
     states: States,
     until: Instant,
+    resume: Resume,
 ) -> Result<(), TcpStream> {
     LOT.with(|lot| {
         let mut lot = lot.borrow_mut();
@@ -109,6 +118,7 @@ pub fn park(
             let counters = current.read().expect("service lock").counters.clone();
             let p = Parked {
                 stream,
+                resume,
                 peer,
                 current,
                 states,
@@ -188,6 +198,6 @@ fn unpark(fd: RawFd) {
     });
     let Some(p) = parked else { return };
     if let Ok(stream) = TcpStream::from_std(p.stream) {
-        tokio::spawn(downstream::serve(stream, p.peer, p.current, p.states));
+        (p.resume)(stream, p.peer, p.current, p.states);
     }
 }

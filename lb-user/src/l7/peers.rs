@@ -9,7 +9,7 @@ use hyper::{Method, StatusCode};
 use tokio::sync::mpsc;
 
 use super::appsession::{EntryView, Table};
-use crate::admin;
+use crate::admin_client as admin;
 
 /// Entries waiting to be pushed at most; beyond, new ones are dropped (the
 /// peers are behind or gone) and the next learn of the id carries it.

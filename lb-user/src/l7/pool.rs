@@ -22,8 +22,8 @@ use hyper::{
 use tokio::{net::TcpStream, time::timeout};
 
 use super::{
-    upstream::{self, BackendBody, Conn, ExchangeError},
-    Body, BoxError,
+    body::{Body, BoxError},
+    http1::client::{self as upstream, BackendBody, Conn, ExchangeError},
 };
 
 /// Idle connections kept per backend.

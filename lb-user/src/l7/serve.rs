@@ -12,7 +12,12 @@ use hyper::{server::conn::http2, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{net::TcpStream, time::timeout};
 
-use super::{downstream, handle, Body, BoxError, Service, States};
+use super::{
+    body::{Body, BoxError},
+    exchange::handle,
+    http1::server as downstream,
+    service::{Service, States},
+};
 
 /// Serves one client connection, HTTP/1.1 or h2c.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, current: Arc<RwLock<Arc<Service>>>, states: States) {

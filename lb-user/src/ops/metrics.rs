@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, fmt::Write};
 
-use crate::status::Status;
+use crate::control::status::Status;
 
 /// Label values escaped as the exposition format wants.
 fn esc(s: &str) -> String {

@@ -5,7 +5,8 @@
 
 use std::{collections::BTreeSet, ffi::CString, net::IpAddr};
 
-use crate::{config::Config, netlink};
+use super::netlink;
+use crate::config::Config;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VipError {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::daemon::AdminState;
+use crate::model::AdminState;
 
 /// One runtime change to a backend.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

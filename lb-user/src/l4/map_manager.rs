@@ -11,47 +11,23 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues},
     Ebpf,
 };
 use lb_common::{
     maglev, maps, Backend as BpfBackend, Flow, FlowKey4, FlowKey6, HopCache, NatFlow, RingElem, ServiceKey,
-    ServiceStats, ServiceValue, BE_F_DOWN, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_RINGS, MAX_SERVICES, MAX_SNATS,
-    NAT_EMPTY, NAT_PORTS, RING_ELEMS, RING_EMPTY16, RING_PACK, RING_SIZE, SVC_F_DSR, SVC_F_HASH_5TUPLE, SVC_F_NAT,
-    SVC_F_SNAT,
+    ServiceValue, BE_F_DOWN, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_RINGS, MAX_SERVICES, MAX_SNATS, NAT_EMPTY,
+    NAT_PORTS, RING_ELEMS, RING_EMPTY16, RING_PACK, RING_SIZE, SVC_F_DSR, SVC_F_HASH_5TUPLE, SVC_F_NAT, SVC_F_SNAT,
 };
 
-use crate::{
-    config::{Backend, Config, Mode, Service},
-    dataplane::{flatten, DataPlaneError},
+use super::{
+    bpf::{map_err, map_of, DataPlaneError},
     service_table::ServiceTable,
 };
-
-/// (service name, backend name): how a backend is known across reloads.
-pub type BackendRef = (String, String);
-
-/// Backend state beyond the config: what health checks and the operator
-/// said.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BackendStates {
-    /// Out (failed checks, or `maint`): no traffic; their flows move.
-    pub out: HashSet<BackendRef>,
-    /// `drain`: no new flows; existing flows stay (like weight 0).
-    pub drained: HashSet<BackendRef>,
-}
-
-impl BackendStates {
-    fn takes_new_flows(&self, r: &BackendRef) -> bool {
-        !self.out.contains(r) && !self.drained.contains(r)
-    }
-}
-
-pub(crate) fn map_err(name: &'static str, e: &(dyn std::error::Error + 'static)) -> DataPlaneError {
-    DataPlaneError::Map {
-        name,
-        reason: flatten(e),
-    }
-}
+use crate::{
+    config::{Backend, Config, Mode, Service},
+    model::{BackendRef, BackendStates},
+};
 
 fn addr16(ip: IpAddr) -> ([u8; 16], u8) {
     match ip {
@@ -469,18 +445,6 @@ fn clear_nat_flows(ebpf: &mut Ebpf, region: u32, doomed: impl Fn(&NatFlow) -> bo
     Ok(n)
 }
 
-/// Map `name` of the loaded object, as the aya map type `M`.
-pub(crate) fn map_of<'a, M>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<M, DataPlaneError>
-where
-    M: TryFrom<&'a mut Map, Error = MapError>,
-{
-    let map = ebpf.map_mut(name).ok_or_else(|| DataPlaneError::Map {
-        name,
-        reason: "not in object".into(),
-    })?;
-    M::try_from(map).map_err(|e| map_err(name, &e))
-}
-
 /// Forgets the cached next hops of these backends on every CPU, so a changed
 /// address is routed afresh at once.
 fn clear_hops(ebpf: &mut Ebpf, ids: &[u32]) -> Result<(), DataPlaneError> {
@@ -516,23 +480,4 @@ fn write_ring(ebpf: &mut Ebpf, ring: u32, held: &mut Vec<RingElem>, table: &[u32
     }
     *held = elems;
     Ok(())
-}
-
-/// Sums a per-CPU counter entry.
-pub fn read_stats(ebpf: &Ebpf, map: &'static str, index: u32) -> ServiceStats {
-    let Some(arr) = ebpf
-        .map(map)
-        .and_then(|m| PerCpuArray::<_, ServiceStats>::try_from(m).ok())
-    else {
-        return ServiceStats::default();
-    };
-    arr.get(&index, 0)
-        .map(|v| {
-            v.iter().fold(ServiceStats::default(), |a, s| ServiceStats {
-                packets: a.packets + s.packets,
-                bytes: a.bytes + s.bytes,
-                new_flows: a.new_flows + s.new_flows,
-            })
-        })
-        .unwrap_or_default()
 }

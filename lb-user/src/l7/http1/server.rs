@@ -31,14 +31,15 @@ use tokio::{
     time::timeout,
 };
 
-use super::{
-    counters::bump,
-    framing::{self, Decode},
-    handle,
-    parking::{self, PARK_AFTER},
-    Body, BoxError, Service, States,
-};
+use super::framing::{self, Decode};
 use crate::config::ConnectionMode;
+use crate::l7::{
+    body::{Body, BoxError},
+    counters::bump,
+    exchange::handle,
+    parking::{self, PARK_AFTER},
+    service::{Service, States},
+};
 
 /// Headers a request may have (hyper's limit is 100).
 const MAX_HEADERS: usize = 128;
@@ -98,6 +99,11 @@ enum After {
     Linger,
 }
 
+/// Serves a parked connection that woke up, on a task of its own.
+fn resume(stream: TcpStream, peer: SocketAddr, current: Arc<RwLock<Arc<Service>>>, states: States) {
+    tokio::spawn(serve(stream, peer, current, states));
+}
+
 /// Serves one HTTP/1 client connection until it closes, times out, errs
 /// or is parked.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, current: Arc<RwLock<Arc<Service>>>, states: States) {
@@ -120,7 +126,8 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, current: Arc<RwLock<Arc<
                 Err(_) => {
                     let stream = rx.read.reunite(write).expect("the halves of one stream");
                     let until = Instant::now() + (t_idle - first);
-                    let Err(stream) = parking::park(stream, peer, current.clone(), states.clone(), until) else {
+                    let Err(stream) = parking::park(stream, peer, current.clone(), states.clone(), until, resume)
+                    else {
                         return;
                     };
                     (rx.read, write) = stream.into_split();

@@ -11,8 +11,6 @@ use std::{
 
 use aya::maps::{Array, MapData};
 
-/// The default base directory (per interface below it).
-pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xlb";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Name of the pinned link and of the state map inside the directory.
 const LINK: &str = "link";

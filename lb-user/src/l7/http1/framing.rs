@@ -10,7 +10,7 @@ use hyper::{
     header::{self, HeaderMap, HeaderName, HeaderValue},
 };
 
-use super::BoxError;
+use crate::l7::body::BoxError;
 
 /// Where the body of a message stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

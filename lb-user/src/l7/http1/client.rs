@@ -19,10 +19,8 @@ use hyper::{
 };
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
-use super::{
-    framing::{self, Decode},
-    Body, BoxError,
-};
+use super::framing::{self, Decode};
+use crate::l7::body::{Body, BoxError};
 
 /// A response head larger than this is refused (502).
 const MAX_HEAD: usize = 64 * 1024;

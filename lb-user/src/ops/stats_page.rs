@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use crate::status::Status;
+use crate::control::status::Status;
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 

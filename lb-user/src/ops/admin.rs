@@ -4,7 +4,6 @@
 
 use std::{
     net::SocketAddr,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -17,14 +16,17 @@ use hyper::{
     Method, Request, Response, StatusCode,
 };
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
+use super::{metrics, stats_page};
 use crate::{
     config::StatsCfg,
-    daemon::{AdminState, RunError, Shared},
+    control::{
+        daemon::{RunError, Shared},
+        transaction::Change,
+    },
     l7::appsession::EntryView,
-    metrics, stats_page,
-    transaction::Change,
+    model::AdminState,
 };
 
 type Resp = Response<Full<Bytes>>;
@@ -317,48 +319,4 @@ pub async fn serve(addr: SocketAddr, shared: Shared) -> std::io::Result<impl std
             });
         }
     })
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("cannot reach the xlb admin API at {addr} ({cause}): is `xlb run` running, with this admin address?")]
-    Connect { addr: SocketAddr, cause: std::io::Error },
-    #[error("admin API at {addr}: {reason}")]
-    Http { addr: SocketAddr, reason: String },
-}
-
-/// One request to the admin API; returns the status code and body.
-pub async fn request(addr: SocketAddr, method: Method, path: &str) -> Result<(StatusCode, Bytes), ClientError> {
-    request_with(addr, method, path, Bytes::new()).await
-}
-
-/// One request with a body.
-pub async fn request_with(
-    addr: SocketAddr,
-    method: Method,
-    path: &str,
-    body: Bytes,
-) -> Result<(StatusCode, Bytes), ClientError> {
-    let http = |reason: String| ClientError::Http { addr, reason };
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|cause| ClientError::Connect { addr, cause })?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| http(e.to_string()))?;
-    tokio::spawn(conn);
-    let req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string())
-        .body(Full::new(body))
-        .map_err(|e| http(e.to_string()))?;
-    let resp = sender.send_request(req).await.map_err(|e| http(e.to_string()))?;
-    let status = resp.status();
-    let body = resp.into_body().collect().await.map_err(|e| http(e.to_string()))?;
-    Ok((status, body.to_bytes()))
-}
-
-pub fn shared(daemon: crate::daemon::Daemon) -> Shared {
-    Arc::new(tokio::sync::Mutex::new(daemon))
 }

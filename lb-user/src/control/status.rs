@@ -1,11 +1,18 @@
 //! The status report: built by the daemon, served by the admin API as JSON,
 //! printed by `xlb status`.
 
-use std::{collections::BTreeMap, fmt::Write};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt::Write,
+};
 
 use serde::{Deserialize, Serialize};
 
-use crate::l7::counters::{BackendSnapshot, ServiceSnapshot};
+use super::daemon::Daemon;
+use crate::{
+    l7::counters::{BackendSnapshot, ServiceSnapshot},
+    model::AdminState,
+};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Status {
@@ -113,5 +120,79 @@ impl Status {
         let outs: Vec<String> = self.outcomes.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let _ = writeln!(o, "xdp outcomes: {}", outs.join(" "));
         o
+    }
+}
+
+impl Daemon {
+    pub fn status(&self) -> Status {
+        let services = self
+            .cfg
+            .services
+            .iter()
+            .map(|s| {
+                let st = self.dp.as_ref().map(|d| d.service_stats(s)).unwrap_or_default();
+                let (http, mut per_backend) = match self.proxy.service(&s.name) {
+                    Some(svc) => {
+                        let (h, b) = svc.snapshot();
+                        (Some(h), b.into_iter().collect::<HashMap<_, _>>())
+                    }
+                    None => (None, HashMap::new()),
+                };
+                ServiceStatus {
+                    name: s.name.clone(),
+                    vip: s.vip.to_string(),
+                    port: s.port,
+                    protocol: s.protocol.as_str().into(),
+                    mode: s.mode.as_str().into(),
+                    packets: st.packets,
+                    bytes: st.bytes,
+                    new_flows: st.new_flows,
+                    http,
+                    backends: s
+                        .backends
+                        .iter()
+                        .map(|b| {
+                            let bs = self
+                                .dp
+                                .as_ref()
+                                .map(|d| d.backend_stats(&s.name, &b.name))
+                                .unwrap_or_default();
+                            let r = (s.name.clone(), b.name.clone());
+                            let weight = self.effective_weight(&r);
+                            let state = match self.admin.get(&r) {
+                                Some(AdminState::Maint) => "maint",
+                                _ if self.down.contains(&r) => "down",
+                                Some(AdminState::Drain) => "drain",
+                                _ if weight == 0 => "drain",
+                                _ => "up",
+                            };
+                            BackendStatus {
+                                name: b.name.clone(),
+                                address: b.address.to_string(),
+                                weight,
+                                backup: b.backup,
+                                state: state.into(),
+                                packets: bs.packets,
+                                new_flows: bs.new_flows,
+                                group: b.group.clone(),
+                                http: per_backend.remove(&b.name),
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        Status {
+            config: self.path.display().to_string(),
+            version: self.version,
+            interface: self.dp.as_ref().map(|d| d.iface.clone()),
+            xdp_mode: self.dp.as_ref().map(|d| d.mode.as_str().to_string()),
+            services,
+            outcomes: self
+                .dp
+                .as_ref()
+                .map(|d| d.outcomes().into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+                .unwrap_or_default(),
+        }
     }
 }

@@ -15,10 +15,7 @@ use aya::{
 };
 use lb_common::{hash, maps, ServiceHead, ServiceKey, ServiceSlot, ServiceValue, SVC_PROBES, SVC_SLOTS};
 
-use crate::{
-    dataplane::DataPlaneError,
-    map_manager::{map_err, map_of},
-};
+use super::bpf::{map_err, map_of, DataPlaneError};
 
 /// Seeds tried after the live one, in order.
 const SEEDS: u32 = 64;

@@ -1,0 +1,337 @@
+//! The typed config the daemon runs from: what validation produces.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeCfg {
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
+/// HAProxy's cookie modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CookieMode {
+    /// xlb sets its own cookie.
+    #[default]
+    Insert,
+    /// The server sets the cookie; xlb replaces its value with the server's.
+    Rewrite,
+    /// The server's own cookie value gets `SERVER~` in front.
+    Prefix,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConnectionMode {
+    #[default]
+    KeepAlive,
+    ServerClose,
+    Close,
+}
+
+/// Cookie persistence of an http service (see docs/config.md, `[service.cookie]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CookieCfg {
+    pub name: String,
+    pub mode: CookieMode,
+    pub indirect: bool,
+    pub nocache: bool,
+    pub httponly: bool,
+    pub secure: bool,
+    pub postonly: bool,
+    pub preserve: bool,
+    pub maxidle: Option<Duration>,
+    pub maxlife: Option<Duration>,
+    pub domain: Option<String>,
+}
+
+/// Where appsession looks for the session id in the URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum UrlMode {
+    /// `/path;jsessionid=ID?query` (name matched case-insensitively).
+    #[default]
+    PathParameters,
+    /// `/path?jsessionid=ID&...`.
+    QueryString,
+}
+
+/// Application-session persistence (HAProxy's `appsession`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppSessionCfg {
+    pub cookie: String,
+    /// Characters of the session id that are remembered.
+    pub len: usize,
+    /// Idle time after which an entry is forgotten.
+    pub timeout: Duration,
+    pub request_learn: bool,
+    pub url_mode: UrlMode,
+    /// An id the table does not know goes to the server named by its
+    /// route suffix (Tomcat `jvmRoute`: `ID.ROUTE`, ROUTE = the server's
+    /// cookie value, or its name when it has none), as mod_jk does.
+    pub route_suffix: bool,
+}
+
+/// A host regex; compared by its source so configs stay comparable.
+#[derive(Debug, Clone)]
+pub struct HostRegex(pub regex::Regex);
+
+impl PartialEq for HostRegex {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+/// A routing rule of an http service: every condition given must hold
+/// (any of the listed prefixes or suffixes; the host regex).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub path_beg: Vec<String>,
+    pub path_end: Vec<String>,
+    pub host: Option<HostRegex>,
+    pub group: String,
+}
+
+impl Route {
+    /// `host` is the request's host without its port.
+    pub fn matches(&self, path: &str, host: Option<&str>) -> bool {
+        (self.path_beg.is_empty() || self.path_beg.iter().any(|p| path.starts_with(p.as_str())))
+            && (self.path_end.is_empty() || self.path_end.iter().any(|p| path.ends_with(p.as_str())))
+            && self.host.as_ref().is_none_or(|r| host.is_some_and(|h| r.0.is_match(h)))
+    }
+}
+
+/// The stats page on the admin address (HAProxy's `stats uri/auth/refresh`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatsCfg {
+    pub uri: String,
+    /// `user:password` for basic auth; admin actions need it.
+    pub auth: Option<(String, String)>,
+    pub refresh: Option<Duration>,
+}
+
+/// An address range such as 127.0.0.0/8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let (a, p) = s.split_once('/').unwrap_or((s, ""));
+        let addr: IpAddr = a.trim().parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = if p.is_empty() { max } else { p.trim().parse().ok()? };
+        (prefix <= max).then_some(Cidr { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let bits = |a: IpAddr| -> u128 {
+            match a {
+                IpAddr::V4(v) => u128::from(u32::from(v)) << 96,
+                IpAddr::V6(v) => u128::from(v),
+            }
+        };
+        if self.addr.is_ipv4() != ip.is_ipv4() {
+            return false;
+        }
+        // IPv4 sits in the top 32 bits, so its prefix counts from the top too.
+        let mask = if self.prefix == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(self.prefix))
+        };
+        bits(self.addr) & mask == bits(ip) & mask
+    }
+}
+
+/// HTTP proxy settings of an http service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpCfg {
+    pub redispatch: bool,
+    pub retries: u32,
+    pub forwardfor: bool,
+    pub forwardfor_except: Option<Cidr>,
+    pub monitor_uri: Option<String>,
+    pub connection: ConnectionMode,
+    pub timeout_connect: Duration,
+    pub timeout_client: Duration,
+    pub timeout_server: Duration,
+    /// A request head must arrive whole within this of its first byte
+    /// (HAProxy's `timeout http-request`; default `timeout_client`).
+    pub timeout_http_request: Duration,
+    /// How long a keep-alive connection waits for its next request
+    /// (HAProxy's `timeout http-keep-alive`; default `timeout_http_request`).
+    pub timeout_http_keep_alive: Duration,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: Option<u64>,
+}
+
+impl Default for HttpCfg {
+    fn default() -> Self {
+        // HAProxy's defaults where it has them: no redispatch, 3 retries.
+        HttpCfg {
+            redispatch: false,
+            retries: 3,
+            forwardfor: false,
+            forwardfor_except: None,
+            monitor_uri: None,
+            connection: ConnectionMode::KeepAlive,
+            timeout_connect: Duration::from_secs(5),
+            timeout_client: Duration::from_secs(30),
+            timeout_server: Duration::from_secs(30),
+            timeout_http_request: Duration::from_secs(30),
+            timeout_http_keep_alive: Duration::from_secs(30),
+            max_header_bytes: 16 * 1024,
+            max_body_bytes: None,
+        }
+    }
+}
+
+/// What a normal stop leaves behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnExit {
+    /// The XDP program stays attached with its maps and VIPs: forwarding
+    /// continues and the next `xlb run` takes over without dropping flows.
+    #[default]
+    Keep,
+    /// Detach, unpin, remove the VIPs xlb added.
+    Cleanup,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => lb_common::PROTO_TCP,
+            Protocol::Udp => lb_common::PROTO_UDP,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Nat,
+    Dsr,
+    Http,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Nat => "nat",
+            Mode::Dsr => "dsr",
+            Mode::Http => "http",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub path: PathBuf,
+    pub global: Global,
+    pub services: Vec<Service>,
+    pub stats: Option<StatsCfg>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Global {
+    pub interface: Option<String>,
+    pub xdp_mode: XdpModeCfg,
+    pub admin: SocketAddr,
+    pub nonlocal_bind: bool,
+    pub vip_interface: Option<String>,
+    /// bpffs directory for the pinned data plane (per interface below it).
+    pub pin_dir: PathBuf,
+    pub on_exit: OnExit,
+    /// Admin addresses of peer xlb nodes that share appsession tables.
+    pub peers: Vec<SocketAddr>,
+    /// Threads serving the L7 proxy (HAProxy's `nbthread`); `None`: one per
+    /// CPU xlb may run on. Read at start only.
+    pub threads: Option<usize>,
+}
+
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9900";
+/// The default `global.pin_dir` (per interface below it).
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xlb";
+/// Upper bound of `global.threads`.
+pub const MAX_THREADS: usize = 256;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub name: String,
+    pub vip: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub mode: Mode,
+    pub balance: String,
+    pub snat: Option<IpAddr>,
+    pub backends: Vec<Backend>,
+    pub health: Health,
+    /// http: cookie persistence, if configured.
+    pub cookie: Option<CookieCfg>,
+    /// http: proxy settings (defaults when not configured).
+    pub http: HttpCfg,
+    /// http: application-session persistence, if configured.
+    pub appsession: Option<AppSessionCfg>,
+    /// http: routing rules, first match wins.
+    pub routes: Vec<Route>,
+    /// http: names of the backend groups (their backends are in `backends`).
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backend {
+    pub name: String,
+    pub address: SocketAddr,
+    pub weight: u32,
+    pub backup: bool,
+    pub cookie: Option<String>,
+    /// The backend group it belongs to; None: the service's own backends.
+    pub group: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Health {
+    pub kind: HealthKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum HealthKind {
+    None,
+    Tcp,
+    Http { path: String, expect: String },
+}
+
+/// Largest weight accepted; Maglev shares are proportional to it.
+pub const MAX_WEIGHT: i64 = 256;

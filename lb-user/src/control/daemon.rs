@@ -1,0 +1,321 @@
+//! `xlb run`: the long-running daemon.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    sync::Arc,
+};
+
+use tokio::{sync::mpsc, task::JoinHandle};
+
+use super::{
+    health,
+    transaction::{NoSuchTransaction, Transactions},
+    vip::{self, VipAliases},
+};
+use crate::{
+    config::{self, Config, LoadError, Mode},
+    l4::{bpf::DataPlaneError, dataplane::DataPlane},
+    l7,
+    model::{AdminState, BackendRef, BackendStates},
+};
+
+pub type Shared = Arc<tokio::sync::Mutex<Daemon>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] LoadError),
+    #[error(transparent)]
+    DataPlane(#[from] DataPlaneError),
+    #[error("services {0} forward in XDP and need an interface: set global.interface or pass --iface")]
+    NoInterface(String),
+    #[error("cannot listen on the admin address {addr}: {cause}")]
+    Admin {
+        addr: std::net::SocketAddr,
+        cause: std::io::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("cannot start the proxy's threads: {0}")]
+    Threads(std::io::Error),
+    #[error("no backend {backend:?} in service {service:?}")]
+    NoSuchBackend { service: String, backend: String },
+    #[error(transparent)]
+    Vip(#[from] crate::control::vip::VipError),
+    #[error(transparent)]
+    Proxy(#[from] crate::l7::ProxyError),
+    #[error("weight {0} is not in 0-{max}", max = config::MAX_WEIGHT)]
+    Weight(u32),
+    #[error("config version {given} is stale: the running config is version {current}")]
+    StaleVersion { given: u64, current: u64 },
+    #[error(transparent)]
+    NoSuchTransaction(#[from] NoSuchTransaction),
+    #[error("service {0:?} has no appsession table (no such http service, or no [service.appsession])")]
+    NoSessions(String),
+}
+
+pub struct Daemon {
+    pub(super) path: PathBuf,
+    pub(super) cfg: Config,
+    pub(super) dp: Option<DataPlane>,
+    /// Backends that failed their health checks.
+    pub(super) down: HashSet<BackendRef>,
+    /// Operator states other than ready.
+    pub(super) admin: HashMap<BackendRef, AdminState>,
+    /// Weights set at runtime (`xlb server set-weight`), until the next
+    /// reload: the file then wins, as with HAProxy's `set weight`.
+    pub(super) weights: HashMap<BackendRef, u32>,
+    pub(super) checks: Vec<JoinHandle<()>>,
+    pub(super) health_tx: mpsc::Sender<health::Change>,
+    pub(super) vips: Option<VipAliases>,
+    /// The L7 proxy and the backend states it reads.
+    pub(super) proxy: l7::Proxy,
+    pub(super) l7_states: l7::States,
+    /// The config version: one more with every reload and every committed
+    /// change, so a writer can tell whether it saw the latest.
+    pub(super) version: u64,
+    pub(super) transactions: Transactions,
+}
+
+impl Daemon {
+    /// Loads the config, attaches XDP where the config needs it, programs
+    /// the maps and starts the health checks (so it needs a tokio runtime).
+    /// Nothing stays attached if this fails.
+    pub fn start(
+        path: PathBuf,
+        iface: Option<String>,
+        health_tx: mpsc::Sender<health::Change>,
+    ) -> Result<Self, RunError> {
+        let cfg = config::load(&path)?;
+        if cfg.global.nonlocal_bind {
+            vip::enable_nonlocal_bind();
+        }
+        let mut vips = match &cfg.global.vip_interface {
+            Some(i) => Some(VipAliases::new(i)?),
+            None => None,
+        };
+        let iface = iface.or_else(|| cfg.global.interface.clone());
+        let l4: Vec<&str> = cfg
+            .services
+            .iter()
+            .filter(|s| s.mode != Mode::Http)
+            .map(|s| s.name.as_str())
+            .collect();
+        let dp = match iface {
+            Some(iface) => {
+                let mut dp = DataPlane::start(&iface, cfg.global.xdp_mode, &cfg.global.pin_dir)?;
+                if let Some(v) = &mut vips {
+                    v.adopt(&dp.adopted_vips);
+                }
+                dp.apply(&cfg, &BackendStates::default())?;
+                Some(dp)
+            }
+            None if !l4.is_empty() => return Err(RunError::NoInterface(l4.join(", "))),
+            None => None,
+        };
+        if let Some(v) = &mut vips {
+            v.sync(&cfg)?;
+        }
+        let threads = cfg
+            .global
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        l7::workers::start(threads).map_err(RunError::Threads)?;
+        let l7_states = l7::States::default();
+        let mut proxy = l7::Proxy::new(l7_states.clone(), l7::peers::spawn(cfg.global.peers.clone()));
+        proxy.apply(&cfg)?;
+        if !cfg.global.peers.is_empty() {
+            for s in cfg.services.iter().filter(|s| s.appsession.is_some()) {
+                if let Some(t) = proxy.sessions(&s.name) {
+                    tokio::spawn(l7::peers::pull(cfg.global.peers.clone(), s.name.clone(), t));
+                }
+            }
+        }
+        let mut d = Self {
+            path,
+            cfg,
+            dp,
+            down: HashSet::new(),
+            admin: HashMap::new(),
+            weights: HashMap::new(),
+            checks: Vec::new(),
+            health_tx,
+            vips,
+            proxy,
+            l7_states,
+            version: 1,
+            transactions: Transactions::default(),
+        };
+        d.restart_checks();
+        d.persist();
+        Ok(d)
+    }
+
+    /// The running config.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Saves what the next run needs to take over the data plane.
+    pub(super) fn persist(&self) {
+        if let Some(dp) = &self.dp {
+            let vips = self.vips.as_ref().map(VipAliases::added).unwrap_or_default();
+            if let Err(e) = dp.save_state(&vips) {
+                tracing::warn!("saving state for the next run failed (a restart will start afresh): {e}");
+            }
+        }
+    }
+
+    /// At exit: leave the data plane (and its VIPs) running for the next
+    /// run, or take everything down.
+    pub fn shutdown(&mut self, cleanup: bool) {
+        self.persist();
+        if let Some(dp) = &mut self.dp {
+            dp.set_keep(!cleanup);
+            if !cleanup {
+                if let Some(v) = &mut self.vips {
+                    v.leave();
+                }
+            }
+        }
+    }
+
+    pub(super) fn restart_checks(&mut self) {
+        for t in self.checks.drain(..) {
+            t.abort();
+        }
+        let down = &self.down;
+        let is_up = |s: &str, b: &str| !down.contains(&(s.to_string(), b.to_string()));
+        self.checks = health::spawn(&self.cfg, &is_up, self.health_tx.clone());
+    }
+
+    /// The backends' states as the map manager needs them.
+    pub(super) fn states(down: &HashSet<BackendRef>, admin: &HashMap<BackendRef, AdminState>) -> BackendStates {
+        let with = |st: AdminState| admin.iter().filter(move |(_, s)| **s == st).map(|(r, _)| r.clone());
+        BackendStates {
+            out: down.iter().cloned().chain(with(AdminState::Maint)).collect(),
+            drained: with(AdminState::Drain).collect(),
+        }
+    }
+
+    /// The config with the runtime weights applied.
+    pub(super) fn effective(&self) -> Config {
+        let mut cfg = self.cfg.clone();
+        for s in &mut cfg.services {
+            for b in &mut s.backends {
+                if let Some(w) = self.weights.get(&(s.name.clone(), b.name.clone())) {
+                    b.weight = *w;
+                }
+            }
+        }
+        cfg
+    }
+
+    /// The weight in effect: set at runtime, else the file's.
+    pub(super) fn effective_weight(&self, r: &BackendRef) -> u32 {
+        self.weights.get(r).copied().unwrap_or_else(|| {
+            self.cfg
+                .services
+                .iter()
+                .filter(|s| s.name == r.0)
+                .flat_map(|s| &s.backends)
+                .find(|b| b.name == r.1)
+                .map_or(0, |b| b.weight)
+        })
+    }
+
+    pub(super) fn apply(&mut self) -> Result<(), RunError> {
+        let states = Self::states(&self.down, &self.admin);
+        let cfg = self.effective();
+        if let Some(dp) = &mut self.dp {
+            dp.apply(&cfg, &states)?;
+        }
+        *self.l7_states.write().expect("states lock") = Arc::new(states);
+        self.persist();
+        Ok(())
+    }
+
+    /// Re-reads the config file; a bad file leaves everything as it was.
+    pub fn reload(&mut self) -> Result<(), RunError> {
+        let cfg = config::load(&self.path)?;
+        if cfg.global != self.cfg.global {
+            tracing::warn!("[global] settings changed: they take effect when xlb restarts, services now");
+        }
+        // Health and operator states carry over for backends still configured.
+        let still: HashSet<BackendRef> = cfg
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| (s.name.clone(), b.name.clone())))
+            .collect();
+        let down: HashSet<BackendRef> = self.down.intersection(&still).cloned().collect();
+        let mut admin = self.admin.clone();
+        admin.retain(|r, _| still.contains(r));
+        if let Some(dp) = &mut self.dp {
+            dp.apply(&cfg, &Self::states(&down, &admin))?;
+        }
+        if let Some(v) = &mut self.vips {
+            v.sync(&cfg)?;
+        }
+        self.proxy.apply(&cfg)?;
+        *self.l7_states.write().expect("states lock") = Arc::new(Self::states(&down, &admin));
+        tracing::info!(services = cfg.services.len(), "config reloaded");
+        self.cfg = cfg;
+        self.down = down;
+        self.admin = admin;
+        self.weights.clear();
+        self.version += 1;
+        self.restart_checks();
+        self.persist();
+        Ok(())
+    }
+
+    /// A health-check state change: logged, and the tables rebuilt.
+    pub fn health_changed(&mut self, c: health::Change) {
+        let key = (c.service.clone(), c.backend.clone());
+        let changed = if c.up {
+            self.down.remove(&key)
+        } else {
+            self.down.insert(key)
+        };
+        if !changed {
+            return;
+        }
+        let state = if c.up { "UP" } else { "DOWN" };
+        tracing::warn!(
+            "backend {} of service {} is {state}: {}",
+            c.backend,
+            c.service,
+            c.reason
+        );
+        if let Err(e) = self.apply() {
+            tracing::error!("rebuilding the tables after a health change failed: {e}");
+        }
+    }
+}
+
+impl Daemon {
+    /// The appsession table of an http service.
+    pub fn sessions(&self, service: &str) -> Result<Arc<l7::appsession::Table>, RunError> {
+        self.proxy
+            .sessions(service)
+            .ok_or_else(|| RunError::NoSessions(service.to_string()))
+    }
+
+    /// The stats page settings, if the config has a `[stats]` section.
+    pub fn stats_cfg(&self) -> Option<config::StatsCfg> {
+        self.cfg.stats.clone()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        for t in &self.checks {
+            t.abort();
+        }
+    }
+}
+
+pub fn shared(daemon: Daemon) -> Shared {
+    Arc::new(tokio::sync::Mutex::new(daemon))
+}

@@ -1,0 +1,337 @@
+//! One request through the proxy: routing, persistence or balancing,
+//! retries and redispatch, rewriting both ways, the access log line.
+
+use std::{
+    net::SocketAddr,
+    sync::{atomic::Ordering, Arc},
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use http_body_util::{BodyExt, Full};
+use hyper::{
+    body::Bytes,
+    header::{self, HeaderMap, HeaderName, HeaderValue},
+    Method, Request, Response, StatusCode, Uri, Version,
+};
+
+use super::{
+    balance::Key,
+    body::Body,
+    cookie::Judgement,
+    counters::bump,
+    http1::framing::{self, Decode},
+    persistence::*,
+    pool::SendError,
+    service::*,
+};
+use crate::config::{ConnectionMode, HttpCfg};
+
+pub(super) fn local(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|n| match n {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+pub(super) fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+pub(super) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Named, not spelled: removing by `&str` parses the name every time.
+pub(super) const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes the hop-by-hop headers a message has (most have one or none:
+/// one scan instead of a lookup for each name).
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let mut found = [false; 7];
+    for k in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            found[i] = true;
+        }
+    }
+    for (h, _) in HOP_BY_HOP.iter().zip(found).filter(|(_, f)| *f) {
+        headers.remove(h);
+    }
+}
+
+/// A request body as the backend gets it. With a body limit, a body of
+/// unknown length (chunked, or HTTP/2 without content-length) is read
+/// first, so an oversized one is refused with 413 before anything is sent.
+pub(super) async fn limit_body(http: &HttpCfg, req: Request<Body>) -> Result<Request<Body>, Response<Body>> {
+    let Some(max) = http.max_body_bytes else {
+        return Ok(req);
+    };
+    match framing::declared(req.headers()) {
+        Ok(Some(Decode::Length(n))) if n > max => Err(local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")),
+        Ok(Some(Decode::Length(_) | Decode::Done)) => Ok(req),
+        Err(_) => Err(local(StatusCode::BAD_REQUEST, "bad content-length\n")),
+        // Chunked (HTTP/1) or no length at all (HTTP/2).
+        _ => {
+            let (parts, mut body) = req.into_parts();
+            let mut whole = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else {
+                    return Err(local(StatusCode::BAD_REQUEST, "bad request body\n"));
+                };
+                if let Ok(data) = frame.into_data() {
+                    if (whole.len() + data.len()) as u64 > max {
+                        return Err(local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"));
+                    }
+                    whole.extend_from_slice(&data);
+                }
+            }
+            let whole = Full::new(Bytes::from(whole)).map_err(|n| match n {}).boxed();
+            Ok(Request::from_parts(parts, whole))
+        }
+    }
+}
+
+/// The request's host without its port (Host header, else the HTTP/2
+/// authority).
+pub(super) fn host_of<B>(req: &Request<B>) -> Option<String> {
+    let h = match req.headers().get(header::HOST).and_then(|v| v.to_str().ok()) {
+        Some(h) => h.to_string(),
+        None => req.uri().authority()?.as_str().to_string(),
+    };
+    let host = match h.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => h.split(':').next().unwrap_or(""),
+    };
+    Some(host.to_ascii_lowercase())
+}
+
+/// One request: routing, persistence or balancing, retries, rewriting
+/// both ways.
+pub(super) async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, req: Request<Body>) -> Response<Body> {
+    let started = Instant::now();
+    bump(&svc.counters.requests);
+    let http = &svc.cfg.http;
+    let st = svc.flags(&states.read().expect("states lock").clone());
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let path = uri.path();
+    let line = Line {
+        svc: &svc,
+        peer,
+        method: &method,
+        path,
+        started,
+    };
+    if let Some(uri) = &http.monitor_uri {
+        if path == uri {
+            return if svc.eligible(&st, 0, &[]).is_empty() {
+                local_503()
+            } else {
+                local(StatusCode::OK, "OK\n")
+            };
+        }
+    }
+    // (HTTP/1 heads are held to the limit as they are read; this is for
+    // HTTP/2's.)
+    let head_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    let target_bytes = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    if head_bytes + target_bytes > http.max_header_bytes {
+        bump(&svc.counters.refused);
+        let resp = local(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request headers too large\n",
+        );
+        return line.log(None, Judgement::None, Via::Balance, resp);
+    }
+    let mut req = match limit_body(http, req).await {
+        Ok(r) => r,
+        Err(resp) => {
+            bump(&svc.counters.refused);
+            return line.log(None, Judgement::None, Via::Balance, resp);
+        }
+    };
+    let now = now_secs();
+    let now_i = Instant::now();
+    let pool = if svc.cfg.routes.is_empty() {
+        0
+    } else {
+        svc.route(&st, path, host_of(&req).as_deref())
+    };
+    if pool != 0 {
+        bump(&svc.counters.routed);
+    }
+    let p = persistence(&svc, &st, pool, &mut req, now, now_i);
+    let header_value = svc.balancers[pool].header().and_then(|name| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    });
+    let key = Key {
+        client: peer.ip(),
+        path,
+        header: header_value.as_deref(),
+    };
+    let balancer = &svc.balancers[pool];
+    let mut via = p.via;
+    let mut target = match p
+        .target
+        .or_else(|| balancer.pick(&svc.slots, &svc.eligible(&st, pool, &[]), &key))
+    {
+        Some(t) => t,
+        None => {
+            bump(&svc.counters.no_server);
+            return line.log(None, p.judgement, via, local_503());
+        }
+    };
+
+    prepare_request(&svc, peer, &mut req);
+    // Connect, with retries; the last one goes elsewhere with redispatch.
+    let attempts = 1 + http.retries;
+    let mut failed = Vec::new();
+    let conn = loop {
+        match svc.pools[target].checkout(http.timeout_connect).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(service = %svc.cfg.name, backend = %svc.cfg.backends[target].name, "{e}");
+                bump(&svc.slots[target].counters.connect_errors);
+                failed.push(target);
+                if failed.len() as u32 >= attempts {
+                    bump(&svc.counters.no_server);
+                    return line.log(Some(target), p.judgement, via, local_503());
+                }
+                bump(&svc.slots[target].counters.retries);
+                if http.redispatch && failed.len() as u32 == attempts - 1 {
+                    if let Some(t) = balancer.pick(&svc.slots, &svc.eligible(&st, pool, &failed), &key) {
+                        target = t;
+                        via = Via::Redispatch;
+                        bump(&svc.slots[target].counters.redispatches);
+                    }
+                }
+            }
+        }
+    };
+    let counters = &svc.slots[target].counters;
+    bump(&counters.requests);
+    counters.active.fetch_add(1, Ordering::Relaxed);
+    let keep = http.connection == ConnectionMode::KeepAlive;
+    let sent = tokio::time::timeout(
+        http.timeout_server,
+        svc.pools[target].send(conn, req, http.timeout_connect, keep),
+    )
+    .await;
+    counters.active.fetch_sub(1, Ordering::Relaxed);
+    let resp = match sent {
+        Ok(Ok(r)) => r,
+        Ok(Err(e @ SendError::Exchange { .. })) | Ok(Err(e @ SendError::Connect { .. })) => {
+            tracing::warn!(service = %svc.cfg.name, "{e}");
+            counters.response(502);
+            let r = local(StatusCode::BAD_GATEWAY, "bad gateway\n");
+            return line.log(Some(target), p.judgement, via, r);
+        }
+        Err(_) => {
+            counters.response(504);
+            let r = local(StatusCode::GATEWAY_TIMEOUT, "backend timeout\n");
+            return line.log(Some(target), p.judgement, via, r);
+        }
+    };
+    counters.response(resp.status().as_u16());
+    let mut resp = resp.map(|b| b.boxed());
+    learn_session(&svc, p.session.as_deref(), target, &resp, now_i);
+    let via_cookie = via == Via::Cookie;
+    if svc.cookie_pools[pool] {
+        finish_cookie(&svc, &method, target, via_cookie, p.parsed.as_ref(), now, &mut resp);
+    }
+    finish_response(&svc, &mut resp);
+    line.log(Some(target), p.judgement, via, resp)
+}
+
+pub(super) fn local_503() -> Response<Body> {
+    local(StatusCode::SERVICE_UNAVAILABLE, "no server available\n")
+}
+
+/// Origin-form URI and Host (from HTTP/2's authority), HTTP/1.1 towards the
+/// backend, hop-by-hop headers dropped, X-Forwarded-For added.
+pub(super) fn prepare_request(svc: &Service, peer: SocketAddr, req: &mut Request<Body>) {
+    if req.headers().get(header::HOST).is_none() {
+        if let Some(a) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            req.headers_mut().insert(header::HOST, a);
+        }
+    }
+    // HTTP/1 requests come in origin form already; HTTP/2 ones in absolute form.
+    if req.uri().authority().is_some() || req.uri().scheme().is_some() {
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+        *req.uri_mut() = pq.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
+    }
+    *req.version_mut() = Version::HTTP_11;
+    strip_hop_by_hop(req.headers_mut());
+    let http = &svc.cfg.http;
+    let except = http.forwardfor_except.is_some_and(|c| c.contains(peer.ip()));
+    if http.forwardfor && !except {
+        if let Ok(v) = HeaderValue::try_from(peer.ip().to_string()) {
+            req.headers_mut().append(X_FORWARDED_FOR, v);
+        }
+    }
+}
+
+/// Connection mode and hop-by-hop headers on the way back.
+pub(super) fn finish_response(svc: &Service, resp: &mut Response<Body>) {
+    let headers = resp.headers_mut();
+    strip_hop_by_hop(headers);
+    if svc.cfg.http.connection == ConnectionMode::Close {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+}
+
+/// What the access log line of a request shows besides its outcome.
+pub(super) struct Line<'a> {
+    svc: &'a Service,
+    peer: SocketAddr,
+    method: &'a Method,
+    path: &'a str,
+    started: Instant,
+}
+
+impl Line<'_> {
+    /// Logs (HAProxy-like: client, service, backend, status, time, request
+    /// cookie flag, how the server was chosen) and passes the response on.
+    pub(super) fn log(
+        &self,
+        target: Option<usize>,
+        judgement: Judgement,
+        via: Via,
+        resp: Response<Body>,
+    ) -> Response<Body> {
+        let svc = self.svc;
+        let backend = target.map_or("<NOSRV>", |t| svc.cfg.backends[t].name.as_str());
+        tracing::info!(
+            target: "xlb::access",
+            "{} {} {backend} {} {}ms cookie={} via={} \"{} {}\"",
+            self.peer,
+            svc.cfg.name,
+            resp.status().as_u16(),
+            self.started.elapsed().as_millis(),
+            judgement.flag(),
+            via.as_str(),
+            self.method,
+            self.path
+        );
+        resp
+    }
+}

@@ -1,0 +1,7 @@
+//! xlb's own HTTP/1 code on httparse: the server side facing clients
+//! (`server`), the client side facing backends (`client`), and the framing
+//! both share (`framing`: lengths, chunked bodies, header maps).
+
+pub mod client;
+pub mod framing;
+pub mod server;

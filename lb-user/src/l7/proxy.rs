@@ -1,0 +1,146 @@
+//! The listeners of the http services: bound on apply (all new ones
+//! first, so a failure changes nothing), each accepted connection handed to
+//! a serving thread.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, RwLock},
+};
+
+use tokio::{net::TcpListener, task::JoinHandle};
+
+use super::{appsession::Table, peers, serve, service::*, workers};
+use crate::config::{Config, Mode, Service as ServiceCfg};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("service {service}: cannot listen on {addr}: {cause} (is the VIP local, or nonlocal_bind on?)")]
+    Bind {
+        service: String,
+        addr: SocketAddr,
+        cause: std::io::Error,
+    },
+}
+
+struct Listener {
+    current: Arc<RwLock<Arc<Service>>>,
+    task: JoinHandle<()>,
+}
+
+/// All http listeners of the daemon.
+pub struct Proxy {
+    listeners: HashMap<SocketAddr, Listener>,
+    states: States,
+    kept: Kept,
+    peers: Option<peers::Outbox>,
+}
+
+impl Proxy {
+    pub fn new(states: States, peers: Option<peers::Outbox>) -> Proxy {
+        Proxy {
+            listeners: HashMap::new(),
+            states,
+            kept: Kept::default(),
+            peers,
+        }
+    }
+
+    /// The running service named `name`.
+    pub fn service(&self, name: &str) -> Option<Arc<Service>> {
+        self.listeners.values().find_map(|l| {
+            let s = l.current.read().expect("service lock").clone();
+            (s.cfg.name == name).then_some(s)
+        })
+    }
+
+    /// The appsession table of service `name`, if it has one.
+    pub fn sessions(&self, name: &str) -> Option<Arc<Table>> {
+        self.service(name)?.sessions.clone()
+    }
+
+    /// Listens for every http service of `cfg`: keeps the sockets of
+    /// addresses that stay (their service is swapped for new requests),
+    /// opens new ones, closes the ones no longer configured.
+    pub fn apply(&mut self, cfg: &Config) -> Result<(), ProxyError> {
+        let wanted: Vec<&ServiceCfg> = cfg.services.iter().filter(|s| s.mode == Mode::Http).collect();
+        let addrs: Vec<SocketAddr> = wanted.iter().map(|s| SocketAddr::new(s.vip, s.port)).collect();
+        // Bind everything new first, so a failure changes nothing.
+        let mut fresh = Vec::new();
+        for (s, addr) in wanted.iter().zip(&addrs) {
+            if self.listeners.contains_key(addr) {
+                continue;
+            }
+            let bind = || -> std::io::Result<TcpListener> {
+                let l = std::net::TcpListener::bind(addr)?;
+                l.set_nonblocking(true)?;
+                TcpListener::from_std(l)
+            };
+            let l = bind().map_err(|cause| ProxyError::Bind {
+                service: s.name.clone(),
+                addr: *addr,
+                cause,
+            })?;
+            fresh.push((*addr, l));
+        }
+        self.listeners.retain(|addr, l| {
+            let keep = addrs.contains(addr);
+            if !keep {
+                l.task.abort();
+            }
+            keep
+        });
+        // Counters and tables of services and backends that went are dropped.
+        let names: Vec<&str> = wanted.iter().map(|s| s.name.as_str()).collect();
+        let kept = &mut self.kept;
+        kept.services.retain(|n, _| names.contains(&n.as_str()));
+        kept.tables.retain(|n, _| names.contains(&n.as_str()));
+        kept.backends.retain(|(s, b), _| {
+            wanted
+                .iter()
+                .any(|w| w.name == *s && w.backends.iter().any(|x| x.name == *b))
+        });
+        for (s, addr) in wanted.iter().zip(&addrs) {
+            let svc = Arc::new(Service::new(s, kept, self.peers.clone()));
+            if let Some(l) = self.listeners.get(addr) {
+                *l.current.write().expect("service lock") = svc;
+            }
+        }
+        for (addr, listener) in fresh {
+            let s = wanted[addrs.iter().position(|a| *a == addr).expect("bound above")];
+            let current = Arc::new(RwLock::new(Arc::new(Service::new(s, kept, self.peers.clone()))));
+            let task = tokio::spawn(accept_loop(listener, current.clone(), self.states.clone()));
+            tracing::info!(service = %s.name, %addr, "http proxy listening");
+            self.listeners.insert(addr, Listener { current, task });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        for l in self.listeners.values() {
+            l.task.abort();
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, current: Arc<RwLock<Arc<Service>>>, states: States) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (current, states) = (current.clone(), states.clone());
+        // Handed over as a plain socket: it joins the reactor of the thread
+        // that serves it.
+        let Ok(stream) = stream.into_std() else {
+            continue;
+        };
+        workers::spawn(move || async move {
+            if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
+                serve::serve(stream, peer, current, states).await;
+            }
+        });
+    }
+}

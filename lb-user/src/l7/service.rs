@@ -1,0 +1,217 @@
+//! One http service as the proxy runs it: its backends, pools, balancers,
+//! persistence settings and counters, rebuilt on each reload.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+    time::Instant,
+};
+
+use super::{
+    appsession::Table,
+    balance::{Algo, Balancer, Slot},
+    counters::{BackendCounters, BackendSnapshot, ServiceCounters, ServiceSnapshot},
+    peers,
+    pool::Pool,
+};
+use crate::{config::Service as ServiceCfg, model::BackendStates};
+
+/// Backend states shared with the daemon (health checks, operator): a
+/// snapshot each request takes cheaply, replaced whole on a change.
+pub type States = Arc<RwLock<Arc<BackendStates>>>;
+
+/// What outlives a reload: counters and appsession tables, by name.
+#[derive(Default)]
+pub(super) struct Kept {
+    pub(super) backends: HashMap<(String, String), Arc<BackendCounters>>,
+    pub(super) services: HashMap<String, Arc<ServiceCounters>>,
+    /// Per service: the appsession cookie name and its table.
+    pub(super) tables: HashMap<String, (String, Arc<Table>)>,
+}
+
+/// One http service as the proxy runs it.
+pub struct Service {
+    pub(super) cfg: ServiceCfg,
+    pub(super) slots: Vec<Slot>,
+    pub(super) pools: Vec<Pool>,
+    /// Backend indexes per pool: [0] the service's own backends, then one
+    /// per group, in `cfg.groups` order.
+    pub(super) members: Vec<Vec<usize>>,
+    pub(super) balancers: Vec<Balancer>,
+    /// The pool each of `cfg.routes` sends to.
+    pub(super) route_pools: Vec<usize>,
+    /// Cookie persistence applies in the service's own pool, and in a group
+    /// only if one of its servers has a cookie value (a group without any
+    /// is like a HAProxy backend without a `cookie` line).
+    pub(super) cookie_pools: Vec<bool>,
+    pub(super) counters: Arc<ServiceCounters>,
+    pub(super) sessions: Option<Arc<Table>>,
+    /// Where learned sessions go to the peers, if there are any.
+    pub(super) peers: Option<peers::Outbox>,
+    /// Per-backend state flags for the last states snapshot seen.
+    pub(super) flags: std::sync::Mutex<Option<(Arc<BackendStates>, Flags)>>,
+}
+
+/// Per backend: [`OUT`] and [`DRAINED`] bits.
+pub(super) type Flags = Arc<[u8]>;
+/// Down or in maintenance: no traffic.
+pub(super) const OUT: u8 = 1;
+/// Drained by the operator: persistent traffic only.
+pub(super) const DRAINED: u8 = 2;
+
+/// How the server of a request was chosen (for the access log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Via {
+    Cookie,
+    AppSession,
+    Balance,
+    Redispatch,
+}
+
+impl Via {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Via::Cookie => "cookie",
+            Via::AppSession => "appsession",
+            Via::Balance => "balance",
+            Via::Redispatch => "redispatch",
+        }
+    }
+}
+
+impl Service {
+    pub(super) fn new(cfg: &ServiceCfg, kept: &mut Kept, peers: Option<peers::Outbox>) -> Service {
+        let algo = Algo::parse(&cfg.balance);
+        let n = cfg.backends.len();
+        let mut members = vec![Vec::new(); 1 + cfg.groups.len()];
+        for (i, b) in cfg.backends.iter().enumerate() {
+            let pool = b
+                .group
+                .as_ref()
+                .and_then(|g| cfg.groups.iter().position(|x| x == g))
+                .map_or(0, |p| p + 1);
+            members[pool].push(i);
+        }
+        let cookie_pools = members
+            .iter()
+            .enumerate()
+            .map(|(p, m)| p == 0 || m.iter().any(|i| cfg.backends[*i].cookie.is_some()))
+            .collect();
+        let sessions = cfg.appsession.as_ref().map(|a| {
+            let (name, table) = kept
+                .tables
+                .entry(cfg.name.clone())
+                .or_insert_with(|| (a.cookie.clone(), Arc::new(Table::new(a))));
+            if *name != a.cookie {
+                *name = a.cookie.clone();
+                *table = Arc::new(Table::new(a));
+            }
+            table.reconfigure(a);
+            table.clone()
+        });
+        Service {
+            slots: cfg
+                .backends
+                .iter()
+                .map(|b| Slot {
+                    name: b.name.clone(),
+                    weight: b.weight,
+                    counters: kept
+                        .backends
+                        .entry((cfg.name.clone(), b.name.clone()))
+                        .or_default()
+                        .clone(),
+                })
+                .collect(),
+            pools: cfg.backends.iter().map(|b| Pool::new(b.address)).collect(),
+            balancers: members.iter().map(|_| Balancer::new(algo.clone(), n)).collect(),
+            route_pools: cfg
+                .routes
+                .iter()
+                .map(|r| cfg.groups.iter().position(|g| *g == r.group).map_or(0, |p| p + 1))
+                .collect(),
+            members,
+            cookie_pools,
+            counters: kept.services.entry(cfg.name.clone()).or_default().clone(),
+            sessions,
+            peers,
+            flags: Default::default(),
+            cfg: cfg.clone(),
+        }
+    }
+
+    /// The state of each backend in `st`, computed once per snapshot.
+    pub(super) fn flags(&self, st: &Arc<BackendStates>) -> Flags {
+        let mut cache = self.flags.lock().expect("flags lock");
+        if let Some((seen, f)) = &*cache {
+            if Arc::ptr_eq(seen, st) {
+                return f.clone();
+            }
+        }
+        let f: Flags = self
+            .cfg
+            .backends
+            .iter()
+            .map(|b| {
+                let k = (self.cfg.name.clone(), b.name.clone());
+                (u8::from(st.out.contains(&k)) * OUT) | (u8::from(st.drained.contains(&k)) * DRAINED)
+            })
+            .collect();
+        *cache = Some((st.clone(), f.clone()));
+        f
+    }
+
+    /// May take traffic at all (not down, not in maintenance).
+    pub(super) fn usable(st: &[u8], i: usize) -> bool {
+        st[i] & OUT == 0
+    }
+
+    /// Servers of `pool` that take new (balanced) traffic: the normal ones
+    /// that are usable, not drained, with weight; else such backups.
+    pub(super) fn eligible(&self, st: &[u8], pool: usize, except: &[usize]) -> Vec<usize> {
+        let ok = |i: &usize| self.cfg.backends[*i].weight > 0 && st[*i] == 0 && !except.contains(i);
+        let members = &self.members[pool];
+        let normal: Vec<usize> = members
+            .iter()
+            .copied()
+            .filter(|i| !self.cfg.backends[*i].backup)
+            .filter(ok)
+            .collect();
+        if !normal.is_empty() {
+            return normal;
+        }
+        members
+            .iter()
+            .copied()
+            .filter(|i| self.cfg.backends[*i].backup)
+            .filter(ok)
+            .collect()
+    }
+
+    /// The pool a request goes to: the first matching route's group, or
+    /// the service's own backends when no route matches or the group has
+    /// no usable server (HAProxy's `nbsrv(group) lt 1` fallback).
+    pub(super) fn route(&self, st: &[u8], path: &str, host: Option<&str>) -> usize {
+        let Some(r) = self.cfg.routes.iter().position(|r| r.matches(path, host)) else {
+            return 0;
+        };
+        let pool = self.route_pools[r];
+        if self.members[pool].iter().any(|i| Self::usable(st, *i)) {
+            pool
+        } else {
+            0
+        }
+    }
+
+    /// Counters for reports.
+    pub fn snapshot(&self) -> (ServiceSnapshot, Vec<(String, BackendSnapshot)>) {
+        let sessions = self.sessions.as_ref().map_or(0, |t| t.live(Instant::now()));
+        (
+            self.counters.snapshot(sessions),
+            self.slots
+                .iter()
+                .map(|s| (s.name.clone(), s.counters.snapshot()))
+                .collect(),
+        )
+    }
+}
