@@ -49,6 +49,18 @@ impl XlbProcess {
 
     /// As [`XlbProcess::start`], for a config whose admin address is `admin`.
     pub fn start_with_admin(ns: &Netns, config: &Path, extra: &[&str], admin: &str) -> io::Result<XlbProcess> {
+        XlbProcess::start_wrapped(ns, &[], config, extra, admin)
+    }
+
+    /// As [`XlbProcess::start_with_admin`], run through `wrapper` (a command
+    /// that execs its arguments, such as `setpriv ... --`).
+    pub fn start_wrapped(
+        ns: &Netns,
+        wrapper: &[&str],
+        config: &Path,
+        extra: &[&str],
+        admin: &str,
+    ) -> io::Result<XlbProcess> {
         let log_path = std::env::temp_dir().join(format!(
             "{}-xlb-{}-{}.log",
             ns.name(),
@@ -56,8 +68,15 @@ impl XlbProcess {
             admin.replace([':', '.'], "_")
         ));
         let log = std::fs::File::create(&log_path)?;
-        let child = ns
-            .cmd(xlb_binary())
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = ns.cmd(program);
+                c.args(args).arg(xlb_binary());
+                c
+            }
+            None => ns.cmd(xlb_binary()),
+        };
+        let child = cmd
             .arg("run")
             .arg("--config")
             .arg(config)

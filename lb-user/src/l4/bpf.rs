@@ -21,7 +21,7 @@ pub enum DataPlaneError {
     NoObject,
     #[error("interface {0:?} does not exist (see `ip link`): name another with --iface or global.interface")]
     UnknownInterface(String),
-    #[error("no permission to load BPF programs: run xlb as root (or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)")]
+    #[error("no permission to load BPF programs: run xlb as root, or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (examples/xlb.service)")]
     Permission,
     #[error("loading the XDP program failed: {0}")]
     Load(String),
@@ -74,38 +74,23 @@ pub fn load_object() -> Result<Ebpf, DataPlaneError> {
     load_with(&mut EbpfLoader::new())
 }
 
-/// The kernel's HZ (jiffies per second), from `/proc/timer_list`: jiffies
-/// start at 2^32 - 300 s × HZ, so HZ = (jiffies - 2^32) / (uptime - 300 s).
-/// Rounded to the nearest value Linux offers; 250 if it cannot be read.
+/// The kernel's HZ (jiffies per second): the coarse clocks tick once a
+/// jiffy, so their resolution is 1/HZ. Any user may ask (no root-only
+/// file such as `/proc/timer_list`). Rounded to the nearest value Linux
+/// offers; 250 if the clock cannot be asked.
 pub fn kernel_hz() -> u64 {
     const CHOICES: [u64; 4] = [100, 250, 300, 1000];
-    let sample = || -> Option<(f64, f64)> {
-        let text = std::fs::read_to_string("/proc/timer_list").ok()?;
-        let field = |key: &str| {
-            text.lines()
-                .find_map(|l| l.trim().strip_prefix(key))
-                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        };
-        Some((field("now at")? / 1e9, field("jiffies:")?))
-    };
-    let hz = match sample() {
-        // Too close to the 300 s mark for the formula: time it instead.
-        Some((t, _)) if (t - 300.0).abs() < 60.0 => (|| {
-            let (t0, j0) = sample()?;
-            std::thread::sleep(std::time::Duration::from_millis(200));
-            let (t1, j1) = sample()?;
-            Some((j1 - j0) / (t1 - t0))
-        })(),
-        Some((t, j)) => Some((j - 4_294_967_296.0) / (t - 300.0)),
-        None => None,
-    };
-    hz.map(|hz| {
-        *CHOICES
-            .iter()
-            .min_by(|a, b| (**a as f64 - hz).abs().total_cmp(&(**b as f64 - hz).abs()))
-            .expect("not empty")
-    })
-    .unwrap_or(250)
+    let mut res = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_getres fills a local struct.
+    if unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) } != 0 || res.tv_sec != 0 || res.tv_nsec <= 0
+    {
+        return 250;
+    }
+    let hz = 1e9 / res.tv_nsec as f64;
+    *CHOICES
+        .iter()
+        .min_by(|a, b| (**a as f64 - hz).abs().total_cmp(&(**b as f64 - hz).abs()))
+        .expect("not empty")
 }
 
 pub fn load_with(loader: &mut EbpfLoader<'_>) -> Result<Ebpf, DataPlaneError> {
@@ -114,22 +99,22 @@ pub fn load_with(loader: &mut EbpfLoader<'_>) -> Result<Ebpf, DataPlaneError> {
     }
     static HZ: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     loader.override_global(lb_common::HZ_GLOBAL, HZ.get_or_init(kernel_hz), true);
-    let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
-        if is_permission(&e) {
-            DataPlaneError::Permission
-        } else {
-            DataPlaneError::Load(flatten(&e))
-        }
-    })?;
+    let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| load_error(&e))?;
     let prog: &mut Xdp = xdp_program(&mut ebpf)?;
-    prog.load().map_err(|e| {
-        if is_permission(&e) {
-            DataPlaneError::Permission
-        } else {
-            DataPlaneError::Load(flatten(&e))
-        }
-    })?;
+    prog.load().map_err(|e| load_error(&e))?;
     Ok(ebpf)
+}
+
+/// A load that failed for want of privilege says so: EPERM from the
+/// kernel, or the verifier refusing what only CAP_PERFMON may do (packet
+/// pointer arithmetic "prohibited for !root").
+fn load_error(e: &(dyn StdError + 'static)) -> DataPlaneError {
+    let text = flatten(e);
+    if is_permission(e) || text.contains("for !root") {
+        DataPlaneError::Permission
+    } else {
+        DataPlaneError::Load(text)
+    }
 }
 
 pub fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataPlaneError> {
@@ -197,8 +182,9 @@ pub fn read_stats(ebpf: &Ebpf, map: &'static str, index: u32) -> ServiceStats {
 
 #[cfg(test)]
 mod tests {
-    /// The HZ worked out from /proc/timer_list is the one the kernel was
-    /// built with (or, without a readable config, the rate jiffies count at).
+    /// The HZ worked out from the coarse clock is the one the kernel was
+    /// built with (or, without a readable config, the rate jiffies count
+    /// at in /proc/timer_list, which the test may read as root).
     #[test]
     fn kernel_hz_matches_the_kernel() {
         let out = std::process::Command::new("sh")
