@@ -25,6 +25,8 @@ pub mod maps {
     pub const HOPS: &str = "HOPS";
     pub const SERVICE_HEAD: &str = "SERVICE_HEAD";
     pub const NAT_FLOWS: &str = "NAT_FLOWS";
+    /// Switch of the rare-event log (`xlb debug datapath`), not pinned.
+    pub const DEBUG: &str = "DEBUG";
 }
 
 /// Name of the XDP entry point in the object file.

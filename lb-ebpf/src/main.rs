@@ -17,6 +17,7 @@
 // per-CPU scratch slot.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
+mod debug;
 mod flows;
 mod nat;
 mod parse;
@@ -75,6 +76,9 @@ static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 pub fn xlb(ctx: XdpContext) -> u32 {
     let why = try_xlb(&ctx);
     count_outcome(why);
+    if debug::is_rare(why) {
+        debug::event(&ctx, why);
+    }
     rewrite::action_of(why)
 }
 

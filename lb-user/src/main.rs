@@ -58,6 +58,23 @@ enum Cmd {
         #[command(subcommand)]
         op: SessionOp,
     },
+    /// Debugging switches of the running daemon.
+    Debug {
+        #[command(subcommand)]
+        op: DebugOp,
+    },
+}
+
+#[derive(Subcommand)]
+enum DebugOp {
+    /// The XDP program's rare events (no backend, route, neighbour or snat
+    /// port; malformed headers) into xlb's log: on, off, or show the state.
+    Datapath {
+        #[arg(value_parser = ["on", "off"])]
+        state: Option<String>,
+        #[arg(long, default_value = config::DEFAULT_ADMIN)]
+        admin: SocketAddr,
+    },
 }
 
 #[derive(Subcommand)]
@@ -212,6 +229,21 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 weight.to_string().into(),
             ))?)?;
             println!("{service}/{backend}: weight {weight}");
+            Ok(())
+        }
+        Cmd::Debug {
+            op: DebugOp::Datapath { state, admin },
+        } => {
+            let answer = match state {
+                Some(state) => runtime()?.block_on(client::request_with(
+                    admin,
+                    Method::POST,
+                    "/api/debug/datapath",
+                    state.into(),
+                ))?,
+                None => runtime()?.block_on(client::request(admin, Method::GET, "/api/debug/datapath"))?,
+            };
+            print!("data path events: {}", String::from_utf8_lossy(&admin_ok(answer)?));
             Ok(())
         }
         Cmd::Session {

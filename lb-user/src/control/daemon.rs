@@ -51,6 +51,8 @@ pub enum RunError {
     StaleVersion { given: u64, current: u64 },
     #[error(transparent)]
     NoSuchTransaction(#[from] NoSuchTransaction),
+    #[error("no XDP data path runs here (an http-only config, or no interface)")]
+    NoDataPlane,
     #[error("service {0:?} has no appsession table (no such http service, or no [service.appsession])")]
     NoSessions(String),
 }
@@ -300,6 +302,20 @@ impl Daemon {
         self.proxy
             .sessions(service)
             .ok_or_else(|| RunError::NoSessions(service.to_string()))
+    }
+
+    /// `xlb debug datapath on|off`: the XDP program's rare events (no
+    /// backend, route, neighbour or snat port; malformed headers) into the log.
+    pub fn set_datapath_debug(&mut self, on: bool) -> Result<(), RunError> {
+        let dp = self.dp.as_mut().ok_or(RunError::NoDataPlane)?;
+        dp.set_debug(on)?;
+        tracing::warn!("data path event log {}", if on { "on" } else { "off" });
+        Ok(())
+    }
+
+    /// Whether the data path's event log is on (None: no data path).
+    pub fn datapath_debug(&self) -> Option<bool> {
+        self.dp.as_ref().map(|d| d.debug())
     }
 
     /// The stats page settings, if the config has a `[stats]` section.

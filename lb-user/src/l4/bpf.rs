@@ -37,6 +37,10 @@ pub enum DataPlaneError {
     Config(String),
     #[error(transparent)]
     Pins(#[from] PinError),
+    #[error("starting the data path's event log")]
+    Events(#[source] aya_log::Error),
+    #[error("watching the data path's event log")]
+    EventsFd(#[source] std::io::Error),
     #[error("taking over the running data plane on {iface}: {reason}")]
     Adopt { iface: String, reason: String },
 }

@@ -16,6 +16,7 @@ use lb_common::{maps, ServiceStats};
 
 use super::{
     bpf::{flatten, load_with, read_outcomes, read_stats, xdp_program, DataPlaneError},
+    events,
     map_manager::{self, service_key, MapManager},
     pins::PinDir,
 };
@@ -168,6 +169,9 @@ pub struct DataPlane {
     keep: bool,
     /// VIP aliases a previous run added (for the daemon to adopt).
     pub adopted_vips: Vec<IpAddr>,
+    /// The reader of the rare-event log, once it was switched on.
+    events: Option<events::Reader>,
+    debug: bool,
 }
 
 impl DataPlane {
@@ -220,6 +224,8 @@ impl DataPlane {
             _link: link,
             keep,
             adopted_vips: vips,
+            events: None,
+            debug: false,
         };
         if let Some(saved) = saved {
             let adopt = |e: &dyn std::fmt::Display| DataPlaneError::Adopt {
@@ -334,6 +340,18 @@ impl DataPlane {
     /// Packets per outcome, summed over CPUs, in `outcome::NAMES` order.
     pub fn outcomes(&self) -> Vec<(&'static str, u64)> {
         read_outcomes(&self.ebpf)
+    }
+
+    /// `xlb debug datapath on|off`: the program's rare events into the log.
+    pub fn set_debug(&mut self, on: bool) -> Result<(), DataPlaneError> {
+        events::switch(&mut self.ebpf, &mut self.events, on)?;
+        self.debug = on;
+        Ok(())
+    }
+
+    /// Whether the rare-event log is on.
+    pub fn debug(&self) -> bool {
+        self.debug
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod bpf;
 pub mod dataplane;
+pub mod events;
 pub mod map_manager;
 pub mod pins;
 pub mod service_table;

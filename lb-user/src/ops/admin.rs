@@ -69,9 +69,10 @@ fn json(status: StatusCode, value: &impl serde::Serialize) -> Resp {
 
 fn error(e: RunError) -> Resp {
     let status = match e {
-        RunError::NoSuchBackend { .. } | RunError::NoSessions(_) | RunError::NoSuchTransaction(_) => {
-            StatusCode::NOT_FOUND
-        }
+        RunError::NoSuchBackend { .. }
+        | RunError::NoSessions(_)
+        | RunError::NoSuchTransaction(_)
+        | RunError::NoDataPlane => StatusCode::NOT_FOUND,
         RunError::StaleVersion { .. } => StatusCode::CONFLICT,
         RunError::Config(_) => StatusCode::UNPROCESSABLE_ENTITY,
         RunError::Weight(_) => StatusCode::BAD_REQUEST,
@@ -126,6 +127,23 @@ async fn api(shared: Shared, path: &str, req: Request<hyper::body::Incoming>) ->
             let mut d = shared.lock().await;
             match d.check_version(params.version).and_then(|()| d.reload()) {
                 Ok(()) => reply(StatusCode::OK, "text/plain", "reloaded\n"),
+                Err(e) => error(e),
+            }
+        }
+        (&Method::GET, ["api", "debug", "datapath"]) => match shared.lock().await.datapath_debug() {
+            Some(on) => reply(StatusCode::OK, "text/plain", if on { "on\n" } else { "off\n" }),
+            None => error(RunError::NoDataPlane),
+        },
+        // Body: on | off.
+        (&Method::POST, ["api", "debug", "datapath"]) => {
+            let on = match body_text(req).await.as_deref().map(str::trim) {
+                Ok("on") => true,
+                Ok("off") => false,
+                Ok(other) => return bad_request(format!("{other:?} is not on or off")),
+                Err(e) => return bad_request(e),
+            };
+            match shared.lock().await.set_datapath_debug(on) {
+                Ok(()) => reply(StatusCode::OK, "text/plain", if on { "on\n" } else { "off\n" }),
                 Err(e) => error(e),
             }
         }
