@@ -18,7 +18,11 @@ const LINE: &str = "xlb datapath: no backend";
 
 fn xlb(lab: &Lab, args: &[&str]) -> String {
     let out = xlb_once(&lab.xlb.ns, args).unwrap();
-    assert!(out.status.success(), "xlb {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "xlb {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
@@ -34,7 +38,10 @@ fn dropped_syn(lab: &Lab, port: u16) {
     assert!(connect_from(&lab.client.ns, src, dst(), Duration::from_millis(300)).is_err());
     let deadline = Instant::now() + Duration::from_secs(5);
     while no_backend_drops(lab) <= before {
-        assert!(Instant::now() < deadline, "the SYN was not dropped for want of a backend");
+        assert!(
+            Instant::now() < deadline,
+            "the SYN was not dropped for want of a backend"
+        );
         thread::sleep(Duration::from_millis(20));
     }
 }
