@@ -366,8 +366,8 @@ fn main() {
     let _ = writeln!(
         md,
         "Data path event log (`xlb debug datapath`): an established flow with the log on costs {on:.2}x \
-         the same flow with it off, in the same rounds (forwarded packets never read the switch); \
-         the rare events are the only packets that do.\n"
+         the same flow with it off, in the same rounds (the log-on run follows a write of the switch; \
+         forwarded packets never read it, only the rare events do).\n"
     );
     let _ = writeln!(
         md,

@@ -1,4 +1,5 @@
-//! `xlb run`: the long-running daemon.
+//! The daemon's state: start (config, data plane, proxy, checks), applying
+//! backend states, reloads, health changes, shutdown.
 
 use std::{
     collections::{HashMap, HashSet},
