@@ -1,5 +1,6 @@
 //! The L7 proxy harness: the real xlb (an http-only config: no XDP at
 //! all) in a namespace of its own with real backend servers on loopback.
+//! Without root (no namespaces) it runs on this machine's loopback.
 
 use std::{
     net::SocketAddr,
@@ -62,7 +63,11 @@ impl L7 {
 
     pub fn run(spec: &Spec<'_>) -> L7 {
         let n = N.fetch_add(1, Ordering::Relaxed);
-        let ns = Netns::create(&format!("xlbt{}l7{n}", std::process::id())).unwrap();
+        let ns = if crate::have_root() {
+            Netns::create(&format!("xlbt{}l7{n}", std::process::id())).unwrap()
+        } else {
+            Netns::current()
+        };
         let service = spec.service;
         let mut cfg = format!(
             "[global]\nadmin = \"127.0.0.1:9900\"\n\n[[service]]\nname = \"site\"\nvip = \"127.0.0.1\"\nport = 8080\nmode = \"http\"\n{service}\n"

@@ -13,7 +13,6 @@ fn two() -> Vec<Be<'static>> {
 
 #[test]
 fn insert_indirect_first_request_gets_a_cookie_later_ones_stick() {
-    lab::require_root!();
     let l = L7::start(INSERT, &two(), &[]);
     let mut c = l.client();
     let first = c.get("/", &[]).unwrap();
@@ -54,7 +53,6 @@ fn insert_indirect_first_request_gets_a_cookie_later_ones_stick() {
 /// connection the client closes goes.
 #[test]
 fn idle_connections_release_their_state_and_keep_serving() {
-    lab::require_root!();
     let l = L7::start(INSERT, &two(), &[]);
     let mut c = l.client();
     let idle = || std::thread::sleep(std::time::Duration::from_millis(600));
@@ -90,7 +88,6 @@ fn idle_connections_release_their_state_and_keep_serving() {
 
 #[test]
 fn without_indirect_the_server_sees_the_cookie() {
-    lab::require_root!();
     let l = L7::start(&INSERT.replace("indirect = true", "indirect = false"), &two(), &[]);
     let r = l.get("/", &["Cookie: SERVERID=s2; x=y"]);
     assert_eq!(r.backend(), "s2");
@@ -99,7 +96,6 @@ fn without_indirect_the_server_sees_the_cookie() {
 
 #[test]
 fn nocache_marks_only_cacheable_responses_private() {
-    lab::require_root!();
     let l = L7::start(INSERT, &two(), &[]);
     let r = l.get("/?cc=max-age=60", &[]);
     assert!(r.set_cookie("SERVERID").is_some());
@@ -124,7 +120,6 @@ fn nocache_marks_only_cacheable_responses_private() {
 
 #[test]
 fn server_without_cookie_value_clears_the_cookie() {
-    lab::require_root!();
     let l = L7::start(INSERT, &[Be("s1", "")], &[]);
     let r = l.get("/", &[]);
     assert!(
@@ -137,7 +132,6 @@ fn server_without_cookie_value_clears_the_cookie() {
 
 #[test]
 fn down_server_clients_are_moved_and_recookied_drain_keeps_them() {
-    lab::require_root!();
     let l = L7::start(INSERT, &two(), &[]);
     l.set_state("s1", "drain");
     let r = l.get("/", &["Cookie: SERVERID=s1"]);
@@ -162,7 +156,6 @@ fn down_server_clients_are_moved_and_recookied_drain_keeps_them() {
 
 #[test]
 fn backups_only_when_no_normal_server_is_up_and_a_cookie_reaches_them() {
-    lab::require_root!();
     let l = L7::start(
         INSERT,
         &[Be("s1", "cookie = \"s1\""), Be("b1", "cookie = \"b1\"\nbackup = true")],
@@ -184,13 +177,14 @@ fn backups_only_when_no_normal_server_is_up_and_a_cookie_reaches_them() {
 
 #[test]
 fn connect_failure_without_redispatch_is_503_with_it_moves() {
-    lab::require_root!();
     let svc = format!("{INSERT}[service.http]\nretries = 2\n");
     let l = L7::start(&svc, &two(), &["s1"]);
     let r = l.get("/", &["Cookie: SERVERID=s1"]);
     assert_eq!(r.status, 503, "persistence kept, retries exhausted");
     assert!(r.body.contains("no server available"));
     let svc = format!("{INSERT}[service.http]\nretries = 2\nredispatch = true\n");
+    // One proxy at a time: without root they share this loopback.
+    drop(l);
     let l = L7::start(&svc, &two(), &["s1"]);
     let r = l.get("/", &["Cookie: SERVERID=s1"]);
     assert_eq!(r.status, 200, "{}", l.xlb.log());
@@ -204,9 +198,10 @@ fn connect_failure_without_redispatch_is_503_with_it_moves() {
 
 #[test]
 fn forwardfor_and_its_exception() {
-    lab::require_root!();
     let l = L7::start("[service.http]\nforwardfor = true\n", &two(), &[]);
     assert_eq!(l.get("/", &[]).seen("x-forwarded-for"), vec!["127.0.0.1"]);
+    // One proxy at a time: without root they share this loopback.
+    drop(l);
     let l = L7::start(
         "[service.http]\nforwardfor = true\nforwardfor_except = \"127.0.0.0/8\"\n",
         &two(),
@@ -217,7 +212,6 @@ fn forwardfor_and_its_exception() {
 
 #[test]
 fn monitor_uri_is_answered_by_xlb() {
-    lab::require_root!();
     let l = L7::start("[service.http]\nmonitor_uri = \"/site_status\"\n", &two(), &[]);
     let r = l.get("/site_status", &[]);
     assert_eq!(
@@ -238,7 +232,6 @@ fn monitor_uri_is_answered_by_xlb() {
 
 #[test]
 fn prefix_mode_wraps_the_application_cookie() {
-    lab::require_root!();
     let svc = "[service.cookie]\nname = \"JSESSIONID\"\nmode = \"prefix\"\n";
     let l = L7::start(svc, &two(), &[]);
     let r = l.get("/?cookie=JSESSIONID:ABC", &[]);
@@ -257,7 +250,6 @@ fn prefix_mode_wraps_the_application_cookie() {
 
 #[test]
 fn rewrite_mode_puts_the_server_value_in() {
-    lab::require_root!();
     let l = L7::start(
         "[service.cookie]\nname = \"SERVERID\"\nmode = \"rewrite\"\n",
         &two(),
@@ -269,7 +261,6 @@ fn rewrite_mode_puts_the_server_value_in() {
 
 #[test]
 fn maxidle_expires_old_cookies_and_refreshes_live_ones() {
-    lab::require_root!();
     let l = L7::start(&format!("{INSERT}maxidle = \"30m\"\n"), &two(), &[]);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -304,7 +295,6 @@ fn maxidle_expires_old_cookies_and_refreshes_live_ones() {
 
 #[test]
 fn postonly_inserts_only_on_post() {
-    lab::require_root!();
     let l = L7::start(&format!("{INSERT}postonly = true\n"), &two(), &[]);
     assert!(l.get("/", &[]).set_cookie("SERVERID").is_none());
     let r = l.client().request("POST", "/", &[], "x=1").unwrap();
@@ -313,10 +303,11 @@ fn postonly_inserts_only_on_post() {
 
 #[test]
 fn insert_removes_the_servers_own_cookie_unless_preserve() {
-    lab::require_root!();
     let l = L7::start(INSERT, &two(), &[]);
     let r = l.get("/?cookie=SERVERID:app", &["Cookie: SERVERID=s1"]);
     assert!(r.set_cookie("SERVERID").is_none(), "{:?}", r.headers);
+    // One proxy at a time: without root they share this loopback.
+    drop(l);
     let l = L7::start(&format!("{INSERT}preserve = true\n"), &two(), &[]);
     let r = l.get("/?cookie=SERVERID:app", &["Cookie: SERVERID=s1"]);
     assert_eq!(r.set_cookie("SERVERID").as_deref(), Some("app"));
@@ -324,11 +315,12 @@ fn insert_removes_the_servers_own_cookie_unless_preserve() {
 
 #[test]
 fn weighted_round_robin_and_hashing() {
-    lab::require_root!();
     let l = L7::start("", &[Be("s1", "weight = 3"), Be("s2", "weight = 1")], &[]);
     let mut c = l.client();
     let picks: Vec<String> = (0..8).map(|_| c.get("/", &[]).unwrap().backend().to_string()).collect();
     assert_eq!(picks.iter().filter(|p| *p == "s1").count(), 6, "{picks:?}");
+    // One proxy at a time: without root they share this loopback.
+    drop(l);
     let l = L7::start("balance = \"uri\"", &[Be("s1", ""), Be("s2", ""), Be("s3", "")], &[]);
     let first = l.get("/a/page?x=1", &[]).backend().to_string();
     for q in ["?y=2", "", "?z"] {
@@ -342,6 +334,8 @@ fn weighted_round_robin_and_hashing() {
         .map(|i| l.get(&format!("/p{i}"), &[]).backend().to_string())
         .collect();
     assert_eq!(spread.len(), 3);
+    // One proxy at a time: without root they share this loopback.
+    drop(l);
     let l = L7::start("balance = \"hdr(X-User)\"", &[Be("s1", ""), Be("s2", "")], &[]);
     let alice = l.get("/", &["X-User: alice"]).backend().to_string();
     for _ in 0..4 {
@@ -351,7 +345,6 @@ fn weighted_round_robin_and_hashing() {
 
 #[test]
 fn body_and_header_limits_and_malformed_requests_get_4xx() {
-    lab::require_root!();
     let l = L7::start(
         "[service.http]\nmax_body_bytes = 16\nmax_header_bytes = 4096\n",
         &two(),
@@ -402,7 +395,6 @@ fn body_and_header_limits_and_malformed_requests_get_4xx() {
 /// client that leaves in the middle of a body harms nobody.
 #[test]
 fn http1_client_connections() {
-    lab::require_root!();
     let l = L7::start(
         "[service.http]\ntimeout_client = \"60s\"\ntimeout_http_request = \"1s\"\ntimeout_http_keep_alive = \"1s\"\n",
         &two(),
@@ -460,7 +452,6 @@ fn http1_client_connections() {
 
 #[test]
 fn runtime_weights_until_the_next_reload() {
-    lab::require_root!();
     let mut l = L7::start("", &[Be("s1", ""), Be("s2", "")], &[]);
     l.xlb(&["server", "set-weight", "site", "s1", "3"]);
     let mut c = l.client();
@@ -484,7 +475,6 @@ fn runtime_weights_until_the_next_reload() {
 
 #[test]
 fn backend_framing_and_connections_the_backend_closes() {
-    lab::require_root!();
     let l = L7::start("", &[Be("s1", "")], &[]);
     let mut c = l.client();
     let plain = c.get("/", &[]).unwrap();
