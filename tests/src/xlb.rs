@@ -49,14 +49,15 @@ impl XlbProcess {
 
     /// As [`XlbProcess::start`], for a config whose admin address is `admin`.
     pub fn start_with_admin(ns: &Netns, config: &Path, extra: &[&str], admin: &str) -> io::Result<XlbProcess> {
-        XlbProcess::start_wrapped(ns, &[], config, extra, admin)
+        XlbProcess::start_launched(ns, &[], config, extra, admin)
     }
 
-    /// As [`XlbProcess::start_with_admin`], run through `wrapper` (a command
-    /// that execs its arguments, such as `setpriv ... --`).
-    pub fn start_wrapped(
+    /// As [`XlbProcess::start_with_admin`], started by `launcher`: a
+    /// command that execs its arguments and ends with the xlb binary to run
+    /// (such as `setpriv ... -- /path/xlb`); empty: the binary itself.
+    pub fn start_launched(
         ns: &Netns,
-        wrapper: &[&str],
+        launcher: &[&str],
         config: &Path,
         extra: &[&str],
         admin: &str,
@@ -68,10 +69,10 @@ impl XlbProcess {
             admin.replace([':', '.'], "_")
         ));
         let log = std::fs::File::create(&log_path)?;
-        let mut cmd = match wrapper.split_first() {
+        let mut cmd = match launcher.split_first() {
             Some((program, args)) => {
                 let mut c = ns.cmd(program);
-                c.args(args).arg(xlb_binary());
+                c.args(args);
                 c
             }
             None => ns.cmd(xlb_binary()),

@@ -44,8 +44,15 @@ fn proc_status(pid: u32, field: &str) -> String {
         .to_string()
 }
 
-/// `setpriv` arguments that run a command as nobody with only `caps`.
+/// A `setpriv` command line that runs xlb as nobody with only `caps`. The
+/// binary is copied where nobody can read it (the checkout may be under a
+/// home directory nobody cannot enter).
 fn setpriv(caps: &[(&str, u32)]) -> Vec<String> {
+    let bin = temp_file("xlb-unprivileged", "").unwrap();
+    std::fs::copy(xlb_binary(), &bin).unwrap();
+    for p in [&bin, bin.parent().unwrap()] {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
     let caps: Vec<String> = caps.iter().map(|(n, _)| format!("+{n}")).collect();
     let caps = format!("-all,{}", caps.join(","));
     vec![
@@ -57,6 +64,7 @@ fn setpriv(caps: &[(&str, u32)]) -> Vec<String> {
         format!("--ambient-caps={caps}"),
         format!("--bounding-set={caps}"),
         "--".into(),
+        bin.display().to_string(),
     ]
 }
 
@@ -110,7 +118,7 @@ fn runs_as_nobody_with_only_its_capabilities() {
 
     let wrapper = setpriv(&CAPS);
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    let xlb = XlbProcess::start_wrapped(&lab.xlb.ns, &wrapper, &cfg, &[], "127.0.0.1:9900").unwrap();
+    let xlb = XlbProcess::start_launched(&lab.xlb.ns, &wrapper, &cfg, &[], "127.0.0.1:9900").unwrap();
 
     // It runs as nobody with exactly these capabilities.
     let pid = xlb.pid();
@@ -158,11 +166,7 @@ fn a_missing_capability_is_named() {
     let without: Vec<(&str, u32)> = CAPS.iter().copied().filter(|(n, _)| *n != "perfmon").collect();
     let wrapper = setpriv(&without);
     let mut cmd = lab.xlb.ns.cmd(&wrapper[0]);
-    cmd.args(&wrapper[1..])
-        .arg(xlb_binary())
-        .arg("run")
-        .arg("--config")
-        .arg(&cfg);
+    cmd.args(&wrapper[1..]).arg("run").arg("--config").arg(&cfg);
     let out = cmd.output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "xlb ran without CAP_PERFMON:\n{err}");
