@@ -20,9 +20,9 @@ use super::{
     cookie::Judgement,
     counters::bump,
     http1::framing::{self, Decode},
-    persistence::*,
+    persistence::{finish_cookie, learn_session, persistence},
     pool::SendError,
-    service::*,
+    service::{Service, States, Via},
 };
 use crate::config::{ConnectionMode, HttpCfg};
 

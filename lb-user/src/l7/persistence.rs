@@ -12,7 +12,7 @@ use super::{
     appsession,
     body::Body,
     cookie::{self, Judgement},
-    service::*,
+    service::{Service, Via},
 };
 use crate::config::{Backend, CookieMode};
 

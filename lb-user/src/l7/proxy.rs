@@ -10,7 +10,12 @@ use std::{
 
 use tokio::{net::TcpListener, task::JoinHandle};
 
-use super::{appsession::Table, peers, serve, service::*, workers};
+use super::{
+    appsession::Table,
+    peers, serve,
+    service::{Kept, Service, States},
+    workers,
+};
 use crate::config::{Config, Mode, Service as ServiceCfg};
 
 #[derive(Debug, thiserror::Error)]
