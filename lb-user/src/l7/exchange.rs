@@ -19,7 +19,10 @@ use super::{
     body::Body,
     cookie::Judgement,
     counters::bump,
-    http1::framing::{self, Decode},
+    http1::{
+        client::ExchangeError,
+        framing::{self, Decode},
+    },
     persistence::{finish_cookie, learn_session, persistence},
     pool::SendError,
     service::{Service, States, Via},
@@ -47,7 +50,8 @@ pub(super) fn now_secs() -> u64 {
 pub(super) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Named, not spelled: removing by `&str` parses the name every time.
-pub(super) const HOP_BY_HOP: [HeaderName; 7] = [
+/// (HTTP2-Settings goes with `Upgrade: h2c`, which is never forwarded.)
+pub(super) const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -55,15 +59,29 @@ pub(super) const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRAILER,
     header::UPGRADE,
     header::TRANSFER_ENCODING,
+    HeaderName::from_static("http2-settings"),
 ];
 
-/// Removes the hop-by-hop headers a message has (most have one or none:
-/// one scan instead of a lookup for each name).
+/// Removes the hop-by-hop headers a message has: the fixed ones and those
+/// its Connection header names (RFC 9110 7.6.1), but Host. Most messages
+/// have one or none: one scan instead of a lookup for each name.
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut found = [false; 7];
+    let mut found = [false; 8];
     for k in headers.keys() {
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
             found[i] = true;
+        }
+    }
+    if found[0] {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+            .filter(|n| n != header::HOST)
+            .collect();
+        for n in named {
+            headers.remove(n);
         }
     }
     for (h, _) in HOP_BY_HOP.iter().zip(found).filter(|(_, f)| *f) {
@@ -79,8 +97,8 @@ pub(super) async fn limit_body(http: &HttpCfg, req: Request<Body>) -> Result<Req
         return Ok(req);
     };
     match framing::declared(req.headers()) {
-        Ok(Some(Decode::Length(n))) if n > max => Err(local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")),
-        Ok(Some(Decode::Length(_) | Decode::Done)) => Ok(req),
+        Ok(Decode::Length(n)) if n > max => Err(local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")),
+        Ok(Decode::Length(_) | Decode::Done) => Ok(req),
         Err(_) => Err(local(StatusCode::BAD_REQUEST, "bad content-length\n")),
         // Chunked (HTTP/1) or no length at all (HTTP/2).
         _ => {
@@ -235,6 +253,16 @@ pub(super) async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, 
     counters.active.fetch_sub(1, Ordering::Relaxed);
     let resp = match sent {
         Ok(Ok(r)) => r,
+        // The client's body broke its framing (or the client went away).
+        Ok(Err(SendError::Exchange {
+            cause: ExchangeError::RequestBody(e),
+            ..
+        })) => {
+            tracing::debug!(service = %svc.cfg.name, "request body: {e}");
+            bump(&svc.counters.refused);
+            let r = local(StatusCode::BAD_REQUEST, "bad request body\n");
+            return line.log(Some(target), p.judgement, via, r);
+        }
         Ok(Err(e @ SendError::Exchange { .. })) | Ok(Err(e @ SendError::Connect { .. })) => {
             tracing::warn!(service = %svc.cfg.name, "{e}");
             counters.response(502);

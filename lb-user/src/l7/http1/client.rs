@@ -19,7 +19,10 @@ use hyper::{
 };
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
-use super::framing::{self, Decode};
+use super::{
+    framing::{self, Decode, FramingError},
+    strict,
+};
 use crate::l7::body::{Body, BoxError};
 
 /// A response head larger than this is refused (502).
@@ -224,12 +227,15 @@ fn parse_head(buf: &mut BytesMut, head_method: bool) -> Result<Option<Parsed>, E
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(ExchangeError::Malformed(e.to_string())),
     };
+    let malformed = |why: &str| ExchangeError::Malformed(why.into());
+    strict::line_ends(&buf[..len]).map_err(malformed)?;
     let code = r.code.unwrap_or(0);
+    if !(100..600).contains(&code) {
+        return Err(malformed("a status code out of range"));
+    }
     let status = StatusCode::from_u16(code).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
     if code == 101 {
-        return Err(ExchangeError::Malformed(
-            "101 Switching Protocols: upgrades are not proxied".into(),
-        ));
+        return Err(malformed("101 Switching Protocols: upgrades are not proxied"));
     }
     let version = if r.version == Some(0) {
         Version::HTTP_10
@@ -239,9 +245,18 @@ fn parse_head(buf: &mut BytesMut, head_method: bool) -> Result<Option<Parsed>, E
     // Header values share the head's bytes.
     let spans = framing::header_spans(buf, r.headers);
     let head = buf.split_to(len).freeze();
-    let headers = framing::header_map(&head, spans).map_err(|e| ExchangeError::Malformed(e.into()))?;
+    let mut headers = framing::header_map(&head, spans).map_err(malformed)?;
     let keep_alive = version == Version::HTTP_11 && !framing::lists(&headers, &header::CONNECTION, "close");
     let decode = framing(&headers, status, head_method)?;
+    // The client gets a body framed by xlb from what was decoded, never a
+    // backend's length beside it; only HEAD and 304 answers keep theirs
+    // (the length of a body not sent), as one value.
+    match framing::content_length(&headers) {
+        Ok(Some(n)) if head_method || status == StatusCode::NOT_MODIFIED => {
+            headers.insert(header::CONTENT_LENGTH, n.into());
+        }
+        _ => drop(headers.remove(header::CONTENT_LENGTH)),
+    }
     let reusable = keep_alive && decode != Decode::UntilClose;
     let mut parts = Response::new(()).into_parts().0;
     parts.status = status;
@@ -250,8 +265,15 @@ fn parse_head(buf: &mut BytesMut, head_method: bool) -> Result<Option<Parsed>, E
     Ok(Some((parts, decode, reusable)))
 }
 
-/// How a response body is delimited (RFC 9112 section 6.3).
+/// How a response body is delimited (RFC 9112 section 6.3). Lengths are
+/// checked even where no body follows; Transfer-Encoding beside
+/// Content-Length, or a coding xlb cannot re-frame, is refused.
 fn framing(headers: &HeaderMap, status: StatusCode, head_method: bool) -> Result<Decode, ExchangeError> {
+    let malformed = |e: FramingError| ExchangeError::Malformed(e.to_string());
+    framing::content_length(headers).map_err(malformed)?;
+    if headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH) {
+        return Err(ExchangeError::Malformed("transfer-encoding with content-length".into()));
+    }
     if head_method
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -259,8 +281,7 @@ fn framing(headers: &HeaderMap, status: StatusCode, head_method: bool) -> Result
     {
         return Ok(Decode::Done);
     }
-    let declared = framing::declared(headers).map_err(|e| ExchangeError::Malformed(e.into()))?;
-    Ok(declared.unwrap_or(Decode::UntilClose))
+    framing::declared(headers).map_err(malformed)
 }
 
 /// A response body read from the backend's socket. Once it has been read
@@ -402,11 +423,18 @@ mod tests {
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
         assert_eq!(framing(&h, StatusCode::OK, false).unwrap(), Decode::Length(12));
         assert_eq!(framing(&h, StatusCode::OK, true).unwrap(), Decode::Done, "HEAD");
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        assert!(framing(&h, StatusCode::OK, false).is_err(), "TE with CL");
+        assert!(
+            framing(&h, StatusCode::NOT_MODIFIED, false).is_err(),
+            "even without a body"
+        );
+        h.remove(header::CONTENT_LENGTH);
+        assert!(matches!(framing(&h, StatusCode::OK, false), Ok(Decode::Chunked(_))));
         h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("gzip"));
-        assert_eq!(
-            framing(&h, StatusCode::OK, false).unwrap(),
-            Decode::UntilClose,
-            "a coding not ending in chunked"
+        assert!(
+            framing(&h, StatusCode::OK, false).is_err(),
+            "a coding xlb cannot re-frame"
         );
     }
 
@@ -423,6 +451,33 @@ mod tests {
         assert_eq!(&buf[..], b"hi", "the body stays buffered");
         let mut close = BytesMut::from(&b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"[..]);
         assert!(!parse_head(&mut close, false).unwrap().unwrap().2);
-        assert!(parse_head(&mut BytesMut::from(&b"HTTP/1.1 abc\r\n\r\n"[..]), false).is_err());
+        for bad in [
+            &b"HTTP/1.1 abc\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length : 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: +1\r\n\r\nx",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nx",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 700 Odd\r\n\r\n",
+            b"HTTP/2.0 200 OK\r\n\r\n",
+        ] {
+            assert!(
+                parse_head(&mut BytesMut::from(bad), false).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let mut equal = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nhi"[..]);
+        let (parts, decode, _) = parse_head(&mut equal, false).unwrap().unwrap();
+        assert_eq!(decode, Decode::Length(2));
+        assert!(
+            !parts.headers.contains_key(header::CONTENT_LENGTH),
+            "xlb frames the body itself"
+        );
+        let mut head = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\n\r\n"[..]);
+        let (parts, decode, _) = parse_head(&mut head, true).unwrap().unwrap();
+        assert_eq!(decode, Decode::Done);
+        assert_eq!(parts.headers[header::CONTENT_LENGTH], "7", "HEAD keeps it");
     }
 }

@@ -20,7 +20,8 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::{
     body::{Body as _, Frame, SizeHint},
-    header, Method, Request, Response, StatusCode, Uri, Version,
+    header::{self, HeaderValue},
+    Method, Request, Response, StatusCode, Uri, Version,
 };
 use tokio::{
     io::AsyncWriteExt,
@@ -31,7 +32,10 @@ use tokio::{
     time::timeout,
 };
 
-use super::framing::{self, Decode};
+use super::{
+    framing::{self, Decode, FramingError},
+    strict,
+};
 use crate::config::ConnectionMode;
 use crate::l7::{
     body::{Body, BoxError},
@@ -246,8 +250,10 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Incoming>, Refusa
         Ok(httparse::Status::Partial) if buf.len() > max_head => return Err(too_large),
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(too_large),
+        Err(httparse::Error::Version) => return Err(Refusal(strict::version_status(buf), "unsupported HTTP version")),
         Err(_) => return Err(bad("malformed request head")),
     };
+    strict::line_ends(&buf[..len]).map_err(bad)?;
     let method = Method::from_bytes(r.method.unwrap_or("").as_bytes()).map_err(|_| bad("bad method"))?;
     let version = if r.version == Some(0) {
         Version::HTTP_10
@@ -258,27 +264,50 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Incoming>, Refusa
     let target = framing::span(buf, r.path.unwrap_or("").as_bytes());
     let spans = framing::header_spans(buf, r.headers);
     let head = buf.split_to(len).freeze();
-    let uri = Uri::from_maybe_shared(head.slice(target)).map_err(|_| bad("bad request target"))?;
+    let uri = Uri::from_maybe_shared(head.slice(target.clone())).map_err(|_| bad("bad request target"))?;
+    let form = strict::target(&method, &head[target], &uri).map_err(|(s, why)| Refusal(s, why))?;
     let mut headers = framing::header_map(&head, spans).map_err(bad)?;
-    let ambiguous = headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH);
-    let body = match framing::declared(&headers).map_err(bad)? {
-        Some(Decode::UntilClose) => Decode::Done,
-        Some(d) => d,
-        // RFC 9112 6.3: a request whose transfer coding does not end in
-        // chunked cannot be delimited.
-        None => return Err(bad("transfer-encoding without chunked")),
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => return Err(bad("more than one Host")),
+        (None, _) if version == Version::HTTP_11 => return Err(bad("HTTP/1.1 without Host")),
+        (Some(h), _) if !strict::host(h.as_bytes()) => return Err(bad("a malformed Host")),
+        _ => {}
+    }
+    if let strict::Target::Absolute(authority) = form {
+        // RFC 9112 3.2.2: the target's authority is the host; the
+        // backend gets it as Host and an origin-form target.
+        let host = HeaderValue::from_str(&authority).map_err(|_| bad("a malformed authority"))?;
+        headers.insert(header::HOST, host);
+    }
+    let has_te = headers.contains_key(header::TRANSFER_ENCODING);
+    // TE beside CL, or on HTTP/1.0 (RFC 9112 6.1): TE frames the body and
+    // the connection closes after the answer.
+    let ambiguous = has_te && (headers.contains_key(header::CONTENT_LENGTH) || version == Version::HTTP_10);
+    let body = match framing::declared(&headers) {
+        Ok(Decode::UntilClose) => Decode::Done,
+        Ok(d) => d,
+        Err(FramingError::Unsupported) => {
+            return Err(Refusal(StatusCode::NOT_IMPLEMENTED, "transfer coding not implemented"))
+        }
+        Err(e) => return Err(bad(e.as_str())),
     };
-    if ambiguous {
-        // Transfer-Encoding wins; the backend must not see both.
-        headers.remove(header::CONTENT_LENGTH);
+    match body {
+        // The backend must not see both.
+        Decode::Chunked(_) => drop(headers.remove(header::CONTENT_LENGTH)),
+        // One value, whatever list of equal ones came.
+        Decode::Length(n) => drop(headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n))),
+        _ => {}
     }
     let keep_alive = match version {
         Version::HTTP_10 => framing::lists(&headers, &header::CONNECTION, "keep-alive"),
         _ => !framing::lists(&headers, &header::CONNECTION, "close"),
     };
-    let expect_continue = headers
-        .get(header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let expect_continue = match headers.get(header::EXPECT) {
+        None => false,
+        Some(v) if v.as_bytes().eq_ignore_ascii_case(b"100-continue") => true,
+        Some(_) => return Err(Refusal(StatusCode::EXPECTATION_FAILED, "unsupported expectation")),
+    };
     let mut req = Request::new(());
     *req.method_mut() = method;
     *req.uri_mut() = uri;
@@ -537,34 +566,80 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(n.keep_alive);
-        let n = parsed("POST / HTTP/1.1\r\nConnection: close\r\nContent-Length: 5\r\n\r\n")
+        let n = parsed("POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 5, 5\r\n\r\n")
             .unwrap()
             .unwrap();
         assert!(!n.keep_alive && n.body == Decode::Length(5));
+        assert_eq!(n.req.headers()[header::CONTENT_LENGTH], "5", "one value goes on");
+        let n = parsed("GET http://a.example:81/p?q HTTP/1.1\r\nHost: b.example\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            n.req.headers()[header::HOST],
+            "a.example:81",
+            "the target's authority is the host"
+        );
+        assert!(parsed("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n").is_ok());
     }
 
     #[test]
     fn request_framing_and_refusals() {
-        let n = parsed("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n")
-            .unwrap()
-            .unwrap();
-        assert!(n.ambiguous && matches!(n.body, Decode::Chunked(_)));
-        assert!(!n.req.headers().contains_key(header::CONTENT_LENGTH));
-        assert_eq!(
-            parsed("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n").err(),
-            Some(StatusCode::BAD_REQUEST)
+        for te_cl in [
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            let n = parsed(te_cl).unwrap().unwrap();
+            assert!(n.ambiguous && matches!(n.body, Decode::Chunked(_)), "{te_cl:?}");
+            assert!(!n.req.headers().contains_key(header::CONTENT_LENGTH));
+        }
+        let refused = |wire: &str, status: StatusCode| {
+            assert_eq!(parsed(wire).err(), Some(status), "{wire:?}");
+        };
+        use StatusCode as S;
+        refused(
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+            S::NOT_IMPLEMENTED,
         );
-        assert_eq!(
-            parsed("POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n").err(),
-            Some(StatusCode::BAD_REQUEST)
+        refused(
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+            S::BAD_REQUEST,
         );
-        assert_eq!(parsed("GARBAGE\r\n\r\n").err(), Some(StatusCode::BAD_REQUEST));
+        refused(
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n",
+            S::BAD_REQUEST,
+        );
+        refused(
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            S::BAD_REQUEST,
+        );
+        refused("GARBAGE\r\n\r\n", S::BAD_REQUEST);
+        refused("GET / HTTP/1.1\r\n\r\n", S::BAD_REQUEST);
+        refused("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", S::BAD_REQUEST);
+        refused("GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n", S::BAD_REQUEST);
+        refused("GET / HTTP/1.1\r\nHost: a b\r\n\r\n", S::BAD_REQUEST);
+        refused("GET / HTTP/1.1\nHost: x\n\n", S::BAD_REQUEST);
+        refused("GET / HTTP/1.1\r\nHost : x\r\n\r\n", S::BAD_REQUEST);
+        refused("GET / HTTP/1.1\r\n Host: x\r\n\r\n", S::BAD_REQUEST);
+        refused("GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n", S::BAD_REQUEST);
+        refused("GET / HTTP/1.1\r\nHost: x\r\n: v\r\n\r\n", S::BAD_REQUEST);
+        refused("GET / HTTP/1.1\r\nHost: x\r\nnocolon\r\n\r\n", S::BAD_REQUEST);
+        refused("GET / HTTP/1.1\r\nHost: x\r\nX: a\0b\r\n\r\n", S::BAD_REQUEST);
+        refused("GET / HTTP/1.1\r\nHost: x\r\nX: a\rb\r\n\r\n", S::BAD_REQUEST);
+        refused("GET / HTTP/2.0\r\nHost: x\r\n\r\n", S::HTTP_VERSION_NOT_SUPPORTED);
+        refused("GET / HTTP/1.1 \r\nHost: x\r\n\r\n", S::BAD_REQUEST);
+        refused("GET /\r\n\r\n", S::BAD_REQUEST);
+        refused("GET /a#b HTTP/1.1\r\nHost: x\r\n\r\n", S::BAD_REQUEST);
+        refused("GET /\u{e9} HTTP/1.1\r\nHost: x\r\n\r\n", S::BAD_REQUEST);
+        refused("GET /a\x01 HTTP/1.1\r\nHost: x\r\n\r\n", S::BAD_REQUEST);
+        refused("GET  / HTTP/1.1\r\nHost: x\r\n\r\n", S::BAD_REQUEST);
+        refused("G(T / HTTP/1.1\r\nHost: x\r\n\r\n", S::BAD_REQUEST);
+        refused("CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", S::NOT_IMPLEMENTED);
+        refused(
+            "GET / HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\n\r\n",
+            S::EXPECTATION_FAILED,
+        );
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(1100));
-        assert_eq!(parsed(&big).err(), Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
-        assert_eq!(
-            parsed(&big[..1050]).err(),
-            Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
-            "partial"
-        );
+        refused(&big, S::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        refused(&big[..1050], S::REQUEST_HEADER_FIELDS_TOO_LARGE);
     }
 }
