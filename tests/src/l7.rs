@@ -25,6 +25,8 @@ pub struct Be<'a>(pub &'a str, pub &'a str);
 /// What an [`L7`] lab runs.
 #[derive(Default)]
 pub struct Spec<'a> {
+    /// Lines added to `[global]`.
+    pub global: &'a str,
     /// Lines added to the service (balance, `[service.cookie]` ...).
     pub service: &'a str,
     pub backends: &'a [Be<'a>],
@@ -68,9 +70,9 @@ impl L7 {
         } else {
             Netns::current()
         };
-        let service = spec.service;
+        let (service, global) = (spec.service, spec.global);
         let mut cfg = format!(
-            "[global]\nadmin = \"127.0.0.1:9900\"\n\n[[service]]\nname = \"site\"\nvip = \"127.0.0.1\"\nport = 8080\nmode = \"http\"\n{service}\n"
+            "[global]\nadmin = \"127.0.0.1:9900\"\n{global}\n[[service]]\nname = \"site\"\nvip = \"127.0.0.1\"\nport = 8080\nmode = \"http\"\n{service}\n"
         );
         if !service.contains("[service.health]") {
             cfg += "[service.health]\nkind = \"none\"\n";

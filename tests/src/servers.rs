@@ -279,3 +279,104 @@ pub fn tcp_hello(ns: &Netns, src: SocketAddr, dst: SocketAddr, timeout: Duration
     BufReader::new(stream).read_line(&mut line)?;
     Ok(line.trim_end().to_string())
 }
+
+/// A backend that records every byte it receives and answers with bytes
+/// given to it: for checking what a proxy lets through, byte for byte.
+/// It answers once its connection has been quiet for a moment after a
+/// request, so it needs no HTTP parser of its own.
+pub struct RawBackend {
+    pub addr: SocketAddr,
+    /// Everything received, on all connections, since the last `take`.
+    seen: Arc<std::sync::Mutex<Vec<u8>>>,
+    /// The answer, and whether to close after sending it.
+    answer: Arc<std::sync::Mutex<(Vec<u8>, bool)>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl RawBackend {
+    pub fn start(ns: &Netns, addr: SocketAddr) -> io::Result<RawBackend> {
+        let listener = ns.enter(|| TcpListener::bind(addr))??;
+        listener.set_nonblocking(true)?;
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let answer = Arc::new(std::sync::Mutex::new((
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            false,
+        )));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, a, st) = (seen.clone(), answer.clone(), stop.clone());
+        let thread = ns.spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let (s, a, st) = (s.clone(), a.clone(), st.clone());
+                        thread::spawn(move || raw_connection(stream, &s, &a, &st));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        })?;
+        Ok(RawBackend {
+            addr,
+            seen,
+            answer,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// What it answers from now on; `close`: close the connection after.
+    pub fn answer(&self, bytes: &[u8], close: bool) {
+        *self.answer.lock().unwrap() = (bytes.to_vec(), close);
+    }
+
+    /// What it received since the last call.
+    pub fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+fn raw_connection(
+    mut stream: TcpStream,
+    seen: &std::sync::Mutex<Vec<u8>>,
+    answer: &std::sync::Mutex<(Vec<u8>, bool)>,
+    stop: &AtomicBool,
+) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(60)));
+    let mut fresh = false;
+    let mut buf = [0u8; 16384];
+    while !stop.load(Ordering::Relaxed) {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                seen.lock().unwrap().extend_from_slice(&buf[..n]);
+                fresh = true;
+            }
+            Err(e) if timed_out(&e) && fresh => {
+                fresh = false;
+                let (bytes, close) = answer.lock().unwrap().clone();
+                if stream.write_all(&bytes).is_err() || close {
+                    let _ = stream.shutdown(std::net::Shutdown::Write);
+                    // Read on until the proxy closes, recording it.
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                    while let Ok(n @ 1..) = stream.read(&mut buf) {
+                        seen.lock().unwrap().extend_from_slice(&buf[..n]);
+                    }
+                    return;
+                }
+            }
+            Err(e) if timed_out(&e) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+impl Drop for RawBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -275,11 +275,15 @@ pub struct Global {
     /// Threads serving the L7 proxy (HAProxy's `nbthread`); `None`: one per
     /// CPU xlb may run on. Read at start only.
     pub threads: Option<usize>,
+    /// Open client connections across the L7 proxy (HAProxy's `maxconn`).
+    pub maxconn: usize,
 }
 
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9900";
 /// The default `global.pin_dir` (per interface below it).
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xlb";
+/// The default `global.maxconn`.
+pub const DEFAULT_MAXCONN: usize = 100_000;
 /// Upper bound of `global.threads`.
 pub const MAX_THREADS: usize = 256;
 

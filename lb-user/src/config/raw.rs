@@ -40,6 +40,7 @@ pub(super) struct RawGlobal {
     #[serde(default)]
     pub(super) peers: Vec<Spanned<String>>,
     pub(super) threads: Option<Spanned<i64>>,
+    pub(super) maxconn: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

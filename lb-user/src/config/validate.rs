@@ -166,6 +166,16 @@ impl Validator<'_> {
                         None
                     }
                 }),
+            maxconn: match &raw.global.maxconn {
+                None => DEFAULT_MAXCONN,
+                Some(m) => match usize::try_from(*m.get_ref()) {
+                    Ok(n @ 1..) => n,
+                    _ => {
+                        self.at(m, format!("maxconn must be at least 1, not {}", m.get_ref()));
+                        DEFAULT_MAXCONN
+                    }
+                },
+            },
         };
         let mut services: Vec<Service> = Vec::new();
         let mut seen = Vec::<(String, (IpAddr, u16, Protocol))>::new();

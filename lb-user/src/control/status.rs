@@ -10,7 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use super::daemon::Daemon;
 use crate::{
-    l7::counters::{BackendSnapshot, ServiceSnapshot},
+    l7::{
+        admission::GateSnapshot,
+        counters::{BackendSnapshot, ServiceSnapshot},
+    },
     model::AdminState,
 };
 
@@ -26,6 +29,9 @@ pub struct Status {
     pub services: Vec<ServiceStatus>,
     /// Packets per XDP outcome (pass_service, pass_parse_error, ...).
     pub outcomes: BTreeMap<String, u64>,
+    /// Open L7 client connections against `global.maxconn`.
+    #[serde(default)]
+    pub connections: GateSnapshot,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -119,6 +125,12 @@ impl Status {
         }
         let outs: Vec<String> = self.outcomes.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let _ = writeln!(o, "xdp outcomes: {}", outs.join(" "));
+        let c = &self.connections;
+        let _ = writeln!(
+            o,
+            "http connections: {} of maxconn {} (reached {} times)",
+            c.open, c.max, c.reached
+        );
         o
     }
 }
@@ -193,6 +205,7 @@ impl Daemon {
                 .as_ref()
                 .map(|d| d.outcomes().into_iter().map(|(k, v)| (k.to_string(), v)).collect())
                 .unwrap_or_default(),
+            connections: self.proxy.connections(),
         }
     }
 }

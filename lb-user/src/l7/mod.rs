@@ -11,6 +11,7 @@
 //! - threads and idle connections: `workers`, `parking`; backend
 //!   connections: `pool`; counters: `counters`
 
+pub mod admission;
 pub mod appsession;
 pub mod balance;
 pub mod body;

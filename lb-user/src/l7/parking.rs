@@ -11,19 +11,15 @@ use std::{
     cell::RefCell,
     collections::HashMap,
     io,
-    net::SocketAddr,
     os::fd::{AsRawFd, RawFd},
-    sync::{atomic::Ordering::Relaxed, Arc, RwLock},
+    sync::{atomic::Ordering::Relaxed, Arc},
     time::{Duration, Instant},
 };
 
 use mio::{unix::SourceFd, Events, Interest, Poll, Registry, Token};
 use tokio::{io::unix::AsyncFd, net::TcpStream};
 
-use super::{
-    counters::ServiceCounters,
-    service::{Service, States},
-};
+use super::{admission::Accepted, counters::ServiceCounters};
 
 /// How long a connection waits for its next request on its own task before
 /// it is parked. Parking and waking cost a few microseconds (four epoll
@@ -36,15 +32,13 @@ const SWEEP: Duration = Duration::from_millis(250);
 
 /// What serves a connection again when it wakes: the HTTP/1 server,
 /// passed in so that the lot does not depend on it.
-pub type Resume = fn(TcpStream, SocketAddr, Arc<RwLock<Arc<Service>>>, States);
+pub type Resume = fn(TcpStream, Accepted);
 
 /// A parked connection: what it needs to be served again.
 struct Parked {
     stream: std::net::TcpStream,
     resume: Resume,
-    peer: SocketAddr,
-    current: Arc<RwLock<Arc<Service>>>,
-    states: States,
+    conn: Accepted,
     /// Closed if still silent then.
     until: Instant,
     _counted: Counted,
@@ -80,14 +74,7 @@ thread_local! {
 
 /// Parks `stream` until it has something to read, or until `until`. Gives
 /// the stream back if it cannot be parked.
-pub fn park(
-    stream: TcpStream,
-    peer: SocketAddr,
-    current: Arc<RwLock<Arc<Service>>>,
-    states: States,
-    until: Instant,
-    resume: Resume,
-) -> Result<(), TcpStream> {
+pub fn park(stream: TcpStream, conn: Accepted, until: Instant, resume: Resume) -> Result<(), (TcpStream, Accepted)> {
     LOT.with(|lot| {
         let mut lot = lot.borrow_mut();
         if lot.is_none() {
@@ -95,7 +82,7 @@ pub fn park(
                 Ok(l) => *lot = Some(l),
                 Err(e) => {
                     tracing::debug!("cannot open the parking lot: {e}");
-                    return Err(stream);
+                    return Err((stream, conn));
                 }
             }
         }
@@ -109,19 +96,17 @@ pub fn park(
             .register(&mut SourceFd(&fd), Token(fd as usize), Interest::READABLE)
             .is_err()
         {
-            return Err(stream);
+            return Err((stream, conn));
         }
         // Leaving tokio's reactor can only fail if the registration is
         // already gone; the connection is then closed, as on any error.
         if let Ok(stream) = stream.into_std() {
             lot.new += 1;
-            let counters = current.read().expect("service lock").counters.clone();
+            let counters = conn.current.read().expect("service lock").counters.clone();
             let p = Parked {
                 stream,
                 resume,
-                peer,
-                current,
-                states,
+                conn,
                 until,
                 _counted: Counted::new(counters),
             };
@@ -198,6 +183,6 @@ fn unpark(fd: RawFd) {
     });
     let Some(p) = parked else { return };
     if let Ok(stream) = TcpStream::from_std(p.stream) {
-        (p.resume)(stream, p.peer, p.current, p.states);
+        (p.resume)(stream, p.conn);
     }
 }

@@ -11,6 +11,7 @@ use std::{
 use tokio::{net::TcpListener, task::JoinHandle};
 
 use super::{
+    admission::{Accepted, Gate, GateSnapshot},
     appsession::Table,
     peers, serve,
     service::{Kept, Service, States},
@@ -39,6 +40,7 @@ pub struct Proxy {
     states: States,
     kept: Kept,
     peers: Option<peers::Outbox>,
+    gate: Arc<Gate>,
 }
 
 impl Proxy {
@@ -48,7 +50,13 @@ impl Proxy {
             states,
             kept: Kept::default(),
             peers,
+            gate: Gate::new(crate::config::DEFAULT_MAXCONN),
         }
+    }
+
+    /// Open client connections against `global.maxconn`.
+    pub fn connections(&self) -> GateSnapshot {
+        self.gate.snapshot()
     }
 
     /// The running service named `name`.
@@ -95,6 +103,7 @@ impl Proxy {
             }
             keep
         });
+        self.gate.set_max(cfg.global.maxconn);
         // Counters and tables of services and backends that went are dropped.
         let names: Vec<&str> = wanted.iter().map(|s| s.name.as_str()).collect();
         let kept = &mut self.kept;
@@ -114,7 +123,12 @@ impl Proxy {
         for (addr, listener) in fresh {
             let s = wanted[addrs.iter().position(|a| *a == addr).expect("bound above")];
             let current = Arc::new(RwLock::new(Arc::new(Service::new(s, kept, self.peers.clone()))));
-            let task = tokio::spawn(accept_loop(listener, current.clone(), self.states.clone()));
+            let task = tokio::spawn(accept_loop(
+                listener,
+                current.clone(),
+                self.states.clone(),
+                self.gate.clone(),
+            ));
             tracing::info!(service = %s.name, %addr, "http proxy listening");
             self.listeners.insert(addr, Listener { current, task });
         }
@@ -130,13 +144,21 @@ impl Drop for Proxy {
     }
 }
 
-async fn accept_loop(listener: TcpListener, current: Arc<RwLock<Arc<Service>>>, states: States) {
+async fn accept_loop(listener: TcpListener, current: Arc<RwLock<Arc<Service>>>, states: States, gate: Arc<Gate>) {
     loop {
+        // At maxconn, new connections wait in the kernel's queue.
+        gate.room().await;
         let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
+        let slot = gate.take();
         let _ = stream.set_nodelay(true);
-        let (current, states) = (current.clone(), states.clone());
+        let conn = Accepted {
+            peer,
+            current: current.clone(),
+            states: states.clone(),
+            slot,
+        };
         // Handed over as a plain socket: it joins the reactor of the thread
         // that serves it.
         let Ok(stream) = stream.into_std() else {
@@ -144,7 +166,7 @@ async fn accept_loop(listener: TcpListener, current: Arc<RwLock<Arc<Service>>>, 
         };
         workers::spawn(move || async move {
             if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
-                serve::serve(stream, peer, current, states).await;
+                serve::serve(stream, conn).await;
             }
         });
     }

@@ -1,11 +1,7 @@
 //! Serving one client connection: HTTP/1 by xlb's own server
 //! ([`super::downstream`]), h2c (prior knowledge) by hyper's HTTP/2 server.
 
-use std::{
-    convert::Infallible,
-    net::SocketAddr,
-    sync::{Arc, RwLock},
-};
+use std::convert::Infallible;
 
 use http_body_util::BodyExt;
 use hyper::{server::conn::http2, service::service_fn};
@@ -13,15 +9,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{net::TcpStream, time::timeout};
 
 use super::{
+    admission::Accepted,
     body::{Body, BoxError},
     exchange::handle,
     http1::server as downstream,
-    service::{Service, States},
 };
 
 /// Serves one client connection, HTTP/1.1 or h2c.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, current: Arc<RwLock<Arc<Service>>>, states: States) {
-    let t_first = current.read().expect("service lock").cfg.http.timeout_http_request;
+pub async fn serve(stream: TcpStream, conn: Accepted) {
+    let t_first = conn.current.read().expect("service lock").cfg.http.timeout_http_request;
     // h2c with prior knowledge opens with "PRI * HTTP/2.0", a method no
     // HTTP/1 request uses.
     let mut first = [0u8; 4];
@@ -30,15 +26,22 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, current: Arc<RwLock<Arc<
         Ok(Ok(n)) => !b"PRI ".starts_with(&first[..n]),
     };
     if http1 {
-        downstream::serve(stream, peer, current, states).await;
+        downstream::serve(stream, conn).await;
     } else {
         // Boxed: its state is larger than HTTP/1's and would otherwise be
         // part of every connection's task.
-        Box::pin(serve_h2(stream, peer, current, states)).await;
+        Box::pin(serve_h2(stream, conn)).await;
     }
 }
 
-async fn serve_h2(stream: TcpStream, peer: SocketAddr, current: Arc<RwLock<Arc<Service>>>, states: States) {
+async fn serve_h2(stream: TcpStream, conn: Accepted) {
+    // The slot is held until the connection ends.
+    let Accepted {
+        peer,
+        current,
+        states,
+        slot: _slot,
+    } = conn;
     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let svc = current.read().expect("service lock").clone();
         let req = req.map(boxed);

@@ -88,6 +88,17 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "counter",
         "Requests redispatched to a backend.",
     ),
+    (
+        "xlb_http_connections",
+        "gauge",
+        "Open client connections of the L7 proxy.",
+    ),
+    ("xlb_http_maxconn", "gauge", "The cap on them (global.maxconn)."),
+    (
+        "xlb_http_maxconn_reached_total",
+        "counter",
+        "Times the proxy stopped accepting at maxconn.",
+    ),
 ];
 
 /// The states `xlb_backend_state` has a sample for.
@@ -99,6 +110,10 @@ pub fn render(st: &Status) -> String {
     for (k, v) in &st.outcomes {
         add("xlb_xdp_packets_total", format!("outcome=\"{}\"", esc(k)), *v);
     }
+    let c = &st.connections;
+    add("xlb_http_connections", String::new(), c.open as u64);
+    add("xlb_http_maxconn", String::new(), c.max as u64);
+    add("xlb_http_maxconn_reached_total", String::new(), c.reached);
     for s in &st.services {
         let sl = format!("service=\"{}\"", esc(&s.name));
         match &s.http {
@@ -153,7 +168,11 @@ pub fn render(st: &Status) -> String {
         let Some(v) = samples.get(name) else { continue };
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (labels, n) in v {
-            let _ = writeln!(o, "{name}{{{labels}}} {n}");
+            match labels.is_empty() {
+                true => writeln!(o, "{name} {n}"),
+                false => writeln!(o, "{name}{{{labels}}} {n}"),
+            }
+            .expect("writing to a String");
         }
     }
     o

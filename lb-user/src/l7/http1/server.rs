@@ -11,7 +11,7 @@ use std::{
     io,
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, Mutex},
     task::{Context, Poll},
     time::{Duration, Instant, SystemTime},
 };
@@ -38,6 +38,7 @@ use super::{
 };
 use crate::config::ConnectionMode;
 use crate::l7::{
+    admission::Accepted,
     body::{Body, BoxError},
     counters::bump,
     exchange::handle,
@@ -104,20 +105,21 @@ enum After {
 }
 
 /// Serves a parked connection that woke up, on a task of its own.
-fn resume(stream: TcpStream, peer: SocketAddr, current: Arc<RwLock<Arc<Service>>>, states: States) {
-    tokio::spawn(serve(stream, peer, current, states));
+fn resume(stream: TcpStream, conn: Accepted) {
+    tokio::spawn(serve(stream, conn));
 }
 
 /// Serves one HTTP/1 client connection until it closes, times out, errs
 /// or is parked.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, current: Arc<RwLock<Arc<Service>>>, states: States) {
+pub async fn serve(stream: TcpStream, mut conn: Accepted) {
+    let peer = conn.peer;
     let (read, mut write) = stream.into_split();
     let mut rx = Rx {
         read,
         buf: BytesMut::new(),
     };
     loop {
-        let svc = current.read().expect("service lock").clone();
+        let svc = conn.current.read().expect("service lock").clone();
         let http = &svc.cfg.http;
         let (t_client, t_idle) = (http.timeout_client, http.timeout_http_keep_alive);
         if rx.buf.is_empty() {
@@ -130,10 +132,10 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, current: Arc<RwLock<Arc<
                 Err(_) => {
                     let stream = rx.read.reunite(write).expect("the halves of one stream");
                     let until = Instant::now() + (t_idle - first);
-                    let Err(stream) = parking::park(stream, peer, current.clone(), states.clone(), until, resume)
-                    else {
+                    let Err((stream, back)) = parking::park(stream, conn, until, resume) else {
                         return;
                     };
+                    conn = back;
                     (rx.read, write) = stream.into_split();
                     if !matches!(timeout(t_idle - first, rx.read.readable()).await, Ok(Ok(()))) {
                         return;
@@ -153,7 +155,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, current: Arc<RwLock<Arc<
             }
         };
         let after;
-        (rx, after) = exchange(rx, &mut write, next, svc, &states, peer).await;
+        (rx, after) = exchange(rx, &mut write, next, svc, &conn.states, peer).await;
         match after {
             After::KeepAlive => {}
             After::Close => return,
@@ -436,6 +438,7 @@ async fn respond(
     if how == Out::None {
         return write_all(write, &out, t).await.then_some(()).ok_or(());
     }
+    let mut sent = false;
     loop {
         // Gather what the body has ready; write when it has to wait.
         let frame = match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
@@ -445,14 +448,20 @@ async fn respond(
                     return Err(());
                 }
                 out.clear();
+                sent = true;
                 poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
             }
         };
         let data = match frame {
             None => break,
-            // The backend failed in the body: the client can only tell by
-            // the connection closing before the body's end.
+            // The backend failed in the body (malformed chunking, closed
+            // early). Nothing sent yet: the client gets a 502 instead of
+            // the head. Else it can only tell by the connection closing
+            // before the body's end.
             Some(Err(_)) => {
+                if !sent {
+                    out = bad_gateway();
+                }
                 let _ = write_all(write, &out, t).await;
                 return Err(());
             }
@@ -468,6 +477,7 @@ async fn respond(
                     return Err(());
                 }
                 out.clear();
+                sent = true;
             }
             _ => out.extend_from_slice(&data),
         }
@@ -476,6 +486,7 @@ async fn respond(
                 return Err(());
             }
             out.clear();
+            sent = true;
         }
     }
     if how == Out::Chunked {
@@ -495,16 +506,24 @@ async fn write_all(write: &mut OwnedWriteHalf, bytes: &[u8], t: Duration) -> boo
     sent == bytes.len() || matches!(timeout(t, write.write_all(&bytes[sent..])).await, Ok(Ok(())))
 }
 
-/// Answers a request that cannot be served, and closes.
-async fn refuse(rx: Rx, mut write: OwnedWriteHalf, status: StatusCode, why: &str, t: Duration) {
-    let body = format!("{why}\n");
-    let head = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: text/plain\r\ncache-control: no-cache\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+/// A whole answer of xlb's own that closes the connection.
+fn closing_answer(status: StatusCode, why: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain\r\ncache-control: no-cache\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{why}\n",
         status.as_str(),
         status.canonical_reason().unwrap_or(""),
-        body.len()
-    );
-    if write_all(&mut write, (head + &body).as_bytes(), t).await {
+        why.len() + 1
+    )
+    .into_bytes()
+}
+
+fn bad_gateway() -> Vec<u8> {
+    closing_answer(StatusCode::BAD_GATEWAY, "bad gateway")
+}
+
+/// Answers a request that cannot be served, and closes.
+async fn refuse(rx: Rx, mut write: OwnedWriteHalf, status: StatusCode, why: &str, t: Duration) {
+    if write_all(&mut write, &closing_answer(status, why), t).await {
         linger(rx, write).await;
     }
 }
