@@ -1,6 +1,6 @@
 //! xlb user space. Dependencies point one way, top to bottom:
 //!
-//! - `model`, `admin_client`: small shared leaves
+//! - `model`, `auth`, `admin_client`: small shared leaves
 //! - `config`: the file, its validation and the typed model
 //! - `l4` (the XDP tier), `l7` (the HTTP proxy), then `control` (the
 //!   daemon, reloads, health, VIPs) over both
@@ -11,6 +11,7 @@
 //! that imports it.
 pub mod admin_client;
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod control;
 pub mod l4;

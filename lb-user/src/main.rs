@@ -10,6 +10,10 @@ use lb_user::{admin_client as client, app, config, control::status::Status, l7::
 #[derive(Parser)]
 #[command(name = "xlb", version, about = "XDP layer-4 load balancer with an L7 HTTP proxy")]
 struct Cli {
+    /// A file holding `user:password` for the admin API (else the
+    /// XLB_ADMIN_AUTH environment variable is used, if set).
+    #[arg(long, global = true)]
+    auth_file: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -130,13 +134,34 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    match run(cli.cmd) {
+    match credentials(cli.auth_file.as_deref()).and_then(|()| run(cli.cmd)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("xlb: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The admin API credentials, from `--auth-file` or `XLB_ADMIN_AUTH`: sent
+/// by the admin commands, and by `xlb run` to its appsession peers.
+fn credentials(file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let given = match file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading --auth-file {}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => std::env::var("XLB_ADMIN_AUTH").ok().filter(|v| !v.is_empty()),
+    };
+    if let Some(c) = given {
+        match c.split_once(':') {
+            Some((u, p)) if !u.is_empty() && !p.is_empty() => client::use_credentials(c),
+            _ => bail!("admin credentials must be user:password"),
+        };
+    }
+    Ok(())
 }
 
 /// The body of a 200 answer, else the answer as an error.

@@ -11,8 +11,9 @@ use std::{
 
 /// Top-level parts from the bottom up: a part may use only parts of a
 /// lower rank (or its own).
-const RANKS: [(&str, u8); 9] = [
+const RANKS: [(&str, u8); 10] = [
     ("model", 0),
+    ("auth", 0),
     ("admin_client", 0),
     ("config", 1),
     ("l4", 2),

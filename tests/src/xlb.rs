@@ -97,7 +97,11 @@ impl XlbProcess {
             if let Some(st) = p.child.as_mut().expect("child").try_wait()? {
                 return Err(io::Error::other(format!("xlb exited at start ({st}):\n{}", p.log())));
             }
-            if xlb_once(ns, &["status", "--json", "--admin", admin]).is_ok_and(|o| o.status.success()) {
+            // Up: it answers, if only to say that credentials are needed.
+            let answered = |o: &Output| {
+                o.status.success() || String::from_utf8_lossy(&o.stderr).contains("authentication required")
+            };
+            if xlb_once(ns, &["status", "--json", "--admin", admin]).is_ok_and(|o| answered(&o)) {
                 return Ok(p);
             }
             if Instant::now() > deadline {

@@ -188,3 +188,103 @@ fn a_transaction_applies_its_changes_together_at_commit() {
     assert_eq!(backend(&l, "s1").0, "maint");
     assert_eq!(served(&l, 4), ["s2", "s3"]);
 }
+
+/// `xlb ARGS` against the lab's daemon with `env` set; (success, stdout + stderr).
+fn xlb_with(l: &L7, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let mut cmd = l.ns.cmd(lab::xlb::xlb_binary());
+    cmd.args(args).env_remove("XLB_ADMIN_AUTH");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+fn basic(user_password: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Authorization: Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(user_password)
+    )
+}
+
+#[test]
+fn admin_auth_guards_the_api_and_the_commands_send_credentials() {
+    // A SHA-512 crypt hash of "s3cret" (openssl passwd -6 -salt xlbtest s3cret).
+    let hash = "$6$xlbtest$TeeDUCwX5gXRD/iN2mREsv9Fy7n.TdNP/J5cVemOC3iLuWRCYZ24rCRn8qI15MMgYign2xIVYbcRfvzIkAOyZ0";
+    for secret in ["s3cret", hash] {
+        let l = L7::run(&Spec {
+            global: &format!("admin_auth = \"ops:{secret}\"\n"),
+            backends: &[Be("s1", "")],
+            ..Spec::default()
+        });
+        let admin: SocketAddr = "127.0.0.1:9900".parse().unwrap();
+        let ask = |headers: &[&str]| {
+            Client::connect(&l.ns, admin)
+                .unwrap()
+                .request("GET", "/api/status", headers, "")
+                .unwrap()
+        };
+        let r = ask(&[]);
+        assert_eq!(r.status, 401, "{secret}: no credentials");
+        assert_eq!(r.header("www-authenticate"), Some("Basic realm=\"xlb admin\""));
+        assert_eq!(ask(&[&basic("ops:wrong")]).status, 401);
+        assert_eq!(ask(&[&basic("root:s3cret")]).status, 401);
+        assert_eq!(ask(&[&basic("ops:s3cret")]).status, 200);
+        // /metrics is guarded too.
+        let m = Client::connect(&l.ns, admin).unwrap().get("/metrics", &[]).unwrap();
+        assert_eq!(m.status, 401);
+
+        let (ok, out) = xlb_with(&l, &["status"], &[]);
+        assert!(!ok && out.contains("authentication required"), "{out}");
+        let (ok, out) = xlb_with(&l, &["status"], &[("XLB_ADMIN_AUTH", "ops:wrong")]);
+        assert!(!ok, "{out}");
+        let (ok, out) = xlb_with(&l, &["status"], &[("XLB_ADMIN_AUTH", "ops:s3cret")]);
+        assert!(ok && out.contains("service site"), "{out}");
+        let file = lab::xlb::temp_file("admin-auth", "ops:s3cret\n").unwrap();
+        let (ok, out) = xlb_with(
+            &l,
+            &[
+                "server",
+                "set-state",
+                "site",
+                "s1",
+                "drain",
+                "--auth-file",
+                file.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(ok, "{out}");
+        let (_, out) = xlb_with(&l, &["status"], &[("XLB_ADMIN_AUTH", "ops:s3cret")]);
+        assert!(out.contains("drain"), "the write went through: {out}");
+    }
+}
+
+#[test]
+fn admin_requests_are_bounded() {
+    let l = lab();
+    let admin: SocketAddr = "127.0.0.1:9900".parse().unwrap();
+    // A body over the limit: 413, and the daemon carries on.
+    let big = "x".repeat(5 << 20);
+    let r = Client::connect(&l.ns, admin)
+        .unwrap()
+        .request("POST", "/api/servers/site/s1/state", &[], &big)
+        .unwrap();
+    assert_eq!(r.status, 413);
+    assert_eq!(api(&l, "GET", "/api/version", "").status, 200);
+    // Connections past the cap wait to be accepted until one closes.
+    let idle: Vec<std::net::TcpStream> = (0..64)
+        .map(|_| l.ns.enter(|| std::net::TcpStream::connect(admin)).unwrap().unwrap())
+        .collect();
+    let mut late = Client::connect(&l.ns, admin).unwrap();
+    let waiting = std::thread::spawn(move || late.get("/api/version", &[]).map(|r| r.status));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        !waiting.is_finished(),
+        "a 65th connection is not served while 64 are open"
+    );
+    drop(idle);
+    assert_eq!(waiting.join().unwrap().unwrap(), 200);
+}

@@ -187,6 +187,30 @@ fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "auth",
             "stats auth must be \"user:password\"",
         ),
+        (
+            "admin reachable without auth",
+            "[global]\nadmin = \"198.18.0.2:9900\"\n".into(),
+            "admin =",
+            "admin 198.18.0.2:9900 is reachable from other hosts: set admin_auth",
+        ),
+        (
+            "admin_auth malformed hash",
+            "[global]\nadmin = \"198.18.0.2:9900\"\nadmin_auth = \"ops:$6$nosalt\"\n".into(),
+            "admin_auth",
+            "admin_auth: $6$ is not a hash xlb reads",
+        ),
+        (
+            "admin_auth without password",
+            "[global]\nadmin_auth = \"ops\"\n".into(),
+            "admin_auth",
+            "admin_auth: credentials must be \"user:password\"",
+        ),
+        (
+            "maxconn 0",
+            "[global]\nmaxconn = 0\n".into(),
+            "maxconn",
+            "maxconn must be at least 1, not 0",
+        ),
     ]
 }
 

@@ -14,7 +14,7 @@ use lab::{
     http::get,
     l7::{Be, L7},
     servers::{Kind, Server},
-    xlb::{temp_file, xlb_once},
+    xlb::{temp_file, xlb_binary},
     Netns, XlbProcess,
 };
 
@@ -29,8 +29,16 @@ fn table(l: &L7) -> Vec<(String, String)> {
     table_at(&l.ns, "127.0.0.1:9900")
 }
 
+/// The nodes' admin credentials: they present them to each other.
+const PEER_AUTH: &str = "peer:s3cret";
+
 fn table_at(ns: &Netns, admin: &str) -> Vec<(String, String)> {
-    let out = xlb_once(ns, &["session", "show", "site", "--json", "--admin", admin]).unwrap();
+    let out = ns
+        .cmd(xlb_binary())
+        .args(["session", "show", "site", "--json", "--admin", admin])
+        .env("XLB_ADMIN_AUTH", PEER_AUTH)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     v.as_array()
@@ -252,7 +260,7 @@ fn peers_share_the_table_and_a_restarted_node_takes_it_back() {
     // Two nodes on one host: A on 127.0.0.1:8080, B on 127.0.0.2:8080.
     let node = |me: &str, peer: &str, vip: &str| {
         let cfg = format!(
-            "[global]\nadmin = \"{me}\"\npeers = [\"{peer}\"]\n\n[[service]]\nname = \"site\"\nvip = \"{vip}\"\n\
+            "[global]\nadmin = \"{me}\"\nadmin_auth = \"{PEER_AUTH}\"\npeers = [\"{peer}\"]\n\n[[service]]\nname = \"site\"\nvip = \"{vip}\"\n\
              port = 8080\nmode = \"http\"\n{APPSESSION}[service.health]\nkind = \"none\"\n{backends}"
         );
         let path = temp_file(&format!("peer-{}.toml", me.replace(':', "_")), &cfg).unwrap();

@@ -8,6 +8,8 @@ use std::{
 
 use serde::Deserialize;
 
+pub use crate::auth::Credentials;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpModeCfg {
@@ -265,6 +267,8 @@ pub struct Global {
     pub interface: Option<String>,
     pub xdp_mode: XdpModeCfg,
     pub admin: SocketAddr,
+    /// Basic auth on the admin API; required unless `admin` is loopback.
+    pub admin_auth: Option<Credentials>,
     pub nonlocal_bind: bool,
     pub vip_interface: Option<String>,
     /// bpffs directory for the pinned data plane (per interface below it).

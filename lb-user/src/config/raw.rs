@@ -41,6 +41,7 @@ pub(super) struct RawGlobal {
     pub(super) peers: Vec<Spanned<String>>,
     pub(super) threads: Option<Spanned<i64>>,
     pub(super) maxconn: Option<Spanned<i64>>,
+    pub(super) admin_auth: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

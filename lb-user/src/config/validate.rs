@@ -128,17 +128,38 @@ impl Validator<'_> {
     }
 
     fn config(&mut self, raw: RawConfig) -> Config {
-        let admin = match &raw.global.admin {
+        let admin: SocketAddr = match &raw.global.admin {
             None => DEFAULT_ADMIN.parse().unwrap(),
             Some(a) => a.get_ref().parse().unwrap_or_else(|_| {
                 self.at(a, format!("admin: {:?} is not an address:port", a.get_ref()));
                 DEFAULT_ADMIN.parse().unwrap()
             }),
         };
+        let admin_auth = raw
+            .global
+            .admin_auth
+            .as_ref()
+            .and_then(|a| match a.get_ref().parse::<Credentials>() {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    self.at(a, format!("admin_auth: {e}"));
+                    None
+                }
+            });
+        if !admin.ip().is_loopback() && raw.global.admin_auth.is_none() {
+            let why = format!(
+                "admin {admin} is reachable from other hosts: set admin_auth (\"user:password\" or \"user:HASH\") or use a loopback address"
+            );
+            match &raw.global.admin {
+                Some(a) => self.at(a, why),
+                None => self.err(1, why),
+            }
+        }
         let global = Global {
             interface: raw.global.interface,
             xdp_mode: raw.global.xdp_mode,
             admin,
+            admin_auth,
             nonlocal_bind: raw.global.nonlocal_bind,
             vip_interface: raw.global.vip_interface,
             pin_dir: PathBuf::from(raw.global.pin_dir.as_deref().unwrap_or(DEFAULT_PIN_DIR)),

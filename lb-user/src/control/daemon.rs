@@ -125,6 +125,7 @@ impl Daemon {
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         l7::workers::start(threads).map_err(RunError::Threads)?;
+        peer_credentials(&cfg);
         let l7_states = l7::States::default();
         let mut proxy = l7::Proxy::new(l7_states.clone(), l7::peers::spawn(cfg.global.peers.clone()));
         proxy.apply(&cfg)?;
@@ -322,6 +323,31 @@ impl Daemon {
     /// The stats page settings, if the config has a `[stats]` section.
     pub fn stats_cfg(&self) -> Option<config::StatsCfg> {
         self.cfg.stats.clone()
+    }
+
+    pub fn admin_auth(&self) -> Option<config::Credentials> {
+        self.cfg.global.admin_auth.clone()
+    }
+}
+
+/// What this node presents to its appsession peers: the credentials given
+/// to `xlb run` (`--auth-file`, `XLB_ADMIN_AUTH`), else its own
+/// `admin_auth` when that holds a password (the nodes of a cluster share
+/// it).
+fn peer_credentials(cfg: &Config) {
+    if cfg.global.peers.is_empty() || crate::admin_client::has_credentials() {
+        return;
+    }
+    let Some(a) = &cfg.global.admin_auth else {
+        return;
+    };
+    match a.password() {
+        Some(p) => {
+            crate::admin_client::use_credentials(format!("{}:{p}", a.user));
+        }
+        None => tracing::warn!(
+            "admin_auth holds a hash: give xlb run the peers' credentials (--auth-file or XLB_ADMIN_AUTH), or peers refuse its pushes"
+        ),
     }
 }
 

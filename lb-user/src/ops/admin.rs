@@ -4,6 +4,7 @@
 
 use std::{
     net::SocketAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -15,8 +16,8 @@ use hyper::{
     service::service_fn,
     Method, Request, Response, StatusCode,
 };
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{net::TcpListener, sync::Semaphore};
 
 use super::{metrics, stats_page};
 use crate::{
@@ -41,10 +42,25 @@ fn reply(status: StatusCode, ctype: &str, body: impl Into<Bytes>) -> Resp {
 
 async fn route(shared: Shared, req: Request<hyper::body::Incoming>) -> Resp {
     let path = req.uri().path().to_string();
-    let stats_cfg = shared.lock().await.stats_cfg();
+    let (stats_cfg, auth) = {
+        let d = shared.lock().await;
+        (d.stats_cfg(), d.admin_auth())
+    };
     if let Some(sc) = stats_cfg {
+        // The stats page has its own credentials ([stats] auth).
         if path == sc.uri || path.strip_prefix(sc.uri.as_str()).is_some_and(|r| r.starts_with(';')) {
             return stats(shared, &sc, req).await;
+        }
+    }
+    if let Some(auth) = auth {
+        let given = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
+        // Hashes take a while to check: off the runtime's threads.
+        let given = given.map(<[u8]>::to_vec);
+        let ok = tokio::task::spawn_blocking(move || auth.check(given.as_deref()))
+            .await
+            .unwrap_or(false);
+        if !ok {
+            return unauthorized("xlb admin");
         }
     }
     let mut resp = api(shared.clone(), &path, req).await;
@@ -79,6 +95,14 @@ fn error(e: RunError) -> Resp {
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     reply(status, "text/plain", format!("{e}\n"))
+}
+
+fn unauthorized(realm: &str) -> Resp {
+    let mut r = reply(StatusCode::UNAUTHORIZED, "text/plain", "authentication required\n");
+    if let Ok(v) = HeaderValue::from_str(&format!("Basic realm=\"{realm}\"")) {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    r
 }
 
 fn bad_request(e: impl std::fmt::Display) -> Resp {
@@ -136,11 +160,14 @@ async fn api(shared: Shared, path: &str, req: Request<hyper::body::Incoming>) ->
         },
         // Body: on | off.
         (&Method::POST, ["api", "debug", "datapath"]) => {
-            let on = match body_text(req).await.as_deref().map(str::trim) {
-                Ok("on") => true,
-                Ok("off") => false,
-                Ok(other) => return bad_request(format!("{other:?} is not on or off")),
-                Err(e) => return bad_request(e),
+            let body = match body_text(req).await {
+                Ok(b) => b,
+                Err(e) => return body_error(e),
+            };
+            let on = match body.as_str() {
+                "on" => true,
+                "off" => false,
+                other => return bad_request(format!("{other:?} is not on or off")),
             };
             match shared.lock().await.set_datapath_debug(on) {
                 Ok(()) => reply(StatusCode::OK, "text/plain", if on { "on\n" } else { "off\n" }),
@@ -152,7 +179,7 @@ async fn api(shared: Shared, path: &str, req: Request<hyper::body::Incoming>) ->
             let (service, backend) = (service.to_string(), backend.to_string());
             let body = match body_text(req).await {
                 Ok(b) => b,
-                Err(e) => return bad_request(e),
+                Err(e) => return body_error(e),
             };
             let change = if *what == "state" {
                 body.parse::<AdminState>().map(|state| Change::State {
@@ -223,10 +250,11 @@ async fn api(shared: Shared, path: &str, req: Request<hyper::body::Incoming>) ->
                 // Entries pushed by a peer (or restored by an operator): a
                 // JSON list as GET returns it.
                 (&Method::POST, []) => {
-                    let entries = match body_text(req)
-                        .await
-                        .and_then(|b| serde_json::from_str::<Vec<EntryView>>(&b).map_err(|e| e.to_string()))
-                    {
+                    let body = match body_text(req).await {
+                        Ok(b) => b,
+                        Err(e) => return body_error(e),
+                    };
+                    let entries = match serde_json::from_str::<Vec<EntryView>>(&body) {
                         Ok(v) => v,
                         Err(e) => return bad_request(e),
                     };
@@ -242,9 +270,32 @@ async fn api(shared: Shared, path: &str, req: Request<hyper::body::Incoming>) ->
     }
 }
 
-async fn body_text(req: Request<hyper::body::Incoming>) -> Result<String, String> {
-    let b = req.into_body().collect().await.map_err(|e| e.to_string())?;
+/// The request body as text, at most [`MAX_BODY`] bytes.
+async fn body_text(req: Request<hyper::body::Incoming>) -> Result<String, BodyError> {
+    let b = http_body_util::Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| match e.downcast::<http_body_util::LengthLimitError>() {
+            Ok(_) => BodyError::TooLarge,
+            Err(e) => BodyError::Read(e.to_string()),
+        })?;
     Ok(String::from_utf8_lossy(&b.to_bytes()).trim().to_string())
+}
+
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    #[error("request body over {MAX_BODY} bytes")]
+    TooLarge,
+    #[error("reading the request body: {0}")]
+    Read(String),
+}
+
+/// A refused body: 413 when too large, else 400.
+fn body_error(e: BodyError) -> Resp {
+    match e {
+        BodyError::TooLarge => reply(StatusCode::PAYLOAD_TOO_LARGE, "text/plain", format!("{e}\n")),
+        BodyError::Read(_) => bad_request(e),
+    }
 }
 
 /// The stats page: GET shows it (HTML, or CSV for `URI;csv` / `URI?csv`),
@@ -253,12 +304,7 @@ async fn stats(shared: Shared, sc: &StatsCfg, req: Request<hyper::body::Incoming
     if let Some((user, password)) = &sc.auth {
         let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         if !stats_page::authorized(given, user, password) {
-            let mut r = reply(StatusCode::UNAUTHORIZED, "text/plain", "authentication required\n");
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"xlb statistics\""),
-            );
-            return r;
+            return unauthorized("xlb statistics");
         }
     }
     let path = req.uri().path().to_string();
@@ -270,7 +316,10 @@ async fn stats(shared: Shared, sc: &StatsCfg, req: Request<hyper::body::Incoming
                 "admin actions need [stats] auth in the config\n",
             );
         }
-        let form = stats_page::form(&body_text(req).await.unwrap_or_default());
+        let form = match body_text(req).await {
+            Ok(b) => stats_page::form(&b),
+            Err(e) => return body_error(e),
+        };
         let values = |k: &str| -> Vec<String> { form.iter().filter(|(n, _)| n == k).map(|(_, v)| v.clone()).collect() };
         let one = |k: &str| values(k).into_iter().next().unwrap_or_default();
         let (service, servers) = (one("b"), values("s"));
@@ -319,21 +368,40 @@ async fn stats(shared: Shared, sc: &StatsCfg, req: Request<hyper::body::Incoming
     r
 }
 
+/// Request bodies at most (appsession pushes are about 100 KiB).
+const MAX_BODY: usize = 4 << 20;
+/// Admin connections open at once; more wait to be accepted.
+const MAX_CONNECTIONS: usize = 64;
+/// A request head must arrive within this.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// No admin connection lives longer (a body trickled in, a client that
+/// does not read).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
 /// Binds the admin address; the returned future serves until dropped.
 pub async fn serve(addr: SocketAddr, shared: Shared) -> std::io::Result<impl std::future::Future<Output = ()>> {
     let listener = TcpListener::bind(addr).await?;
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     Ok(async move {
         loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
             let shared = shared.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let svc = service_fn(move |req| {
                     let shared = shared.clone();
                     async move { Ok::<_, hyper::Error>(route(shared, req).await) }
                 });
-                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEAD_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), svc);
+                let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
             });
         }
     })
