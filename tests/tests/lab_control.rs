@@ -176,6 +176,75 @@ fn reload_applies_weights_and_refuses_broken_files() {
     xlb.stop().unwrap();
 }
 
+/// The L4 config with `backends` plus http services on the xlb node's
+/// loopback (port, name), each with the backend on 127.0.0.1:9001.
+fn with_http(backends: &[Spec<'_>], http: &[(u16, &str)]) -> String {
+    let mut c = config("nat", 8080, backends);
+    for (port, name) in http {
+        c += &format!(
+            "\n[[service]]\nname = \"{name}\"\nvip = \"127.0.0.1\"\nport = {port}\nmode = \"http\"\n\
+             [service.health]\nkind = \"none\"\n[[service.backend]]\nname = \"app\"\naddress = \"127.0.0.1:9001\"\n"
+        );
+    }
+    c
+}
+
+#[test]
+fn a_reload_applies_everything_or_nothing() {
+    lab::require_root!();
+    let lab = Lab::new(&LabSpec {
+        backends: 3,
+        client_addrs: 20,
+    })
+    .unwrap();
+    let _servers = start_servers(&lab, 8080, false);
+    let _app = Server::start(&lab.xlb.ns, "127.0.0.1:9001".parse().unwrap(), "app", Kind::Http).unwrap();
+    let even: [Spec; 3] = [("be0", 0, 1), ("be1", 1, 1), ("be2", 2, 1)];
+    let heavy: [Spec; 3] = [("be0", 0, 1), ("be1", 1, 1), ("be2", 2, 6)];
+    let cfg = temp_file("atomic.toml", &with_http(&even, &[(8080, "site")])).unwrap();
+    let xlb = XlbProcess::start(&lab.xlb.ns, &cfg, &[]).unwrap();
+    let site = |port: u16| lab::http::get(&lab.xlb.ns, format!("127.0.0.1:{port}").parse().unwrap(), "/", &[]);
+    assert_eq!(site(8080).unwrap().status, 200);
+    let version = status(&lab)["version"].as_u64().unwrap();
+
+    // Another process holds the port a new http service wants: the reload
+    // is refused, naming it, and neither side moves: the L4 weights (XDP
+    // maps) and the L7 services stay those of the running config.
+    let squatter = lab
+        .xlb
+        .ns
+        .enter(|| std::net::TcpListener::bind("127.0.0.1:8181"))
+        .unwrap()
+        .unwrap();
+    std::fs::write(&cfg, with_http(&heavy, &[(8080, "site"), (8181, "shop")])).unwrap();
+    let out = xlb_once(&lab.xlb.ns, &["reload"]).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "refused");
+    assert!(
+        err.contains("shop") && err.contains("127.0.0.1:8181") && err.contains("in use"),
+        "{err}"
+    );
+    let st = status(&lab);
+    assert_eq!(st["version"].as_u64().unwrap(), version, "no new version");
+    assert_eq!(st["services"][0]["backends"][2]["weight"], 1, "L4 weights unchanged");
+    assert_eq!(st["services"].as_array().unwrap().len(), 2, "no service added");
+    for c in clients(&lab) {
+        assert_eq!(hello(&lab, c), predict(&even, c), "client {c} still on the old ring");
+    }
+    assert_eq!(site(8080).unwrap().status, 200, "the L7 side still serves");
+
+    // Once the port is free, the same file applies, both halves at once.
+    drop(squatter);
+    let out = xlb_once(&lab.xlb.ns, &["reload"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(status(&lab)["services"][0]["backends"][2]["weight"], 6);
+    for c in clients(&lab) {
+        assert_eq!(hello(&lab, c), predict(&heavy, c), "client {c} on the new ring");
+    }
+    assert_eq!(site(8181).unwrap().status, 200);
+    xlb.stop().unwrap();
+}
+
 fn lo_addrs(lab: &Lab) -> String {
     lab.xlb.ns.ip(&["-o", "addr", "show", "dev", "lo"]).unwrap()
 }

@@ -243,8 +243,12 @@ impl Daemon {
     /// Re-reads the config file; a bad file leaves everything as it was.
     pub fn reload(&mut self) -> Result<(), RunError> {
         let cfg = config::load(&self.path)?;
-        if cfg.global != self.cfg.global {
-            tracing::warn!("[global] settings changed: they take effect when xlb restarts, services now");
+        let (mut now, mut then) = (cfg.global.clone(), self.cfg.global.clone());
+        // These two apply at once.
+        (now.admin_auth, now.maxconn) = (None, 0);
+        (then.admin_auth, then.maxconn) = (None, 0);
+        if now != then {
+            tracing::warn!("[global] settings changed: they take effect when xlb restarts (but admin_auth and maxconn), services now");
         }
         // Health and operator states carry over for backends still configured.
         let still: HashSet<BackendRef> = cfg
@@ -255,13 +259,40 @@ impl Daemon {
         let down: HashSet<BackendRef> = self.down.intersection(&still).cloned().collect();
         let mut admin = self.admin.clone();
         admin.retain(|r, _| still.contains(r));
-        if let Some(dp) = &mut self.dp {
-            dp.apply(&cfg, &Self::states(&down, &admin))?;
+        // All or nothing: first what can fail and be undone (new VIPs, new
+        // listeners), then the XDP maps (re-applied as they were if that
+        // fails), and only then the switch of the L7 side.
+        let added = match &mut self.vips {
+            Some(v) => v.add_new(&cfg)?,
+            None => Vec::new(),
+        };
+        let undo_vips = |d: &mut Self| {
+            if let Some(v) = &mut d.vips {
+                v.take_back(&added);
+            }
+        };
+        let bound = match self.proxy.prepare(&cfg) {
+            Ok(b) => b,
+            Err(e) => {
+                undo_vips(self);
+                return Err(e.into());
+            }
+        };
+        let applied = match &mut self.dp {
+            Some(dp) => dp.apply(&cfg, &Self::states(&down, &admin)),
+            None => Ok(()),
+        };
+        if let Err(e) = applied {
+            if let Err(again) = self.apply() {
+                tracing::error!("restoring the XDP maps of the running config failed: {again}");
+            }
+            undo_vips(self);
+            return Err(e.into());
         }
+        self.proxy.commit(bound, &cfg);
         if let Some(v) = &mut self.vips {
-            v.sync(&cfg)?;
+            v.remove_stale(&cfg);
         }
-        self.proxy.apply(&cfg)?;
         *self.l7_states.write().expect("states lock") = Arc::new(Self::states(&down, &admin));
         tracing::info!(services = cfg.services.len(), "config reloaded");
         self.cfg = cfg;

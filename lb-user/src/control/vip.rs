@@ -47,31 +47,56 @@ impl VipAliases {
     /// Makes the interface hold every VIP of `cfg`; removes the ones xlb
     /// added that `cfg` no longer has.
     pub fn sync(&mut self, cfg: &Config) -> Result<(), VipError> {
+        self.add_new(cfg)?;
+        self.remove_stale(cfg);
+        Ok(())
+    }
+
+    /// Adds the VIPs of `cfg` the interface lacks; returns the ones added,
+    /// for [`VipAliases::take_back`] if the rest of a reload fails. On an
+    /// error, what this call added is removed again.
+    pub fn add_new(&mut self, cfg: &Config) -> Result<Vec<IpAddr>, VipError> {
         let wanted: BTreeSet<IpAddr> = cfg.services.iter().map(|s| s.vip).collect();
-        for addr in &wanted {
-            if self.added.contains(addr) {
+        let mut now = Vec::new();
+        for addr in wanted {
+            if self.added.contains(&addr) {
                 continue;
             }
-            match netlink::add_address(self.ifindex, *addr) {
+            match netlink::add_address(self.ifindex, addr) {
                 Ok(true) => {
                     tracing::info!(%addr, iface = %self.iface, "VIP added");
-                    self.added.insert(*addr);
+                    self.added.insert(addr);
+                    now.push(addr);
                 }
                 Ok(false) => tracing::info!(%addr, iface = %self.iface, "VIP already present; left to its owner"),
                 Err(cause) => {
+                    self.take_back(&now);
                     return Err(VipError::Add {
-                        addr: *addr,
+                        addr,
                         iface: self.iface.clone(),
                         cause,
-                    })
+                    });
                 }
             }
         }
+        Ok(now)
+    }
+
+    /// Removes the VIPs xlb added that `cfg` no longer has.
+    pub fn remove_stale(&mut self, cfg: &Config) {
+        let wanted: BTreeSet<IpAddr> = cfg.services.iter().map(|s| s.vip).collect();
         let stale: Vec<IpAddr> = self.added.difference(&wanted).copied().collect();
         for addr in stale {
             self.remove(addr);
         }
-        Ok(())
+    }
+
+    /// Removes `addrs` (added by [`VipAliases::add_new`] for a reload that
+    /// failed).
+    pub fn take_back(&mut self, addrs: &[IpAddr]) {
+        for a in addrs {
+            self.remove(*a);
+        }
     }
 
     /// Takes addresses a previous run added as xlb's own.

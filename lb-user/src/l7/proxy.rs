@@ -76,12 +76,18 @@ impl Proxy {
     /// addresses that stay (their service is swapped for new requests),
     /// opens new ones, closes the ones no longer configured.
     pub fn apply(&mut self, cfg: &Config) -> Result<(), ProxyError> {
-        let wanted: Vec<&ServiceCfg> = cfg.services.iter().filter(|s| s.mode == Mode::Http).collect();
-        let addrs: Vec<SocketAddr> = wanted.iter().map(|s| SocketAddr::new(s.vip, s.port)).collect();
-        // Bind everything new first, so a failure changes nothing.
+        let bound = self.prepare(cfg)?;
+        self.commit(bound, cfg);
+        Ok(())
+    }
+
+    /// Binds the listeners `cfg` adds, changing nothing else: what can
+    /// fail in a reload fails here, before anything is switched.
+    pub fn prepare(&self, cfg: &Config) -> Result<Bound, ProxyError> {
         let mut fresh = Vec::new();
-        for (s, addr) in wanted.iter().zip(&addrs) {
-            if self.listeners.contains_key(addr) {
+        for s in cfg.services.iter().filter(|s| s.mode == Mode::Http) {
+            let addr = SocketAddr::new(s.vip, s.port);
+            if self.listeners.contains_key(&addr) {
                 continue;
             }
             let bind = || -> std::io::Result<TcpListener> {
@@ -91,11 +97,18 @@ impl Proxy {
             };
             let l = bind().map_err(|cause| ProxyError::Bind {
                 service: s.name.clone(),
-                addr: *addr,
+                addr,
                 cause,
             })?;
-            fresh.push((*addr, l));
+            fresh.push((addr, l));
         }
+        Ok(Bound(fresh))
+    }
+
+    /// Switches to `cfg` with the listeners [`Proxy::prepare`] bound for it.
+    pub fn commit(&mut self, Bound(fresh): Bound, cfg: &Config) {
+        let wanted: Vec<&ServiceCfg> = cfg.services.iter().filter(|s| s.mode == Mode::Http).collect();
+        let addrs: Vec<SocketAddr> = wanted.iter().map(|s| SocketAddr::new(s.vip, s.port)).collect();
         self.listeners.retain(|addr, l| {
             let keep = addrs.contains(addr);
             if !keep {
@@ -121,7 +134,7 @@ impl Proxy {
             }
         }
         for (addr, listener) in fresh {
-            let s = wanted[addrs.iter().position(|a| *a == addr).expect("bound above")];
+            let s = wanted[addrs.iter().position(|a| *a == addr).expect("bound for this config")];
             let current = Arc::new(RwLock::new(Arc::new(Service::new(s, kept, self.peers.clone()))));
             let task = tokio::spawn(accept_loop(
                 listener,
@@ -132,9 +145,12 @@ impl Proxy {
             tracing::info!(service = %s.name, %addr, "http proxy listening");
             self.listeners.insert(addr, Listener { current, task });
         }
-        Ok(())
     }
 }
+
+/// Listeners bound for a config not yet switched to; dropping them closes
+/// them.
+pub struct Bound(Vec<(SocketAddr, TcpListener)>);
 
 impl Drop for Proxy {
     fn drop(&mut self) {

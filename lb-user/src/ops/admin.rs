@@ -89,7 +89,8 @@ fn error(e: RunError) -> Resp {
         | RunError::NoSessions(_)
         | RunError::NoSuchTransaction(_)
         | RunError::NoDataPlane => StatusCode::NOT_FOUND,
-        RunError::StaleVersion { .. } => StatusCode::CONFLICT,
+        // A stale version, or a port another process holds: nothing changed.
+        RunError::StaleVersion { .. } | RunError::Proxy(_) => StatusCode::CONFLICT,
         RunError::Config(_) => StatusCode::UNPROCESSABLE_ENTITY,
         RunError::Weight(_) => StatusCode::BAD_REQUEST,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
