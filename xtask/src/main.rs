@@ -2,6 +2,7 @@
 
 mod bench_l7;
 mod build;
+mod fuzz;
 mod lab_run;
 mod setup;
 
@@ -43,6 +44,24 @@ enum Cmd {
     },
     /// `cargo fmt --check` and clippy -D warnings.
     Lint,
+    /// Fuzzing: the HTTP/1 and config parsers (libFuzzer, corpora in
+    /// fuzz/corpus), or `xdp`: random and mutated frames through the XDP
+    /// program, each result checked by an independent oracle.
+    Fuzz {
+        /// http_request, http_response, chunked, config or xdp; none: every
+        /// libFuzzer target in turn.
+        target: Option<String>,
+        /// Seconds per libFuzzer target.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// xdp: frames to send.
+        #[arg(long, default_value_t = 1_000_000)]
+        frames: u64,
+        /// Fold what earlier runs found into fuzz/corpus (minimized) instead
+        /// of fuzzing.
+        #[arg(long)]
+        merge: bool,
+    },
     /// Benchmarks, side by side with baselines; results in bench-results/.
     Bench {
         /// Which: l4 (the XDP data path) or l7 (the HTTP proxy vs HAProxy and nginx).
@@ -93,7 +112,32 @@ fn lint() -> Result<()> {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     // Includes lb-ebpf compiled for the host: its code is linted on its own
     // target-independent terms; the bpf build itself runs with -D warnings too.
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    // The fuzz targets are a workspace of their own.
+    run(cargo().args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--", "--check"]))?;
+    run(cargo()
+        .args(["clippy", "--manifest-path", "fuzz/Cargo.toml", "--", "-D", "warnings"])
+        .env("CARGO_TARGET_DIR", root().join("target/fuzz-lint")))
+}
+
+/// The XDP frame fuzzer: the `xdp_fuzz` test with `frames` frames.
+fn fuzz_xdp(frames: u64) -> Result<()> {
+    let obj = build::ebpf()?;
+    let xlb = build::xlb(&obj, false)?;
+    run(cargo()
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "xlb-tests",
+            "--test",
+            "xdp_fuzz",
+            "--",
+            "--nocapture",
+        ])
+        .env("XLB_EBPF_OBJ", &obj)
+        .env("XLB_BIN", &xlb)
+        .env("XLB_FUZZ_FRAMES", frames.to_string()))
 }
 
 fn main() -> Result<()> {
@@ -105,6 +149,24 @@ fn main() -> Result<()> {
             build::xlb(&obj, true).map(drop)
         }
         Cmd::Lint => lint(),
+        Cmd::Fuzz {
+            target,
+            seconds,
+            frames,
+            merge,
+        } => {
+            let targets: Vec<&str> = match target.as_deref() {
+                Some("xdp") => return fuzz_xdp(frames),
+                Some(t) if fuzz::TARGETS.contains(&t) => vec![t],
+                Some(t) => bail!("no fuzz target {t:?} (xdp, {})", fuzz::TARGETS.join(", ")),
+                None => fuzz::TARGETS.to_vec(),
+            };
+            if merge {
+                fuzz::merge(&targets)
+            } else {
+                fuzz::libfuzzer(&targets, seconds)
+            }
+        }
         Cmd::Bench {
             which,
             duration,

@@ -18,7 +18,7 @@ pub mod body;
 pub mod cookie;
 pub mod counters;
 mod exchange;
-mod http1;
+pub mod http1;
 mod parking;
 pub mod peers;
 mod persistence;

@@ -265,6 +265,11 @@ fn parse_head(buf: &mut BytesMut, head_method: bool) -> Result<Option<Parsed>, E
     Ok(Some((parts, decode, reusable)))
 }
 
+/// [`parse_head`] for the fuzz targets.
+pub fn parse_for_fuzz(buf: &mut BytesMut, head_method: bool) -> Result<Option<Response<()>>, ExchangeError> {
+    Ok(parse_head(buf, head_method)?.map(|(parts, _, _)| Response::from_parts(parts, ())))
+}
+
 /// How a response body is delimited (RFC 9112 section 6.3). Lengths are
 /// checked even where no body follows; Transfer-Encoding beside
 /// Content-Length, or a coding xlb cannot re-frame, is refused.

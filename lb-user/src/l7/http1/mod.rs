@@ -5,5 +5,6 @@
 
 pub mod client;
 pub mod framing;
+pub mod fuzz;
 pub mod server;
 pub mod strict;

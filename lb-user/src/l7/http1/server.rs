@@ -324,6 +324,13 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Incoming>, Refusa
     }))
 }
 
+/// [`parse`] for the fuzz targets: the request it takes, or its status.
+pub fn parse_for_fuzz(buf: &mut BytesMut, max_head: usize) -> Result<Option<Request<()>>, StatusCode> {
+    parse(buf, max_head)
+        .map(|n| n.map(|n| n.req))
+        .map_err(|Refusal(s, _)| s)
+}
+
 /// A request body read from the client's socket as the backend side asks
 /// for it.
 struct ClientBody(Arc<Mutex<Option<(Rx, Decode)>>>);

@@ -1,0 +1,3 @@
+//! Request heads as clients send them.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| lb_user::l7::http1::fuzz::request_head(data));
