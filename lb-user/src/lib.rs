@@ -1,6 +1,6 @@
 //! xlb user space. Dependencies point one way, top to bottom:
 //!
-//! - `model`, `auth`, `admin_client`: small shared leaves
+//! - `model`, `auth`, then `admin_client`: small shared leaves
 //! - `config`: the file, its validation and the typed model
 //! - `l4` (the XDP tier), `l7` (the HTTP proxy), then `control` (the
 //!   daemon, reloads, health, VIPs) over both

@@ -14,7 +14,7 @@ use std::{
 const RANKS: [(&str, u8); 10] = [
     ("model", 0),
     ("auth", 0),
-    ("admin_client", 0),
+    ("admin_client", 1),
     ("config", 1),
     ("l4", 2),
     ("l7", 2),
