@@ -184,6 +184,12 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, ()> {
     Ok((start + offset) as *mut T)
 }
 
+/// The frame's length.
+#[inline(always)]
+fn frame_len(ctx: &XdpContext) -> usize {
+    ctx.data_end() - ctx.data()
+}
+
 /// Parses the frame; for TCP/UDP fills `pkt` (kept off the BPF stack by
 /// the caller).
 #[inline(always)]
@@ -216,6 +222,13 @@ fn parse_v4(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<Parsed, ()
     if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
         return Err(());
     }
+    // The packet must be as long as it says (a trailer after it is fine):
+    // a router would drop a shorter one, and rewriting it would forward
+    // bytes that were never part of it.
+    let total = u16::from_be_bytes(ip.tot_len) as usize;
+    if total < ihl || off + total > frame_len(ctx) {
+        return Err(());
+    }
     let frags = u16::from_be_bytes(ip.frags);
     if frags & (IP_MF | IP_OFFSET) != 0 {
         return Ok(Parsed::Fragment);
@@ -223,12 +236,12 @@ fn parse_v4(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<Parsed, ()
     let proto = ip.proto;
     let l4_off = off + ihl;
     if proto == PROTO_ICMP {
-        return icmp_error_v4(ctx, off, l4_off, pkt);
+        return icmp_error_v4(ctx, off, l4_off, off + total, pkt);
     }
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Ok(Parsed::Other);
     }
-    let p = ports(ctx, l4_off, proto)?;
+    let p = ports(ctx, l4_off, proto, total - ihl)?;
     pkt.set(ctx, FAMILY_V4, proto, p, Offsets::direct(off, l4_off));
     pkt.set_v4_addrs(load::<u32>(ip.src_addr.as_ptr()), load::<u32>(ip.dst_addr.as_ptr()));
     Ok(Parsed::Flow)
@@ -242,16 +255,20 @@ fn parse_v6(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<Parsed, ()
     if ip.vcf[0] >> 4 != 6 {
         return Err(());
     }
+    let payload = u16::from_be_bytes(ip.payload_len) as usize;
+    if off + Ipv6Hdr::LEN + payload > frame_len(ctx) {
+        return Err(());
+    }
     // Extension headers are not walked: such packets are not for a service.
     let proto = ip.next_hdr;
     let l4_off = off + Ipv6Hdr::LEN;
     if proto == PROTO_ICMPV6 {
-        return icmp_error_v6(ctx, off, l4_off, pkt);
+        return icmp_error_v6(ctx, off, l4_off, l4_off + payload, pkt);
     }
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Ok(Parsed::Other);
     }
-    let p = ports(ctx, l4_off, proto)?;
+    let p = ports(ctx, l4_off, proto, payload)?;
     pkt.set(ctx, FAMILY_V6, proto, p, Offsets::direct(off, l4_off));
     copy_addr(&mut pkt.src, &ip.src_addr);
     copy_addr(&mut pkt.dst, &ip.dst_addr);
@@ -261,17 +278,28 @@ fn parse_v6(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Result<Parsed, ()
 /// Source and destination port (network order) and TCP flags.
 type L4 = (u16, u16, u8);
 
-/// The L4 fields of a TCP/UDP header. The whole header must be present (20
-/// bytes TCP, 8 UDP): the rewrite touches its checksum.
+/// The L4 fields of a TCP/UDP header of `len` bytes (as the IP header
+/// says). The whole header must be present (20 bytes TCP, 8 UDP: the
+/// rewrite touches its checksum) and agree with `len`: a TCP data offset
+/// within it, a UDP length equal to it.
 #[inline(always)]
-fn ports(ctx: &XdpContext, off: usize, proto: u8) -> Result<L4, ()> {
+fn ports(ctx: &XdpContext, off: usize, proto: u8, len: usize) -> Result<L4, ()> {
     let mut flags = 0;
     if proto == PROTO_TCP {
         let tcp = ptr_at::<[u8; 20]>(ctx, off)?;
-        // SAFETY: bounds checked by ptr_at; flags are byte 13.
-        flags = unsafe { (*tcp)[13] };
+        // SAFETY: bounds checked by ptr_at; data offset is byte 12, flags 13.
+        let (doff, f) = unsafe { (((*tcp)[12] >> 4) as usize * 4, (*tcp)[13]) };
+        if doff < 20 || doff > len {
+            return Err(());
+        }
+        flags = f;
     } else {
-        ptr_at::<[u8; 8]>(ctx, off)?;
+        let udp = ptr_at::<[u8; 8]>(ctx, off)?;
+        // SAFETY: bounds checked by ptr_at; the length is bytes 4-5.
+        let ulen = unsafe { u16::from_be_bytes([(*udp)[4], (*udp)[5]]) } as usize;
+        if ulen != len {
+            return Err(());
+        }
     }
     let p: *const u8 = ptr_at::<[u8; 4]>(ctx, off)? as *const u8;
     // SAFETY: bounds checked by ptr_at.
@@ -296,7 +324,7 @@ fn quoted_ports(ctx: &XdpContext, off: usize) -> Result<(u16, u16), ()> {
 }
 
 #[inline(always)]
-fn icmp_error_v4(ctx: &XdpContext, off: usize, l4_off: usize, pkt: &mut Packet) -> Result<Parsed, ()> {
+fn icmp_error_v4(ctx: &XdpContext, off: usize, l4_off: usize, end: usize, pkt: &mut Packet) -> Result<Parsed, ()> {
     let icmp: *const [u8; 8] = ptr_at(ctx, l4_off)?;
     // SAFETY: bounds checked by ptr_at.
     let kind = unsafe { (*icmp)[0] };
@@ -311,7 +339,21 @@ fn icmp_error_v4(ctx: &XdpContext, off: usize, l4_off: usize, pkt: &mut Packet) 
     if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || (ip.proto != PROTO_TCP && ip.proto != PROTO_UDP) {
         return Ok(Parsed::Other);
     }
+    // An error goes to the sender of the packet it quotes; one addressed
+    // elsewhere is not about our flows (and must not be rewritten).
+    let outer: *const Ipv4Hdr = ptr_at(ctx, off)?;
+    // SAFETY: bounds checked by ptr_at.
+    if load::<u32>(unsafe { (*outer).dst_addr.as_ptr() }) != load::<u32>(ip.src_addr.as_ptr()) {
+        return Ok(Parsed::Other);
+    }
     let (isport, idport) = quoted_ports(ctx, inner_off + ihl)?;
+    // What is rewritten (the quoted headers) must be inside the packet,
+    // not in a trailer after it. (Checked after the read: before it, LLVM
+    // would drop the read's bounds check as implied, which the verifier
+    // cannot follow.)
+    if inner_off + ihl + 8 > end {
+        return Err(());
+    }
     // The quoted packet went inner.src -> inner.dst; the flow it belongs to
     // is the other direction.
     let at = Offsets {
@@ -328,7 +370,7 @@ fn icmp_error_v4(ctx: &XdpContext, off: usize, l4_off: usize, pkt: &mut Packet) 
 }
 
 #[inline(always)]
-fn icmp_error_v6(ctx: &XdpContext, off: usize, l4_off: usize, pkt: &mut Packet) -> Result<Parsed, ()> {
+fn icmp_error_v6(ctx: &XdpContext, off: usize, l4_off: usize, end: usize, pkt: &mut Packet) -> Result<Parsed, ()> {
     let icmp: *const [u8; 8] = ptr_at(ctx, l4_off)?;
     // SAFETY: bounds checked by ptr_at.
     let kind = unsafe { (*icmp)[0] };
@@ -342,7 +384,17 @@ fn icmp_error_v6(ctx: &XdpContext, off: usize, l4_off: usize, pkt: &mut Packet) 
     if ip.vcf[0] >> 4 != 6 || (ip.next_hdr != PROTO_TCP && ip.next_hdr != PROTO_UDP) {
         return Ok(Parsed::Other);
     }
+    // As for IPv4: only errors sent to the quoted packet's sender.
+    let outer: *const Ipv6Hdr = ptr_at(ctx, off)?;
+    // SAFETY: bounds checked by ptr_at.
+    if !same_addr(unsafe { &(*outer).dst_addr }, &ip.src_addr) {
+        return Ok(Parsed::Other);
+    }
     let (isport, idport) = quoted_ports(ctx, inner_off + Ipv6Hdr::LEN)?;
+    // As for IPv4, after the read.
+    if inner_off + Ipv6Hdr::LEN + 8 > end {
+        return Err(());
+    }
     let at = Offsets {
         l3: off,
         l4: l4_off,

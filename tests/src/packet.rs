@@ -28,7 +28,8 @@ pub fn checksum(initial: u32, data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-fn pseudo_sum(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> u32 {
+/// The pseudo-header sum of TCP, UDP and ICMPv6 checksums.
+pub fn pseudo_sum(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> u32 {
     let mut b = Vec::new();
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {

@@ -134,10 +134,20 @@ fn metrics_in_prometheus_format() {
     ] {
         assert!(m.lines().any(|l| l == line), "missing {line:?} in\n{m}");
     }
-    // Every sample line is NAME{LABELS} NUMBER.
+    // Every sample line is NAME{LABELS} NUMBER, or NAME NUMBER for the
+    // proxy-wide ones.
     for line in m.lines().filter(|l| !l.starts_with('#')) {
-        let (_, v) = line.rsplit_once(' ').unwrap();
+        let (series, v) = line.rsplit_once(' ').unwrap();
         assert!(v.parse::<u64>().is_ok(), "{line}");
-        assert!(line.starts_with("xlb_") && line.contains('{'), "{line}");
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.starts_with("xlb_") && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+            "{line}"
+        );
+        assert!(
+            series == name || (series.ends_with('}') && series.len() > name.len() + 2),
+            "{line}"
+        );
     }
+    assert!(m.lines().any(|l| l.starts_with("xlb_http_connections ")), "{m}");
 }

@@ -615,7 +615,75 @@ fn cases() -> Vec<Case> {
             "pass_parse_error",
             None,
         ),
+        // Lengths that disagree with the frame: never rewritten.
+        pass(
+            "ipv4 longer than its frame (to a nat service)",
+            with_bytes(syn.build(), 14 + 2, &(20u16 + 20 + 4).to_be_bytes()),
+            "pass_parse_error",
+            None,
+        ),
+        pass(
+            "ipv6 longer than its frame",
+            with_bytes(
+                Frame::tcp(c6, 40000, vip6, 80, TCP_SYN).build(),
+                14 + 4,
+                &24u16.to_be_bytes(),
+            ),
+            "pass_parse_error",
+            None,
+        ),
+        pass(
+            "udp length not the ip payload's",
+            with_bytes(dns.build(), 14 + 20 + 4, &9u16.to_be_bytes()),
+            "pass_parse_error",
+            None,
+        ),
+        pass(
+            "tcp data offset past the packet",
+            with_bytes(syn.build(), 14 + 20 + 12, &[0xf0]),
+            "pass_parse_error",
+            None,
+        ),
+        pass(
+            "tcp data offset below 5",
+            with_bytes(syn.build(), 14 + 20 + 12, &[0x40]),
+            "pass_parse_error",
+            None,
+        ),
+        // An error must go to the sender of what it quotes: one for someone
+        // else, quoting a live flow, is not ours to rewrite.
+        pass(
+            "icmp error addressed to another host",
+            icmp_error(be_a, ip("198.18.0.9"), 3, 3, &quoted(&sent_to_backend)).build(),
+            "pass_not_service",
+            None,
+        ),
+        pass(
+            "icmp error whose quote lies past its ip length",
+            {
+                // The IP header says the message ends inside the quoted
+                // header; the rest is a trailer, not ours to rewrite.
+                let f = icmp_error(be_a, snat, 3, 3, &quoted(&sent_to_backend)).build();
+                let mut f = with_bytes(f, 14 + 2, &(20u16 + 8 + 20).to_be_bytes());
+                let c = lab::packet::checksum(0, &{
+                    let mut h = f[14..34].to_vec();
+                    h[10..12].copy_from_slice(&[0, 0]);
+                    h
+                });
+                f[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+                f
+            },
+            "pass_parse_error",
+            None,
+        ),
     ]
+}
+
+/// `frame` with `bytes` written at `at` (checksums left as they were:
+/// these frames must not get far enough for them to matter).
+fn with_bytes(mut frame: Vec<u8>, at: usize, bytes: &[u8]) -> Vec<u8> {
+    frame[at..at + bytes.len()].copy_from_slice(bytes);
+    frame
 }
 
 #[test]
