@@ -75,11 +75,15 @@ fn check_requests(l: &L7, backend: &RawBackend, vectors: &[Req]) {
             failures.push(format!("{}: {}\n    backend got {seen:?}", v.name, why.join("; ")));
         }
     }
+    all_passed(l, &failures, vectors.len());
+}
+
+/// Fails with every vector that failed, and xlb's log.
+fn all_passed(l: &L7, failures: &[String], total: usize) {
     assert!(
         failures.is_empty(),
-        "{} of {} vectors failed:\n{}\n{}",
+        "{} of {total} vectors failed:\n{}\n{}",
         failures.len(),
-        vectors.len(),
         failures.join("\n"),
         l.xlb.log()
     );
@@ -483,14 +487,7 @@ fn response_vectors() {
             failures.push(format!("{}: {}", v.name, why.join("; ")));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {} vectors failed:\n{}\n{}",
-        failures.len(),
-        vectors.len(),
-        failures.join("\n"),
-        l.xlb.log()
-    );
+    all_passed(&l, &failures, vectors.len());
 }
 
 /// Reads what comes until the other side closes or `limit` passes; the

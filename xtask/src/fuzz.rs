@@ -91,18 +91,16 @@ pub fn libfuzzer(targets: &[&str], seconds: u64) -> Result<()> {
         );
         println!("fuzz {line}");
         if !st.success() {
-            let tail: Vec<&str> = text
-                .lines()
-                .rev()
-                .take(40)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
+            // From the panic (or libFuzzer's own report) on.
+            let lines: Vec<&str> = text.lines().collect();
+            let from = lines
+                .iter()
+                .position(|l| l.contains("panicked at") || l.contains("ERROR: libFuzzer"))
+                .unwrap_or(lines.len().saturating_sub(40));
+            let report = lines[from..lines.len().min(from + 40)].join("\n");
             bail!(
-                "fuzz target {t} failed ({st}); input in {}:\n{}",
-                artifacts.display(),
-                tail.join("\n")
+                "fuzz target {t} failed ({st}); input in {}:\n{report}",
+                artifacts.display()
             );
         }
     }

@@ -297,9 +297,12 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Incoming>, Refusa
     match body {
         // The backend must not see both.
         Decode::Chunked(_) => drop(headers.remove(header::CONTENT_LENGTH)),
-        // One value, whatever list of equal ones came.
-        Decode::Length(n) => drop(headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n))),
-        _ => {}
+        // One value, whatever list of equal ones came (`0, 0` included).
+        _ => {
+            if let Ok(Some(n)) = framing::content_length(&headers) {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+        }
     }
     let keep_alive = match version {
         Version::HTTP_10 => framing::lists(&headers, &header::CONNECTION, "keep-alive"),
@@ -597,6 +600,10 @@ mod tests {
             .unwrap();
         assert!(!n.keep_alive && n.body == Decode::Length(5));
         assert_eq!(n.req.headers()[header::CONTENT_LENGTH], "5", "one value goes on");
+        let n = parsed("POST / HTTP/1.0\r\nContent-Length: 0 ,  0\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(n.req.headers()[header::CONTENT_LENGTH], "0", "found by the fuzzer");
         let n = parsed("GET http://a.example:81/p?q HTTP/1.1\r\nHost: b.example\r\n\r\n")
             .unwrap()
             .unwrap();
