@@ -124,6 +124,15 @@ fn verify_hash(password: &[u8], hash: &str) -> Result<bool, ()> {
 }
 
 impl Credentials {
+    /// A user and a password taken as they are (the stats page's `auth`,
+    /// HAProxy's `stats auth`, which has no hashes).
+    pub fn plain(user: &str, password: &str) -> Credentials {
+        Credentials {
+            user: user.to_string(),
+            secret: Secret::Plain(password.to_string()),
+        }
+    }
+
     /// Whether an `Authorization` header value carries these credentials.
     /// Hashes are slow on purpose (tens to hundreds of milliseconds): a
     /// header that passed is remembered (as a digest) so that a peer or a
@@ -221,6 +230,11 @@ mod tests {
         assert!(!c.check(Some(b"Basic !!!")));
         assert!(!c.check(None));
         assert_eq!(c.password(), Some("s3cret"));
+        let stats = Credentials::plain("admin", "$6$x:y");
+        assert!(
+            stats.check(Some(&header("admin:$6$x:y"))),
+            "plain, even if it looks like a hash"
+        );
     }
 
     #[test]

@@ -118,7 +118,7 @@ impl Route {
 pub struct StatsCfg {
     pub uri: String,
     /// `user:password` for basic auth; admin actions need it.
-    pub auth: Option<(String, String)>,
+    pub auth: Option<Credentials>,
     pub refresh: Option<Duration>,
 }
 

@@ -517,7 +517,7 @@ impl Validator<'_> {
             },
         );
         let auth = raw.auth.and_then(|a| match a.get_ref().split_once(':') {
-            Some((u, p)) if !u.is_empty() => Some((u.to_string(), p.to_string())),
+            Some((u, p)) if !u.is_empty() => Some(Credentials::plain(u, p)),
             _ => {
                 self.at(&a, "stats auth must be \"user:password\"".into());
                 None

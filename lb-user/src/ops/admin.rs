@@ -53,9 +53,8 @@ async fn route(shared: Shared, req: Request<hyper::body::Incoming>) -> Resp {
         }
     }
     if let Some(auth) = auth {
-        let given = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
         // Hashes take a while to check: off the runtime's threads.
-        let given = given.map(<[u8]>::to_vec);
+        let given = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes().to_vec());
         let ok = tokio::task::spawn_blocking(move || auth.check(given.as_deref()))
             .await
             .unwrap_or(false);
@@ -302,9 +301,8 @@ fn body_error(e: BodyError) -> Resp {
 /// The stats page: GET shows it (HTML, or CSV for `URI;csv` / `URI?csv`),
 /// POST applies an admin action and redirects back (HAProxy's `;st=`).
 async fn stats(shared: Shared, sc: &StatsCfg, req: Request<hyper::body::Incoming>) -> Resp {
-    if let Some((user, password)) = &sc.auth {
-        let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        if !stats_page::authorized(given, user, password) {
+    if let Some(auth) = &sc.auth {
+        if !auth.check(req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes())) {
             return unauthorized("xlb statistics");
         }
     }

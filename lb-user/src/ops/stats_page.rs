@@ -1,36 +1,11 @@
 //! The stats page on the admin address (HAProxy's `stats uri`): an HTML
 //! table per service with a form for admin actions, a CSV variant
-//! (`URI;csv` or `URI?csv`), basic auth and a refresh header.
+//! (`URI;csv` or `URI?csv`) and a refresh header (the admin API checks
+//! `[stats] auth` with `auth::Credentials`).
 
 use std::fmt::Write;
 
 use crate::control::status::Status;
-
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-fn base64(data: &[u8]) -> String {
-    let mut o = String::new();
-    for c in data.chunks(3) {
-        let n =
-            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                o.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                o.push('=');
-            }
-        }
-    }
-    o
-}
-
-/// Whether an `Authorization` header value carries `user:password`.
-pub fn authorized(header: Option<&str>, user: &str, password: &str) -> bool {
-    let expected = base64(format!("{user}:{password}").as_bytes());
-    header
-        .and_then(|h| h.strip_prefix("Basic "))
-        .is_some_and(|given| given.trim() == expected)
-}
 
 /// Decodes `application/x-www-form-urlencoded` into pairs.
 pub fn form(body: &str) -> Vec<(String, String)> {
@@ -218,22 +193,6 @@ pub fn html(st: &Status, uri: &str, admin: bool, notice: Option<&str>) -> String
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_matches_rfc4648() {
-        for (i, o) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-        ] {
-            assert_eq!(base64(i.as_bytes()), o);
-        }
-        assert!(authorized(Some("Basic YWRtaW46c2VjcmV0"), "admin", "secret"));
-        assert!(!authorized(Some("Basic YWRtaW46c2VjcmV1"), "admin", "secret"));
-        assert!(!authorized(None, "admin", "secret"));
-    }
 
     #[test]
     fn form_decoding() {

@@ -20,7 +20,7 @@ use hyper::{
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 use super::{
-    framing::{self, Decode, FramingError},
+    framing::{self, Chunk, Decode, FramingError},
     strict,
 };
 use crate::l7::body::{Body, BoxError};
@@ -247,12 +247,12 @@ fn parse_head(buf: &mut BytesMut, head_method: bool) -> Result<Option<Parsed>, E
     let head = buf.split_to(len).freeze();
     let mut headers = framing::header_map(&head, spans).map_err(malformed)?;
     let keep_alive = version == Version::HTTP_11 && !framing::lists(&headers, &header::CONNECTION, "close");
-    let decode = framing(&headers, status, head_method)?;
+    let (decode, length) = framing(&headers, status, head_method)?;
     // The client gets a body framed by xlb from what was decoded, never a
     // backend's length beside it; only HEAD and 304 answers keep theirs
     // (the length of a body not sent), as one value.
-    match framing::content_length(&headers) {
-        Ok(Some(n)) if head_method || status == StatusCode::NOT_MODIFIED => {
+    match length {
+        Some(n) if head_method || status == StatusCode::NOT_MODIFIED => {
             headers.insert(header::CONTENT_LENGTH, n.into());
         }
         _ => drop(headers.remove(header::CONTENT_LENGTH)),
@@ -270,13 +270,14 @@ pub fn parse_for_fuzz(buf: &mut BytesMut, head_method: bool) -> Result<Option<Re
     Ok(parse_head(buf, head_method)?.map(|(parts, _, _)| Response::from_parts(parts, ())))
 }
 
-/// How a response body is delimited (RFC 9112 section 6.3). Lengths are
-/// checked even where no body follows; Transfer-Encoding beside
-/// Content-Length, or a coding xlb cannot re-frame, is refused.
-fn framing(headers: &HeaderMap, status: StatusCode, head_method: bool) -> Result<Decode, ExchangeError> {
+/// How a response body is delimited (RFC 9112 section 6.3), and its
+/// Content-Length. Lengths are checked even where no body follows;
+/// Transfer-Encoding beside Content-Length, or a coding xlb cannot
+/// re-frame, is refused.
+fn framing(headers: &HeaderMap, status: StatusCode, head_method: bool) -> Result<(Decode, Option<u64>), ExchangeError> {
     let malformed = |e: FramingError| ExchangeError::Malformed(e.to_string());
-    framing::content_length(headers).map_err(malformed)?;
-    if headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH) {
+    let length = framing::content_length(headers).map_err(malformed)?;
+    if headers.contains_key(header::TRANSFER_ENCODING) && length.is_some() {
         return Err(ExchangeError::Malformed("transfer-encoding with content-length".into()));
     }
     if head_method
@@ -284,9 +285,13 @@ fn framing(headers: &HeaderMap, status: StatusCode, head_method: bool) -> Result
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
-        return Ok(Decode::Done);
+        return Ok((Decode::Done, length));
     }
-    framing::declared(headers).map_err(malformed)
+    let decode = match framing::chunked(headers).map_err(malformed)? {
+        true => Decode::Chunked(Chunk::Size),
+        false => framing::by_length(length),
+    };
+    Ok((decode, length))
 }
 
 /// A response body read from the backend's socket. Once it has been read
@@ -423,22 +428,38 @@ mod tests {
     #[test]
     fn response_framing() {
         let mut h = HeaderMap::new();
-        assert_eq!(framing(&h, StatusCode::OK, false).unwrap(), Decode::UntilClose);
-        assert_eq!(framing(&h, StatusCode::NO_CONTENT, false).unwrap(), Decode::Done);
+        assert_eq!(
+            framing(&h, StatusCode::OK, false).map(|f| f.0).unwrap(),
+            Decode::UntilClose
+        );
+        assert_eq!(
+            framing(&h, StatusCode::NO_CONTENT, false).map(|f| f.0).unwrap(),
+            Decode::Done
+        );
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
-        assert_eq!(framing(&h, StatusCode::OK, false).unwrap(), Decode::Length(12));
-        assert_eq!(framing(&h, StatusCode::OK, true).unwrap(), Decode::Done, "HEAD");
+        assert_eq!(
+            framing(&h, StatusCode::OK, false).map(|f| f.0).unwrap(),
+            Decode::Length(12)
+        );
+        assert_eq!(
+            framing(&h, StatusCode::OK, true).map(|f| f.0).unwrap(),
+            Decode::Done,
+            "HEAD"
+        );
         h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-        assert!(framing(&h, StatusCode::OK, false).is_err(), "TE with CL");
+        assert!(framing(&h, StatusCode::OK, false).map(|f| f.0).is_err(), "TE with CL");
         assert!(
-            framing(&h, StatusCode::NOT_MODIFIED, false).is_err(),
+            framing(&h, StatusCode::NOT_MODIFIED, false).map(|f| f.0).is_err(),
             "even without a body"
         );
         h.remove(header::CONTENT_LENGTH);
-        assert!(matches!(framing(&h, StatusCode::OK, false), Ok(Decode::Chunked(_))));
+        assert!(matches!(
+            framing(&h, StatusCode::OK, false).map(|f| f.0),
+            Ok(Decode::Chunked(_))
+        ));
         h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("gzip"));
         assert!(
-            framing(&h, StatusCode::OK, false).is_err(),
+            framing(&h, StatusCode::OK, false).map(|f| f.0).is_err(),
             "a coding xlb cannot re-frame"
         );
     }

@@ -260,43 +260,53 @@ impl std::error::Error for FramingError {}
 /// final `chunked` is refused. With both headers, chunked wins; the caller
 /// removes Content-Length and closes after the exchange.
 pub fn declared(headers: &HeaderMap) -> Result<Decode, FramingError> {
-    let mut te = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
-    if te.peek().is_some() {
-        let mut chunked = false;
-        for v in te {
-            for coding in v.as_bytes().split(|b| *b == b',') {
-                let coding = trim_ows(coding);
-                // A coding may carry parameters (`gzip;q=1`): its name is
-                // what comes before them.
-                let name = coding.split(|b| *b == b';').next().unwrap_or(b"");
-                let name = trim_ows(name);
-                if name.is_empty() || !name.iter().all(|b| is_tchar(*b)) {
-                    return Err(FramingError::BadCoding);
-                }
-                if chunked {
-                    // Something after chunked (a second chunked included).
-                    return Err(if name.eq_ignore_ascii_case(b"chunked") {
-                        FramingError::ChunkedTwice
-                    } else {
-                        FramingError::ChunkedNotLast
-                    });
-                }
-                if !name.eq_ignore_ascii_case(b"chunked") {
-                    return Err(FramingError::Unsupported);
-                }
-                if name.len() != coding.len() {
-                    return Err(FramingError::BadCoding); // chunked takes no parameters
-                }
-                chunked = true;
-            }
-        }
+    if chunked(headers)? {
         return Ok(Decode::Chunked(Chunk::Size));
     }
-    Ok(match content_length(headers)? {
+    Ok(by_length(content_length(headers)?))
+}
+
+/// How a body of this Content-Length (or none) is delimited.
+pub fn by_length(length: Option<u64>) -> Decode {
+    match length {
         Some(0) => Decode::Done,
         Some(n) => Decode::Length(n),
         None => Decode::UntilClose,
-    })
+    }
+}
+
+/// Whether Transfer-Encoding frames the body: false without one, true for
+/// a single, final `chunked`, an error for anything else.
+pub fn chunked(headers: &HeaderMap) -> Result<bool, FramingError> {
+    let mut chunked = false;
+    for v in headers.get_all(header::TRANSFER_ENCODING) {
+        for coding in v.as_bytes().split(|b| *b == b',') {
+            let coding = trim_ows(coding);
+            // A coding may carry parameters (`gzip;q=1`): its name is
+            // what comes before them.
+            let name = coding.split(|b| *b == b';').next().unwrap_or(b"");
+            let name = trim_ows(name);
+            if name.is_empty() || !name.iter().all(|b| is_tchar(*b)) {
+                return Err(FramingError::BadCoding);
+            }
+            if chunked {
+                // Something after chunked (a second chunked included).
+                return Err(if name.eq_ignore_ascii_case(b"chunked") {
+                    FramingError::ChunkedTwice
+                } else {
+                    FramingError::ChunkedNotLast
+                });
+            }
+            if !name.eq_ignore_ascii_case(b"chunked") {
+                return Err(FramingError::Unsupported);
+            }
+            if name.len() != coding.len() {
+                return Err(FramingError::BadCoding); // chunked takes no parameters
+            }
+            chunked = true;
+        }
+    }
+    Ok(chunked)
 }
 
 /// The Content-Length, all its headers and list members agreeing (RFC 9110

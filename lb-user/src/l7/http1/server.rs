@@ -298,11 +298,11 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Incoming>, Refusa
         // The backend must not see both.
         Decode::Chunked(_) => drop(headers.remove(header::CONTENT_LENGTH)),
         // One value, whatever list of equal ones came (`0, 0` included).
-        _ => {
-            if let Ok(Some(n)) = framing::content_length(&headers) {
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-            }
+        Decode::Length(n) => drop(headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n))),
+        Decode::Done if headers.contains_key(header::CONTENT_LENGTH) => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
         }
+        _ => {}
     }
     let keep_alive = match version {
         Version::HTTP_10 => framing::lists(&headers, &header::CONNECTION, "keep-alive"),
