@@ -27,6 +27,12 @@ pub mod maps {
     pub const NAT_FLOWS: &str = "NAT_FLOWS";
     /// Switch of the rare-event log (`xlb debug datapath`), not pinned.
     pub const DEBUG: &str = "DEBUG";
+    /// Switch of the flow-sync events (`[sync]`), not pinned.
+    pub const SYNC: &str = "SYNC";
+    /// Ring buffer of `SyncEvent`s, not pinned.
+    pub const SYNC_EVENTS: &str = "SYNC_EVENTS";
+    /// Per-CPU count of events lost to a full ring buffer, not pinned.
+    pub const SYNC_LOST: &str = "SYNC_LOST";
 }
 
 /// Name of the XDP entry point in the object file.
@@ -302,7 +308,9 @@ pub struct NatFlow {
     /// Jiffies at the last packet; a new flow claims the slot by
     /// compare-and-swap on it (BPF has that for 64-bit words only).
     pub seen: u64,
-    /// The interface the client's packets come in on.
+    /// The interface the client's packets come in on; 0 for a flow another
+    /// node synced here, until this node routes a packet of it (the MACs
+    /// are then learnt from the client's packet or the FIB).
     pub ifindex: u32,
     /// Ethernet addresses of the client's packets (its or its router's, and
     /// ours), so replies need no route lookup.
@@ -310,6 +318,46 @@ pub struct NatFlow {
     pub local_mac: [u8; 6],
 }
 const _: () = assert!(core::mem::size_of::<NatFlow>() == 64);
+
+impl NatFlow {
+    /// Seconds without a packet after which the flow gives up its port.
+    #[inline(always)]
+    pub const fn idle_secs(&self) -> u64 {
+        match self.state {
+            NAT_NEW => NAT_IDLE_NEW,
+            NAT_CLOSING => NAT_IDLE_CLOSING,
+            _ if self.proto == PROTO_TCP => NAT_IDLE_TCP,
+            _ => NAT_IDLE_UDP,
+        }
+    }
+}
+
+/// Bytes of the `SYNC_EVENTS` ring buffer: about 58,000 events, a quarter
+/// second of new flows at 200,000 a second before user space must have read.
+pub const SYNC_RING_BYTES: u32 = 1 << 22;
+
+/// `SyncEvent::kind`: a full-NAT flow was created or changed state.
+pub const SYNC_NAT: u8 = 1;
+/// `SyncEvent::kind`: a dsr flow was created.
+pub const SYNC_DSR: u8 = 2;
+
+/// A flow to tell the other nodes about (`[sync]`), written by the XDP
+/// program into `SYNC_EVENTS` when a flow is created or changes state.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncEvent {
+    /// `SYNC_*`.
+    pub kind: u8,
+    pub family: u8,
+    pub _pad: u16,
+    /// nat: the flow's index in `NAT_FLOWS` (snat region and port); dsr:
+    /// the service's counter slot.
+    pub slot: u32,
+    /// nat: the slot as written. dsr: client, VIP, ports, protocol and
+    /// backend; the rest zero.
+    pub flow: NatFlow,
+}
+const _: () = assert!(core::mem::size_of::<SyncEvent>() == 72);
 
 /// What the XDP program did with a packet: indexes of the `OUTCOMES` per-CPU
 /// array. Every packet is counted under exactly one outcome.
@@ -365,4 +413,5 @@ mod pod {
     unsafe impl aya::Pod for super::Flow {}
     unsafe impl aya::Pod for super::NatFlow {}
     unsafe impl aya::Pod for super::HopCache {}
+    unsafe impl aya::Pod for super::SyncEvent {}
 }

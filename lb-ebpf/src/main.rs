@@ -24,6 +24,7 @@ mod parse;
 mod rewrite;
 mod runtime;
 mod services;
+mod sync;
 
 use aya_ebpf::{
     helpers::generated::bpf_jiffies64,
@@ -115,7 +116,10 @@ fn try_xlb(ctx: &XdpContext) -> u32 {
 }
 
 /// Client → VIP of a dsr service: to the backend its flow is pinned to, or
-/// for a new flow (or one whose backend is out) the one the ring names.
+/// for a new flow (or one whose backend is out) the one the ring names. A
+/// packet of a connection this node never saw (another node's, after a
+/// failover or an ECMP change) is a miss like a new flow: the ring names the
+/// same backend on every node with the same config, so it carries on.
 #[inline(never)]
 fn dsr(ctx: &XdpContext, s: &mut Scratch, svc: &ServiceValue) -> u32 {
     flow_key(&s.pkt, &mut s.fkey);
@@ -145,7 +149,9 @@ fn dsr(ctx: &XdpContext, s: &mut Scratch, svc: &ServiceValue) -> u32 {
             backend: id,
             service: svc.id,
         };
-        let _ = s.fkey.insert(&flow, 0);
+        if s.fkey.insert(&flow, 0).is_ok() {
+            sync::dsr(&s.pkt, id, svc.id);
+        }
     }
     if s.pkt.icmp_error {
         return rewrite::send(ctx, hop.ifindex, &hop.smac, &hop.dmac);

@@ -15,15 +15,16 @@
 
 use aya_ebpf::{macros::map, maps::Array, programs::XdpContext};
 use lb_common::{
-    hash, outcome, NatFlow, ServiceValue, MAX_SNATS, NAT_CLOSING, NAT_EMPTY, NAT_EVICT_WITHIN, NAT_IDLE_CLOSING,
-    NAT_IDLE_NEW, NAT_IDLE_TCP, NAT_IDLE_UDP, NAT_NEW, NAT_OPEN, NAT_PORTS, NAT_PROBES, PROTO_TCP, SNAT_PORT_MAX,
-    SNAT_PORT_MIN,
+    hash, outcome, NatFlow, ServiceValue, MAX_SNATS, NAT_CLOSING, NAT_EMPTY, NAT_EVICT_WITHIN, NAT_NEW, NAT_OPEN,
+    NAT_PORTS, NAT_PROBES, SNAT_PORT_MAX, SNAT_PORT_MIN,
 };
 
 use crate::{
     hop_to, live_backend, now,
     parse::{copy_addr, same_addr, Packet},
-    pick_backend, rewrite, secs, to_backend, Scratch, BACKENDS,
+    pick_backend,
+    rewrite::{self, NextHop},
+    secs, sync, to_backend, Scratch, BACKENDS,
 };
 
 #[map(name = "NAT_FLOWS")]
@@ -39,14 +40,7 @@ const NONE: u32 = u32::MAX;
 /// at tick `now`.
 #[inline(always)]
 fn live(f: &NatFlow, seen: u64, now: u64) -> bool {
-    let limit = match f.state {
-        NAT_EMPTY => return false,
-        NAT_NEW => NAT_IDLE_NEW,
-        NAT_CLOSING => NAT_IDLE_CLOSING,
-        _ if f.proto == PROTO_TCP => NAT_IDLE_TCP,
-        _ => NAT_IDLE_UDP,
-    };
-    now.wrapping_sub(seen) < secs(limit)
+    f.state != NAT_EMPTY && now.wrapping_sub(seen) < secs(f.idle_secs())
 }
 
 /// Takes slot `f`, last seen at `seen`, for tick `now`; false when another
@@ -90,16 +84,19 @@ fn next_state(state: u8, tcp_flags: u8, reply: bool) -> u8 {
 }
 
 /// Records a packet of the flow in `f` (`reply`: from the backend). Stores
-/// only what changes: most packets leave the line clean.
+/// only what changes: most packets leave the line clean. True when the
+/// state changed (the other nodes are told).
 #[inline(always)]
-fn touch(f: &mut NatFlow, now: u64, tcp_flags: u8, reply: bool) {
+fn touch(f: &mut NatFlow, now: u64, tcp_flags: u8, reply: bool) -> bool {
     if f.seen != now {
         f.seen = now;
     }
     let state = next_state(f.state, tcp_flags, reply);
     if f.state != state {
         f.state = state;
+        return true;
     }
+    false
 }
 
 #[inline(always)]
@@ -221,6 +218,7 @@ pub fn forward(ctx: &XdpContext, s: &mut Scratch, svc: &ServiceValue) -> u32 {
         return outcome::PASS_PARSE_ERROR;
     }
     f.state = next_state(NAT_NEW, pkt.tcp_flags, false);
+    sync::nat(base + port, pkt.family, f);
     let port_be = (SNAT_PORT_MIN + port as u16).to_be();
     to_backend(ctx, pkt, hop, id, be, svc.id, Some((&svc.snat, port_be)), true)
 }
@@ -262,7 +260,16 @@ fn known(ctx: &XdpContext, s: &mut Scratch, svc: &ServiceValue, base: u32, port:
     let Some(be) = be else {
         return outcome::DROP_NO_BACKEND;
     };
-    touch(f, now, pkt.tcp_flags, false);
+    // A flow synced from another node: this node's interface and MACs.
+    if f.ifindex == 0 {
+        f.ifindex = ctx.ingress_ifindex() as u32;
+        if rewrite::macs(ctx, &mut f.client_mac, &mut f.local_mac).is_err() {
+            return outcome::PASS_PARSE_ERROR;
+        }
+    }
+    if touch(f, now, pkt.tcp_flags, false) || new {
+        sync::nat(base + port, pkt.family, f);
+    }
     if pkt.icmp_error {
         s.icmp.set(&svc.snat, &be.addr, be.port_be, port_be);
         if rewrite::icmp_nat(ctx, &s.pkt, &s.icmp).is_err() {
@@ -301,7 +308,25 @@ pub fn reply(ctx: &XdpContext, s: &mut Scratch, region: u32) -> u32 {
         Some(be) if be.port_be == pkt.sport_be && same_addr(&be.addr, &pkt.src) => {}
         _ => return outcome::PASS_NOT_SERVICE,
     }
-    touch(f, now, pkt.tcp_flags, true);
+    // A flow synced from another node that the client has not spoken on
+    // here yet: the way back to the client from the FIB.
+    if f.ifindex == 0 {
+        let mut hop = NextHop {
+            ifindex: 0,
+            smac: [0; 6],
+            dmac: [0; 6],
+        };
+        let why = rewrite::next_hop(ctx, pkt, &f.vip, &f.client, &mut hop);
+        if why != 0 {
+            return why;
+        }
+        f.ifindex = hop.ifindex;
+        f.local_mac = hop.smac;
+        f.client_mac = hop.dmac;
+    }
+    if touch(f, now, pkt.tcp_flags, true) {
+        sync::nat(region * NAT_PORTS + u32::from(port - SNAT_PORT_MIN), pkt.family, f);
+    }
     if pkt.icmp_error {
         s.icmp.set(&f.vip, &f.client, f.client_port_be, f.vip_port_be);
         if rewrite::icmp_nat(ctx, &s.pkt, &s.icmp).is_err() {

@@ -1,6 +1,7 @@
 //! The typed config the daemon runs from: what validation produces.
 
 use std::{
+    fmt,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     time::Duration,
@@ -260,7 +261,34 @@ pub struct Config {
     pub global: Global,
     pub services: Vec<Service>,
     pub stats: Option<StatsCfg>,
+    /// L4 flow-state sync with other xlb nodes (`[sync]`).
+    pub sync: Option<SyncCfg>,
 }
+
+/// `[sync]`: where this node receives flow updates, where it sends its own,
+/// and the shared key that signs them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncCfg {
+    /// UDP for updates, TCP (same port) for a full-table pull.
+    pub listen: SocketAddr,
+    pub peers: Vec<SocketAddr>,
+    pub key_file: PathBuf,
+    pub key: SyncKey,
+}
+
+/// The shared secret of `[sync]`, read from `key_file`; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SyncKey(pub Vec<u8>);
+
+impl fmt::Debug for SyncKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SyncKey({} bytes)", self.0.len())
+    }
+}
+
+/// Fewest bytes a `[sync]` key may have (HMAC-SHA256 wants 32 random ones;
+/// 16 is the floor below which a guess is cheap).
+pub const MIN_SYNC_KEY: usize = 16;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Global {

@@ -14,6 +14,16 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) service: Vec<RawService>,
     pub(super) stats: Option<Spanned<RawStats>>,
+    pub(super) sync: Option<Spanned<RawSync>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSync {
+    pub(super) listen: Spanned<String>,
+    #[serde(default)]
+    pub(super) peers: Vec<Spanned<String>>,
+    pub(super) key_file: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -229,12 +229,69 @@ impl Validator<'_> {
             self.err(1, format!("more than {} services", lb_common::MAX_SERVICES));
         }
         let stats = raw.stats.map(|s| self.stats(s.into_inner()));
+        let sync = raw.sync.and_then(|s| self.sync(s.into_inner()));
         Config {
             path: self.path.to_owned(),
             global,
             services,
             stats,
+            sync,
         }
+    }
+
+    fn sync(&mut self, raw: RawSync) -> Option<SyncCfg> {
+        let listen = raw.listen.get_ref().parse::<SocketAddr>().ok();
+        if listen.is_none() {
+            self.at(
+                &raw.listen,
+                format!("sync listen {:?} is not an address:port", raw.listen.get_ref()),
+            );
+        }
+        let mut peers = Vec::new();
+        for p in &raw.peers {
+            match p.get_ref().parse::<SocketAddr>() {
+                Ok(a) if Some(a) == listen => self.at(p, format!("sync peer {a} is this node's own listen address")),
+                Ok(a) if peers.contains(&a) => self.at(p, format!("sync peer {a} is listed twice")),
+                Ok(a) => peers.push(a),
+                Err(_) => self.at(p, format!("sync peer {:?} is not an address:port", p.get_ref())),
+            }
+        }
+        // A relative key_file is relative to the config file, as it is read.
+        let key_file = self
+            .path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(raw.key_file.get_ref());
+        let key = match std::fs::read(&key_file) {
+            Ok(k) => {
+                let k = k.trim_ascii().to_vec();
+                if k.len() < MIN_SYNC_KEY {
+                    self.at(
+                        &raw.key_file,
+                        format!(
+                            "sync key_file {}: the key has {} bytes, fewer than {MIN_SYNC_KEY} (e.g. `head -c 32 /dev/urandom | base64 > FILE`)",
+                            key_file.display(),
+                            k.len()
+                        ),
+                    );
+                    return None;
+                }
+                k
+            }
+            Err(e) => {
+                self.at(
+                    &raw.key_file,
+                    format!("sync key_file {}: cannot read it: {e}", key_file.display()),
+                );
+                return None;
+            }
+        };
+        Some(SyncCfg {
+            listen: listen?,
+            peers,
+            key_file,
+            key: SyncKey(key),
+        })
     }
 
     fn service(&mut self, rs: RawService) -> Option<Service> {

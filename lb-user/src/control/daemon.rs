@@ -16,7 +16,11 @@ use super::{
 };
 use crate::{
     config::{self, Config, LoadError, Mode},
-    l4::{bpf::DataPlaneError, dataplane::DataPlane},
+    l4::{
+        bpf::DataPlaneError,
+        dataplane::DataPlane,
+        sync::{FlowSync, SyncError},
+    },
     l7,
     model::{AdminState, BackendRef, BackendStates},
 };
@@ -56,6 +60,10 @@ pub enum RunError {
     NoDataPlane,
     #[error("service {0:?} has no appsession table (no such http service, or no [service.appsession])")]
     NoSessions(String),
+    #[error("[sync] shares the XDP data path's flows and needs it: set global.interface or pass --iface")]
+    SyncWithoutDataPlane,
+    #[error("starting the flow sync")]
+    Sync(#[source] SyncError),
 }
 
 pub struct Daemon {
@@ -79,6 +87,8 @@ pub struct Daemon {
     /// change, so a writer can tell whether it saw the latest.
     pub(super) version: u64,
     pub(super) transactions: Transactions,
+    /// The flow-state sync with other nodes (`[sync]`).
+    pub(super) sync: Option<FlowSync>,
 }
 
 impl Daemon {
@@ -105,7 +115,7 @@ impl Daemon {
             .filter(|s| s.mode != Mode::Http)
             .map(|s| s.name.as_str())
             .collect();
-        let dp = match iface {
+        let mut dp = match iface {
             Some(iface) => {
                 let mut dp = DataPlane::start(&iface, cfg.global.xdp_mode, &cfg.global.pin_dir)?;
                 if let Some(v) = &mut vips {
@@ -116,6 +126,11 @@ impl Daemon {
             }
             None if !l4.is_empty() => return Err(RunError::NoInterface(l4.join(", "))),
             None => None,
+        };
+        let sync = match (&cfg.sync, &mut dp) {
+            (Some(s), Some(dp)) => Some(dp.start_sync(s).map_err(RunError::Sync)?),
+            (Some(_), None) => return Err(RunError::SyncWithoutDataPlane),
+            (None, _) => None,
         };
         if let Some(v) = &mut vips {
             v.sync(&cfg)?;
@@ -150,6 +165,7 @@ impl Daemon {
             l7_states,
             version: 1,
             transactions: Transactions::default(),
+            sync,
         };
         d.restart_checks();
         d.persist();
@@ -159,6 +175,21 @@ impl Daemon {
     /// The running config.
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// Whether this node should take traffic (`GET /healthz`): the XDP
+    /// program attached to an interface that still exists, its maps
+    /// programmed, and (with `[sync]`) the initial pull from a peer done.
+    pub fn health(&self) -> Result<(), String> {
+        if let Some(dp) = &self.dp {
+            if !crate::l4::dataplane::interface_exists(&dp.iface) {
+                return Err(format!("interface {} is gone, and the XDP program with it", dp.iface));
+            }
+        }
+        if self.sync.as_ref().is_some_and(|s| !s.ready()) {
+            return Err("pulling the flow table from a sync peer".into());
+        }
+        Ok(())
     }
 
     /// Saves what the next run needs to take over the data plane.
@@ -249,6 +280,9 @@ impl Daemon {
         (then.admin_auth, then.maxconn) = (None, 0);
         if now != then {
             tracing::warn!("[global] settings changed: they take effect when xlb restarts (but admin_auth and maxconn), services now");
+        }
+        if cfg.sync != self.cfg.sync {
+            tracing::warn!("[sync] changed: it takes effect when xlb restarts");
         }
         // Health and operator states carry over for backends still configured.
         let still: HashSet<BackendRef> = cfg

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::daemon::Daemon;
 use crate::{
+    l4::sync::{FlowSync, SyncStatus},
     l7::{
         admission::GateSnapshot,
         counters::{BackendSnapshot, ServiceSnapshot},
@@ -32,6 +33,9 @@ pub struct Status {
     /// Open L7 client connections against `global.maxconn`.
     #[serde(default)]
     pub connections: GateSnapshot,
+    /// `[sync]`, when configured.
+    #[serde(default)]
+    pub sync: Option<SyncStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -131,6 +135,32 @@ impl Status {
             "http connections: {} of maxconn {} (reached {} times)",
             c.open, c.max, c.reached
         );
+        if let Some(s) = &self.sync {
+            let _ = writeln!(
+                o,
+                "sync {}: {} (pull: {}) sent={} flows ({} messages) received={} installed={} conflicts={} unplaced={} rejected={} lost={} lag={}ms",
+                s.listen,
+                if s.ready { "ready" } else { "pulling" },
+                s.pull,
+                s.flows_sent,
+                s.messages_sent,
+                s.flows_received,
+                s.flows_installed,
+                s.conflicts,
+                s.unplaced,
+                s.rejected,
+                s.events_lost,
+                s.lag_ms
+            );
+            for p in &s.peers {
+                let heard = p.last_heard_ms.map_or("never".into(), |ms| format!("{ms} ms ago"));
+                let _ = writeln!(
+                    o,
+                    "  peer {} sent={} errors={} last heard {heard}",
+                    p.addr, p.messages_sent, p.send_errors
+                );
+            }
+        }
         o
     }
 }
@@ -206,6 +236,7 @@ impl Daemon {
                 .map(|d| d.outcomes().into_iter().map(|(k, v)| (k.to_string(), v)).collect())
                 .unwrap_or_default(),
             connections: self.proxy.connections(),
+            sync: self.sync.as_ref().map(FlowSync::status),
         }
     }
 }

@@ -6,7 +6,10 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use std::path::Path;
+use std::{
+    path::Path,
+    sync::{Arc, RwLock},
+};
 
 use aya::{
     programs::{links::FdLink, links::PinnedLink, xdp::XdpLink, Xdp, XdpMode},
@@ -19,9 +22,10 @@ use super::{
     events,
     map_manager::{self, service_key, MapManager},
     pins::PinDir,
+    sync::{directory::Directory, FlowSync, SyncError},
 };
 use crate::{
-    config::{Config, Service, XdpModeCfg},
+    config::{Config, Service, SyncCfg, XdpModeCfg},
     model::BackendStates,
 };
 
@@ -172,6 +176,8 @@ pub struct DataPlane {
     /// The reader of the rare-event log, once it was switched on.
     events: Option<events::Reader>,
     debug: bool,
+    /// The maps' indexes by address, for the flow sync.
+    directory: Arc<RwLock<Directory>>,
 }
 
 impl DataPlane {
@@ -226,6 +232,7 @@ impl DataPlane {
             adopted_vips: vips,
             events: None,
             debug: false,
+            directory: Arc::default(),
         };
         if let Some(saved) = saved {
             let adopt = |e: &dyn std::fmt::Display| DataPlaneError::Adopt {
@@ -318,7 +325,21 @@ impl DataPlane {
         }
         let addrs = interface_addrs(&self.iface);
         let default_snat = |vip: IpAddr| addrs.iter().copied().find(|a| a.is_ipv4() == vip.is_ipv4());
-        self.maps.apply(&mut self.ebpf, cfg, states, &default_snat)
+        let applied = self.maps.apply(&mut self.ebpf, cfg, states, &default_snat);
+        // Also after a failure: the maps may be partly changed.
+        *self.directory.write().expect("directory lock") = self.maps.directory(cfg);
+        applied
+    }
+
+    /// Starts the flow-state sync with other nodes (`[sync]`).
+    pub fn start_sync(&mut self, cfg: &SyncCfg) -> Result<FlowSync, SyncError> {
+        FlowSync::start(
+            cfg,
+            &mut self.ebpf,
+            &self.pins,
+            Arc::clone(&self.directory),
+            super::bpf::kernel_hz(),
+        )
     }
 
     /// Counters of one service, summed over CPUs; zero if not installed.

@@ -23,6 +23,7 @@ use lb_common::{
 use super::{
     bpf::{map_err, map_of, DataPlaneError},
     service_table::ServiceTable,
+    sync::directory::{Directory, SyncService},
 };
 use crate::{
     config::{Backend, Config, Mode, Service},
@@ -95,6 +96,8 @@ struct Installed {
     live: u32,
     /// What each ring of the pair holds, to write only the slots that change.
     rings: [Vec<RingElem>; 2],
+    /// nat: the snat address (set by every apply).
+    snat: Option<IpAddr>,
 }
 
 /// The user-space mirror of the maps.
@@ -173,6 +176,7 @@ impl MapManager {
                         pair: s.pair,
                         live: s.live,
                         rings: [Vec::new(), Vec::new()],
+                        snat: None,
                     };
                     (key, inst)
                 })
@@ -323,6 +327,7 @@ impl MapManager {
                     pair: None,
                     live: 1,
                     rings: [Vec::new(), Vec::new()],
+                    snat: None,
                 },
             );
         }
@@ -360,6 +365,7 @@ impl MapManager {
             value.snat_region = self.snat_region(addr)?;
             snat = Some(addr);
         }
+        self.services.get_mut(&key).expect("inserted above").snat = snat;
         if l4 {
             let table = self.table(svc, states);
             let inst = self.services.get_mut(&key).expect("inserted above");
@@ -405,6 +411,33 @@ impl MapManager {
     /// Counter slot of an installed service.
     pub fn service_slot(&self, key: &ServiceKey) -> Option<u32> {
         self.services.get(key).map(|s| s.id)
+    }
+
+    /// What the flow sync needs to name flows by address (`cfg` is what
+    /// was just applied).
+    pub fn directory(&self, cfg: &Config) -> Directory {
+        let mut d = Directory {
+            regions: self.snats.iter().map(|(a, r)| (*r, *a)).collect(),
+            ..Default::default()
+        };
+        for svc in cfg.services.iter().filter(|s| s.mode != Mode::Http) {
+            let key = service_key(svc);
+            let Some(inst) = self.services.get(&key) else { continue };
+            let mut entry = SyncService {
+                slot: inst.id,
+                snat: inst.snat.and_then(|a| Some((a, *self.snats.get(&a)?))),
+                backends: StdHashMap::new(),
+            };
+            for b in &svc.backends {
+                if let Some(id) = self.backend_id(&svc.name, &b.name) {
+                    let addr = (b.address.ip(), b.address.port());
+                    entry.backends.insert(addr, id);
+                    d.backends.insert(id, addr);
+                }
+            }
+            d.services.insert(key, entry);
+        }
+        d
     }
 
     /// Names of the installed services (for logs and tests).

@@ -52,6 +52,11 @@ async fn route(shared: Shared, req: Request<hyper::body::Incoming>) -> Resp {
             return stats(shared, &sc, req).await;
         }
     }
+    // For keepalived track scripts and BGP health checks: open, as
+    // HAProxy's monitor-uri, and it tells nothing but ready or why not.
+    if path == "/healthz" {
+        return healthz(&shared, req.method()).await;
+    }
     if let Some(auth) = auth {
         // Hashes take a while to check: off the runtime's threads.
         let given = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes().to_vec());
@@ -95,6 +100,16 @@ fn error(e: RunError) -> Resp {
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     reply(status, "text/plain", format!("{e}\n"))
+}
+
+async fn healthz(shared: &Shared, method: &Method) -> Resp {
+    if method != Method::GET && method != Method::HEAD {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET or HEAD\n");
+    }
+    match shared.lock().await.health() {
+        Ok(()) => reply(StatusCode::OK, "text/plain", "ok\n"),
+        Err(why) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("{why}\n")),
+    }
 }
 
 fn unauthorized(realm: &str) -> Resp {

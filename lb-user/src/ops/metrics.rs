@@ -99,6 +99,67 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "counter",
         "Times the proxy stopped accepting at maxconn.",
     ),
+    (
+        "xlb_sync_ready",
+        "gauge",
+        "1 once the initial flow-table pull from a peer is done.",
+    ),
+    ("xlb_sync_flows_sent_total", "counter", "Flows sent to sync peers."),
+    (
+        "xlb_sync_messages_sent_total",
+        "counter",
+        "Sync messages sent (each to every peer).",
+    ),
+    (
+        "xlb_sync_flows_received_total",
+        "counter",
+        "Flows received from sync peers.",
+    ),
+    (
+        "xlb_sync_flows_installed_total",
+        "counter",
+        "Received flows written into the flow tables.",
+    ),
+    (
+        "xlb_sync_conflicts_total",
+        "counter",
+        "Received flows whose slot held another live flow here (this node's kept).",
+    ),
+    (
+        "xlb_sync_unplaced_total",
+        "counter",
+        "Received flows of services or backends this node does not have.",
+    ),
+    (
+        "xlb_sync_rejected_total",
+        "counter",
+        "Sync messages refused: bad signature, stale clock, replayed or malformed.",
+    ),
+    (
+        "xlb_sync_events_lost_total",
+        "counter",
+        "Flow events not sent: ring buffer full or over the rate bound.",
+    ),
+    (
+        "xlb_sync_lag_milliseconds",
+        "gauge",
+        "How long the oldest event of the last batch sent had waited.",
+    ),
+    (
+        "xlb_sync_peer_messages_sent_total",
+        "counter",
+        "Sync messages sent to the peer.",
+    ),
+    (
+        "xlb_sync_peer_send_errors_total",
+        "counter",
+        "Sync messages that could not be sent to the peer.",
+    ),
+    (
+        "xlb_sync_peer_last_heard_milliseconds",
+        "gauge",
+        "Since the last sync message from the peer.",
+    ),
 ];
 
 /// The states `xlb_backend_state` has a sample for.
@@ -114,6 +175,26 @@ pub fn render(st: &Status) -> String {
     add("xlb_http_connections", String::new(), c.open as u64);
     add("xlb_http_maxconn", String::new(), c.max as u64);
     add("xlb_http_maxconn_reached_total", String::new(), c.reached);
+    if let Some(s) = &st.sync {
+        add("xlb_sync_ready", String::new(), u64::from(s.ready));
+        add("xlb_sync_flows_sent_total", String::new(), s.flows_sent);
+        add("xlb_sync_messages_sent_total", String::new(), s.messages_sent);
+        add("xlb_sync_flows_received_total", String::new(), s.flows_received);
+        add("xlb_sync_flows_installed_total", String::new(), s.flows_installed);
+        add("xlb_sync_conflicts_total", String::new(), s.conflicts);
+        add("xlb_sync_unplaced_total", String::new(), s.unplaced);
+        add("xlb_sync_rejected_total", String::new(), s.rejected);
+        add("xlb_sync_events_lost_total", String::new(), s.events_lost);
+        add("xlb_sync_lag_milliseconds", String::new(), s.lag_ms);
+        for p in &s.peers {
+            let pl = format!("peer=\"{}\"", p.addr);
+            add("xlb_sync_peer_messages_sent_total", pl.clone(), p.messages_sent);
+            add("xlb_sync_peer_send_errors_total", pl.clone(), p.send_errors);
+            if let Some(ms) = p.last_heard_ms {
+                add("xlb_sync_peer_last_heard_milliseconds", pl, ms);
+            }
+        }
+    }
     for s in &st.services {
         let sl = format!("service=\"{}\"", esc(&s.name));
         match &s.http {

@@ -1,0 +1,90 @@
+//! Flow-sync events (`[sync]`): while user space has the `SYNC` switch on,
+//! a new flow and a full-NAT flow's change of state are written into the
+//! `SYNC_EVENTS` ring buffer for the daemon to send to the other nodes.
+//! Off, an event costs one map read; packets of established flows that
+//! change nothing never get here.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, PerCpuArray, RingBuf},
+};
+use lb_common::{NatFlow, SyncEvent, SYNC_DSR, SYNC_NAT, SYNC_RING_BYTES};
+
+use crate::parse::{copy_addr, Packet};
+
+/// Element 0: non-zero while events are wanted (written by user space).
+#[map(name = "SYNC")]
+static SYNC: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map(name = "SYNC_EVENTS")]
+static SYNC_EVENTS: RingBuf = RingBuf::with_byte_size(SYNC_RING_BYTES, 0);
+
+/// Events the full ring buffer had no room for.
+#[map(name = "SYNC_LOST")]
+static SYNC_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn on() -> bool {
+    SYNC.get(0).is_some_and(|v| *v != 0)
+}
+
+#[inline(always)]
+fn lost() {
+    if let Some(c) = SYNC_LOST.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe { *c += 1 };
+    }
+}
+
+/// The full-NAT flow at `NAT_FLOWS` index `slot` was created or changed.
+#[inline(never)]
+pub fn nat(slot: u32, family: u8, f: &NatFlow) {
+    if !on() {
+        return;
+    }
+    let Some(mut e) = SYNC_EVENTS.reserve::<SyncEvent>(0) else {
+        return lost();
+    };
+    let ev = e.as_mut_ptr();
+    // SAFETY: the reserved record is ours until submitted.
+    unsafe {
+        (*ev).kind = SYNC_NAT;
+        (*ev).family = family;
+        (*ev)._pad = 0;
+        (*ev).slot = slot;
+        (*ev).flow = *f;
+    }
+    e.submit(0);
+}
+
+/// A new dsr flow of the service with counter slot `service` to `backend`.
+#[inline(never)]
+pub fn dsr(pkt: &Packet, backend: u32, service: u32) {
+    if !on() {
+        return;
+    }
+    let Some(mut e) = SYNC_EVENTS.reserve::<SyncEvent>(0) else {
+        return lost();
+    };
+    let ev = e.as_mut_ptr();
+    // SAFETY: the reserved record is ours until submitted.
+    unsafe {
+        (*ev).kind = SYNC_DSR;
+        (*ev).family = pkt.family;
+        (*ev)._pad = 0;
+        (*ev).slot = service;
+        // Field by field: a whole-struct zeroing would be a memset loop.
+        // The MACs are left as the ring held them; user space ignores them.
+        let f = &mut (*ev).flow;
+        f.seen = 0;
+        f.ifindex = 0;
+        f.state = 0;
+        copy_addr(&mut f.client, &pkt.src);
+        copy_addr(&mut f.vip, &pkt.dst);
+        f.client_port_be = pkt.sport_be;
+        f.vip_port_be = pkt.dport_be;
+        f.backend = backend as u16;
+        f.proto = pkt.proto;
+    }
+    e.submit(0);
+}
