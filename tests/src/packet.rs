@@ -293,3 +293,43 @@ mod tests {
         assert_eq!(checksum(ps, seg), 0);
     }
 }
+
+/// A VRRPv3 advertisement (IP protocol 112) from `src` to `dst` (normally
+/// 224.0.0.18) for virtual router `vrid` holding `vips`.
+pub fn vrrp(src: IpAddr, dst: IpAddr, vrid: u8, vips: &[[u8; 4]]) -> Frame {
+    let mut msg = vec![0x31, vrid, 100, vips.len() as u8, 0, 100, 0, 0];
+    for v in vips {
+        msg.extend_from_slice(v);
+    }
+    let c = checksum(pseudo_sum(src, dst, 112, msg.len()), &msg);
+    msg[6..8].copy_from_slice(&c.to_be_bytes());
+    let mut f = Frame::new(src, dst, L4::Other(112));
+    f.payload = msg;
+    f
+}
+
+/// An IPv6 neighbour solicitation (`kind` 135) or advertisement (136) for
+/// `target`, from `src` to `dst`, with the link-layer address option.
+pub fn neighbour(src: IpAddr, dst: IpAddr, kind: u8, target: std::net::Ipv6Addr, mac: [u8; 6]) -> Frame {
+    let mut msg = vec![kind, 0, 0, 0, 0, 0, 0, 0];
+    if kind == 136 {
+        msg[4] = 0x20; // override
+    }
+    msg.extend_from_slice(&target.octets());
+    msg.extend_from_slice(&[if kind == 135 { 1 } else { 2 }, 1]);
+    msg.extend_from_slice(&mac);
+    let c = checksum(pseudo_sum(src, dst, 58, msg.len()), &msg);
+    msg[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut f = Frame::new(src, dst, L4::Other(58));
+    f.payload = msg;
+    f
+}
+
+/// A gratuitous ARP (who-has `addr` tell `addr`), as keepalived sends for
+/// a VIP it takes.
+pub fn gratuitous_arp(addr: [u8; 4], mac: [u8; 6]) -> Vec<u8> {
+    let mut f = arp_request(addr, addr);
+    f[6..12].copy_from_slice(&mac);
+    f[22..28].copy_from_slice(&mac);
+    f
+}

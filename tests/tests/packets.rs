@@ -21,7 +21,9 @@ use aya::{
 };
 use lab::{
     fib_ns::{self, ETH0_MAC},
-    packet::{arp_request, echo_request, icmp_error, quoted, Frame, L4, TCP_ACK, TCP_SYN},
+    packet::{
+        arp_request, echo_request, gratuitous_arp, icmp_error, neighbour, quoted, vrrp, Frame, L4, TCP_ACK, TCP_SYN,
+    },
     topology::mac_for,
     Netns,
 };
@@ -82,6 +84,20 @@ mode = "dsr"
   name = "b"
   address = "198.18.1.2:80"
 [[service]]
+name = "dsr3"
+vip = "198.19.0.32"
+port = 80
+mode = "dsr"
+  [[service.backend]]
+  name = "c"
+  address = "198.18.1.3:80"
+  [[service.backend]]
+  name = "d"
+  address = "198.18.1.4:80"
+  [[service.backend]]
+  name = "e"
+  address = "198.18.1.5:80"
+[[service]]
 name = "nat6"
 vip = "2001:db8::20"
 port = 80
@@ -120,7 +136,12 @@ fn fixture_ns() -> Netns {
     let extra = [
         ("198.18.1.1", v4mac("198.18.1.1")),
         ("198.18.1.2", v4mac("198.18.1.2")),
+        ("198.18.1.3", v4mac("198.18.1.3")),
+        ("198.18.1.4", v4mac("198.18.1.4")),
+        ("198.18.1.5", v4mac("198.18.1.5")),
         ("2001:db8::1:1", V6_BACKEND_MAC),
+        // The client, for replies of flows synced from another node.
+        ("198.18.2.1", CLIENT_MAC),
     ];
     fib_ns::create(&format!("xlbt{}fx", std::process::id()), 0, &extra).unwrap()
 }
@@ -573,6 +594,43 @@ fn cases() -> Vec<Case> {
             "pass_not_service",
             None,
         ),
+        // What keepalived and neighbours need goes by untouched.
+        pass(
+            "vrrp advertisement to its group",
+            vrrp(ip("198.18.0.3"), ip("224.0.0.18"), 51, &[[198, 19, 0, 20]]).build(),
+            "pass_not_service",
+            None,
+        ),
+        pass(
+            "vrrp (protocol 112) unicast to a vip",
+            vrrp(ip("198.18.0.3"), vip_nat, 51, &[[198, 19, 0, 20]]).build(),
+            "pass_not_service",
+            None,
+        ),
+        pass(
+            "gratuitous arp for a vip",
+            gratuitous_arp([198, 19, 0, 20], CLIENT_MAC),
+            "pass_not_service",
+            None,
+        ),
+        pass(
+            "ipv6 neighbour solicitation for a vip",
+            neighbour(c6, ip("ff02::1:ff00:20"), 135, "2001:db8::20".parse().unwrap(), CLIENT_MAC).build(),
+            "pass_not_service",
+            None,
+        ),
+        pass(
+            "ipv6 neighbour solicitation unicast to a vip",
+            neighbour(c6, vip6, 135, "2001:db8::20".parse().unwrap(), CLIENT_MAC).build(),
+            "pass_not_service",
+            None,
+        ),
+        pass(
+            "ipv6 unsolicited neighbour advertisement of a vip",
+            neighbour(vip6, ip("ff02::1"), 136, "2001:db8::20".parse().unwrap(), CLIENT_MAC).build(),
+            "pass_not_service",
+            None,
+        ),
         pass(
             "icmp echo to vip: the kernel answers",
             echo_request(client, vip_nat).build(),
@@ -731,6 +789,125 @@ fn reload_swaps_the_service_table() {
             ));
             fx.run(&pass("dsr's old vip", syn(gone).build(), "pass_not_service", None));
         }
+    })
+    .unwrap();
+}
+
+/// The destination MAC of a forwarded frame.
+fn dst_mac(frame: &[u8]) -> [u8; 6] {
+    frame[..6].try_into().unwrap()
+}
+
+/// Runs one frame; returns the action and the frame as it left.
+fn run_frame(fx: &mut Fixture, input: &[u8]) -> (u32, Vec<u8>) {
+    let mut out = vec![0u8; input.len() + 256];
+    let res = xdp_program(&mut fx.ebpf)
+        .unwrap()
+        .test_run(TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            ..Default::default()
+        })
+        .unwrap();
+    out.truncate(res.data_size_out as usize);
+    (res.return_value, out)
+}
+
+/// DSR without state: a packet in the middle of a connection this node
+/// never saw (another node's before a failover, or an ECMP change) goes to
+/// the backend the ring names, the one the connection's SYN went to; on a
+/// second node with the same config too. Checked for 40 clients over a
+/// three-backend service, so that more than one backend is involved.
+#[test]
+fn dsr_flow_table_misses_follow_the_ring() {
+    lab::require_root!();
+    let ns = fixture_ns();
+    ns.enter(|| {
+        let mut node_a = Fixture::new();
+        let mut node_b = Fixture::new();
+        let vip = ip("198.19.0.32");
+        let mut used = std::collections::HashSet::new();
+        for i in 0..40u8 {
+            let client = ip(&format!("198.18.4.{}", i + 1));
+            let syn = Frame::tcp(client, 40000, vip, 80, TCP_SYN).build();
+            let (action, out) = run_frame(&mut node_a, &syn);
+            assert_eq!(action, XDP_REDIRECT, "client {client}: SYN forwarded");
+            let backend = dst_mac(&out);
+            used.insert(backend);
+            // The same connection's next packet on a node that never saw it.
+            let ack = Frame::tcp(client, 40000, vip, 80, TCP_ACK).build();
+            let (action, out) = run_frame(&mut node_b, &ack);
+            assert_eq!(action, XDP_REDIRECT, "client {client}: ACK on the other node forwarded");
+            assert_eq!(dst_mac(&out), backend, "client {client}: the other node picks the SYN's backend");
+            assert_eq!(&out[12..], &ack[12..], "client {client}: only the MACs change (dsr)");
+            // Another connection of the same client, first seen mid-way.
+            let other = Frame::tcp(client, 40001, vip, 80, TCP_ACK).build();
+            let (_, out) = run_frame(&mut node_a, &other);
+            assert_eq!(dst_mac(&out), backend, "client {client}: source affinity on a miss");
+        }
+        assert!(used.len() > 1, "40 clients all hashed to one backend: {used:?}");
+    })
+    .unwrap();
+}
+
+/// A full-NAT flow synced from another node: written into the slot of the
+/// same snat port (the nodes' snat regions differ), the backend's answer is
+/// turned back to the client by a route lookup (the flow carries no way
+/// back yet), and the client's next packet leaves by the same snat port.
+#[test]
+fn a_synced_nat_flow_carries_on_on_the_other_node() {
+    use lb_common::{NatFlow, SyncEvent, FAMILY_V4, SYNC_NAT};
+    use lb_user::l4::sync::{directory::Target, table::Clock};
+    lab::require_root!();
+    let ns = fixture_ns();
+    ns.enter(|| {
+        let mut node_a = Fixture::new();
+        let mut node_b = Fixture::new();
+        let (client, vip, snat, be) = (ip("198.18.2.1"), ip("198.19.0.20"), ip("198.18.0.2"), ip("198.18.1.1"));
+        let syn = Frame::tcp(client, 41000, vip, 80, TCP_SYN).build();
+        let (action, out) = run_frame(&mut node_a, &syn);
+        assert_eq!(action, XDP_REDIRECT);
+        let port = u16::from_be_bytes([out[34], out[35]]);
+        // Node A's flow, as its sync would read and send it.
+        let dir_a = node_a.mm.directory(&node_a.cfg);
+        let region_a = *dir_a.regions.iter().find(|(_, a)| **a == snat).unwrap().0;
+        let slot_a = region_a * NAT_PORTS + u32::from(port - SNAT_PORT_MIN);
+        let flows_a: aya::maps::Array<_, NatFlow> =
+            aya::maps::Array::try_from(node_a.ebpf.map(maps::NAT_FLOWS).unwrap()).unwrap();
+        let flow = flows_a.get(&slot_a, 0).unwrap();
+        assert_eq!(flow.client_port_be, 41000u16.to_be(), "the flow is in the slot of its snat port");
+        let ev = SyncEvent {
+            kind: SYNC_NAT,
+            family: FAMILY_V4,
+            _pad: 0,
+            slot: slot_a,
+            flow,
+        };
+        let record = dir_a.record(&ev, 0).unwrap();
+        assert_eq!((record.snat, record.snat_port, record.backend), (snat, port, be));
+        // Node B installs it.
+        let clock = Clock::new(lb_user::l4::bpf::kernel_hz());
+        let dir_b = node_b.mm.directory(&node_b.cfg);
+        let Ok(Target::Nat { slot, flow }) = dir_b.place(&record, clock.now()) else {
+            panic!("node B has the service, backend and snat address");
+        };
+        let mut flows_b: aya::maps::Array<_, NatFlow> =
+            aya::maps::Array::try_from(node_b.ebpf.map_mut(maps::NAT_FLOWS).unwrap()).unwrap();
+        flows_b.set(slot, flow, 0).unwrap();
+        // The backend answers node B.
+        let mut answer = Frame::tcp(be, 8080, snat, port, TCP_SYN | TCP_ACK);
+        answer.src_mac = v4mac("198.18.1.1");
+        answer.dst_mac = ETH0_MAC;
+        let want = via_eth0(Frame::tcp(vip, 80, client, 41000, TCP_SYN | TCP_ACK), CLIENT_MAC);
+        let (action, out) = run_frame(&mut node_b, &answer.build());
+        assert_eq!(action, XDP_REDIRECT, "the answer is routed to the client");
+        assert_eq!(hex(&out), hex(&want.build()), "the answer as the client must get it");
+        // The client's next packet on node B: same snat port, same backend.
+        let ack = Frame::tcp(client, 41000, vip, 80, TCP_ACK).build();
+        let (action, out) = run_frame(&mut node_b, &ack);
+        assert_eq!(action, XDP_REDIRECT);
+        let want = via_eth0(Frame::tcp(snat, port, be, 8080, TCP_ACK), v4mac("198.18.1.1"));
+        assert_eq!(hex(&out), hex(&want.build()), "the client's packet leaves by the synced snat port");
     })
     .unwrap();
 }
