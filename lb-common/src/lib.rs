@@ -86,6 +86,14 @@ pub const NAT_EVICT_WITHIN: u32 = 2;
 /// helper call, 25 ns a packet here).
 pub const HZ_GLOBAL: &str = "HZ";
 
+/// Name of the XDP object's global holding the MAC address of the interface
+/// the program is attached to (first six bytes of a u64, in wire order),
+/// set at load time; 0 (tests, BPF_PROG_TEST_RUN) checks nothing. Frames to
+/// another unicast MAC are not this host's: a bridge floods them to every
+/// port while it has not learnt where a MAC is (a VRRP or ECMP peer's
+/// during a failover), and forwarding them would duplicate the peer's work.
+pub const LOCAL_MAC_GLOBAL: &str = "LOCAL_MAC";
+
 /// How long a full-NAT flow keeps its port without packets, by state, in
 /// seconds. A backend answers a new flow within a round trip inside the
 /// site, so an unanswered one is given up after 2 s.
@@ -382,7 +390,10 @@ pub mod outcome {
     pub const DROP_NO_NEIGH: u32 = 8;
     /// nat: no free source port found for a new flow.
     pub const DROP_NO_PORT: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// Addressed to another host's MAC (flooded by a switch): passed
+    /// untouched for the kernel to drop.
+    pub const PASS_OTHER_HOST: u32 = 10;
+    pub const COUNT: u32 = 11;
 
     /// Names in index order, for status output.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -396,6 +407,7 @@ pub mod outcome {
         "drop_no_route",
         "drop_no_neigh",
         "drop_no_port",
+        "pass_other_host",
     ];
 }
 

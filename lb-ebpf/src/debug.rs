@@ -17,7 +17,7 @@ static DEBUG: Array<u32> = Array::with_max_entries(1, 0);
 /// Whether `why` is one of the rare outcomes worth an event.
 #[inline(always)]
 pub fn is_rare(why: u32) -> bool {
-    why == outcome::PASS_PARSE_ERROR || why >= outcome::DROP_NO_BACKEND
+    why == outcome::PASS_PARSE_ERROR || (outcome::DROP_NO_BACKEND..=outcome::DROP_NO_PORT).contains(&why)
 }
 
 #[inline(never)]

@@ -94,6 +94,7 @@ fn try_xlb(ctx: &XdpContext) -> u32 {
     match parse(ctx, &mut s.pkt) {
         Ok(Parsed::Flow) => {}
         Ok(Parsed::Other) => return outcome::PASS_NOT_SERVICE,
+        Ok(Parsed::OtherHost) => return outcome::PASS_OTHER_HOST,
         Ok(Parsed::Fragment) => return outcome::PASS_FRAGMENT,
         Err(()) => return outcome::PASS_PARSE_ERROR,
     }

@@ -97,6 +97,17 @@ impl Packet {
     }
 }
 
+/// The attached interface's MAC (`lb_common::LOCAL_MAC_GLOBAL`), set by
+/// user space at load time; 0: unknown, every frame is looked at.
+#[unsafe(no_mangle)]
+static LOCAL_MAC: u64 = 0;
+
+#[inline(always)]
+pub fn local_mac() -> u64 {
+    // SAFETY: a plain global; volatile so the compiler does not fold in 0.
+    unsafe { core::ptr::read_volatile(&LOCAL_MAC) }
+}
+
 pub enum Parsed {
     /// A TCP or UDP packet, or an ICMP error quoting one; its fields written
     /// to the caller's [`Packet`].
@@ -105,6 +116,8 @@ pub enum Parsed {
     Fragment,
     /// Anything else (ARP, ICMP, other protocols, unknown ethertypes).
     Other,
+    /// A frame for another host's MAC address.
+    OtherHost,
 }
 
 // Packet words are read and written with plain loads and stores, not
@@ -195,6 +208,16 @@ fn frame_len(ctx: &XdpContext) -> usize {
 #[inline(always)]
 pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Result<Parsed, ()> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
+    let mine = local_mac();
+    if mine != 0 {
+        // SAFETY: bounds checked by ptr_at (the header is 14 bytes).
+        let dst: [u8; 6] = load(eth.cast());
+        let word = u64::from_ne_bytes([dst[0], dst[1], dst[2], dst[3], dst[4], dst[5], 0, 0]);
+        // Multicast and broadcast (group bit) are everyone's.
+        if dst[0] & 1 == 0 && word != mine {
+            return Ok(Parsed::OtherHost);
+        }
+    }
     // SAFETY: bounds checked by ptr_at.
     let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
     let mut off = EthHdr::LEN;

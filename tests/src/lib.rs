@@ -8,6 +8,7 @@
 
 pub mod bpffs;
 pub mod fib_ns;
+pub mod ha;
 pub mod http;
 pub mod l4;
 pub mod l7;

@@ -107,8 +107,18 @@ pub fn mac_str(m: [u8; 6]) -> String {
     m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
-impl Lab {
-    pub fn new(spec: &LabSpec) -> io::Result<Lab> {
+/// A bridge in a "switch" namespace and the hosts plugged into it.
+pub struct Segment {
+    pub id: String,
+    pub switch: Netns,
+    /// Switch-side port of each host, in the order they were added.
+    pub ports: Vec<String>,
+}
+
+impl Segment {
+    /// A new segment with a unique id (`xlbt<pid>n<k>`); stale labs of
+    /// processes gone are removed first.
+    pub fn new() -> io::Result<Segment> {
         remove_stale();
         let id = format!(
             "{LAB_PREFIX}{}n{}",
@@ -118,51 +128,57 @@ impl Lab {
         let switch = Netns::create(&format!("{id}-sw"))?;
         switch.ip(&["link", "add", "br0", "type", "bridge"])?;
         switch.ip(&["link", "set", "br0", "up"])?;
-        let mut ports = Vec::new();
-        let mut host = |role: &str, addrs: Vec<Ipv4Addr>| -> io::Result<Host> {
-            let ns = Netns::create(&format!("{id}-{role}"))?;
-            let port = format!("p{}", ports.len());
-            let mac = mac_for(addrs[0]);
-            switch.ip(&[
-                "link",
-                "add",
-                &port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                Host::IFACE,
-                "address",
-                &mac_str(mac),
-                "netns",
-                ns.name(),
-            ])?;
-            switch.ip(&["link", "set", &port, "master", "br0", "up"])?;
-            for a in &addrs {
-                ns.ip(&["addr", "add", &format!("{a}/16"), "dev", Host::IFACE])?;
-            }
-            ns.ip(&["link", "set", Host::IFACE, "up"])?;
-            // Checksums must be complete on the wire: XDP rewrites them
-            // incrementally and cannot finish a partial (offloaded) one.
-            ns.run("ethtool", &["-K", Host::IFACE, "tx", "off"])
-                .map_err(|e| io::Error::other(format!("{e} (is ethtool installed? `cargo xtask setup`)")))?;
-            ports.push(port);
-            Ok(Host {
-                ns,
-                role: role.to_string(),
-                ip: addrs[0],
-                addrs,
-                mac,
-            })
-        };
-        let client = host("client", (0..spec.client_addrs.max(1)).map(client_ip).collect())?;
-        let xlb = host("xlb", vec![XLB_IP])?;
-        let backends = (0..spec.backends)
-            .map(|i| host(&format!("be{i}"), vec![backend_ip(i)]))
-            .collect::<io::Result<Vec<_>>>()?;
-        client.ns.ip(&["route", "add", VIP_NET, "via", &XLB_IP.to_string()])?;
-        let pass_links = switch.enter(|| {
-            ports
+        Ok(Segment {
+            id,
+            switch,
+            ports: Vec::new(),
+        })
+    }
+
+    /// A host namespace `ID-ROLE` with `eth0` on the segment holding `addrs`
+    /// (/16 each).
+    pub fn host(&mut self, role: &str, addrs: Vec<Ipv4Addr>) -> io::Result<Host> {
+        let ns = Netns::create(&format!("{}-{role}", self.id))?;
+        let port = format!("p{}", self.ports.len());
+        let mac = mac_for(addrs[0]);
+        self.switch.ip(&[
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            Host::IFACE,
+            "address",
+            &mac_str(mac),
+            "netns",
+            ns.name(),
+        ])?;
+        self.switch.ip(&["link", "set", &port, "master", "br0", "up"])?;
+        for a in &addrs {
+            ns.ip(&["addr", "add", &format!("{a}/16"), "dev", Host::IFACE])?;
+        }
+        ns.ip(&["link", "set", Host::IFACE, "up"])?;
+        // Checksums must be complete on the wire: XDP rewrites them
+        // incrementally and cannot finish a partial (offloaded) one.
+        ns.run("ethtool", &["-K", Host::IFACE, "tx", "off"])
+            .map_err(|e| io::Error::other(format!("{e} (is ethtool installed? `cargo xtask setup`)")))?;
+        self.ports.push(port);
+        Ok(Host {
+            ns,
+            role: role.to_string(),
+            ip: addrs[0],
+            addrs,
+            mac,
+        })
+    }
+
+    /// XDP_PASS programs on every switch-side port, so that XDP_TX on a
+    /// host's veth reaches the bridge (a veth peer needs a program).
+    pub fn pass_links(&self) -> io::Result<Vec<OwnedFd>> {
+        self.switch.enter(|| {
+            self.ports
                 .iter()
                 .map(|p| {
                     let c = CString::new(p.as_str()).expect("port name");
@@ -171,14 +187,27 @@ impl Lab {
                     xdp_pass::attach(idx)
                 })
                 .collect::<io::Result<Vec<_>>>()
-        })??;
+        })?
+    }
+}
+
+impl Lab {
+    pub fn new(spec: &LabSpec) -> io::Result<Lab> {
+        let mut seg = Segment::new()?;
+        let client = seg.host("client", (0..spec.client_addrs.max(1)).map(client_ip).collect())?;
+        let xlb = seg.host("xlb", vec![XLB_IP])?;
+        let backends = (0..spec.backends)
+            .map(|i| seg.host(&format!("be{i}"), vec![backend_ip(i)]))
+            .collect::<io::Result<Vec<_>>>()?;
+        client.ns.ip(&["route", "add", VIP_NET, "via", &XLB_IP.to_string()])?;
+        let pass_links = seg.pass_links()?;
         Ok(Lab {
-            id,
+            id: seg.id,
             client,
             xlb,
             backends,
             _pass_links: pass_links,
-            switch,
+            switch: seg.switch,
         })
     }
 

@@ -22,8 +22,17 @@ const TOOLCHAIN_PKGS: &[&str] = &[
 ];
 /// What the lab and the tests run: iproute2 (ip netns), ethtool (offloads),
 /// util-linux (setpriv, for the no-capability test), procps (sysctl),
-/// iputils-ping (neighbour warm-up in the benchmark).
-const LAB_PKGS: &[&str] = &["iproute2", "ethtool", "util-linux", "procps", "iputils-ping"];
+/// iputils-ping (neighbour warm-up in the benchmark), keepalived (the HA
+/// pair), curl (keepalived's track script asks /healthz with it).
+const LAB_PKGS: &[&str] = &[
+    "iproute2",
+    "ethtool",
+    "util-linux",
+    "procps",
+    "iputils-ping",
+    "keepalived",
+    "curl",
+];
 
 pub const DEBIAN_TOOLCHAIN: &str = "debian-web";
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -158,6 +158,24 @@ fn enable_forwarding(iface: &str) {
     }
 }
 
+/// The interface's MAC address as the XDP program compares it (the six
+/// bytes in wire order at the start of a u64); 0 if it cannot be read.
+fn interface_mac(iface: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/sys/class/net/{iface}/address")).unwrap_or_default();
+    let bytes: Vec<u8> = text
+        .trim()
+        .split(':')
+        .filter_map(|b| u8::from_str_radix(b, 16).ok())
+        .collect();
+    match bytes[..] {
+        [a, b, c, d, e, f] => u64::from_ne_bytes([a, b, c, d, e, f, 0, 0]),
+        _ => {
+            tracing::warn!(iface, "cannot read the interface's MAC address: frames for other hosts are forwarded too");
+            0
+        }
+    }
+}
+
 /// The attached program and its maps.
 pub struct DataPlane {
     ebpf: Ebpf,
@@ -208,6 +226,8 @@ impl DataPlane {
         }
         let pins = prepare()?;
         let mut loader = EbpfLoader::new();
+        let mac = interface_mac(iface);
+        loader.override_global(lb_common::LOCAL_MAC_GLOBAL, &mac, true);
         for name in PINNED {
             loader.map_pin_path(name, pins.map(name));
         }

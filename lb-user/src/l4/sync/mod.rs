@@ -61,6 +61,9 @@ pub const RATE: u64 = 20_000;
 pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
 /// How long the initial pull may take from one peer.
 const PULL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a starting node keeps asking its peers for their table before
+/// it concludes that none is alive.
+pub const PULL_DEADLINE: Duration = Duration::from_secs(10);
 /// Pulls served at once.
 const MAX_PULLS: usize = 4;
 
@@ -608,23 +611,33 @@ impl Inner {
     }
 
     /// Pulls the whole table from the first peer that answers, then says
-    /// this node is ready.
+    /// this node is ready. A node that just booted may not reach its peers
+    /// at once (links coming up, neighbours resolving): the peers are asked
+    /// in turn until `PULL_DEADLINE`; if none answers by then, the node has
+    /// no peer alive to learn from and starts with its own table.
     async fn initial_pull(self: Arc<Self>) {
-        let mut outcome = if self.peers.is_empty() {
-            "no peers".to_string()
-        } else {
-            "no peer answered; started with this node's own table".to_string()
-        };
-        for p in &self.peers {
-            let t0 = Instant::now();
-            match tokio::time::timeout(PULL_TIMEOUT, self.pull_from(p.addr)).await {
-                Ok(Ok(n)) => {
-                    outcome = format!("{n} flows from {} in {} ms", p.addr, t0.elapsed().as_millis());
-                    break;
+        let deadline = Instant::now() + PULL_DEADLINE;
+        let mut outcome = "no peers".to_string();
+        'rounds: while !self.peers.is_empty() {
+            for p in &self.peers {
+                let t0 = Instant::now();
+                match tokio::time::timeout(PULL_TIMEOUT, self.pull_from(p.addr)).await {
+                    Ok(Ok(n)) => {
+                        outcome = format!("{n} flows from {} in {} ms", p.addr, t0.elapsed().as_millis());
+                        break 'rounds;
+                    }
+                    Ok(Err(e)) => tracing::debug!(peer = %p.addr, "flow sync: pull failed: {e}"),
+                    Err(_) => tracing::warn!(peer = %p.addr, "flow sync: pull timed out"),
                 }
-                Ok(Err(e)) => tracing::warn!(peer = %p.addr, "flow sync: pull failed: {e}"),
-                Err(_) => tracing::warn!(peer = %p.addr, "flow sync: pull timed out"),
             }
+            if Instant::now() >= deadline {
+                outcome = format!(
+                    "no peer answered in {} s; started with this node's own table",
+                    PULL_DEADLINE.as_secs()
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         tracing::info!("flow sync: initial pull: {outcome}");
         *self.pull.lock().expect("pull lock") = outcome;

@@ -54,9 +54,11 @@ impl Clock {
     }
 
     /// Whether a full-NAT flow still holds its port (as the XDP program
-    /// judges it).
+    /// judges it). This clock may lag the kernel's by a tick or two: a flow
+    /// seen "in the future" was seen just now.
     pub fn live(&self, f: &NatFlow, now: u64) -> bool {
-        f.state != NAT_EMPTY && now.wrapping_sub(f.seen) < f.idle_secs() * self.hz
+        let age = now.wrapping_sub(f.seen) as i64;
+        f.state != NAT_EMPTY && age < (f.idle_secs() * self.hz) as i64
     }
 }
 
