@@ -128,13 +128,22 @@ impl HaLab {
 
     /// Starts xlb on node `i` (its own pin directory below the lab's).
     pub fn start_xlb(&self, i: usize, mode: &str) -> XlbProcess {
-        let cfg = self.xlb_config(i, mode);
-        let path = temp_file(&format!("{}-node{i}.toml", self.seg.id), &cfg).unwrap();
-        XlbProcess::start(&self.nodes[i].ns, &path, &[]).unwrap()
+        self.start_xlb_with(i, &self.xlb_config(i, mode), "127.0.0.1:9900")
+    }
+
+    /// Starts xlb on node `i` with config `cfg` whose admin address is `admin`.
+    pub fn start_xlb_with(&self, i: usize, cfg: &str, admin: &str) -> XlbProcess {
+        let path = temp_file(&format!("{}-node{i}.toml", self.seg.id), cfg).unwrap();
+        XlbProcess::start_with_admin(&self.nodes[i].ns, &path, &[], admin).unwrap()
     }
 
     /// Starts keepalived on node `i`; its role changes go to `roles_file`.
     pub fn start_keepalived(&self, i: usize) -> Keepalived {
+        self.start_keepalived_with(i, "127.0.0.1:9900")
+    }
+
+    /// As [`HaLab::start_keepalived`], for xlb's admin address `admin`.
+    pub fn start_keepalived_with(&self, i: usize, admin: &str) -> Keepalived {
         let roles = temp_file(&format!("{}-node{i}.roles", self.seg.id), "").unwrap();
         let notify = temp_file(
             &format!("{}-node{i}-notify.sh", self.seg.id),
@@ -145,7 +154,7 @@ impl HaLab {
         )
         .unwrap();
         make_executable(&notify);
-        let conf = keepalived_config(i, &notify);
+        let conf = keepalived_config(i, &notify, admin);
         let path = temp_file(&format!("{}-node{i}-keepalived.conf", self.seg.id), &conf).unwrap();
         Keepalived::start(&self.nodes[i].ns, &path, &format!("{}-node{i}", self.seg.id), roles)
     }
@@ -177,7 +186,7 @@ fn make_executable(p: &Path) {
 /// (unicast to the other node), holding the VIP and the snat address,
 /// tracking xlb's /healthz (failed until it first passes), preempting.
 /// `examples/keepalived/` holds the same set-up for real nodes.
-pub fn keepalived_config(i: usize, notify: &Path) -> String {
+pub fn keepalived_config(i: usize, notify: &Path, admin: &str) -> String {
     format!(
         r#"global_defs {{
     router_id xlb-node{i}
@@ -188,7 +197,7 @@ pub fn keepalived_config(i: usize, notify: &Path) -> String {
 }}
 
 vrrp_script xlb_health {{
-    script "/usr/bin/curl -fsS -m 1 -o /dev/null http://127.0.0.1:9900/healthz"
+    script "/usr/bin/curl -fsS -m 1 -o /dev/null http://{admin}/healthz"
     interval 1
     timeout 2
     rise 1
