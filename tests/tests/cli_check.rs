@@ -211,6 +211,30 @@ fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "maxconn",
             "maxconn must be at least 1, not 0",
         ),
+        (
+            "sync key file missing",
+            "[sync]\nlisten = \"198.18.0.2:7946\"\nkey_file = \"/nonexistent/sync.key\"\n".into(),
+            "key_file",
+            "sync key_file /nonexistent/sync.key: cannot read it",
+        ),
+        (
+            "sync key too short",
+            format!(
+                "[sync]\nlisten = \"198.18.0.2:7946\"\nkey_file = \"{}\"\n",
+                temp_file("short.key", "0123456789\n").unwrap().display()
+            ),
+            "key_file",
+            "the key has 10 bytes, fewer than 16",
+        ),
+        (
+            "sync peer is itself",
+            format!(
+                "[sync]\nlisten = \"198.18.0.2:7946\"\npeers = [\"198.18.0.2:7946\"]\nkey_file = \"{}\"\n",
+                temp_file("good.key", "0123456789abcdef0123\n").unwrap().display()
+            ),
+            "peers",
+            "sync peer 198.18.0.2:7946 is this node's own listen address",
+        ),
     ]
 }
 
@@ -263,6 +287,34 @@ fn bundled_examples_pass_with_a_summary() {
             assert!(ok, "{}: {err}", p.display());
             assert!(out.contains(": OK") && out.contains("service "), "{out}");
         }
+    }
+}
+
+/// The keepalived pair's example: xlb's config passes `xlb check` (with a
+/// key file where it names one), keepalived's passes `keepalived -t`.
+#[test]
+fn keepalived_example_passes_both_checks() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/keepalived");
+    let key = temp_file("example-sync.key", "an example key of more than 16 bytes\n").unwrap();
+    let text = std::fs::read_to_string(dir.join("xlb.toml"))
+        .unwrap()
+        .replace("/etc/xlb/sync.key", &key.display().to_string());
+    let path = temp_file("keepalived-example.toml", &text).unwrap();
+    let (ok, out, err) = check(&path);
+    assert!(ok, "{err}");
+    assert!(out.contains("service "), "{out}");
+    if Command::new("keepalived").arg("--version").output().is_ok() {
+        let out = Command::new("keepalived")
+            .args(["--config-test", "-f"])
+            .arg(dir.join("keepalived.conf"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "keepalived -t: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
