@@ -28,7 +28,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, MapData},
+    maps::{Array, MapData, RingBuf},
     programs::{TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
@@ -120,6 +120,9 @@ fn run_once(prog: &Xdp, frame: &[u8], out: &mut [u8], t: &mut Timed) {
     t.total_ns += r.duration.as_nanos();
 }
 
+/// Where the sync-on new flows' endpoints start (apart from the others).
+const SYNC_FLOWS: usize = 1 << 22;
+
 /// A SYN from the n-th distinct client endpoint (source address and port).
 fn new_flow_syn(n: usize) -> Vec<u8> {
     // 198.18.128.0/17: 32768 addresses, then the source port varies.
@@ -186,6 +189,12 @@ fn per_packet() -> Vec<Timed> {
             wall_ns: 0,
             want_action: 1,
         },
+        Timed {
+            name: "xlb: new flow (SYN, new source), flow sync on",
+            total_ns: 0,
+            wall_ns: 0,
+            want_action: 4,
+        },
     ];
     let xlb_prog = xdp_program(&mut ebpf).unwrap();
     // The established flow enters the table once, before timing.
@@ -202,10 +211,14 @@ fn per_packet() -> Vec<Timed> {
     // The event log's switch, flipped around one program run per round:
     // forwarded packets must not pay for it either way.
     let mut switch: Array<MapData, u32> = Array::try_from(ebpf.take_map(maps::DEBUG).unwrap()).unwrap();
+    // The flow sync's switch and ring: on around the sync-on new flows,
+    // the ring drained by this thread as the daemon's reader would.
+    let mut sync: Array<MapData, u32> = Array::try_from(ebpf.take_map(maps::SYNC).unwrap()).unwrap();
+    let mut ring = RingBuf::try_from(ebpf.take_map(maps::SYNC_EVENTS).unwrap()).unwrap();
     let xlb_prog: &Xdp = ebpf.program(lb_common::XDP_PROGRAM).unwrap().try_into().unwrap();
     for n in 0..calls() {
         let fresh = new_flow_syn(n);
-        let [a, b, c, d, e, f] = &mut t;
+        let [a, b, c, d, e, f, g] = &mut t;
         run_once(pass, &ack, &mut out, a);
         run_once(swap, &ack, &mut out, b);
         run_once(xlb_prog, &fresh, &mut out, c);
@@ -214,6 +227,10 @@ fn per_packet() -> Vec<Timed> {
         run_once(xlb_prog, &ack, &mut out, e);
         switch.set(0, 0, 0).unwrap();
         run_once(xlb_prog, &drained, &mut out, f);
+        sync.set(0, 1, 0).unwrap();
+        run_once(xlb_prog, &new_flow_syn(n + SYNC_FLOWS), &mut out, g);
+        sync.set(0, 0, 0).unwrap();
+        while ring.next().is_some() {}
     }
     t.into_iter().collect()
 }
@@ -368,6 +385,13 @@ fn main() {
         "Data path event log (`xlb debug datapath`): an established flow with the log on costs {on:.2}x \
          the same flow with it off, in the same rounds (the log-on run follows a write of the switch; \
          forwarded packets never read it, only the rare events do).\n"
+    );
+    let sync = timed[6].total_ns as f64 / timed[2].total_ns as f64;
+    let _ = writeln!(
+        md,
+        "Flow sync (`[sync]`): a new flow with the sync on (its event written to the ring buffer, \
+         which this bench drains as the daemon does) costs {sync:.2}x a new flow with it off, in the same \
+         rounds; established flows write no event.\n"
     );
     let _ = writeln!(
         md,

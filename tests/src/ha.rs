@@ -465,3 +465,138 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+/// What a failover drill saw.
+pub struct Drill {
+    pub mode: String,
+    pub reports: Vec<StreamReport>,
+    /// From the master's cut to the backup's MASTER notification.
+    pub took_over: Duration,
+    /// From the old master's restart to its MASTER notification.
+    pub preempted: Duration,
+    /// The streams' longest silence around the failover and the failback.
+    pub failover_silence: Duration,
+    pub failback_silence: Duration,
+    /// `xlb status --json` of node0 when it took the VIP back, and of both
+    /// nodes at the end.
+    pub node0_back: serde_json::Value,
+    pub end: [serde_json::Value; 2],
+    /// Every role change: (seconds since the first, node, role).
+    pub roles: Vec<(f64, usize, String)>,
+    /// keepalived's and xlb's logs, for failures.
+    pub logs: String,
+}
+
+impl Drill {
+    pub fn broken(&self) -> Vec<String> {
+        self.reports
+            .iter()
+            .filter_map(|r| r.error.as_ref().map(|e| format!("stream {}: {e}", r.id)))
+            .collect()
+    }
+}
+
+/// `xlb status --json` of node `i`.
+pub fn node_status(lab: &HaLab, i: usize) -> serde_json::Value {
+    let out = crate::xlb::xlb_once(&lab.nodes[i].ns, &["status", "--json"]).expect("xlb status");
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+/// The failover drill of the HA tests and demo: a keepalived pair in
+/// `mode` (nat or dsr) carries `streams` long TCP streams of `length` from
+/// `clients` addresses; 3 s in, the master's cable is pulled and xlb and
+/// keepalived are killed with SIGKILL; 2 s after the backup took over, the
+/// old master reboots (addresses and pins gone), starts xlb and keepalived
+/// and preempts. `say` hears what happens as it happens.
+pub fn drill(mode: &str, streams: usize, clients: usize, length: Duration, say: &dyn Fn(&str)) -> Result<Drill, String> {
+    let lab = HaLab::new(3, clients).map_err(|e| e.to_string())?;
+    let _servers = lab.start_backends(mode == "dsr");
+    let mut xlb = [Some(lab.start_xlb(0, mode)), Some(lab.start_xlb(1, mode))];
+    let mut ka = [Some(lab.start_keepalived(0)), Some(lab.start_keepalived(1))];
+    let role = |ka: &[Option<Keepalived>; 2], i: usize| ka[i].as_ref().and_then(Keepalived::role);
+    let logs = |ka: &[Option<Keepalived>; 2], xlb: &[Option<XlbProcess>; 2]| {
+        let mut s = String::new();
+        for (i, k) in ka.iter().enumerate() {
+            if let Some(k) = k {
+                s += &format!("--- node{i} keepalived ---\n{}", k.log());
+            }
+        }
+        for (i, x) in xlb.iter().enumerate() {
+            if let Some(x) = x {
+                s += &format!("--- node{i} xlb ---\n{}", x.log());
+            }
+        }
+        s
+    };
+    // Role changes as keepalived's notify script wrote them: (Unix time,
+    // node, role); node0's first life is read before its restart.
+    let mut history: Vec<(f64, usize, String)> = Vec::new();
+    if !wait_until(Duration::from_secs(15), || role(&ka, 0).as_deref() == Some("MASTER")) {
+        return Err(format!("node0 did not become master\n{}", logs(&ka, &xlb)));
+    }
+    say(&format!("node0 is MASTER; {streams} streams of {} s start", length.as_secs()));
+    let dst = SocketAddr::new(HA_VIP.into(), PORT);
+    let start = Instant::now();
+    let handles: Vec<_> = (0..streams)
+        .map(|k| stream(&lab.client.ns, k, IpAddr::V4(client_ip(k % clients)), dst, length))
+        .collect();
+    thread::sleep(Duration::from_secs(3));
+    let cut_at = Instant::now();
+    lab.cut(0);
+    if let Some(k) = ka[0].as_mut() {
+        k.kill_hard();
+    }
+    drop(xlb[0].take());
+    say("node0: cable pulled, xlb and keepalived killed (SIGKILL)");
+    if !wait_until(Duration::from_secs(5), || role(&ka, 1).as_deref() == Some("MASTER")) {
+        return Err(format!("node1 did not take over\n{}", logs(&ka, &xlb)));
+    }
+    let took_over = cut_at.elapsed();
+    say(&format!("node1 is MASTER {:.0} ms after the cut", took_over.as_secs_f64() * 1e3));
+    thread::sleep(Duration::from_secs(2));
+    history.extend(ka[0].iter().flat_map(Keepalived::roles).map(|(t, r)| (t, 0, r)));
+    lab.wipe(0);
+    lab.reconnect(0);
+    let back_at = Instant::now();
+    xlb[0] = Some(lab.start_xlb(0, mode));
+    ka[0] = Some(lab.start_keepalived(0));
+    say("node0: rebooted (no addresses, no pinned state), xlb and keepalived started");
+    if !wait_until(Duration::from_secs(15), || role(&ka, 0).as_deref() == Some("MASTER")) {
+        return Err(format!(
+            "node0 did not take the VIP back\nnode0 {}\n{}",
+            node_status(&lab, 0),
+            logs(&ka, &xlb)
+        ));
+    }
+    let preempted = back_at.elapsed();
+    let node0_back = node_status(&lab, 0);
+    say(&format!(
+        "node0 is MASTER again {:.0} ms after its restart (pull: {})",
+        preempted.as_secs_f64() * 1e3,
+        node0_back["sync"]["pull"].as_str().unwrap_or("?")
+    ));
+    if start.elapsed() + Duration::from_secs(2) >= length {
+        return Err("the failback came too late to be tested mid-stream".into());
+    }
+    let reports: Vec<StreamReport> = handles.into_iter().map(|h| h.join().expect("stream thread")).collect();
+    for (i, k) in ka.iter().enumerate() {
+        history.extend(k.iter().flat_map(Keepalived::roles).map(|(t, r)| (t, i, r)));
+    }
+    history.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let first = history.first().map_or(0.0, |h| h.0);
+    let roles = history.into_iter().map(|(t, i, r)| (t - first, i, r)).collect();
+    let window = Duration::from_secs(3);
+    let silence = |t: Instant, w: Duration| reports.iter().map(|r| r.gap_around(t, w)).max().unwrap_or_default();
+    Ok(Drill {
+        mode: mode.to_string(),
+        failover_silence: silence(cut_at, window),
+        failback_silence: silence(back_at, preempted + window),
+        took_over,
+        preempted,
+        node0_back,
+        end: [node_status(&lab, 0), node_status(&lab, 1)],
+        roles,
+        logs: logs(&ka, &xlb),
+        reports,
+    })
+}
