@@ -60,7 +60,10 @@ impl HaLab {
         client.ns.ip(&["route", "add", VIP_NET, "dev", Host::IFACE])?;
         let pass = seg.pass_links()?;
         let bpffs = Bpffs::mount(&format!("{}-ha", seg.id))?;
-        let key_file = temp_file(&format!("{}-sync.key", seg.id), "lab-only-key-0123456789abcdef0123456789")?;
+        let key_file = temp_file(
+            &format!("{}-sync.key", seg.id),
+            "lab-only-key-0123456789abcdef0123456789",
+        )?;
         Ok(HaLab {
             seg,
             client,
@@ -118,10 +121,7 @@ impl HaLab {
         }
         c += "[service.health]\nkind = \"tcp\"\ninterval = \"500ms\"\ntimeout = \"300ms\"\nrise = 1\nfall = 2\n";
         for (n, b) in self.backends.iter().enumerate() {
-            c += &format!(
-                "[[service.backend]]\nname = \"be{n}\"\naddress = \"{}:{PORT}\"\n",
-                b.ip
-            );
+            c += &format!("[[service.backend]]\nname = \"be{n}\"\naddress = \"{}:{PORT}\"\n", b.ip);
         }
         c
     }
@@ -250,7 +250,14 @@ impl Keepalived {
             .cmd("keepalived")
             .args(["-n", "-l", "-D", "-P", "-R", "-G", "-f"])
             .arg(conf)
-            .args(["-p", &pid("main.pid"), "-r", &pid("vrrp.pid"), "-c", &pid("checkers.pid")])
+            .args([
+                "-p",
+                &pid("main.pid"),
+                "-r",
+                &pid("vrrp.pid"),
+                "-c",
+                &pid("checkers.pid"),
+            ])
             .args(["-b", &pid("bfd.pid"), "-i", tag])
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
@@ -384,7 +391,13 @@ impl StreamReport {
 
 /// Streams for `length` from `src` to `dst`: 1 KiB every 20 ms, the echo
 /// checked byte for byte, then a clean close (every byte back, then EOF).
-pub fn stream(ns: &Netns, id: usize, src: IpAddr, dst: SocketAddr, length: Duration) -> thread::JoinHandle<StreamReport> {
+pub fn stream(
+    ns: &Netns,
+    id: usize,
+    src: IpAddr,
+    dst: SocketAddr,
+    length: Duration,
+) -> thread::JoinHandle<StreamReport> {
     let conn = connect_from(ns, SocketAddr::new(src, 0), dst, Duration::from_secs(5));
     thread::spawn(move || {
         let mut report = StreamReport {
@@ -436,7 +449,9 @@ pub fn stream(ns: &Netns, id: usize, src: IpAddr, dst: SocketAddr, length: Durat
                     report.received += n as u64;
                 }
                 Err(e) => {
-                    report.error.get_or_insert(format!("read after {} bytes: {e}", report.received));
+                    report
+                        .error
+                        .get_or_insert(format!("read after {} bytes: {e}", report.received));
                     break;
                 }
             }
@@ -508,7 +523,13 @@ pub fn node_status(lab: &HaLab, i: usize) -> serde_json::Value {
 /// keepalived are killed with SIGKILL; 2 s after the backup took over, the
 /// old master reboots (addresses and pins gone), starts xlb and keepalived
 /// and preempts. `say` hears what happens as it happens.
-pub fn drill(mode: &str, streams: usize, clients: usize, length: Duration, say: &dyn Fn(&str)) -> Result<Drill, String> {
+pub fn drill(
+    mode: &str,
+    streams: usize,
+    clients: usize,
+    length: Duration,
+    say: &dyn Fn(&str),
+) -> Result<Drill, String> {
     let lab = HaLab::new(3, clients).map_err(|e| e.to_string())?;
     let _servers = lab.start_backends(mode == "dsr");
     let mut xlb = [Some(lab.start_xlb(0, mode)), Some(lab.start_xlb(1, mode))];
@@ -534,7 +555,10 @@ pub fn drill(mode: &str, streams: usize, clients: usize, length: Duration, say: 
     if !wait_until(Duration::from_secs(15), || role(&ka, 0).as_deref() == Some("MASTER")) {
         return Err(format!("node0 did not become master\n{}", logs(&ka, &xlb)));
     }
-    say(&format!("node0 is MASTER; {streams} streams of {} s start", length.as_secs()));
+    say(&format!(
+        "node0 is MASTER; {streams} streams of {} s start",
+        length.as_secs()
+    ));
     let dst = SocketAddr::new(HA_VIP.into(), PORT);
     let start = Instant::now();
     let handles: Vec<_> = (0..streams)
@@ -552,7 +576,10 @@ pub fn drill(mode: &str, streams: usize, clients: usize, length: Duration, say: 
         return Err(format!("node1 did not take over\n{}", logs(&ka, &xlb)));
     }
     let took_over = cut_at.elapsed();
-    say(&format!("node1 is MASTER {:.0} ms after the cut", took_over.as_secs_f64() * 1e3));
+    say(&format!(
+        "node1 is MASTER {:.0} ms after the cut",
+        took_over.as_secs_f64() * 1e3
+    ));
     thread::sleep(Duration::from_secs(2));
     history.extend(ka[0].iter().flat_map(Keepalived::roles).map(|(t, r)| (t, 0, r)));
     lab.wipe(0);

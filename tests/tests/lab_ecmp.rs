@@ -44,7 +44,9 @@ impl EcmpLab {
     fn new(backends: usize) -> EcmpLab {
         let mut seg = Segment::new().unwrap();
         let router = seg.host("router", vec![ROUTER]).unwrap();
-        let nodes: Vec<Host> = (0..2).map(|i| seg.host(&format!("node{i}"), vec![NODES[i]]).unwrap()).collect();
+        let nodes: Vec<Host> = (0..2)
+            .map(|i| seg.host(&format!("node{i}"), vec![NODES[i]]).unwrap())
+            .collect();
         let backends: Vec<Host> = (0..backends)
             .map(|i| seg.host(&format!("be{i}"), vec![backend_ip(i)]).unwrap())
             .collect();
@@ -53,12 +55,28 @@ impl EcmpLab {
         let client = Netns::create(&format!("{}-client", seg.id)).unwrap();
         router
             .ns
-            .ip(&["link", "add", "down0", "type", "veth", "peer", "name", "eth0", "netns", client.name()])
+            .ip(&[
+                "link",
+                "add",
+                "down0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                client.name(),
+            ])
             .unwrap();
-        router.ns.ip(&["addr", "add", "198.19.100.1/24", "dev", "down0"]).unwrap();
+        router
+            .ns
+            .ip(&["addr", "add", "198.19.100.1/24", "dev", "down0"])
+            .unwrap();
         router.ns.ip(&["link", "set", "down0", "up"]).unwrap();
         for i in 0..CLIENTS {
-            client.ip(&["addr", "add", &format!("{}/24", client_addr(i)), "dev", "eth0"]).unwrap();
+            client
+                .ip(&["addr", "add", &format!("{}/24", client_addr(i)), "dev", "eth0"])
+                .unwrap();
         }
         client.ip(&["link", "set", "eth0", "up"]).unwrap();
         client.run("ethtool", &["-K", "eth0", "tx", "off"]).unwrap();
@@ -72,7 +90,8 @@ impl EcmpLab {
             b.ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"]).unwrap();
             b.ns.sysctl("net.ipv4.conf.all.arp_ignore", "1").unwrap();
             b.ns.sysctl("net.ipv4.conf.all.arp_announce", "2").unwrap();
-            b.ns.ip(&["route", "add", "198.19.100.0/24", "via", &ROUTER.to_string()]).unwrap();
+            b.ns.ip(&["route", "add", "198.19.100.0/24", "via", &ROUTER.to_string()])
+                .unwrap();
         }
         EcmpLab {
             seg,
@@ -195,7 +214,10 @@ fn ecmp_dsr_nodes_agree_and_keep_connections_when_a_node_leaves() {
             .unwrap()
     };
     let (before0, before1) = (packets(0), packets(1));
-    assert!(before0 > 0 && before1 > 0, "ECMP used one node only: {before0} / {before1}");
+    assert!(
+        before0 > 0 && before1 > 0,
+        "ECMP used one node only: {before0} / {before1}"
+    );
     lab.route(&[1]);
     let reports: Vec<_> = streams.into_iter().map(|h| h.join().unwrap()).collect();
     let broken: Vec<String> = reports
@@ -211,7 +233,10 @@ fn ecmp_dsr_nodes_agree_and_keep_connections_when_a_node_leaves() {
     );
     // The route change really moved node0's streams: node0 got nothing
     // more (a few packets in flight aside).
-    assert!(packets(0) - before0 < 50, "node0 still forwarding after leaving the route");
+    assert!(
+        packets(0) - before0 < 50,
+        "node0 still forwarding after leaving the route"
+    );
     // Again each node alone agrees (flow tables now hold the streams).
     lab.route(&[0]);
     assert_eq!(lab.backends_seen(), via1, "node0 disagrees after the change");

@@ -43,7 +43,10 @@ fn failover_and_back(mode: &str) {
     // The traffic really moved back: node0 forwarded the streams' packets
     // for seconds after its restart (some 50 a second each way per stream).
     let pkts = d.end[0]["services"][0]["packets"].as_u64().unwrap_or(0);
-    assert!(pkts > (STREAMS * 50 * 2) as u64, "node0 forwarded {pkts} packets after the failback");
+    assert!(
+        pkts > (STREAMS * 50 * 2) as u64,
+        "node0 forwarded {pkts} packets after the failback"
+    );
     // node0 came back with node1's table: the initial pull installed the
     // open streams before it took the VIP.
     let sync = &d.node0_back["sync"];
@@ -81,7 +84,14 @@ fn sessions(lab: &HaLab, i: usize) -> Vec<(String, String)> {
     let out = lab.nodes[i]
         .ns
         .cmd(xlb_binary())
-        .args(["session", "show", "site", "--json", "--admin", &format!("{}:9900", NODE_IPS[i])])
+        .args([
+            "session",
+            "show",
+            "site",
+            "--json",
+            "--admin",
+            &format!("{}:9900", NODE_IPS[i]),
+        ])
         .env("XLB_ADMIN_AUTH", PEER_AUTH)
         .output()
         .unwrap();
@@ -89,7 +99,12 @@ fn sessions(lab: &HaLab, i: usize) -> Vec<(String, String)> {
     v.as_array()
         .map(|a| {
             a.iter()
-                .map(|e| (e["id"].as_str().unwrap().to_string(), e["server"].as_str().unwrap().to_string()))
+                .map(|e| {
+                    (
+                        e["id"].as_str().unwrap().to_string(),
+                        e["server"].as_str().unwrap().to_string(),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -152,9 +167,14 @@ fn vrrp_pair_http_cookie_and_appsession_persistence_hold_over_failover() {
     }
     let (session, session_server) = by_session.expect("20 logins all on one server");
     let placed = get(ns, site, "/", &[&format!("Cookie: SERVERID={cookie}")]).unwrap();
-    assert_eq!(placed.backend(), by_cookie, "cookie persistence before failover: {cookie}");
+    assert_eq!(
+        placed.backend(),
+        by_cookie,
+        "cookie persistence before failover: {cookie}"
+    );
     assert!(
-        wait_until(Duration::from_secs(5), || sessions(&lab, 1).contains(&(session.clone(), session_server.clone()))),
+        wait_until(Duration::from_secs(5), || sessions(&lab, 1)
+            .contains(&(session.clone(), session_server.clone()))),
         "the session never reached node1"
     );
 
@@ -177,7 +197,11 @@ fn vrrp_pair_http_cookie_and_appsession_persistence_hold_over_failover() {
         }
     };
     for _ in 0..5 {
-        assert_eq!(ask(&[&format!("Cookie: SERVERID={cookie}")]), by_cookie, "cookie persistence after failover");
+        assert_eq!(
+            ask(&[&format!("Cookie: SERVERID={cookie}")]),
+            by_cookie,
+            "cookie persistence after failover"
+        );
         assert_eq!(
             ask(&[&format!("Cookie: JSESSIONID={session}")]),
             session_server,

@@ -615,7 +615,14 @@ fn cases() -> Vec<Case> {
         ),
         pass(
             "ipv6 neighbour solicitation for a vip",
-            neighbour(c6, ip("ff02::1:ff00:20"), 135, "2001:db8::20".parse().unwrap(), CLIENT_MAC).build(),
+            neighbour(
+                c6,
+                ip("ff02::1:ff00:20"),
+                135,
+                "2001:db8::20".parse().unwrap(),
+                CLIENT_MAC,
+            )
+            .build(),
             "pass_not_service",
             None,
         ),
@@ -838,7 +845,11 @@ fn dsr_flow_table_misses_follow_the_ring() {
             let ack = Frame::tcp(client, 40000, vip, 80, TCP_ACK).build();
             let (action, out) = run_frame(&mut node_b, &ack);
             assert_eq!(action, XDP_REDIRECT, "client {client}: ACK on the other node forwarded");
-            assert_eq!(dst_mac(&out), backend, "client {client}: the other node picks the SYN's backend");
+            assert_eq!(
+                dst_mac(&out),
+                backend,
+                "client {client}: the other node picks the SYN's backend"
+            );
             assert_eq!(&out[12..], &ack[12..], "client {client}: only the MACs change (dsr)");
             // Another connection of the same client, first seen mid-way.
             let other = Frame::tcp(client, 40001, vip, 80, TCP_ACK).build();
@@ -875,7 +886,11 @@ fn a_synced_nat_flow_carries_on_on_the_other_node() {
         let flows_a: aya::maps::Array<_, NatFlow> =
             aya::maps::Array::try_from(node_a.ebpf.map(maps::NAT_FLOWS).unwrap()).unwrap();
         let flow = flows_a.get(&slot_a, 0).unwrap();
-        assert_eq!(flow.client_port_be, 41000u16.to_be(), "the flow is in the slot of its snat port");
+        assert_eq!(
+            flow.client_port_be,
+            41000u16.to_be(),
+            "the flow is in the slot of its snat port"
+        );
         let ev = SyncEvent {
             kind: SYNC_NAT,
             family: FAMILY_V4,
@@ -907,7 +922,11 @@ fn a_synced_nat_flow_carries_on_on_the_other_node() {
         let (action, out) = run_frame(&mut node_b, &ack);
         assert_eq!(action, XDP_REDIRECT);
         let want = via_eth0(Frame::tcp(snat, port, be, 8080, TCP_ACK), v4mac("198.18.1.1"));
-        assert_eq!(hex(&out), hex(&want.build()), "the client's packet leaves by the synced snat port");
+        assert_eq!(
+            hex(&out),
+            hex(&want.build()),
+            "the client's packet leaves by the synced snat port"
+        );
     })
     .unwrap();
 }

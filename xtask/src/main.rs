@@ -3,6 +3,7 @@
 mod bench_l7;
 mod build;
 mod fuzz;
+mod ha;
 mod lab_run;
 mod setup;
 
@@ -24,8 +25,11 @@ enum Cmd {
     Setup,
     /// Build the XDP object and the `xlb` binary (release) with the object embedded.
     Build,
-    /// Run xlb: with ARGS, `xlb run ARGS` on a real NIC; with none, the lab demo.
+    /// Run xlb: with ARGS, `xlb run ARGS` on a real NIC; with none, the lab
+    /// demo; `run ha`: the keepalived pair demo (a failover and a failback).
     Run {
+        /// `ha`: the keepalived pair demo instead of the single-node lab.
+        what: Option<String>,
         /// Lab demo only: stop after this many seconds (default: until Ctrl-C).
         #[arg(long)]
         duration: Option<u64>,
@@ -64,7 +68,8 @@ enum Cmd {
     },
     /// Benchmarks, side by side with baselines; results in bench-results/.
     Bench {
-        /// Which: l4 (the XDP data path) or l7 (the HTTP proxy vs HAProxy and nginx).
+        /// Which: l4 (the XDP data path), l7 (the HTTP proxy vs HAProxy and
+        /// nginx) or ha (failover and failback of a keepalived pair).
         #[arg(default_value = "l4")]
         which: String,
         /// l7: seconds per load run.
@@ -76,8 +81,9 @@ enum Cmd {
         /// l7: idle connections opened to measure memory per connection.
         #[arg(long, default_value_t = 1000)]
         idle: usize,
-        /// l7: rounds through the proxies (medians are reported: more
-        /// rounds of shorter runs make them robust to a noisy machine).
+        /// l7: rounds through the proxies, ha: failover drills per mode
+        /// (medians are reported: more rounds of shorter runs make them
+        /// robust to a noisy machine).
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
@@ -184,8 +190,11 @@ fn main() -> Result<()> {
                 };
                 return bench_l7::run(&build::xlb(&obj, true)?, &opts);
             }
+            if which == "ha" {
+                return ha::bench(&build::xlb(&obj, true)?, rounds.max(1));
+            }
             if which != "l4" {
-                bail!("unknown benchmark {which:?} (available: l4, l7)");
+                bail!("unknown benchmark {which:?} (available: l4, l7, ha)");
             }
             let floor = obj.with_file_name("bench-floor");
             run(cargo()
@@ -194,9 +203,14 @@ fn main() -> Result<()> {
                 .env("XLB_BENCH_FLOOR_OBJ", &floor)
                 .env("XLB_BIN", build::xlb(&obj, true)?))
         }
-        Cmd::Run { duration, args } => {
+        Cmd::Run { what, duration, args } => {
             let obj = build::ebpf()?;
             let xlb = build::xlb(&obj, true)?;
+            match what.as_deref() {
+                Some("ha") => return ha::demo(&xlb),
+                Some(w) => bail!("unknown demo {w:?} (ha, or none for the single-node lab)"),
+                None => {}
+            }
             if args.is_empty() {
                 lab_run::demo(&xlb, duration)
             } else {

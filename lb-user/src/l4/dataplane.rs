@@ -170,7 +170,10 @@ fn interface_mac(iface: &str) -> u64 {
     match bytes[..] {
         [a, b, c, d, e, f] => u64::from_ne_bytes([a, b, c, d, e, f, 0, 0]),
         _ => {
-            tracing::warn!(iface, "cannot read the interface's MAC address: frames for other hosts are forwarded too");
+            tracing::warn!(
+                iface,
+                "cannot read the interface's MAC address: frames for other hosts are forwarded too"
+            );
             0
         }
     }
