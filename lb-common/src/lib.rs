@@ -109,6 +109,15 @@ pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMPV6: u8 = 58;
 
+/// An address as the maps hold it (16 bytes, an IPv4 address in the first
+/// four) and its family.
+pub fn addr16(ip: core::net::IpAddr) -> ([u8; 16], u8) {
+    match ip {
+        core::net::IpAddr::V4(a) => (pad_v4(a.octets()), FAMILY_V4),
+        core::net::IpAddr::V6(a) => (a.octets(), FAMILY_V6),
+    }
+}
+
 /// Key of the service map: (VIP, port, protocol).
 ///
 /// An IPv4 VIP occupies the first four bytes of `addr`; the rest stay zero.
@@ -328,6 +337,15 @@ pub struct NatFlow {
 const _: () = assert!(core::mem::size_of::<NatFlow>() == 64);
 
 impl NatFlow {
+    /// Whether `other` is the same connection (5-tuple as the client sent it).
+    pub fn same_flow(&self, other: &NatFlow) -> bool {
+        self.client == other.client
+            && self.vip == other.vip
+            && self.client_port_be == other.client_port_be
+            && self.vip_port_be == other.vip_port_be
+            && self.proto == other.proto
+    }
+
     /// Seconds without a packet after which the flow gives up its port.
     #[inline(always)]
     pub const fn idle_secs(&self) -> u64 {

@@ -19,6 +19,8 @@ use lb_common::{NAT_OPEN, PROTO_TCP, SYNC_NAT};
 use lb_user::l4::sync::wire::{encode, Header, Kind, Record};
 
 const KEY: &str = "the lab's shared sync key, 32+ bytes";
+/// The node's one peer.
+const PEER: &str = "198.18.9.9";
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
@@ -33,9 +35,8 @@ fn sync_installs_only_signed_fresh_messages_and_healthz_waits_for_the_pull() {
     })
     .unwrap();
     let key = temp_file("lab-sync.key", KEY).unwrap();
-    // The one peer is an address nobody holds: the pull cannot succeed.
     let cfg = format!(
-        "{}\n[sync]\nlisten = \"{XLB_IP}:7946\"\npeers = [\"198.18.9.9:7946\"]\nkey_file = \"{}\"\n",
+        "{}\n[sync]\nlisten = \"{XLB_IP}:7946\"\npeers = [\"{PEER}:7946\"]\nkey_file = \"{}\"\n",
         config("nat", 8080, &[("be0", 0, 1), ("be1", 1, 1)]),
         key.display()
     );
@@ -71,6 +72,10 @@ fn sync_installs_only_signed_fresh_messages_and_healthz_waits_for_the_pull() {
     let good = encode(KEY.as_bytes(), &header(1, now_ms()), &[record]);
     let datagrams: Vec<(&str, Vec<u8>)> = vec![
         ("garbage", b"hello".to_vec()),
+        (
+            "not from a peer",
+            encode(KEY.as_bytes(), &header(9, now_ms()), &[record]),
+        ),
         ("good", good.clone()),
         ("replayed", good),
         (
@@ -82,19 +87,32 @@ fn sync_installs_only_signed_fresh_messages_and_healthz_waits_for_the_pull() {
             encode(KEY.as_bytes(), &header(3, now_ms() - 600_000), &[record]),
         ),
     ];
-    let sock = lab
-        .client
+    // The client also holds the peer's address, to speak as the peer
+    // (nothing listens there: the node's pull is refused).
+    lab.client
         .ns
-        .enter(|| UdpSocket::bind(SocketAddr::new(IpAddr::V4(client_ip(0)), 0)))
-        .unwrap()
+        .ip(&["addr", "add", &format!("{PEER}/16"), "dev", "eth0"])
         .unwrap();
-    for (_, d) in &datagrams {
+    let bind = |ip: &str| {
+        lab.client
+            .ns
+            .enter(|| UdpSocket::bind(SocketAddr::new(ip.parse().unwrap(), 0)))
+            .unwrap()
+            .unwrap()
+    };
+    let (as_peer, as_client) = (bind(PEER), bind(&client_ip(0).to_string()));
+    for (what, d) in &datagrams {
+        let sock = if *what == "not from a peer" {
+            &as_client
+        } else {
+            &as_peer
+        };
         sock.send_to(d, SocketAddr::new(IpAddr::V4(XLB_IP), 7946)).unwrap();
         std::thread::sleep(Duration::from_millis(20));
     }
     let sync = || status(&lab)["sync"].clone();
     wait_for(Duration::from_secs(5), "the datagrams to be judged", || {
-        sync()["rejected"].as_u64() == Some(4)
+        sync()["rejected"].as_u64() == Some(5)
     });
     let s = sync();
     assert_eq!(s["messages_received"], 1, "{s}");

@@ -15,9 +15,9 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    maglev, maps, Backend as BpfBackend, Flow, FlowKey4, FlowKey6, HopCache, NatFlow, RingElem, ServiceKey,
-    ServiceValue, BE_F_DOWN, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_RINGS, MAX_SERVICES, MAX_SNATS, NAT_EMPTY,
-    NAT_PORTS, RING_ELEMS, RING_EMPTY16, RING_PACK, RING_SIZE, SVC_F_DSR, SVC_F_HASH_5TUPLE, SVC_F_NAT, SVC_F_SNAT,
+    addr16, maglev, maps, Backend as BpfBackend, Flow, FlowKey4, FlowKey6, HopCache, NatFlow, RingElem, ServiceKey,
+    ServiceValue, BE_F_DOWN, MAX_BACKENDS, MAX_RINGS, MAX_SERVICES, MAX_SNATS, NAT_EMPTY, NAT_PORTS, RING_ELEMS,
+    RING_EMPTY16, RING_PACK, RING_SIZE, SVC_F_DSR, SVC_F_HASH_5TUPLE, SVC_F_NAT, SVC_F_SNAT,
 };
 
 use super::{
@@ -29,17 +29,6 @@ use crate::{
     config::{Backend, Config, Mode, Service},
     model::{BackendRef, BackendStates},
 };
-
-fn addr16(ip: IpAddr) -> ([u8; 16], u8) {
-    match ip {
-        IpAddr::V4(a) => {
-            let mut b = [0u8; 16];
-            b[..4].copy_from_slice(&a.octets());
-            (b, FAMILY_V4)
-        }
-        IpAddr::V6(a) => (a.octets(), FAMILY_V6),
-    }
-}
 
 /// The service table key of a snat address: its address with port and
 /// protocol 0.

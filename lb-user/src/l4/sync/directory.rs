@@ -5,7 +5,8 @@
 use std::{collections::HashMap, net::IpAddr};
 
 use lb_common::{
-    Flow, FlowKey4, FlowKey6, NatFlow, ServiceKey, SyncEvent, FAMILY_V4, NAT_PORTS, SNAT_PORT_MIN, SYNC_DSR, SYNC_NAT,
+    addr16, Flow, FlowKey4, FlowKey6, NatFlow, ServiceKey, SyncEvent, FAMILY_V4, NAT_PORTS, SNAT_PORT_MIN, SYNC_DSR,
+    SYNC_NAT,
 };
 
 use super::{
@@ -54,17 +55,6 @@ pub enum Unplaced {
     Port,
     #[error("no such backend in the service here")]
     Backend,
-}
-
-fn addr16(a: IpAddr) -> ([u8; 16], u8) {
-    match a {
-        IpAddr::V4(v) => {
-            let mut b = [0; 16];
-            b[..4].copy_from_slice(&v.octets());
-            (b, FAMILY_V4)
-        }
-        IpAddr::V6(v) => (v.octets(), lb_common::FAMILY_V6),
-    }
 }
 
 fn key_of(r: &Record) -> ServiceKey {

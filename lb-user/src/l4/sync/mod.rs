@@ -5,13 +5,15 @@
 //! - The XDP program reports new flows and full-NAT state changes through a
 //!   ring buffer (`SYNC_EVENTS`); this module names them by address
 //!   (`directory`), batches them into signed messages (`wire`) and sends
-//!   them by UDP to every peer, at most `RATE` messages a second.
-//! - Messages from peers are checked (HMAC under the shared key, clock
-//!   within `CLOCK_SKEW`, sequence numbers only rising per sender) and
-//!   their flows installed in the pinned maps (`table`): full-NAT flows in
-//!   the slot of the same snat port, dsr flows in the flow tables.
-//! - Every `REFRESH` the full-NAT flows that saw packets are sent again, so
-//!   a peer's copies do not go idle.
+//!   them by UDP to every peer, at most `RATE` messages a second (each to
+//!   every peer).
+//! - Messages are taken from configured peers only and checked (HMAC under
+//!   the shared key, clock within `CLOCK_SKEW`, each sequence number once
+//!   per sender, within a window for datagrams that overtook each other);
+//!   their flows are installed in the pinned maps (`table`): full-NAT
+//!   flows in the slot of the same snat port, dsr flows in the flow tables.
+//! - Every `REFRESH` the full-NAT flows this node forwarded packets of are
+//!   sent again, so a peer's copies do not go idle.
 //! - At start the node pulls every peer's whole table over TCP (same
 //!   address as the UDP listener) before it calls itself ready
 //!   (`/healthz`), so it never takes traffic without the state.
@@ -38,14 +40,14 @@ use aya::{
 };
 use lb_common::{maps, SyncEvent, FAMILY_V4, FAMILY_V6, NAT_PORTS, SYNC_NAT};
 use tokio::{
-    io::{unix::AsyncFd, AsyncReadExt, AsyncWriteExt, Interest},
+    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpSocket, TcpStream, UdpSocket},
     task::JoinHandle,
 };
 
 use self::{
     directory::{Directory, Target},
-    table::{Install, Tables, REFRESH},
+    table::{Clock, Install, Tables, REFRESH},
     wire::{Header, Kind, Record},
 };
 use super::{
@@ -59,13 +61,21 @@ use crate::config::SyncCfg;
 pub const RATE: u64 = 20_000;
 /// How far a message's clock may be from ours (the nodes run NTP).
 pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
-/// How long the initial pull may take from one peer.
-const PULL_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a starting node keeps asking its peers for their table before
-/// it concludes that none is alive.
+/// How long one pull may take (a large table streams for a while).
+const PULL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a starting node keeps asking its peers for their table when
+/// none can be reached before it concludes that none is alive.
 pub const PULL_DEADLINE: Duration = Duration::from_secs(10);
+/// Sequence numbers a datagram may lag the highest seen from its sender
+/// (datagrams sent by different tasks can overtake each other).
+const SEQ_WINDOW: u64 = 64;
+/// Receive buffer of the UDP socket: a refresh or a burst of new flows
+/// arrives faster than one task installs it.
+const RCVBUF: libc::c_int = 4 << 20;
 /// Pulls served at once.
 const MAX_PULLS: usize = 4;
+/// How often the event ring is read: the most an event waits.
+const POLL: Duration = Duration::from_millis(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -77,8 +87,6 @@ pub enum SyncError {
         #[source]
         cause: io::Error,
     },
-    #[error("watching the flow events")]
-    Events(#[source] io::Error),
     #[error(transparent)]
     DataPlane(#[from] Box<DataPlaneError>),
 }
@@ -133,12 +141,18 @@ struct Inner {
     sender: u64,
     seq: AtomicU64,
     dir: Arc<RwLock<Directory>>,
+    /// Map handles for installs; scans open their own (`scanner`), so a
+    /// long scan never holds up an install.
     tables: Mutex<Tables>,
+    pins: PinDir,
+    hz: u64,
+    clock: Clock,
     socket: UdpSocket,
     peers: Vec<Peer>,
     counters: Counters,
-    /// Highest sequence number seen per sender.
-    seqs: Mutex<HashMap<u64, u64>>,
+    /// Per sender: the highest sequence number seen and a bitmap of the
+    /// `SEQ_WINDOW` below it.
+    seqs: Mutex<HashMap<u64, (u64, u64)>>,
     bucket: Mutex<Bucket>,
     ready: AtomicBool,
     pull: Mutex<String>,
@@ -238,6 +252,7 @@ impl FlowSync {
         };
         let socket = std::net::UdpSocket::bind(cfg.listen).map_err(listen_err)?;
         socket.set_nonblocking(true).map_err(listen_err)?;
+        set_rcvbuf(&socket);
         let socket = UdpSocket::from_std(socket).map_err(listen_err)?;
         let listener = listen_tcp(cfg.listen).map_err(listen_err)?;
         let events = ebpf.take_map(maps::SYNC_EVENTS).ok_or(SyncError::Map {
@@ -245,10 +260,6 @@ impl FlowSync {
             reason: "not in the object".into(),
         })?;
         let events = RingBuf::try_from(events).map_err(|e| dp(map_err(maps::SYNC_EVENTS, &e)))?;
-        // SAFETY: the ring buffer's fd belongs to the map, which lives
-        // inside the AsyncFd for as long as it is registered.
-        let events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
-            .map_err(|e| SyncError::Events(io::Error::other(e.to_string())))?;
         let lost = ebpf.take_map(maps::SYNC_LOST).ok_or(SyncError::Map {
             name: maps::SYNC_LOST,
             reason: "not in the object".into(),
@@ -261,6 +272,9 @@ impl FlowSync {
             seq: AtomicU64::new(0),
             dir,
             tables: Mutex::new(Tables::open(pins, hz)?),
+            pins: pins.clone(),
+            hz,
+            clock: Clock::new(hz),
             socket,
             peers: cfg
                 .peers
@@ -374,12 +388,11 @@ impl Inner {
     /// The records of a batch of events from the ring buffer.
     fn records(&self, events: &[SyncEvent]) -> Vec<Record> {
         let dir = self.dir.read().expect("directory lock");
-        let tables = self.tables.lock().expect("tables lock");
         events
             .iter()
             .filter_map(|ev| {
                 let age = if ev.kind == SYNC_NAT {
-                    tables.age_ms(ev.flow.seen)
+                    self.clock.age_ms(ev.flow.seen)
                 } else {
                     0
                 };
@@ -388,25 +401,24 @@ impl Inner {
             .collect()
     }
 
-    /// Reads the program's events and sends them on, one batch per wake-up.
-    async fn events(self: Arc<Self>, mut fd: AsyncFd<RingBuf<aya::maps::MapData>>) {
+    /// Reads the program's events every `POLL` (the program does not wake
+    /// the reader: see lb-ebpf's sync.rs) and sends them on.
+    async fn events(self: Arc<Self>, mut ring: RingBuf<MapData>) {
+        let mut tick = tokio::time::interval(POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let Ok(mut guard) = fd.readable_mut().await else {
-                tracing::error!("flow sync: the event ring buffer failed; no more updates are sent");
-                return;
-            };
+            tick.tick().await;
             let mut events = Vec::new();
-            {
-                let rb = guard.get_inner_mut();
-                while let Some(item) = rb.next() {
-                    if item.len() >= size_of::<SyncEvent>() {
-                        // SAFETY: the program writes whole SyncEvents; read
-                        // unaligned as the ring promises only 8 bytes.
-                        events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<SyncEvent>()) });
-                    }
+            while let Some(item) = ring.next() {
+                if item.len() >= size_of::<SyncEvent>() {
+                    // SAFETY: the program writes whole SyncEvents; read
+                    // unaligned as the ring promises only 8 bytes.
+                    events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<SyncEvent>()) });
                 }
             }
-            guard.clear_ready();
+            if events.is_empty() {
+                continue;
+            }
             let records = self.records(&events);
             if let Some(lag) = records.iter().map(|r| r.age_ms).max() {
                 self.counters.lag_ms.store(u64::from(lag), Relaxed);
@@ -422,11 +434,11 @@ impl Inner {
         let c = &self.counters;
         let mut n = 0;
         for r in records {
-            let seen = t.seen_at(r.age_ms);
+            let seen = self.clock.seen_at(r.age_ms);
             let done = match dir.place(r, seen) {
                 Ok(Target::Nat { slot, flow }) => t.install_nat(slot, flow),
-                Ok(Target::Dsr4(k, f)) => t.install_dsr4(k, f).map(|()| Install::Written),
-                Ok(Target::Dsr6(k, f)) => t.install_dsr6(k, f).map(|()| Install::Written),
+                Ok(Target::Dsr4(k, f)) => t.install_dsr4(k, f),
+                Ok(Target::Dsr6(k, f)) => t.install_dsr6(k, f),
                 Err(_) => {
                     c.unplaced.fetch_add(1, Relaxed);
                     continue;
@@ -454,7 +466,37 @@ impl Inner {
         }
     }
 
+    fn is_peer(&self, from: SocketAddr) -> bool {
+        self.peers.iter().any(|p| p.addr.ip() == from.ip())
+    }
+
+    /// Whether sequence number `seq` of `sender` is new (and now seen).
+    fn first_time(&self, sender: u64, seq: u64) -> bool {
+        let mut seqs = self.seqs.lock().expect("seqs lock");
+        // A restarted peer has a new id: its old ones go after a while.
+        if seqs.len() > 4 * self.peers.len() + 16 {
+            seqs.clear();
+        }
+        let (top, seen) = seqs.entry(sender).or_insert((0, 0));
+        if seq > *top {
+            let shift = seq - *top;
+            *seen = if shift >= SEQ_WINDOW { 0 } else { *seen << shift };
+            *seen |= 1;
+            *top = seq;
+            return true;
+        }
+        let back = *top - seq;
+        if back >= SEQ_WINDOW || *seen & (1 << back) != 0 {
+            return false;
+        }
+        *seen |= 1 << back;
+        true
+    }
+
     fn datagram(&self, buf: &[u8], from: SocketAddr) {
+        if !self.is_peer(from) {
+            return self.reject(from, &"not from a configured peer");
+        }
         let (h, records) = match wire::decode(&self.key, buf) {
             Ok((h, r)) if h.kind == Kind::Flows => (h, r),
             Ok(_) => return self.reject(from, &"not a flow update"),
@@ -466,13 +508,11 @@ impl Inner {
                 &"its clock is more than a minute from ours (run NTP), or it is replayed",
             );
         }
-        {
-            let mut seqs = self.seqs.lock().expect("seqs lock");
-            let last = seqs.entry(h.sender).or_insert(0);
-            if h.seq <= *last {
-                return self.reject(from, &"replayed (sequence number not rising)");
-            }
-            *last = h.seq;
+        if h.sender == self.sender {
+            return self.reject(from, &"this node's own message, sent back");
+        }
+        if !self.first_time(h.sender, h.seq) {
+            return self.reject(from, &"replayed (sequence number seen before)");
         }
         if let Some(p) = self.peers.iter().find(|p| p.addr.ip() == from.ip()) {
             *p.heard.lock().expect("peer lock") = Some(Instant::now());
@@ -497,13 +537,13 @@ impl Inner {
 
     /// This node's whole table (or, with `since`, the full-NAT flows that
     /// saw packets since then), as records.
-    fn table(&self, since: Option<u64>) -> Vec<Record> {
+    fn table(&self, since: Option<u64>) -> Result<Vec<Record>, SyncError> {
         let dir = self.dir.read().expect("directory lock").clone();
-        let t = self.tables.lock().expect("tables lock");
+        let t = Tables::open(&self.pins, self.hz)?;
         let mut regions: Vec<u32> = dir.regions.keys().copied().collect();
         regions.sort_unstable();
         let mut out = Vec::new();
-        for (slot, f) in t.nat_flows(&regions, since.unwrap_or(0)) {
+        for (slot, f) in t.nat_flows(&regions, since) {
             let family = match dir.regions.get(&(slot / NAT_PORTS)) {
                 Some(a) if a.is_ipv4() => FAMILY_V4,
                 _ => FAMILY_V6,
@@ -515,26 +555,36 @@ impl Inner {
                 slot,
                 flow: f,
             };
-            out.extend(dir.record(&ev, t.age_ms(f.seen)));
+            out.extend(dir.record(&ev, self.clock.age_ms(f.seen)));
         }
         if since.is_none() {
             out.extend(t.dsr_flows().iter().filter_map(|d| dir.dsr_record(d)));
         }
-        out
+        Ok(out)
     }
 
-    /// Re-sends the full-NAT flows that saw packets since the last round.
+    /// Re-sends the full-NAT flows this node forwarded since the last
+    /// round, paced (64 flows a millisecond) so that a large table neither
+    /// floods the peers' sockets nor eats the new flows' rate.
     async fn refresh(self: Arc<Self>) {
-        let mut since = self.tables.lock().expect("tables lock").clock.now();
+        let mut since = self.clock.now();
         loop {
             tokio::time::sleep(REFRESH).await;
-            let now = self.tables.lock().expect("tables lock").clock.now();
+            let now = self.clock.now();
             let me = Arc::clone(&self);
-            let Ok(records) = tokio::task::spawn_blocking(move || me.table(Some(since))).await else {
-                continue;
+            let records = match tokio::task::spawn_blocking(move || me.table(Some(since))).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    tracing::warn!("flow sync: refresh: {e}");
+                    continue;
+                }
+                Err(_) => continue,
             };
             since = now;
-            self.send(&records).await;
+            for chunk in records.chunks(4 * wire::MAX_DATAGRAM) {
+                self.send(chunk).await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
         }
     }
 
@@ -545,26 +595,31 @@ impl Inner {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
-            let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            if !self.is_peer(from) {
+                self.reject(from, &"pull not from a configured peer");
                 continue;
-            };
-            let me = Arc::clone(&self);
+            }
+            let (me, slots) = (Arc::clone(&self), Arc::clone(&slots));
             tokio::spawn(async move {
-                let served = tokio::time::timeout(PULL_TIMEOUT * 6, me.serve_pull(stream, from)).await;
+                let served = tokio::time::timeout(PULL_TIMEOUT, me.serve_pull(stream, from, slots)).await;
                 if let Ok(Err(e)) | Err(e) = served.map_err(|_| "timed out".to_string()) {
                     tracing::warn!(%from, "flow sync: serving a pull failed: {e}");
                 }
-                drop(permit);
             });
         }
     }
 
-    async fn serve_pull(self: Arc<Self>, mut stream: TcpStream, from: SocketAddr) -> Result<(), String> {
+    async fn serve_pull(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        from: SocketAddr,
+        slots: Arc<tokio::sync::Semaphore>,
+    ) -> Result<(), String> {
         let req = tokio::time::timeout(Duration::from_secs(5), read_message(&mut stream))
             .await
             .map_err(|_| "no request within 5 s".to_string())??;
         match wire::decode(&self.key, &req) {
-            Ok((h, _)) if h.kind == Kind::Pull && Self::fresh(&h) => {}
+            Ok((h, _)) if h.kind == Kind::Pull && Self::fresh(&h) && self.first_time(h.sender, h.seq) => {}
             Ok(_) => {
                 self.reject(from, &"not a fresh pull request");
                 return Ok(());
@@ -574,9 +629,14 @@ impl Inner {
                 return Ok(());
             }
         }
+        // Only an authenticated request takes one of the few slots.
+        let Ok(_permit) = slots.try_acquire_owned() else {
+            return Err(format!("{MAX_PULLS} pulls are being served already"));
+        };
         let me = Arc::clone(&self);
         let records = tokio::task::spawn_blocking(move || me.table(None))
             .await
+            .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
         for chunk in records.chunks(wire::MAX_RECORDS) {
             let msg = wire::encode(&self.key, &self.header(Kind::Flows, chunk.len()), chunk);
@@ -588,16 +648,25 @@ impl Inner {
         Ok(())
     }
 
-    async fn pull_from(&self, peer: SocketAddr) -> Result<usize, String> {
-        let mut stream = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(peer))
-            .await
-            .map_err(|_| "no answer within 1 s".to_string())?
-            .map_err(|e| e.to_string())?;
+    /// The whole table of `peer`, installed; `Err((reached, why))`.
+    async fn pull_from(&self, peer: SocketAddr) -> Result<usize, (bool, String)> {
+        let mut stream = match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(peer)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err((false, e.to_string())),
+            Err(_) => return Err((false, "no answer within 1 s".into())),
+        };
+        let pulled = tokio::time::timeout(PULL_TIMEOUT, self.pull_over(&mut stream)).await;
+        pulled
+            .map_err(|_| (true, "timed out".to_string()))?
+            .map_err(|e| (true, e))
+    }
+
+    async fn pull_over(&self, stream: &mut TcpStream) -> Result<usize, String> {
         let req = wire::encode(&self.key, &self.header(Kind::Pull, 0), &[]);
         stream.write_all(&req).await.map_err(|e| e.to_string())?;
         let mut n = 0;
         loop {
-            let msg = read_message(&mut stream).await?;
+            let msg = read_message(stream).await?;
             let (h, records) = wire::decode(&self.key, &msg).map_err(|e| e.to_string())?;
             if !Self::fresh(&h) {
                 return Err("its clock is more than a minute from ours".into());
@@ -613,24 +682,32 @@ impl Inner {
     /// Pulls the whole table from the first peer that answers, then says
     /// this node is ready. A node that just booted may not reach its peers
     /// at once (links coming up, neighbours resolving): the peers are asked
-    /// in turn until `PULL_DEADLINE`; if none answers by then, the node has
-    /// no peer alive to learn from and starts with its own table.
+    /// in turn. Only when none could even be reached for `PULL_DEADLINE`
+    /// does the node conclude that it is the first one up and start with
+    /// its own table; a peer that answers but fails is asked again.
     async fn initial_pull(self: Arc<Self>) {
-        let deadline = Instant::now() + PULL_DEADLINE;
+        let start = Instant::now();
+        let mut reached = false;
         let mut outcome = "no peers".to_string();
         'rounds: while !self.peers.is_empty() {
             for p in &self.peers {
                 let t0 = Instant::now();
-                match tokio::time::timeout(PULL_TIMEOUT, self.pull_from(p.addr)).await {
-                    Ok(Ok(n)) => {
+                match self.pull_from(p.addr).await {
+                    Ok(n) => {
                         outcome = format!("{n} flows from {} in {} ms", p.addr, t0.elapsed().as_millis());
                         break 'rounds;
                     }
-                    Ok(Err(e)) => tracing::debug!(peer = %p.addr, "flow sync: pull failed: {e}"),
-                    Err(_) => tracing::warn!(peer = %p.addr, "flow sync: pull timed out"),
+                    Err((r, e)) => {
+                        reached |= r;
+                        if r {
+                            tracing::warn!(peer = %p.addr, "flow sync: pull failed: {e}");
+                        } else {
+                            tracing::debug!(peer = %p.addr, "flow sync: pull failed: {e}");
+                        }
+                    }
                 }
             }
-            if Instant::now() >= deadline {
+            if !reached && start.elapsed() >= PULL_DEADLINE {
                 outcome = format!(
                     "no peer answered in {} s; started with this node's own table",
                     PULL_DEADLINE.as_secs()
@@ -642,6 +719,28 @@ impl Inner {
         tracing::info!("flow sync: initial pull: {outcome}");
         *self.pull.lock().expect("pull lock") = outcome;
         self.ready.store(true, Relaxed);
+    }
+}
+
+/// Asks for a larger receive buffer (the kernel caps it at
+/// net.core.rmem_max); the default holds about a hundred datagrams.
+fn set_rcvbuf(socket: &std::net::UdpSocket) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt on an open socket with an int option.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&RCVBUF as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::warn!(
+            "flow sync: cannot enlarge the receive buffer: {}",
+            io::Error::last_os_error()
+        );
     }
 }
 

@@ -53,6 +53,17 @@ impl Clock {
         ms.saturating_mul(self.hz) / 1000
     }
 
+    /// How long ago (ms) jiffies value `seen` was.
+    pub fn age_ms(&self, seen: u64) -> u32 {
+        let ago = self.now().saturating_sub(seen);
+        u32::try_from(self.to_ms(ago)).unwrap_or(u32::MAX)
+    }
+
+    /// The jiffies value `age_ms` ago.
+    pub fn seen_at(&self, age_ms: u32) -> u64 {
+        self.now().wrapping_sub(self.from_ms(u64::from(age_ms)))
+    }
+
     /// Whether a full-NAT flow still holds its port (as the XDP program
     /// judges it). This clock may lag the kernel's by a tick or two: a flow
     /// seen "in the future" was seen just now.
@@ -72,6 +83,19 @@ pub struct DsrFlow {
     pub dport_be: u16,
     pub proto: u8,
     pub flow: Flow,
+}
+
+/// `BPF_NOEXIST`: add, never replace.
+const BPF_NOEXIST: u64 = 1;
+
+fn dsr_insert(r: Result<(), aya::maps::MapError>, name: &'static str) -> Result<Install, SyncError> {
+    match r {
+        Ok(()) => Ok(Install::Written),
+        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
+            Ok(Install::Conflict)
+        }
+        Err(e) => Err(Tables::map_err(name, &e)),
+    }
 }
 
 /// What installing a flow did.
@@ -120,17 +144,20 @@ impl Tables {
     }
 
     /// Writes a peer's full-NAT flow into `NAT_FLOWS` slot `slot`, unless
-    /// the slot holds another flow that is live here. What this node learnt
-    /// of the flow's way back to the client is kept.
+    /// the slot holds another flow that is live here. For a flow this node
+    /// forwards itself, what it learnt (the way back to the client) stays,
+    /// and so does its own state unless the peer saw a later packet: an
+    /// older message must not turn a closing flow back into an open one.
+    ///
+    /// The read and the write are two syscalls: a packet that claims the
+    /// slot for a new flow in between loses it to the peer's flow. Slots are
+    /// picked by the same hash on every node, so that needs two live flows
+    /// of one port on two nodes, which only a split brain makes.
     pub fn install_nat(&mut self, slot: u32, mut flow: NatFlow) -> Result<Install, SyncError> {
         let name = maps::NAT_FLOWS;
         let old = self.nat.get(&slot, 0).map_err(|e| Self::map_err(name, &e))?;
-        let same = old.client == flow.client
-            && old.vip == flow.vip
-            && old.client_port_be == flow.client_port_be
-            && old.vip_port_be == flow.vip_port_be
-            && old.proto == flow.proto;
         let now = self.clock.now();
+        let same = old.same_flow(&flow);
         if self.clock.live(&old, now) && !same {
             return Ok(Install::Conflict);
         }
@@ -138,36 +165,37 @@ impl Tables {
             flow.ifindex = old.ifindex;
             flow.client_mac = old.client_mac;
             flow.local_mac = old.local_mac;
-            // The later of the two clocks: a packet here counts too.
-            if old.seen.wrapping_sub(flow.seen) < u64::MAX / 2 {
+            // The later of the two clocks wins, with its state.
+            if (old.seen.wrapping_sub(flow.seen) as i64) >= 0 {
                 flow.seen = old.seen;
+                flow.state = old.state;
             }
         }
         self.nat.set(slot, flow, 0).map_err(|e| Self::map_err(name, &e))?;
         Ok(Install::Written)
     }
 
-    pub fn install_dsr4(&mut self, key: FlowKey4, flow: Flow) -> Result<(), SyncError> {
-        self.flows4
-            .insert(key, flow, 0)
-            .map_err(|e| Self::map_err(maps::FLOWS, &e))
+    /// Adds a peer's dsr flow unless this node has the connection already
+    /// (its own choice of backend stands).
+    pub fn install_dsr4(&mut self, key: FlowKey4, flow: Flow) -> Result<Install, SyncError> {
+        dsr_insert(self.flows4.insert(key, flow, BPF_NOEXIST), maps::FLOWS)
     }
 
-    pub fn install_dsr6(&mut self, key: FlowKey6, flow: Flow) -> Result<(), SyncError> {
-        self.flows6
-            .insert(key, flow, 0)
-            .map_err(|e| Self::map_err(maps::FLOWS6, &e))
+    pub fn install_dsr6(&mut self, key: FlowKey6, flow: Flow) -> Result<Install, SyncError> {
+        dsr_insert(self.flows6.insert(key, flow, BPF_NOEXIST), maps::FLOWS6)
     }
 
-    /// The live full-NAT flows of the given regions whose last packet is at
-    /// or after `since` (jiffies), with their slots.
-    pub fn nat_flows(&self, regions: &[u32], since: u64) -> Vec<(u32, NatFlow)> {
+    /// The live full-NAT flows of the given regions, with their slots; with
+    /// `since` (jiffies), only those this node forwarded a packet of since
+    /// then (flows it only holds for a peer are the peer's to refresh).
+    pub fn nat_flows(&self, regions: &[u32], since: Option<u64>) -> Vec<(u32, NatFlow)> {
         let now = self.clock.now();
         let mut out = Vec::new();
         for r in regions {
             for slot in r * NAT_PORTS..(r + 1) * NAT_PORTS {
                 if let Ok(f) = self.nat.get(&slot, 0) {
-                    if self.clock.live(&f, now) && f.seen.wrapping_sub(since) < u64::MAX / 2 {
+                    let recent = since.is_none_or(|t| f.ifindex != 0 && (f.seen.wrapping_sub(t) as i64) >= 0);
+                    if self.clock.live(&f, now) && recent {
                         out.push((slot, f));
                     }
                 }
@@ -202,17 +230,6 @@ impl Tables {
             flow,
         });
         v4.chain(v6).collect()
-    }
-
-    /// How long ago (ms) jiffies value `seen` was.
-    pub fn age_ms(&self, seen: u64) -> u32 {
-        let ago = self.clock.now().saturating_sub(seen);
-        u32::try_from(self.clock.to_ms(ago)).unwrap_or(u32::MAX)
-    }
-
-    /// The jiffies value `age_ms` ago.
-    pub fn seen_at(&self, age_ms: u32) -> u64 {
-        self.clock.now().wrapping_sub(self.clock.from_ms(u64::from(age_ms)))
     }
 }
 

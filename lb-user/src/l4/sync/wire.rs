@@ -14,7 +14,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hmac::{KeyInit, Mac};
-use lb_common::{FAMILY_V4, FAMILY_V6, SYNC_DSR, SYNC_NAT};
+use lb_common::{addr16, FAMILY_V4, FAMILY_V6, NAT_CLOSING, NAT_NEW, SYNC_DSR, SYNC_NAT};
 use sha2::Sha256;
 
 type HmacSha256 = hmac::Hmac<Sha256>;
@@ -100,17 +100,6 @@ fn mac(key: &[u8]) -> HmacSha256 {
     <HmacSha256 as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length")
 }
 
-fn addr16(a: IpAddr) -> [u8; 16] {
-    match a {
-        IpAddr::V4(v) => {
-            let mut b = [0; 16];
-            b[..4].copy_from_slice(&v.octets());
-            b
-        }
-        IpAddr::V6(v) => v.octets(),
-    }
-}
-
 /// `b` as an address of `family`.
 pub fn ip_of(family: u8, b: &[u8; 16]) -> IpAddr {
     if family == FAMILY_V4 {
@@ -132,16 +121,16 @@ pub fn encode(key: &[u8], h: &Header, records: &[Record]) -> Vec<u8> {
     out.extend_from_slice(&h.seq.to_be_bytes());
     out.extend_from_slice(&h.time_ms.to_be_bytes());
     for r in records {
-        let family = if r.vip.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 };
+        let family = addr16(r.vip).1;
         out.extend_from_slice(&[r.kind, family, r.proto, r.state]);
-        out.extend_from_slice(&addr16(r.client));
-        out.extend_from_slice(&addr16(r.vip));
+        out.extend_from_slice(&addr16(r.client).0);
+        out.extend_from_slice(&addr16(r.vip).0);
         out.extend_from_slice(&r.client_port.to_be_bytes());
         out.extend_from_slice(&r.vip_port.to_be_bytes());
-        out.extend_from_slice(&addr16(r.backend));
+        out.extend_from_slice(&addr16(r.backend).0);
         out.extend_from_slice(&r.backend_port.to_be_bytes());
         out.extend_from_slice(&r.snat_port.to_be_bytes());
-        out.extend_from_slice(&addr16(r.snat));
+        out.extend_from_slice(&addr16(r.snat).0);
         out.extend_from_slice(&r.age_ms.to_be_bytes());
     }
     let tag = mac(key).chain_update(&out).finalize().into_bytes();
@@ -215,10 +204,14 @@ fn record(r: &[u8]) -> Result<Record, &'static str> {
     if family != FAMILY_V4 && family != FAMILY_V6 {
         return Err("unknown address family");
     }
+    let state = r[3];
+    if kind == SYNC_NAT && !(NAT_NEW..=NAT_CLOSING).contains(&state) {
+        return Err("not a full-NAT flow state");
+    }
     Ok(Record {
         kind,
         proto: r[2],
-        state: r[3],
+        state,
         client: ip_of(family, &a(4)),
         vip: ip_of(family, &a(20)),
         client_port: port(36),
