@@ -318,6 +318,21 @@ fn keepalived_example_passes_both_checks() {
     }
 }
 
+/// The BGP example parses as BIRD 2 reads it.
+#[test]
+fn bgp_example_parses() {
+    let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/bgp/bird.conf");
+    let Ok(out) = Command::new("bird").arg("-p").arg("-c").arg(&conf).output() else {
+        eprintln!("bird not installed (cargo xtask setup installs bird2): skipped");
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "bird -p: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn missing_file_is_one_clear_line() {
     let (ok, _, err) = check(Path::new("/nonexistent/xlb.toml"));

@@ -23,7 +23,8 @@ const TOOLCHAIN_PKGS: &[&str] = &[
 /// What the lab and the tests run: iproute2 (ip netns), ethtool (offloads),
 /// util-linux (setpriv, for the no-capability test), procps (sysctl),
 /// iputils-ping (neighbour warm-up in the benchmark), keepalived (the HA
-/// pair), curl (keepalived's track script asks /healthz with it).
+/// pair), curl (keepalived's track script asks /healthz with it), bird2
+/// (the BGP example is parse-checked).
 const LAB_PKGS: &[&str] = &[
     "iproute2",
     "ethtool",
@@ -32,6 +33,7 @@ const LAB_PKGS: &[&str] = &[
     "iputils-ping",
     "keepalived",
     "curl",
+    "bird2",
 ];
 
 pub const DEBIAN_TOOLCHAIN: &str = "debian-web";

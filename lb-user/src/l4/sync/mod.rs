@@ -16,7 +16,7 @@
 //!   sent again, so a peer's copies do not go idle.
 //! - At start the node pulls every peer's whole table over TCP (same
 //!   address as the UDP listener) before it calls itself ready
-//!   (`/healthz`), so it never takes traffic without the state.
+//!   (`/healthz`), so it does not take traffic without the state.
 
 pub mod directory;
 pub mod table;
@@ -196,7 +196,8 @@ pub struct SyncStatus {
     /// Flow events lost: the ring buffer was full, or over `RATE`.
     pub events_lost: u64,
     pub install_errors: u64,
-    /// How long the oldest event of the last batch sent had waited.
+    /// How long the oldest event of the last batch sent had waited since
+    /// the packet that made it.
     pub lag_ms: u64,
 }
 
