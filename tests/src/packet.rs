@@ -259,41 +259,6 @@ pub fn echo_request(src: IpAddr, dst: IpAddr) -> Frame {
     f
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn checksum_matches_rfc1071_example() {
-        // RFC 1071 section 3 example words sum to 0xddf2; checksum is its complement.
-        let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
-        assert_eq!(checksum(0, &data), !0xddf2);
-    }
-
-    #[test]
-    fn built_ipv4_tcp_frame_verifies() {
-        let f = Frame::tcp(
-            "198.18.2.1".parse().unwrap(),
-            40000,
-            "198.19.0.10".parse().unwrap(),
-            80,
-            TCP_SYN,
-        )
-        .build();
-        assert_eq!(f.len(), 14 + 20 + 20);
-        // A correct header checksums to zero.
-        assert_eq!(checksum(0, &f[14..34]), 0);
-        let seg = &f[34..];
-        let ps = pseudo_sum(
-            "198.18.2.1".parse().unwrap(),
-            "198.19.0.10".parse().unwrap(),
-            6,
-            seg.len(),
-        );
-        assert_eq!(checksum(ps, seg), 0);
-    }
-}
-
 /// A VRRPv3 advertisement (IP protocol 112) from `src` to `dst` (normally
 /// 224.0.0.18) for virtual router `vrid` holding `vips`.
 pub fn vrrp(src: IpAddr, dst: IpAddr, vrid: u8, vips: &[[u8; 4]]) -> Frame {
@@ -332,4 +297,39 @@ pub fn gratuitous_arp(addr: [u8; 4], mac: [u8; 6]) -> Vec<u8> {
     f[6..12].copy_from_slice(&mac);
     f[22..28].copy_from_slice(&mac);
     f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_matches_rfc1071_example() {
+        // RFC 1071 section 3 example words sum to 0xddf2; checksum is its complement.
+        let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(checksum(0, &data), !0xddf2);
+    }
+
+    #[test]
+    fn built_ipv4_tcp_frame_verifies() {
+        let f = Frame::tcp(
+            "198.18.2.1".parse().unwrap(),
+            40000,
+            "198.19.0.10".parse().unwrap(),
+            80,
+            TCP_SYN,
+        )
+        .build();
+        assert_eq!(f.len(), 14 + 20 + 20);
+        // A correct header checksums to zero.
+        assert_eq!(checksum(0, &f[14..34]), 0);
+        let seg = &f[34..];
+        let ps = pseudo_sum(
+            "198.18.2.1".parse().unwrap(),
+            "198.19.0.10".parse().unwrap(),
+            6,
+            seg.len(),
+        );
+        assert_eq!(checksum(ps, seg), 0);
+    }
 }
