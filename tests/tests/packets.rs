@@ -930,3 +930,46 @@ fn a_synced_nat_flow_carries_on_on_the_other_node() {
     })
     .unwrap();
 }
+
+/// Frames for another host's MAC are not ours: passed untouched and
+/// counted (a switch floods them while it learns where a MAC moved). Ours,
+/// and broadcast ones, are forwarded.
+#[test]
+fn frames_for_another_mac_are_passed() {
+    lab::require_root!();
+    let ns = fixture_ns();
+    ns.enter(|| {
+        let mine: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
+        let word = u64::from_ne_bytes([mine[0], mine[1], mine[2], mine[3], mine[4], mine[5], 0, 0]);
+        let mut loader = aya::EbpfLoader::new();
+        loader.override_global(lb_common::LOCAL_MAC_GLOBAL, &word, true);
+        let mut ebpf = lb_user::l4::bpf::load_with(&mut loader).unwrap();
+        let cfg = config::parse(Path::new("fixtures.toml"), CONFIG).unwrap();
+        let mut mm = MapManager::default();
+        mm.apply(&mut ebpf, &cfg, &Default::default(), &|_| None).unwrap();
+        let mut fx = Fixture { ebpf, mm, cfg };
+        let syn = |port: u16, dst_mac: [u8; 6]| {
+            let mut f = Frame::tcp(ip("198.18.2.1"), port, ip("198.19.0.30"), 80, TCP_SYN);
+            f.dst_mac = dst_mac;
+            f
+        };
+        fx.run(&pass(
+            "syn to a vip, for another host's mac",
+            syn(41000, [0x02, 0, 0, 0, 0, 9]).build(),
+            "pass_other_host",
+            None,
+        ));
+        for (name, port, mac) in [("ours", 41001, mine), ("broadcast", 41002, [0xff; 6])] {
+            let out = via_eth0(syn(port, mac), v4mac("198.18.1.2")).build();
+            fx.run(&case(
+                name,
+                syn(port, mac).build(),
+                XDP_REDIRECT,
+                Some(out),
+                "redirect",
+                Some("dsr4"),
+            ));
+        }
+    })
+    .unwrap();
+}
