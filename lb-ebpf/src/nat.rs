@@ -21,7 +21,7 @@ use lb_common::{
 
 use crate::{
     hop_to, live_backend, now,
-    parse::{copy_addr, same_addr, Packet},
+    parse::{same_addr, Packet},
     pick_backend,
     rewrite::{self, NextHop},
     secs, sync, to_backend, Scratch, BACKENDS,
@@ -207,12 +207,7 @@ pub fn forward(ctx: &XdpContext, s: &mut Scratch, svc: &ServiceValue) -> u32 {
     }
     // SAFETY: the slot is ours now.
     let f = unsafe { &mut *f };
-    copy_addr(&mut f.client, &pkt.src);
-    copy_addr(&mut f.vip, &pkt.dst);
-    f.client_port_be = pkt.sport_be;
-    f.vip_port_be = pkt.dport_be;
-    f.backend = id as u16;
-    f.proto = pkt.proto;
+    pkt.write_flow(f, id);
     f.ifindex = ctx.ingress_ifindex() as u32;
     if rewrite::macs(ctx, &mut f.client_mac, &mut f.local_mac).is_err() {
         return outcome::PASS_PARSE_ERROR;

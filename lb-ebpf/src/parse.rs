@@ -70,6 +70,17 @@ impl Offsets {
 }
 
 impl Packet {
+    /// Writes the packet's 5-tuple and `backend` into a flow slot.
+    #[inline(always)]
+    pub fn write_flow(&self, f: &mut lb_common::NatFlow, backend: u32) {
+        copy_addr(&mut f.client, &self.src);
+        copy_addr(&mut f.vip, &self.dst);
+        f.client_port_be = self.sport_be;
+        f.vip_port_be = self.dport_be;
+        f.backend = backend as u16;
+        f.proto = self.proto;
+    }
+
     /// Fills every field but the addresses.
     #[inline(always)]
     fn set(&mut self, ctx: &XdpContext, family: u8, proto: u8, l4: L4, at: Offsets) {

@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use lb_common::{NatFlow, SyncEvent, SYNC_DSR, SYNC_NAT, SYNC_RING_BYTES};
 
-use crate::parse::{copy_addr, Packet};
+use crate::parse::Packet;
 
 /// Element 0: non-zero while events are wanted (written by user space).
 #[map(name = "SYNC")]
@@ -89,12 +89,7 @@ pub fn dsr(pkt: &Packet, backend: u32, service: u32) {
         f.seen = 0;
         f.ifindex = 0;
         f.state = 0;
-        copy_addr(&mut f.client, &pkt.src);
-        copy_addr(&mut f.vip, &pkt.dst);
-        f.client_port_be = pkt.sport_be;
-        f.vip_port_be = pkt.dport_be;
-        f.backend = backend as u16;
-        f.proto = pkt.proto;
+        pkt.write_flow(f, backend);
     }
     e.submit(NO_WAKEUP);
 }

@@ -164,23 +164,25 @@ impl Directory {
         }
     }
 
-    /// The record of a dsr flow read from this node's table.
+    /// The record of a dsr flow read from this node's table (as the event
+    /// the XDP program wrote when the flow was new).
     pub fn dsr_record(&self, d: &DsrFlow) -> Option<Record> {
-        let (backend, backend_port) = *self.backends.get(&d.flow.backend)?;
-        Some(Record {
+        let ev = SyncEvent {
             kind: SYNC_DSR,
-            proto: d.proto,
-            state: 0,
-            client: ip_of(d.family, &d.client),
-            vip: ip_of(d.family, &d.vip),
-            client_port: u16::from_be(d.sport_be),
-            vip_port: u16::from_be(d.dport_be),
-            backend,
-            backend_port,
-            snat: unspecified(backend),
-            snat_port: 0,
-            age_ms: 0,
-        })
+            family: d.family,
+            _pad: 0,
+            slot: d.flow.service,
+            flow: NatFlow {
+                client: d.client,
+                vip: d.vip,
+                client_port_be: d.sport_be,
+                vip_port_be: d.dport_be,
+                backend: d.flow.backend as u16,
+                proto: d.proto,
+                ..Default::default()
+            },
+        };
+        self.record(&ev, 0)
     }
 }
 
