@@ -1,6 +1,6 @@
 //! xlb user space. Dependencies point one way, top to bottom:
 //!
-//! - `model`, `auth`, then `admin_client`: small shared leaves
+//! - `model`, `auth`, `tls`, then `admin_client`: small shared leaves
 //! - `config`: the file, its validation and the typed model
 //! - `l4` (the XDP tier), `l7` (the HTTP proxy), then `control` (the
 //!   daemon, reloads, health, VIPs) over both
@@ -18,3 +18,4 @@ pub mod l4;
 pub mod l7;
 pub mod model;
 pub mod ops;
+pub mod tls;

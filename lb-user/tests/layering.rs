@@ -11,9 +11,10 @@ use std::{
 
 /// Top-level parts from the bottom up: a part may use only parts of a
 /// lower rank (or its own).
-const RANKS: [(&str, u8); 10] = [
+const RANKS: [(&str, u8); 11] = [
     ("model", 0),
     ("auth", 0),
+    ("tls", 0),
     ("admin_client", 1),
     ("config", 1),
     ("l4", 2),

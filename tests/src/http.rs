@@ -55,20 +55,28 @@ impl Response {
     }
 }
 
+/// What a client talks over: TCP, or TLS over it.
+pub trait Stream: Read + Write + Send {}
+
+impl<S: Read + Write + Send> Stream for S {}
+
 /// One keep-alive connection.
 pub struct Client {
-    stream: TcpStream,
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Box<dyn Stream>>,
 }
 
 impl Client {
     pub fn connect(ns: &Netns, addr: SocketAddr) -> io::Result<Client> {
         let stream = ns.enter(|| TcpStream::connect_timeout(&addr, Duration::from_secs(2)))??;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        Ok(Client {
-            reader: BufReader::new(stream.try_clone()?),
-            stream,
-        })
+        Ok(Client::over(stream))
+    }
+
+    /// A client on an open connection (a TLS one, say).
+    pub fn over(stream: impl Stream + 'static) -> Client {
+        Client {
+            reader: BufReader::new(Box::new(stream)),
+        }
     }
 
     /// Sends a request (headers as `Name: value` lines) and reads the answer.
@@ -86,19 +94,21 @@ impl Client {
         }
         req += "\r\n";
         req += body;
-        self.stream.write_all(req.as_bytes())?;
+        self.send(&req)?;
         self.read_response(method == "HEAD")
     }
 
     /// Sends `bytes` as they are (a hand-made request) and reads the answer.
     pub fn raw(&mut self, bytes: &str) -> io::Result<Response> {
-        self.stream.write_all(bytes.as_bytes())?;
+        self.send(bytes)?;
         self.read_response(false)
     }
 
     /// Sends `bytes` as they are, reading nothing.
     pub fn send(&mut self, bytes: &str) -> io::Result<()> {
-        self.stream.write_all(bytes.as_bytes())
+        let w = self.reader.get_mut();
+        w.write_all(bytes.as_bytes())?;
+        w.flush()
     }
 
     /// Reads the next response (after [`Client::raw`] sent several).

@@ -15,6 +15,7 @@ pub mod l7;
 pub mod netns;
 pub mod packet;
 pub mod servers;
+pub mod tls;
 pub mod topology;
 pub mod xdp_pass;
 pub mod xlb;

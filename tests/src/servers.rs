@@ -50,11 +50,27 @@ pub struct Server {
 impl Server {
     /// Starts a server on `addr` inside `ns`; returns once it listens.
     pub fn start(ns: &Netns, addr: SocketAddr, name: &str, kind: Kind) -> io::Result<Server> {
+        Server::launch(ns, addr, name, kind, None)
+    }
+
+    /// A [`Kind::Http`] server behind TLS with `tls`; the name the client
+    /// asked for (SNI) is echoed as a `tls-sni` request header line.
+    pub fn start_tls(ns: &Netns, addr: SocketAddr, name: &str, tls: Arc<rustls::ServerConfig>) -> io::Result<Server> {
+        Server::launch(ns, addr, name, Kind::Http, Some(tls))
+    }
+
+    fn launch(
+        ns: &Netns,
+        addr: SocketAddr,
+        name: &str,
+        kind: Kind,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> io::Result<Server> {
         let listener = ns.enter(|| TcpListener::bind(addr))??;
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let (s, n) = (stop.clone(), name.to_string());
-        let thread = ns.spawn(move || accept_loop(listener, &n, kind, &s))?;
+        let thread = ns.spawn(move || accept_loop(listener, &n, kind, tls, &s))?;
         Ok(Server {
             addr,
             name: name.to_string(),
@@ -73,18 +89,25 @@ impl Drop for Server {
     }
 }
 
-fn accept_loop(listener: TcpListener, name: &str, kind: Kind, stop: &Arc<AtomicBool>) {
+fn accept_loop(
+    listener: TcpListener,
+    name: &str,
+    kind: Kind,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    stop: &Arc<AtomicBool>,
+) {
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, _)) => {
-                let (name, stop) = (name.to_string(), stop.clone());
+                let (name, stop, tls) = (name.to_string(), stop.clone(), tls.clone());
                 let _ = stream.set_nonblocking(false);
                 // Short read timeouts let connection threads notice a stop.
                 let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
                 thread::spawn(move || {
-                    let _ = match kind {
-                        Kind::Tcp => serve_tcp(stream, &name, &stop),
-                        Kind::Http => serve_http(stream, &name, &stop),
+                    let _ = match (kind, tls) {
+                        (Kind::Tcp, _) => serve_tcp(stream, &name, &stop),
+                        (Kind::Http, None) => serve_http(stream, &name, &stop, None),
+                        (Kind::Http, Some(tls)) => serve_https(stream, &name, &stop, tls),
                     };
                 });
             }
@@ -121,8 +144,23 @@ fn serve_tcp(mut stream: TcpStream, name: &str, stop: &AtomicBool) -> io::Result
     }
 }
 
-fn serve_http(mut stream: TcpStream, name: &str, stop: &AtomicBool) -> io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
+/// The TLS handshake (within the read timeouts' retries), then HTTP.
+fn serve_https(stream: TcpStream, name: &str, stop: &AtomicBool, tls: Arc<rustls::ServerConfig>) -> io::Result<()> {
+    let conn = rustls::ServerConnection::new(tls).map_err(io::Error::other)?;
+    let mut s = rustls::StreamOwned::new(conn, stream);
+    let started = std::time::Instant::now();
+    while s.conn.is_handshaking() {
+        match s.conn.complete_io(&mut s.sock) {
+            Err(e) if timed_out(&e) && started.elapsed() < Duration::from_secs(5) => continue,
+            other => drop(other?),
+        }
+    }
+    let sni = s.conn.server_name().unwrap_or("-").to_string();
+    serve_http(s, name, stop, Some(sni))
+}
+
+fn serve_http<S: Read + Write>(stream: S, name: &str, stop: &AtomicBool, sni: Option<String>) -> io::Result<()> {
+    let mut reader = BufReader::new(stream);
     loop {
         let mut request_line = String::new();
         if read_line(&mut reader, &mut request_line, stop)? == 0 {
@@ -150,6 +188,9 @@ fn serve_http(mut stream: TcpStream, name: &str, stop: &AtomicBool) -> io::Resul
                 close = true;
             }
             seen.push(h);
+        }
+        if let Some(sni) = &sni {
+            seen.push(format!("tls-sni: {sni}"));
         }
         let mut body = vec![0; content_length];
         reader.read_exact(&mut body)?;
@@ -224,7 +265,8 @@ fn serve_http(mut stream: TcpStream, name: &str, stop: &AtomicBool) -> io::Resul
             _ if head_only => format!("{head}Content-Length: {}\r\n\r\n", reply.len()),
             _ => format!("{head}Content-Length: {}\r\n\r\n{reply}", reply.len()),
         };
-        stream.write_all(out.as_bytes())?;
+        reader.get_mut().write_all(out.as_bytes())?;
+        reader.get_mut().flush()?;
         if close || framing == "drop" {
             return Ok(());
         }

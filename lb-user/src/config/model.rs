@@ -10,6 +10,7 @@ use std::{
 use serde::Deserialize;
 
 pub use crate::auth::Credentials;
+pub use crate::tls::{CertFile, MinVersion, Verify};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -340,6 +341,29 @@ pub struct Service {
     pub routes: Vec<Route>,
     /// http: names of the backend groups (their backends are in `backends`).
     pub groups: Vec<String>,
+    /// http: TLS termination, if configured.
+    pub tls: Option<TlsCfg>,
+}
+
+/// `[service.tls]`: the certificates (SNI picks; the first is the
+/// default), ALPN protocols in order of preference, lowest version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsCfg {
+    pub certs: Vec<CertFile>,
+    pub alpn: Vec<String>,
+    pub min_version: MinVersion,
+}
+
+/// ALPN protocols offered when `alpn` is not given.
+pub const DEFAULT_ALPN: [&str; 2] = ["h2", "http/1.1"];
+
+/// TLS towards a backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendTls {
+    pub verify: Verify,
+    /// Sent as SNI and checked against the certificate; without it, the
+    /// request's host is sent and only the chain is checked.
+    pub sni: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -351,6 +375,8 @@ pub struct Backend {
     pub cookie: Option<String>,
     /// The backend group it belongs to; None: the service's own backends.
     pub group: Option<String>,
+    /// http: TLS towards it.
+    pub tls: Option<BackendTls>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -75,6 +75,15 @@ pub(super) struct RawService {
     pub(super) route: Vec<Spanned<RawRoute>>,
     #[serde(default)]
     pub(super) group: Vec<Spanned<RawGroup>>,
+    pub(super) tls: Option<Spanned<RawTls>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) certs: Vec<Spanned<String>>,
+    pub(super) alpn: Option<Vec<Spanned<String>>>,
+    pub(super) min_version: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,10 +188,18 @@ pub(super) struct RawBackend {
     #[serde(default)]
     pub(super) backup: bool,
     pub(super) cookie: Option<Spanned<String>>,
+    #[serde(default = "no")]
+    pub(super) tls: Spanned<bool>,
+    pub(super) tls_verify: Option<Spanned<String>>,
+    pub(super) tls_sni: Option<Spanned<String>>,
 }
 
 pub(super) fn one() -> Spanned<i64> {
     Spanned::new(0..0, 1)
+}
+
+pub(super) fn no() -> Spanned<bool> {
+    Spanned::new(0..0, false)
 }
 
 #[derive(Debug, Deserialize)]

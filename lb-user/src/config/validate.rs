@@ -44,15 +44,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("duration {s:?} does not start with a number"))?;
-    let ms = match unit {
-        "ms" => n,
-        "s" => n * 1000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        "d" => n * 86_400_000,
+    let scale: u64 = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
         _ => return Err(format!("duration {s:?}: unknown unit {unit:?} (ms, s, m, h, d)")),
     };
-    Ok(Duration::from_millis(ms))
+    // Bounded so that `Instant::now() + d` can never overflow anywhere.
+    const MAX_MS: u64 = 366 * 86_400_000;
+    match n.checked_mul(scale) {
+        Some(ms) if ms <= MAX_MS => Ok(Duration::from_millis(ms)),
+        _ => Err(format!("duration {s:?} is longer than a year")),
+    }
 }
 
 /// A token as RFC 6265 allows for cookie names.
@@ -256,12 +261,7 @@ impl Validator<'_> {
                 Err(_) => self.at(p, format!("sync peer {:?} is not an address:port", p.get_ref())),
             }
         }
-        // A relative key_file is relative to the config file, as it is read.
-        let key_file = self
-            .path
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join(raw.key_file.get_ref());
+        let key_file = self.file(raw.key_file.get_ref());
         let key = match std::fs::read(&key_file) {
             Ok(k) => {
                 let k = k.trim_ascii().to_vec();
@@ -406,6 +406,13 @@ impl Validator<'_> {
         let http = rs.http.map(|h| self.http(h.into_inner())).unwrap_or_default();
         let appsession = rs.appsession.map(|a| self.appsession(a.into_inner()));
         let routes = rs.route.into_iter().filter_map(|r| self.route(r, &groups)).collect();
+        let tls = rs.tls.and_then(|t| {
+            if rs.mode != Mode::Http {
+                let line = self.line(t.span().start);
+                self.err(line, "[service.tls] applies to mode \"http\" only".into());
+            }
+            self.tls(t.into_inner())
+        });
         Some(Service {
             name,
             vip: vip.ok()?,
@@ -421,7 +428,95 @@ impl Validator<'_> {
             appsession,
             routes,
             groups,
+            tls,
         })
+    }
+
+    /// A file named in the config: relative paths are relative to the
+    /// config file, as it is read.
+    fn file(&self, name: &str) -> PathBuf {
+        self.path.parent().unwrap_or(Path::new(".")).join(name)
+    }
+
+    fn tls(&mut self, raw: RawTls) -> Option<TlsCfg> {
+        if raw.certs.is_empty() {
+            self.err(
+                1,
+                "[service.tls] certs is empty: it needs at least one certificate file".into(),
+            );
+        }
+        let mut certs = Vec::new();
+        for c in &raw.certs {
+            match CertFile::load(&self.file(c.get_ref())) {
+                Ok(cert) => certs.push(cert),
+                Err(e) => self.at(c, format!("tls certs: {e}")),
+            }
+        }
+        let alpn = match raw.alpn {
+            None => DEFAULT_ALPN.map(String::from).to_vec(),
+            Some(list) => {
+                let mut alpn: Vec<String> = Vec::new();
+                for p in list {
+                    match p.get_ref().as_str() {
+                        a @ ("h2" | "http/1.1") if !alpn.iter().any(|x| x == a) => alpn.push(a.to_string()),
+                        a @ ("h2" | "http/1.1") => self.at(&p, format!("tls alpn {a:?} is listed twice")),
+                        a => self.at(&p, format!("tls alpn {a:?} is not \"h2\" or \"http/1.1\"")),
+                    }
+                }
+                alpn
+            }
+        };
+        let min_version = match raw.min_version {
+            None => MinVersion::Tls12,
+            Some(v) => match v.get_ref().as_str() {
+                "1.2" => MinVersion::Tls12,
+                "1.3" => MinVersion::Tls13,
+                other => {
+                    self.at(&v, format!("tls min_version {other:?} is not \"1.2\" or \"1.3\""));
+                    MinVersion::Tls12
+                }
+            },
+        };
+        (!certs.is_empty()).then_some(TlsCfg {
+            certs,
+            alpn,
+            min_version,
+        })
+    }
+
+    /// `tls`, `tls_verify` and `tls_sni` of a backend.
+    fn backend_tls(&mut self, ctx: &BackendCtx<'_>, rb: &RawBackend) -> Option<BackendTls> {
+        let bname = rb.name.get_ref();
+        if !*rb.tls.get_ref() {
+            for s in [&rb.tls_verify, &rb.tls_sni].into_iter().flatten() {
+                self.at(s, format!("backend {bname:?}: tls_verify and tls_sni need tls = true"));
+            }
+            return None;
+        }
+        if ctx.mode != Mode::Http {
+            self.at(&rb.tls, format!("backend {bname:?}: tls applies to mode \"http\" only"));
+            return None;
+        }
+        let verify = match rb.tls_verify.as_ref() {
+            None => Verify::System,
+            Some(v) if v.get_ref() == "none" => Verify::None,
+            Some(v) => match Verify::ca_file(&self.file(v.get_ref())) {
+                Ok(ca) => ca,
+                Err(e) => {
+                    self.at(v, format!("backend {bname:?}: tls_verify: {e}"));
+                    return None;
+                }
+            },
+        };
+        let sni = rb.tls_sni.as_ref().and_then(|n| {
+            let name = n.get_ref();
+            if rustls::pki_types::DnsName::try_from(name.as_str()).is_err() {
+                self.at(n, format!("backend {bname:?}: tls_sni {name:?} is not a DNS name"));
+                return None;
+            }
+            Some(name.to_ascii_lowercase())
+        });
+        Some(BackendTls { verify, sni })
     }
 
     /// One backend of a service or of one of its groups; `cookies` collects
@@ -484,7 +579,9 @@ impl Validator<'_> {
             }
             cookies.push((c.get_ref().clone(), rb.backup, bname.clone()));
         }
+        let tls = self.backend_tls(ctx, &rb);
         Some(Backend {
+            tls,
             name: bname,
             address: address.ok()?,
             weight: w.clamp(0, MAX_WEIGHT) as u32,
@@ -745,6 +842,9 @@ mod tests {
         assert_eq!(parse_duration("5h"), Ok(Duration::from_secs(5 * 3600)));
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("5y").is_err());
+        assert!(parse_duration("367d").is_err());
+        assert!(parse_duration("99999999999999999999h").is_err());
+        assert!(parse_duration("9999999999999999999d").is_err());
     }
 
     #[test]

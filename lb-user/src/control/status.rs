@@ -94,11 +94,19 @@ impl Status {
             );
             match &s.http {
                 Some(h) => {
-                    let _ = writeln!(
+                    let _ = write!(
                         o,
                         " requests={} routed={} no_server={} refused={} sessions={} parked={}",
                         h.requests, h.routed, h.no_server, h.refused, h.sessions, h.parked
                     );
+                    if h.tls_handshakes + h.tls_failed > 0 {
+                        let _ = write!(
+                            o,
+                            " tls_handshakes={} tls_resumed={} tls_failed={}",
+                            h.tls_handshakes, h.tls_resumed, h.tls_failed
+                        );
+                    }
+                    let _ = writeln!(o);
                 }
                 None => {
                     let _ = writeln!(o, " packets={} bytes={} flows={}", s.packets, s.bytes, s.new_flows);

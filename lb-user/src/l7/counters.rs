@@ -30,6 +30,11 @@ pub struct ServiceCounters {
     pub routed: AtomicU64,
     /// Idle keep-alive client connections parked now.
     pub parked: AtomicU64,
+    /// TLS handshakes done, and failed (or timed out).
+    pub tls_handshakes: AtomicU64,
+    pub tls_failed: AtomicU64,
+    /// Of the handshakes done, those that resumed a session.
+    pub tls_resumed: AtomicU64,
 }
 
 /// A copy of the counters of one backend, for reports.
@@ -55,6 +60,12 @@ pub struct ServiceSnapshot {
     /// Idle keep-alive client connections parked now.
     #[serde(default)]
     pub parked: u64,
+    #[serde(default)]
+    pub tls_handshakes: u64,
+    #[serde(default)]
+    pub tls_failed: u64,
+    #[serde(default)]
+    pub tls_resumed: u64,
 }
 
 fn get(c: &AtomicU64) -> u64 {
@@ -93,6 +104,9 @@ impl ServiceCounters {
             routed: get(&self.routed),
             sessions: sessions as u64,
             parked: get(&self.parked),
+            tls_handshakes: get(&self.tls_handshakes),
+            tls_failed: get(&self.tls_failed),
+            tls_resumed: get(&self.tls_resumed),
         }
     }
 }

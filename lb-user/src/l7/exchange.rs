@@ -48,6 +48,7 @@ pub(super) fn now_secs() -> u64 {
 }
 
 pub(super) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(super) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Named, not spelled: removing by `&str` parses the name every time.
 /// (HTTP2-Settings goes with `Upgrade: h2c`, which is never forwarded.)
@@ -220,7 +221,8 @@ pub(super) async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, 
     let attempts = 1 + http.retries;
     let mut failed = Vec::new();
     let conn = loop {
-        match svc.pools[target].checkout(http.timeout_connect).await {
+        let name = svc.pools[target].name_for(req.headers());
+        match svc.pools[target].checkout(http.timeout_connect, name).await {
             Ok(s) => break s,
             Err(e) => {
                 tracing::warn!(service = %svc.cfg.name, backend = %svc.cfg.backends[target].name, "{e}");
@@ -291,7 +293,8 @@ pub(super) fn local_503() -> Response<Body> {
 }
 
 /// Origin-form URI and Host (from HTTP/2's authority), HTTP/1.1 towards the
-/// backend, hop-by-hop headers dropped, X-Forwarded-For added.
+/// backend, hop-by-hop headers dropped, X-Forwarded-Proto set,
+/// X-Forwarded-For added.
 pub(super) fn prepare_request(svc: &Service, peer: SocketAddr, req: &mut Request<Body>) {
     if req.headers().get(header::HOST).is_none() {
         if let Some(a) = req
@@ -309,6 +312,9 @@ pub(super) fn prepare_request(svc: &Service, peer: SocketAddr, req: &mut Request
     }
     *req.version_mut() = Version::HTTP_11;
     strip_hop_by_hop(req.headers_mut());
+    // Always xlb's own: a client's value is replaced, never passed on.
+    let proto = HeaderValue::from_static(if svc.tls.is_some() { "https" } else { "http" });
+    req.headers_mut().insert(X_FORWARDED_PROTO, proto);
     let http = &svc.cfg.http;
     let except = http.forwardfor_except.is_some_and(|c| c.contains(peer.ip()));
     if http.forwardfor && !except {

@@ -1,5 +1,6 @@
 //! The L7 proxy for `mode = "http"` services: HTTP/1.1 (keep-alive both
-//! sides) and HTTP/2 from clients (h2c), HAProxy's cookie persistence and
+//! sides) and HTTP/2 from clients (h2 over TLS, h2c), TLS termination,
+//! HAProxy's cookie persistence and
 //! balancing, retries and redispatch, X-Forwarded-For, monitor URI.
 //! Runs with or without the XDP tier: an http-only config needs no BPF,
 //! and nothing here imports the L4 code.
@@ -7,7 +8,8 @@
 //! - listeners and reloads: `proxy`; a service as it runs: `service`
 //! - one request: `exchange`, persistence: `persistence`, `cookie`,
 //!   `appsession`, `peers`; choosing a server: `balance`
-//! - HTTP/1 both ways: `http1`; h2c and the connection entry: `serve`
+//! - HTTP/1 both ways: `http1`; TLS, h2 and h2c and the connection
+//!   entry: `serve`; plain or TLS under HTTP/1: `transport`
 //! - threads and idle connections: `workers`, `parking`; backend
 //!   connections: `pool`; counters: `counters`
 
@@ -26,6 +28,7 @@ pub mod pool;
 pub mod proxy;
 mod serve;
 pub mod service;
+mod transport;
 pub mod workers;
 
 pub use proxy::{Proxy, ProxyError};

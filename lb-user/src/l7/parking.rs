@@ -1,6 +1,7 @@
 //! Idle keep-alive client connections, parked off the runtime. After
 //! [`PARK_AFTER`] without a request, an HTTP/1 connection's task ends and
-//! its socket waits in its serving thread's lot: an epoll set of the
+//! its socket (with its TLS session, if it has one) waits in its serving
+//! thread's lot: an epoll set of the
 //! lot's own, watched by one task per thread. A parked connection costs
 //! about a hundred bytes instead of a task and a reactor registration
 //! (about 1.6 KiB); HAProxy, too, keeps little more than the socket of an
@@ -11,15 +12,15 @@ use std::{
     cell::RefCell,
     collections::HashMap,
     io,
-    os::fd::{AsRawFd, RawFd},
+    os::fd::RawFd,
     sync::{atomic::Ordering::Relaxed, Arc},
     time::{Duration, Instant},
 };
 
 use mio::{unix::SourceFd, Events, Interest, Poll, Registry, Token};
-use tokio::{io::unix::AsyncFd, net::TcpStream};
+use tokio::io::unix::AsyncFd;
 
-use super::{admission::Accepted, counters::ServiceCounters};
+use super::{admission::Accepted, counters::ServiceCounters, transport::Transport};
 
 /// How long a connection waits for its next request on its own task before
 /// it is parked. Parking and waking cost a few microseconds (four epoll
@@ -32,12 +33,12 @@ const SWEEP: Duration = Duration::from_millis(250);
 
 /// What serves a connection again when it wakes: the HTTP/1 server,
 /// passed in so that the lot does not depend on it.
-pub type Resume = fn(TcpStream, Accepted);
+pub type Resume<S> = fn(S, Accepted);
 
 /// A parked connection: what it needs to be served again.
 struct Parked {
-    stream: std::net::TcpStream,
-    resume: Resume,
+    /// Serves it again, on a new task of this thread.
+    wake: Box<dyn FnOnce(Accepted)>,
     conn: Accepted,
     /// Closed if still silent then.
     until: Instant,
@@ -74,7 +75,7 @@ thread_local! {
 
 /// Parks `stream` until it has something to read, or until `until`. Gives
 /// the stream back if it cannot be parked.
-pub fn park(stream: TcpStream, conn: Accepted, until: Instant, resume: Resume) -> Result<(), (TcpStream, Accepted)> {
+pub fn park<S: Transport>(stream: S, conn: Accepted, until: Instant, resume: Resume<S>) -> Result<(), (S, Accepted)> {
     LOT.with(|lot| {
         let mut lot = lot.borrow_mut();
         if lot.is_none() {
@@ -87,7 +88,7 @@ pub fn park(stream: TcpStream, conn: Accepted, until: Instant, resume: Resume) -
             }
         }
         let lot = lot.as_mut().expect("opened above");
-        let fd = stream.as_raw_fd();
+        let fd = stream.fd();
         // Registered before it leaves the runtime: bytes that arrive in
         // between are reported too (epoll reports a ready file when it
         // is added).
@@ -100,12 +101,16 @@ pub fn park(stream: TcpStream, conn: Accepted, until: Instant, resume: Resume) -
         }
         // Leaving tokio's reactor can only fail if the registration is
         // already gone; the connection is then closed, as on any error.
-        if let Ok(stream) = stream.into_std() {
+        if let Some(asleep) = stream.sleep() {
             lot.new += 1;
             let counters = conn.current.read().expect("service lock").counters.clone();
+            let wake = move |conn| {
+                if let Some(stream) = S::wake(asleep) {
+                    resume(stream, conn);
+                }
+            };
             let p = Parked {
-                stream,
-                resume,
+                wake: Box::new(wake),
                 conn,
                 until,
                 _counted: Counted::new(counters),
@@ -182,7 +187,5 @@ fn unpark(fd: RawFd) {
         Some(p)
     });
     let Some(p) = parked else { return };
-    if let Ok(stream) = TcpStream::from_std(p.stream) {
-        (p.resume)(stream, p.conn);
-    }
+    (p.wake)(p.conn);
 }

@@ -17,13 +17,16 @@ use std::{
 
 use hyper::{
     body::{Body as _, Bytes, Frame, SizeHint},
+    header::{self, HeaderMap},
     Request, Response,
 };
 use tokio::{net::TcpStream, time::timeout};
+use tokio_rustls::TlsConnector;
 
 use super::{
     body::{Body, BoxError},
     http1::client::{self as upstream, BackendBody, Conn, ExchangeError},
+    transport::Upstream,
 };
 
 /// Idle connections kept per backend.
@@ -50,6 +53,15 @@ fn mine(idle: &Idle) -> &Mutex<Vec<Conn>> {
 pub struct Pool {
     pub addr: SocketAddr,
     idle: Idle,
+    tls: Option<Secure>,
+}
+
+/// TLS towards the backend.
+pub struct Secure {
+    pub connector: TlsConnector,
+    /// The configured name (`tls_sni`); without one, each connection asks
+    /// for the Host of the request that opened it.
+    pub sni: Option<Arc<str>>,
 }
 
 /// A connection to send on, and whether it came from the pool.
@@ -59,17 +71,41 @@ pub struct Checkout {
 }
 
 impl Pool {
-    pub fn new(addr: SocketAddr) -> Pool {
+    pub fn new(addr: SocketAddr, tls: Option<Secure>) -> Pool {
         Pool {
             addr,
             idle: (0..super::workers::count()).map(|_| Mutex::default()).collect(),
+            tls,
         }
     }
 
-    /// An idle connection that is still open.
-    fn idle(&self) -> Option<Conn> {
+    /// The name a request with `headers` needs its connection opened for:
+    /// over TLS, the configured SNI or else the request's host (when it is
+    /// a name, not an address).
+    pub fn name_for(&self, headers: &HeaderMap) -> Option<Arc<str>> {
+        let tls = self.tls.as_ref()?;
+        if let Some(n) = &tls.sni {
+            return Some(n.clone());
+        }
+        let host = headers.get(header::HOST)?.to_str().ok()?;
+        let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        });
+        let name = host.to_ascii_lowercase();
+        let is_name =
+            rustls::pki_types::DnsName::try_from(name.as_str()).is_ok() && name.parse::<std::net::IpAddr>().is_err();
+        is_name.then(|| Arc::from(name))
+    }
+
+    /// An idle connection for `name` that is still open.
+    fn idle(&self, name: &Option<Arc<str>>) -> Option<Conn> {
         let mut idle = mine(&self.idle).lock().expect("pool lock");
-        while let Some(c) = idle.pop() {
+        while let Some(i) = idle.iter().rposition(|c| c.name == *name) {
+            let mut c = idle.swap_remove(i);
             if c.reusable() {
                 return Some(c);
             }
@@ -77,23 +113,35 @@ impl Pool {
         None
     }
 
-    async fn connect(&self, connect_timeout: Duration) -> Result<Conn, SendError> {
+    /// A new connection (TCP, then the TLS handshake), all within
+    /// `connect_timeout`.
+    async fn connect(&self, connect_timeout: Duration, name: Option<Arc<str>>) -> Result<Conn, SendError> {
         let err = |cause| SendError::Connect { addr: self.addr, cause };
-        let stream = timeout(connect_timeout, TcpStream::connect(self.addr))
+        let open = async {
+            let stream = TcpStream::connect(self.addr).await?;
+            let _ = stream.set_nodelay(true);
+            let Some(tls) = &self.tls else {
+                return Ok(Upstream::Plain(stream));
+            };
+            let server = crate::tls::server_name(name.as_deref(), self.addr.ip());
+            let s = tls.connector.connect(server, stream).await?;
+            Ok(Upstream::Tls(Box::new(s)))
+        };
+        let stream = timeout(connect_timeout, open)
             .await
             .map_err(|_| err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))?
             .map_err(err)?;
-        let _ = stream.set_nodelay(true);
-        Ok(Conn::new(stream))
+        Ok(Conn::new(stream, name))
     }
 
-    /// A connection to send on: an idle one or a new one. Connect errors
-    /// come back before the request is given away.
-    pub async fn checkout(&self, connect_timeout: Duration) -> Result<Checkout, SendError> {
-        match self.idle() {
+    /// A connection to send on: an idle one or a new one, for `name` (see
+    /// [`Pool::name_for`]). Connect errors come back before the request is
+    /// given away.
+    pub async fn checkout(&self, connect_timeout: Duration, name: Option<Arc<str>>) -> Result<Checkout, SendError> {
+        match self.idle(&name) {
             Some(conn) => Ok(Checkout { conn, reused: true }),
             None => Ok(Checkout {
-                conn: self.connect(connect_timeout).await?,
+                conn: self.connect(connect_timeout, name).await?,
                 reused: false,
             }),
         }
@@ -113,9 +161,10 @@ impl Pool {
     ) -> Result<Response<PooledBody>, SendError> {
         let exchange = |cause| SendError::Exchange { addr: self.addr, cause };
         let head = upstream::head(&req, !keep);
+        let name = out.conn.name.clone();
         let resp = match upstream::exchange(out.conn, &head, req.into_body()).await {
             Err(ExchangeError::Closed | ExchangeError::Io(_)) if out.reused && head.replayable => {
-                let conn = self.connect(connect_timeout).await?;
+                let conn = self.connect(connect_timeout, name).await?;
                 upstream::exchange(conn, &head, Body::default())
                     .await
                     .map_err(exchange)?

@@ -14,10 +14,13 @@ use super::{
     admission::{Accepted, Gate, GateSnapshot},
     appsession::Table,
     peers, serve,
-    service::{Kept, Service, States},
+    service::{Kept, Service, ServiceTls, States},
     workers,
 };
-use crate::config::{Config, Mode, Service as ServiceCfg};
+use crate::{
+    config::{Config, Mode, Service as ServiceCfg},
+    tls::TlsError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -26,6 +29,12 @@ pub enum ProxyError {
         service: String,
         addr: SocketAddr,
         cause: std::io::Error,
+    },
+    #[error("service {service}: {cause}")]
+    Tls {
+        service: String,
+        #[source]
+        cause: TlsError,
     },
 }
 
@@ -85,7 +94,13 @@ impl Proxy {
     /// fail in a reload fails here, before anything is switched.
     pub fn prepare(&self, cfg: &Config) -> Result<Bound, ProxyError> {
         let mut fresh = Vec::new();
+        let mut tls = HashMap::new();
         for s in cfg.services.iter().filter(|s| s.mode == Mode::Http) {
+            let secured = ServiceTls::new(s).map_err(|cause| ProxyError::Tls {
+                service: s.name.clone(),
+                cause,
+            })?;
+            tls.insert(s.name.clone(), secured);
             let addr = SocketAddr::new(s.vip, s.port);
             if self.listeners.contains_key(&addr) {
                 continue;
@@ -102,11 +117,11 @@ impl Proxy {
             })?;
             fresh.push((addr, l));
         }
-        Ok(Bound(fresh))
+        Ok(Bound { fresh, tls })
     }
 
     /// Switches to `cfg` with the listeners [`Proxy::prepare`] bound for it.
-    pub fn commit(&mut self, Bound(fresh): Bound, cfg: &Config) {
+    pub fn commit(&mut self, Bound { fresh, mut tls }: Bound, cfg: &Config) {
         let wanted: Vec<&ServiceCfg> = cfg.services.iter().filter(|s| s.mode == Mode::Http).collect();
         let addrs: Vec<SocketAddr> = wanted.iter().map(|s| SocketAddr::new(s.vip, s.port)).collect();
         self.listeners.retain(|addr, l| {
@@ -127,15 +142,17 @@ impl Proxy {
                 .iter()
                 .any(|w| w.name == *s && w.backends.iter().any(|x| x.name == *b))
         });
+        let mut secured = |name: &str| tls.remove(name).unwrap_or_default();
         for (s, addr) in wanted.iter().zip(&addrs) {
-            let svc = Arc::new(Service::new(s, kept, self.peers.clone()));
             if let Some(l) = self.listeners.get(addr) {
+                let svc = Arc::new(Service::new(s, kept, self.peers.clone(), secured(&s.name)));
                 *l.current.write().expect("service lock") = svc;
             }
         }
         for (addr, listener) in fresh {
             let s = wanted[addrs.iter().position(|a| *a == addr).expect("bound for this config")];
-            let current = Arc::new(RwLock::new(Arc::new(Service::new(s, kept, self.peers.clone()))));
+            let svc = Service::new(s, kept, self.peers.clone(), secured(&s.name));
+            let current = Arc::new(RwLock::new(Arc::new(svc)));
             let task = tokio::spawn(accept_loop(
                 listener,
                 current.clone(),
@@ -148,9 +165,12 @@ impl Proxy {
     }
 }
 
-/// Listeners bound for a config not yet switched to; dropping them closes
-/// them.
-pub struct Bound(Vec<(SocketAddr, TcpListener)>);
+/// Listeners bound for a config not yet switched to (dropping them closes
+/// them), and the TLS set-up of its services.
+pub struct Bound {
+    fresh: Vec<(SocketAddr, TcpListener)>,
+    tls: HashMap<String, ServiceTls>,
+}
 
 impl Drop for Proxy {
     fn drop(&mut self) {

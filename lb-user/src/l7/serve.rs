@@ -1,23 +1,53 @@
-//! Serving one client connection: HTTP/1 by xlb's own server
-//! ([`super::downstream`]), h2c (prior knowledge) by hyper's HTTP/2 server.
+//! Serving one client connection: the TLS handshake for services that
+//! terminate TLS, then HTTP/1 by xlb's own server ([`super::http1`]), or
+//! HTTP/2 by hyper's (chosen by ALPN over TLS; by its preface, h2c with
+//! prior knowledge, over plain TCP).
 
 use std::convert::Infallible;
 
 use http_body_util::BodyExt;
 use hyper::{server::conn::http2, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::{net::TcpStream, time::timeout};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+    time::timeout,
+};
 
 use super::{
     admission::Accepted,
     body::{Body, BoxError},
+    counters::bump,
     exchange::handle,
     http1::server as downstream,
 };
 
-/// Serves one client connection, HTTP/1.1 or h2c.
+/// Serves one client connection, HTTP/1.1 or HTTP/2, with or without TLS.
 pub async fn serve(stream: TcpStream, conn: Accepted) {
-    let t_first = conn.current.read().expect("service lock").cfg.http.timeout_http_request;
+    let (t_first, tls) = {
+        let svc = conn.current.read().expect("service lock");
+        (svc.cfg.http.timeout_http_request, svc.tls.clone())
+    };
+    if let Some(acceptor) = tls {
+        // The handshake, too, must be done within the time a request head
+        // has to arrive.
+        let done = timeout(t_first, acceptor.accept(stream)).await;
+        let counters = conn.current.read().expect("service lock").counters.clone();
+        let Ok(Ok(tls)) = done else {
+            bump(&counters.tls_failed);
+            return;
+        };
+        bump(&counters.tls_handshakes);
+        if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            bump(&counters.tls_resumed);
+        }
+        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            Box::pin(serve_h2(tls, conn)).await;
+        } else {
+            downstream::serve(tls, conn).await;
+        }
+        return;
+    }
     // h2c with prior knowledge opens with "PRI * HTTP/2.0", a method no
     // HTTP/1 request uses.
     let mut first = [0u8; 4];
@@ -34,7 +64,7 @@ pub async fn serve(stream: TcpStream, conn: Accepted) {
     }
 }
 
-async fn serve_h2(stream: TcpStream, conn: Accepted) {
+async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream: S, conn: Accepted) {
     // The slot is held until the connection ends.
     let Accepted {
         peer,

@@ -12,9 +12,15 @@ use super::{
     balance::{Algo, Balancer, Slot},
     counters::{BackendCounters, BackendSnapshot, ServiceCounters, ServiceSnapshot},
     peers,
-    pool::Pool,
+    pool::{Pool, Secure},
 };
-use crate::{config::Service as ServiceCfg, model::BackendStates};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::{
+    config::Service as ServiceCfg,
+    model::BackendStates,
+    tls::{self, TlsError},
+};
 
 /// Backend states shared with the daemon (health checks, operator): a
 /// snapshot each request takes cheaply, replaced whole on a change.
@@ -50,6 +56,39 @@ pub struct Service {
     pub(super) peers: Option<peers::Outbox>,
     /// Per-backend state flags for the last states snapshot seen.
     pub(super) flags: std::sync::Mutex<Option<(Arc<BackendStates>, Flags)>>,
+    /// TLS termination: new connections take the acceptor of the service
+    /// as it is when they come.
+    pub(super) tls: Option<TlsAcceptor>,
+}
+
+/// The TLS set-up of a service, made before it is switched to (this is
+/// what can fail).
+#[derive(Default)]
+pub(super) struct ServiceTls {
+    acceptor: Option<TlsAcceptor>,
+    /// Per backend, in `cfg.backends` order.
+    backends: Vec<Option<Secure>>,
+}
+
+impl ServiceTls {
+    pub(super) fn new(cfg: &ServiceCfg) -> Result<ServiceTls, TlsError> {
+        let acceptor = match &cfg.tls {
+            Some(t) => Some(TlsAcceptor::from(tls::server_config(&t.certs, &t.alpn, t.min_version)?)),
+            None => None,
+        };
+        let backends = cfg
+            .backends
+            .iter()
+            .map(|b| {
+                let Some(t) = &b.tls else { return Ok(None) };
+                Ok(Some(Secure {
+                    connector: TlsConnector::from(tls::client_config(&t.verify, t.sni.is_some())?),
+                    sni: t.sni.as_deref().map(Arc::from),
+                }))
+            })
+            .collect::<Result<_, TlsError>>()?;
+        Ok(ServiceTls { acceptor, backends })
+    }
 }
 
 /// Per backend: [`OUT`] and [`DRAINED`] bits.
@@ -80,7 +119,7 @@ impl Via {
 }
 
 impl Service {
-    pub(super) fn new(cfg: &ServiceCfg, kept: &mut Kept, peers: Option<peers::Outbox>) -> Service {
+    pub(super) fn new(cfg: &ServiceCfg, kept: &mut Kept, peers: Option<peers::Outbox>, mut tls: ServiceTls) -> Service {
         let algo = Algo::parse(&cfg.balance);
         let n = cfg.backends.len();
         let mut members = vec![Vec::new(); 1 + cfg.groups.len()];
@@ -123,7 +162,12 @@ impl Service {
                         .clone(),
                 })
                 .collect(),
-            pools: cfg.backends.iter().map(|b| Pool::new(b.address)).collect(),
+            pools: cfg
+                .backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| Pool::new(b.address, tls.backends.get_mut(i).and_then(Option::take)))
+                .collect(),
             balancers: members.iter().map(|_| Balancer::new(algo.clone(), n)).collect(),
             route_pools: cfg
                 .routes
@@ -136,6 +180,7 @@ impl Service {
             sessions,
             peers,
             flags: Default::default(),
+            tls: tls.acceptor,
             cfg: cfg.clone(),
         }
     }

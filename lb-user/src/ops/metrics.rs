@@ -63,6 +63,21 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "Idle keep-alive client connections parked (no task, no buffer).",
     ),
     (
+        "xlb_http_tls_handshakes_total",
+        "counter",
+        "TLS handshakes completed by an http service.",
+    ),
+    (
+        "xlb_http_tls_resumed_total",
+        "counter",
+        "TLS handshakes that resumed a session (ticket or session id).",
+    ),
+    (
+        "xlb_http_tls_failed_total",
+        "counter",
+        "TLS handshakes that failed or timed out.",
+    ),
+    (
         "xlb_http_backend_requests_total",
         "counter",
         "Requests sent to a backend.",
@@ -205,6 +220,9 @@ pub fn render(st: &Status) -> String {
                 add("xlb_http_routed_total", sl.clone(), h.routed);
                 add("xlb_http_sessions", sl.clone(), h.sessions);
                 add("xlb_http_parked_connections", sl.clone(), h.parked);
+                add("xlb_http_tls_handshakes_total", sl.clone(), h.tls_handshakes);
+                add("xlb_http_tls_resumed_total", sl.clone(), h.tls_resumed);
+                add("xlb_http_tls_failed_total", sl.clone(), h.tls_failed);
             }
             None => {
                 add("xlb_service_packets_total", sl.clone(), s.packets);

@@ -8,7 +8,8 @@ use std::{
     future::poll_fn,
     io,
     pin::Pin,
-    task::{Context, Poll, Waker},
+    sync::Arc,
+    task::{Context, Poll},
 };
 
 use bytes::{Bytes, BytesMut};
@@ -17,13 +18,16 @@ use hyper::{
     header::{self, HeaderMap},
     Method, Request, Response, StatusCode, Version,
 };
-use tokio::{io::AsyncWriteExt, net::TcpStream};
+use tokio::io::AsyncWriteExt;
 
 use super::{
     framing::{self, Chunk, Decode, FramingError},
     strict,
 };
-use crate::l7::body::{Body, BoxError};
+use crate::l7::{
+    body::{Body, BoxError},
+    transport::Upstream,
+};
 
 /// A response head larger than this is refused (502).
 const MAX_HEAD: usize = 64 * 1024;
@@ -46,32 +50,32 @@ pub enum ExchangeError {
 
 /// A connection to a backend, between or during exchanges.
 pub struct Conn {
-    stream: TcpStream,
+    stream: Upstream,
     /// Read but not yet used.
     buf: BytesMut,
+    /// The name it was opened for (TLS: the SNI): it serves requests
+    /// for that name only.
+    pub name: Option<Arc<str>>,
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream) -> Conn {
+    pub fn new(stream: Upstream, name: Option<Arc<str>>) -> Conn {
         Conn {
             stream,
             buf: BytesMut::new(),
+            name,
         }
     }
 
-    /// Still open and quiet. No system call unless the reactor saw the
-    /// socket readable, which for an idle connection means the backend
-    /// closed it (or sent what nobody asked for).
-    pub fn reusable(&self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.stream.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-            Poll::Ready(Err(_)) => false,
-        }
+    /// Still open, and the backend sent nothing unasked.
+    pub fn reusable(&mut self) -> bool {
+        self.buf.is_empty() && self.stream.quiet()
+    }
+
+    /// Writes all of `bytes` (a TLS stream: flushed too).
+    async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
     }
 
     /// Reads more into `buf`; Ok(0) at end of stream. (Through tokio's
@@ -145,7 +149,7 @@ pub fn head(req: &Request<Body>, close: bool) -> Head {
 /// nothing (a pooled connection it had just closed).
 pub async fn exchange(mut conn: Conn, head: &Head, mut body: Body) -> Result<Response<BackendBody>, ExchangeError> {
     if body.is_end_stream() && !head.chunked {
-        conn.stream.write_all(&head.bytes).await?;
+        conn.send(&head.bytes).await?;
         return read_response(conn, head.head_method).await;
     }
     let mut out = head.bytes.clone();
@@ -154,7 +158,7 @@ pub async fn exchange(mut conn: Conn, head: &Head, mut body: Body) -> Result<Res
         let frame = match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
             Poll::Ready(f) => f,
             Poll::Pending => {
-                conn.stream.write_all(&out).await?;
+                conn.send(&out).await?;
                 out.clear();
                 poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
             }
@@ -173,14 +177,14 @@ pub async fn exchange(mut conn: Conn, head: &Head, mut body: Body) -> Result<Res
             }
         }
         if out.len() >= WRITE_CHUNK {
-            conn.stream.write_all(&out).await?;
+            conn.send(&out).await?;
             out.clear();
         }
     }
     if head.chunked {
         out.extend_from_slice(framing::LAST_CHUNK);
     }
-    conn.stream.write_all(&out).await?;
+    conn.send(&out).await?;
     read_response(conn, head.head_method).await
 }
 
@@ -387,8 +391,9 @@ mod tests {
             let (s, _peer) = tcp_pair().await;
             let mut b = BackendBody {
                 conn: Some(Conn {
-                    stream: s,
+                    stream: Upstream::Plain(s),
                     buf: BytesMut::from(wire),
+                    name: None,
                 }),
                 decode,
                 reusable: true,
@@ -404,9 +409,9 @@ mod tests {
         })
     }
 
-    async fn tcp_pair() -> (TcpStream, TcpStream) {
+    async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let c = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         (c, l.accept().await.unwrap().0)
     }
 

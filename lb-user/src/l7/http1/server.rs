@@ -24,11 +24,7 @@ use hyper::{
     Method, Request, Response, StatusCode, Uri, Version,
 };
 use tokio::{
-    io::AsyncWriteExt,
-    net::{
-        tcp::{OwnedReadHalf, OwnedWriteHalf},
-        TcpStream,
-    },
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
     time::timeout,
 };
 
@@ -44,6 +40,7 @@ use crate::l7::{
     exchange::handle,
     parking::{self, PARK_AFTER},
     service::{Service, States},
+    transport::Transport,
 };
 
 /// Headers a request may have (hyper's limit is 100).
@@ -59,13 +56,20 @@ const WRITE_DIRECT: usize = 16 * 1024;
 const LINGER: (Duration, usize) = (Duration::from_secs(1), 256 * 1024);
 
 /// The reading side of a client connection.
-struct Rx {
-    read: OwnedReadHalf,
+struct Rx<R> {
+    read: R,
     /// Read but not yet used.
     buf: BytesMut,
 }
 
-impl Rx {
+impl<R: AsyncRead + Unpin> Rx<R> {
+    fn new(read: R) -> Rx<R> {
+        Rx {
+            read,
+            buf: BytesMut::new(),
+        }
+    }
+
     /// Reads more into `buf`; Ok(0) at end of stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < 1024 {
@@ -105,19 +109,16 @@ enum After {
 }
 
 /// Serves a parked connection that woke up, on a task of its own.
-fn resume(stream: TcpStream, conn: Accepted) {
+fn resume<S: Transport>(stream: S, conn: Accepted) {
     tokio::spawn(serve(stream, conn));
 }
 
 /// Serves one HTTP/1 client connection until it closes, times out, errs
 /// or is parked.
-pub async fn serve(stream: TcpStream, mut conn: Accepted) {
+pub async fn serve<S: Transport>(stream: S, mut conn: Accepted) {
     let peer = conn.peer;
-    let (read, mut write) = stream.into_split();
-    let mut rx = Rx {
-        read,
-        buf: BytesMut::new(),
-    };
+    let (read, mut write) = stream.split();
+    let mut rx = Rx::new(read);
     loop {
         let svc = conn.current.read().expect("service lock").clone();
         let http = &svc.cfg.http;
@@ -125,19 +126,21 @@ pub async fn serve(stream: TcpStream, mut conn: Accepted) {
         if rx.buf.is_empty() {
             // Between requests; parked (no task, no buffer) when it lasts.
             let first = t_idle.min(PARK_AFTER);
-            match timeout(first, rx.read.readable()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return,
+            match timeout(first, rx.fill()).await {
+                Ok(Ok(0) | Err(_)) => return,
+                Ok(Ok(_)) => {}
                 Err(_) if t_idle <= first => return,
                 Err(_) => {
-                    let stream = rx.read.reunite(write).expect("the halves of one stream");
+                    let stream = S::unsplit(rx.read, write);
                     let until = Instant::now() + (t_idle - first);
-                    let Err((stream, back)) = parking::park(stream, conn, until, resume) else {
+                    let Err((stream, back)) = parking::park(stream, conn, until, resume::<S>) else {
                         return;
                     };
                     conn = back;
-                    (rx.read, write) = stream.into_split();
-                    if !matches!(timeout(t_idle - first, rx.read.readable()).await, Ok(Ok(()))) {
+                    let read;
+                    (read, write) = stream.split();
+                    rx = Rx::new(read);
+                    if !matches!(timeout(t_idle - first, rx.fill()).await, Ok(Ok(1..))) {
                         return;
                     }
                 }
@@ -165,14 +168,14 @@ pub async fn serve(stream: TcpStream, mut conn: Accepted) {
 }
 
 /// One request: the handler's answer, written to the client.
-async fn exchange(
-    mut rx: Rx,
-    write: &mut OwnedWriteHalf,
+async fn exchange<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin>(
+    mut rx: Rx<R>,
+    write: &mut W,
     next: Incoming,
     svc: Arc<Service>,
     states: &States,
     peer: SocketAddr,
-) -> (Rx, After) {
+) -> (Rx<R>, After) {
     let (t_client, mode) = (svc.cfg.http.timeout_client, svc.cfg.http.connection);
     if next.expect_continue
         && next.body != Decode::Done
@@ -210,7 +213,11 @@ async fn exchange(
 
 /// Reads the next request head, once the client has sent something.
 /// Ok(None): the client closed.
-async fn next_request(rx: &mut Rx, t_head: Duration, max_head: usize) -> Result<Option<Incoming>, Refusal> {
+async fn next_request<R: AsyncRead + Unpin>(
+    rx: &mut Rx<R>,
+    t_head: Duration,
+    max_head: usize,
+) -> Result<Option<Incoming>, Refusal> {
     // From its first byte, a head has `timeout_http_request` to arrive
     // whole (else 408). The clock starts only if a read has to wait: most
     // heads arrive in one.
@@ -336,9 +343,13 @@ pub fn parse_for_fuzz(buf: &mut BytesMut, max_head: usize) -> Result<Option<Requ
 
 /// A request body read from the client's socket as the backend side asks
 /// for it.
-struct ClientBody(Arc<Mutex<Option<(Rx, Decode)>>>);
+struct ClientBody<R>(Arc<Mutex<Reading<R>>>);
 
-impl hyper::body::Body for ClientBody {
+/// The reading side while a request body is read from it; taken back when
+/// the handler is done.
+type Reading<R> = Option<(Rx<R>, Decode)>;
+
+impl<R: AsyncRead + Unpin> hyper::body::Body for ClientBody<R> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -393,8 +404,8 @@ enum Out {
 
 /// Writes `resp` to the client. `keep_alive` comes back false when the
 /// response can only end by closing the connection.
-async fn respond(
-    write: &mut OwnedWriteHalf,
+async fn respond<W: AsyncWrite + Unpin>(
+    write: &mut W,
     resp: Response<Body>,
     head_method: bool,
     http10: bool,
@@ -505,15 +516,27 @@ async fn respond(
     write_all(write, &out, t).await.then_some(()).ok_or(())
 }
 
-/// Writes all of `bytes` within the client timeout (most writes go out at
-/// once: no timer for those).
-async fn write_all(write: &mut OwnedWriteHalf, bytes: &[u8], t: Duration) -> bool {
-    let sent = match write.try_write(bytes) {
-        Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-        Err(_) => return false,
+/// Writes and flushes all of `bytes` within the client timeout (most
+/// writes go out at once: no timer for those).
+async fn write_all<W: AsyncWrite + Unpin>(write: &mut W, bytes: &[u8], t: Duration) -> bool {
+    let sent = match poll_fn(|cx| Poll::Ready(Pin::new(&mut *write).poll_write(cx, bytes))).await {
+        Poll::Ready(Ok(n)) => n,
+        Poll::Pending => 0,
+        Poll::Ready(Err(_)) => return false,
     };
-    sent == bytes.len() || matches!(timeout(t, write.write_all(&bytes[sent..])).await, Ok(Ok(())))
+    if sent == bytes.len() {
+        // A TLS stream may hold records back until flushed.
+        match poll_fn(|cx| Poll::Ready(Pin::new(&mut *write).poll_flush(cx))).await {
+            Poll::Ready(Ok(())) => return true,
+            Poll::Ready(Err(_)) => return false,
+            Poll::Pending => {}
+        }
+    }
+    let rest = async {
+        write.write_all(&bytes[sent..]).await?;
+        write.flush().await
+    };
+    matches!(timeout(t, rest).await, Ok(Ok(())))
 }
 
 /// A whole answer of xlb's own that closes the connection.
@@ -532,7 +555,13 @@ fn bad_gateway() -> Vec<u8> {
 }
 
 /// Answers a request that cannot be served, and closes.
-async fn refuse(rx: Rx, mut write: OwnedWriteHalf, status: StatusCode, why: &str, t: Duration) {
+async fn refuse<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    rx: Rx<R>,
+    mut write: W,
+    status: StatusCode,
+    why: &str,
+    t: Duration,
+) {
     if write_all(&mut write, &closing_answer(status, why), t).await {
         linger(rx, write).await;
     }
@@ -540,7 +569,7 @@ async fn refuse(rx: Rx, mut write: OwnedWriteHalf, status: StatusCode, why: &str
 
 /// Closes after our last answer: the sending side first, then what the
 /// client still sends is read (within [`LINGER`]) so that it arrives.
-async fn linger(mut rx: Rx, mut write: OwnedWriteHalf) {
+async fn linger<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(mut rx: Rx<R>, mut write: W) {
     let _ = write.shutdown().await;
     let (t, max) = LINGER;
     let _ = timeout(t, async {

@@ -1,0 +1,156 @@
+//! What a connection runs over: plain TCP, or TLS over TCP. Towards
+//! clients, the HTTP/1 server and the parking lot work with either through
+//! [`Transport`] (plain TCP keeps its cheaper halves and its parking off
+//! the runtime); towards backends, [`Upstream`] is one or the other.
+
+use std::{
+    io,
+    os::fd::{AsRawFd, RawFd},
+    pin::Pin,
+    task::{Context, Poll, Waker},
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf},
+    net::{
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+        TcpStream,
+    },
+};
+
+/// A TLS connection from a client.
+pub type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
+
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + Sized + 'static {
+    type Read: AsyncRead + Unpin + Send + 'static;
+    type Write: AsyncWrite + Unpin + Send + 'static;
+    /// What is kept of the connection while it is parked.
+    type Asleep: 'static;
+
+    /// Halves that read and write at the same time.
+    fn split(self) -> (Self::Read, Self::Write);
+    fn unsplit(read: Self::Read, write: Self::Write) -> Self;
+    /// The socket.
+    fn fd(&self) -> RawFd;
+    /// Leaves the runtime to be parked (None: it cannot).
+    fn sleep(self) -> Option<Self::Asleep>;
+    /// Back on the runtime of the calling thread.
+    fn wake(asleep: Self::Asleep) -> Option<Self>;
+}
+
+impl Transport for TcpStream {
+    type Read = OwnedReadHalf;
+    type Write = OwnedWriteHalf;
+    /// The bare socket: no reactor registration, no task.
+    type Asleep = std::net::TcpStream;
+
+    fn split(self) -> (OwnedReadHalf, OwnedWriteHalf) {
+        self.into_split()
+    }
+
+    fn unsplit(read: OwnedReadHalf, write: OwnedWriteHalf) -> Self {
+        read.reunite(write).expect("the halves of one stream")
+    }
+
+    fn fd(&self) -> RawFd {
+        self.as_raw_fd()
+    }
+
+    fn sleep(self) -> Option<std::net::TcpStream> {
+        self.into_std().ok()
+    }
+
+    fn wake(asleep: std::net::TcpStream) -> Option<Self> {
+        TcpStream::from_std(asleep).ok()
+    }
+}
+
+impl Transport for TlsStream {
+    type Read = ReadHalf<TlsStream>;
+    type Write = WriteHalf<TlsStream>;
+    /// The TLS session stays whole (its state cannot leave rustls); only
+    /// the task and the HTTP buffers go.
+    type Asleep = TlsStream;
+
+    fn split(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self)
+    }
+
+    fn unsplit(read: Self::Read, write: Self::Write) -> Self {
+        read.unsplit(write)
+    }
+
+    fn fd(&self) -> RawFd {
+        self.get_ref().0.as_raw_fd()
+    }
+
+    fn sleep(self) -> Option<TlsStream> {
+        Some(self)
+    }
+
+    fn wake(asleep: TlsStream) -> Option<Self> {
+        Some(asleep)
+    }
+}
+
+/// A connection to a backend: plain TCP, or TLS over it.
+pub enum Upstream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Upstream {
+    /// Open, with nothing to read: an idle connection's backend sends
+    /// nothing unless it closes (or, over TLS, hands out session tickets,
+    /// which are taken in here).
+    pub fn quiet(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self {
+            Upstream::Plain(s) => match s.poll_read_ready(&mut cx) {
+                Poll::Pending => true,
+                Poll::Ready(Ok(())) => {
+                    let mut probe = [0u8; 1];
+                    matches!(s.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+                }
+                Poll::Ready(Err(_)) => false,
+            },
+            Upstream::Tls(s) => {
+                let mut probe = [0u8; 1];
+                let mut buf = ReadBuf::new(&mut probe);
+                Pin::new(s).poll_read(&mut cx, &mut buf).is_pending()
+            }
+        }
+    }
+}
+
+impl AsyncRead for Upstream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Upstream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Upstream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Upstream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Upstream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Upstream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
