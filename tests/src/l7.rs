@@ -36,6 +36,8 @@ pub struct Spec<'a> {
     pub dead: &'a [&'a str],
     /// Top-level sections after the service (`[stats]` ...).
     pub tail: &'a str,
+    /// What the backend servers speak.
+    pub kind: Kind,
 }
 
 /// xlb with one http service "site" on 127.0.0.1:8080 and its backends on
@@ -92,7 +94,7 @@ impl L7 {
                 port += 1;
                 cfg += &format!("[[{table}]]\nname = \"{name}\"\naddress = \"{addr}\"\n{extra}\n");
                 if !spec.dead.contains(name) {
-                    servers.push(Server::start(&ns, addr, name, Kind::Http).unwrap());
+                    servers.push(Server::start(&ns, addr, name, spec.kind).unwrap());
                 }
             }
         }

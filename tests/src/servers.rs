@@ -20,7 +20,7 @@ use crate::Netns;
 static SESSIONS: AtomicU64 = AtomicU64::new(1);
 
 /// How a server talks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Kind {
     /// Sends `NAME\n` on connect, then answers each line `L` with `NAME L\n`
     /// (long-lived streams).
@@ -35,7 +35,12 @@ pub enum Kind {
     /// `.SERVER` gets a new id `N.SERVER` in a `Set-Cookie`), `chunked`,
     /// `eof` and `drop` (response framing). A request body, plain or
     /// chunked, comes back in `X-Request-Body`.
+    #[default]
     Http,
+    /// WebSocket (tungstenite): the `101` carries `X-Backend: NAME` (and
+    /// `Set-Cookie: SRV=NAME` when asked with `?cookie`); each text
+    /// message `M` is answered `NAME: M`.
+    WebSocket,
 }
 
 /// A server thread; stopped (listener closed, connections shut) on drop.
@@ -106,6 +111,7 @@ fn accept_loop(
                 thread::spawn(move || {
                     let _ = match (kind, tls) {
                         (Kind::Tcp, _) => serve_tcp(stream, &name, &stop),
+                        (Kind::WebSocket, _) => serve_ws(stream, &name, &stop),
                         (Kind::Http, None) => serve_http(stream, &name, &stop, None),
                         (Kind::Http, Some(tls)) => serve_https(stream, &name, &stop, tls),
                     };
@@ -113,6 +119,35 @@ fn accept_loop(
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(5)),
             Err(_) => thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
+fn serve_ws(stream: TcpStream, name: &str, stop: &AtomicBool) -> io::Result<()> {
+    use tungstenite::{handshake::HandshakeError, http::HeaderValue, Error, Message};
+    let add_name = |req: &tungstenite::handshake::server::Request, mut resp: tungstenite::handshake::server::Response| {
+        resp.headers_mut().insert("x-backend", HeaderValue::from_str(name).unwrap());
+        if req.uri().query().is_some_and(|q| q.contains("cookie")) {
+            resp.headers_mut()
+                .insert("set-cookie", HeaderValue::from_str(&format!("SRV={name}")).unwrap());
+        }
+        Ok(resp)
+    };
+    let mut handshake = tungstenite::accept_hdr(stream, add_name);
+    let mut ws = loop {
+        match handshake {
+            Ok(ws) => break ws,
+            Err(HandshakeError::Interrupted(mid)) if !stop.load(Ordering::Relaxed) => handshake = mid.handshake(),
+            Err(e) => return Err(io::Error::other(e.to_string())),
+        }
+    };
+    loop {
+        match ws.read() {
+            Ok(Message::Text(t)) => ws.send(Message::text(format!("{name}: {t}"))).map_err(io::Error::other)?,
+            Ok(Message::Close(_)) | Err(Error::ConnectionClosed | Error::AlreadyClosed) => return Ok(()),
+            Ok(_) => {}
+            Err(Error::Io(e)) if timed_out(&e) && !stop.load(Ordering::Relaxed) => {}
+            Err(e) => return Err(io::Error::other(e.to_string())),
         }
     }
 }

@@ -180,6 +180,14 @@ pub struct HttpCfg {
     pub timeout_http_keep_alive: Duration,
     pub max_header_bytes: usize,
     pub max_body_bytes: Option<u64>,
+    /// An upgraded (WebSocket) connection silent both ways this long is
+    /// closed (HAProxy's `timeout tunnel`); it replaces the client and
+    /// server timeouts there.
+    pub timeout_tunnel: Duration,
+    /// How long a request waits for a backend under `maxconn`, then 503.
+    pub timeout_queue: Duration,
+    /// Clients must open with a PROXY protocol (v1 or v2) header.
+    pub accept_proxy: bool,
 }
 
 impl Default for HttpCfg {
@@ -199,6 +207,9 @@ impl Default for HttpCfg {
             timeout_http_keep_alive: Duration::from_secs(30),
             max_header_bytes: 16 * 1024,
             max_body_bytes: None,
+            timeout_tunnel: Duration::from_secs(3600),
+            timeout_queue: Duration::from_secs(30),
+            accept_proxy: false,
         }
     }
 }

@@ -176,6 +176,10 @@ pub(super) struct RawHttp {
     pub(super) timeout_http_keep_alive: Option<Spanned<String>>,
     pub(super) max_header_bytes: Option<usize>,
     pub(super) max_body_bytes: Option<u64>,
+    pub(super) timeout_tunnel: Option<Spanned<String>>,
+    pub(super) timeout_queue: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) accept_proxy: bool,
 }
 
 #[derive(Debug, Deserialize)]

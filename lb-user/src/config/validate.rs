@@ -757,6 +757,13 @@ impl Validator<'_> {
             timeout_http_keep_alive,
             max_header_bytes: raw.max_header_bytes.unwrap_or(d.max_header_bytes),
             max_body_bytes: raw.max_body_bytes,
+            timeout_tunnel: self
+                .duration(raw.timeout_tunnel, "timeout_tunnel")
+                .unwrap_or(d.timeout_tunnel),
+            timeout_queue: self
+                .duration(raw.timeout_queue, "timeout_queue")
+                .unwrap_or(d.timeout_queue),
+            accept_proxy: raw.accept_proxy,
         }
     }
 

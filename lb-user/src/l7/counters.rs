@@ -35,6 +35,9 @@ pub struct ServiceCounters {
     pub tls_failed: AtomicU64,
     /// Of the handshakes done, those that resumed a session.
     pub tls_resumed: AtomicU64,
+    /// Upgraded (WebSocket) connections open now, and ever.
+    pub tunnels: AtomicU64,
+    pub tunnels_total: AtomicU64,
 }
 
 /// A copy of the counters of one backend, for reports.
@@ -66,6 +69,10 @@ pub struct ServiceSnapshot {
     pub tls_failed: u64,
     #[serde(default)]
     pub tls_resumed: u64,
+    #[serde(default)]
+    pub tunnels: u64,
+    #[serde(default)]
+    pub tunnels_total: u64,
 }
 
 fn get(c: &AtomicU64) -> u64 {
@@ -107,6 +114,8 @@ impl ServiceCounters {
             tls_handshakes: get(&self.tls_handshakes),
             tls_failed: get(&self.tls_failed),
             tls_resumed: get(&self.tls_resumed),
+            tunnels: get(&self.tunnels),
+            tunnels_total: get(&self.tunnels_total),
         }
     }
 }

@@ -26,6 +26,7 @@ use super::{
     persistence::{finish_cookie, learn_session, persistence},
     pool::SendError,
     service::{Service, States, Via},
+    tunnel::Tunnel,
 };
 use crate::config::{ConnectionMode, HttpCfg};
 
@@ -216,7 +217,7 @@ pub(super) async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, 
         }
     };
 
-    prepare_request(&svc, peer, &mut req);
+    let upgrade = prepare_request(&svc, peer, &mut req);
     // Connect, with retries; the last one goes elsewhere with redispatch.
     let attempts = 1 + http.retries;
     let mut failed = Vec::new();
@@ -246,7 +247,8 @@ pub(super) async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, 
     let counters = &svc.slots[target].counters;
     bump(&counters.requests);
     counters.active.fetch_add(1, Ordering::Relaxed);
-    let keep = http.connection == ConnectionMode::KeepAlive;
+    // An upgrade must not ask the backend to close.
+    let keep = http.connection == ConnectionMode::KeepAlive || upgrade;
     let sent = tokio::time::timeout(
         http.timeout_server,
         svc.pools[target].send(conn, req, http.timeout_connect, keep),
@@ -278,7 +280,19 @@ pub(super) async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, 
         }
     };
     counters.response(resp.status().as_u16());
-    let mut resp = resp.map(|b| b.boxed());
+    let mut resp = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // The backend switched: its connection goes to the client's side,
+        // which joins the two once the 101 is out.
+        let (mut parts, body) = resp.into_parts();
+        let Some(conn) = body.into_upgraded() else {
+            let r = local(StatusCode::BAD_GATEWAY, "bad gateway\n");
+            return line.log(Some(target), p.judgement, via, r);
+        };
+        parts.extensions.insert(Tunnel::new(conn));
+        Response::from_parts(parts, Body::default())
+    } else {
+        resp.map(|b| b.boxed())
+    };
     learn_session(&svc, p.session.as_deref(), target, &resp, now_i);
     let via_cookie = via == Via::Cookie;
     if svc.cookie_pools[pool] {
@@ -293,9 +307,10 @@ pub(super) fn local_503() -> Response<Body> {
 }
 
 /// Origin-form URI and Host (from HTTP/2's authority), HTTP/1.1 towards the
-/// backend, hop-by-hop headers dropped, X-Forwarded-Proto set,
-/// X-Forwarded-For added.
-pub(super) fn prepare_request(svc: &Service, peer: SocketAddr, req: &mut Request<Body>) {
+/// backend, hop-by-hop headers dropped (but an HTTP/1.1 client's upgrade
+/// request: true), X-Forwarded-Proto set, X-Forwarded-For added.
+pub(super) fn prepare_request(svc: &Service, peer: SocketAddr, req: &mut Request<Body>) -> bool {
+    let upgrade = upgrade_asked(req);
     if req.headers().get(header::HOST).is_none() {
         if let Some(a) = req
             .uri()
@@ -312,6 +327,10 @@ pub(super) fn prepare_request(svc: &Service, peer: SocketAddr, req: &mut Request
     }
     *req.version_mut() = Version::HTTP_11;
     strip_hop_by_hop(req.headers_mut());
+    if let Some(protocols) = &upgrade {
+        req.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        req.headers_mut().insert(header::UPGRADE, protocols.clone());
+    }
     // Always xlb's own: a client's value is replaced, never passed on.
     let proto = HeaderValue::from_static(if svc.tls.is_some() { "https" } else { "http" });
     req.headers_mut().insert(X_FORWARDED_PROTO, proto);
@@ -322,12 +341,35 @@ pub(super) fn prepare_request(svc: &Service, peer: SocketAddr, req: &mut Request
             req.headers_mut().append(X_FORWARDED_FOR, v);
         }
     }
+    upgrade.is_some()
 }
 
-/// Connection mode and hop-by-hop headers on the way back.
+/// The protocols an HTTP/1.1 request asks to switch to (`Connection:
+/// upgrade` and `Upgrade`), but h2c: xlb speaks HTTP/2 to clients itself
+/// and HTTP/1.1 to backends.
+fn upgrade_asked<B>(req: &Request<B>) -> Option<HeaderValue> {
+    let headers = req.headers();
+    let protocols = headers.get(header::UPGRADE)?;
+    let h2c = protocols
+        .as_bytes()
+        .split(|b| *b == b',')
+        .any(|p| p.trim_ascii().to_ascii_lowercase().starts_with(b"h2c"));
+    (req.version() == Version::HTTP_11 && framing::lists(headers, &header::CONNECTION, "upgrade") && !h2c)
+        .then(|| protocols.clone())
+}
+
+/// Connection mode and hop-by-hop headers on the way back (a `101` keeps
+/// its `Upgrade`).
 pub(super) fn finish_response(svc: &Service, resp: &mut Response<Body>) {
+    let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     let headers = resp.headers_mut();
+    let upgrade = headers.get(header::UPGRADE).filter(|_| switched).cloned();
     strip_hop_by_hop(headers);
+    if let Some(u) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, u);
+        return;
+    }
     if svc.cfg.http.connection == ConnectionMode::Close {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }

@@ -10,6 +10,7 @@
 //!   `appsession`, `peers`; choosing a server: `balance`
 //! - HTTP/1 both ways: `http1`; TLS, h2 and h2c and the connection
 //!   entry: `serve`; plain or TLS under HTTP/1: `transport`
+//! - upgraded (WebSocket) connections joined to their backend: `tunnel`
 //! - threads and idle connections: `workers`, `parking`; backend
 //!   connections: `pool`; counters: `counters`
 
@@ -29,6 +30,7 @@ pub mod proxy;
 mod serve;
 pub mod service;
 mod transport;
+mod tunnel;
 pub mod workers;
 
 pub use proxy::{Proxy, ProxyError};

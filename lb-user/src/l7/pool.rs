@@ -184,6 +184,11 @@ pub struct PooledBody {
 }
 
 impl PooledBody {
+    /// The backend connection of a `101` answer.
+    pub fn into_upgraded(self) -> Option<Conn> {
+        self.body.into_conn()
+    }
+
     fn new(body: BackendBody, back: Option<Idle>) -> PooledBody {
         let mut b = PooledBody { body, back };
         b.give_back();

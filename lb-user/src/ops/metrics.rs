@@ -63,6 +63,16 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "Idle keep-alive client connections parked (no task, no buffer).",
     ),
     (
+        "xlb_http_tunnels",
+        "gauge",
+        "Upgraded (WebSocket) connections open, joined to their backend.",
+    ),
+    (
+        "xlb_http_tunnels_total",
+        "counter",
+        "Upgraded (WebSocket) connections since start.",
+    ),
+    (
         "xlb_http_tls_handshakes_total",
         "counter",
         "TLS handshakes completed by an http service.",
@@ -220,6 +230,8 @@ pub fn render(st: &Status) -> String {
                 add("xlb_http_routed_total", sl.clone(), h.routed);
                 add("xlb_http_sessions", sl.clone(), h.sessions);
                 add("xlb_http_parked_connections", sl.clone(), h.parked);
+                add("xlb_http_tunnels", sl.clone(), h.tunnels);
+                add("xlb_http_tunnels_total", sl.clone(), h.tunnels_total);
                 add("xlb_http_tls_handshakes_total", sl.clone(), h.tls_handshakes);
                 add("xlb_http_tls_resumed_total", sl.clone(), h.tls_resumed);
                 add("xlb_http_tls_failed_total", sl.clone(), h.tls_failed);

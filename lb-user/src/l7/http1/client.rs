@@ -72,6 +72,11 @@ impl Conn {
         self.buf.is_empty() && self.stream.quiet()
     }
 
+    /// The stream and what was read from it but not used.
+    pub fn into_parts(self) -> (Upstream, BytesMut) {
+        (self.stream, self.buf)
+    }
+
     /// Writes all of `bytes` (a TLS stream: flushed too).
     async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.stream.write_all(bytes).await?;
@@ -101,6 +106,8 @@ pub struct Head {
     /// closed, the request can be sent again on a new one.
     pub replayable: bool,
     head_method: bool,
+    /// Asks for a protocol switch (only such a request may get a 101).
+    upgrade: bool,
 }
 
 /// Writes `req`'s head as HTTP/1.1; `close` asks the backend to close
@@ -141,6 +148,7 @@ pub fn head(req: &Request<Body>, close: bool) -> Head {
         chunked,
         replayable: empty && req.method().is_idempotent(),
         head_method: req.method() == Method::HEAD,
+        upgrade: headers.contains_key(header::UPGRADE),
     }
 }
 
@@ -150,7 +158,7 @@ pub fn head(req: &Request<Body>, close: bool) -> Head {
 pub async fn exchange(mut conn: Conn, head: &Head, mut body: Body) -> Result<Response<BackendBody>, ExchangeError> {
     if body.is_end_stream() && !head.chunked {
         conn.send(&head.bytes).await?;
-        return read_response(conn, head.head_method).await;
+        return read_response(conn, head).await;
     }
     let mut out = head.bytes.clone();
     loop {
@@ -185,15 +193,27 @@ pub async fn exchange(mut conn: Conn, head: &Head, mut body: Body) -> Result<Res
         out.extend_from_slice(framing::LAST_CHUNK);
     }
     conn.send(&out).await?;
-    read_response(conn, head.head_method).await
+    read_response(conn, head).await
 }
 
-async fn read_response(mut conn: Conn, head_method: bool) -> Result<Response<BackendBody>, ExchangeError> {
+async fn read_response(mut conn: Conn, head: &Head) -> Result<Response<BackendBody>, ExchangeError> {
     let mut got_any = false;
     loop {
         if !conn.buf.is_empty() {
             got_any = true;
-            if let Some((parts, decode, reusable)) = parse_head(&mut conn.buf, head_method)? {
+            if let Some((parts, decode, reusable)) = parse_head(&mut conn.buf, head.head_method)? {
+                if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+                    if !head.upgrade {
+                        return Err(ExchangeError::Malformed("101 Switching Protocols without an upgrade asked for".into()));
+                    }
+                    // The connection now belongs to the tunnel.
+                    let body = BackendBody {
+                        conn: Some(conn),
+                        decode: Decode::Done,
+                        reusable: false,
+                    };
+                    return Ok(Response::from_parts(parts, body));
+                }
                 if parts.status.is_informational() {
                     continue; // 100 Continue and friends: the answer follows
                 }
@@ -238,9 +258,6 @@ fn parse_head(buf: &mut BytesMut, head_method: bool) -> Result<Option<Parsed>, E
         return Err(malformed("a status code out of range"));
     }
     let status = StatusCode::from_u16(code).map_err(|e| ExchangeError::Malformed(e.to_string()))?;
-    if code == 101 {
-        return Err(malformed("101 Switching Protocols: upgrades are not proxied"));
-    }
     let version = if r.version == Some(0) {
         Version::HTTP_10
     } else {
@@ -307,6 +324,11 @@ pub struct BackendBody {
 }
 
 impl BackendBody {
+    /// The connection, whatever state it is in (a `101`: the tunnel's).
+    pub fn into_conn(mut self) -> Option<Conn> {
+        self.conn.take()
+    }
+
     /// The connection, once the body is read whole and the connection can
     /// carry another exchange (keep-alive, nothing left over).
     pub fn reusable_conn(&mut self) -> Option<Conn> {

@@ -41,6 +41,7 @@ use crate::l7::{
     parking::{self, PARK_AFTER},
     service::{Service, States},
     transport::Transport,
+    tunnel::{self, Tunnel},
 };
 
 /// Headers a request may have (hyper's limit is 100).
@@ -102,6 +103,8 @@ struct Incoming {
 /// What follows an exchange.
 enum After {
     KeepAlive,
+    /// The backend switched protocols: the connections are joined.
+    Tunnel(Tunnel),
     /// Close: nothing more is expected from the client.
     Close,
     /// Close, reading what the client may still send first.
@@ -163,6 +166,12 @@ pub async fn serve<S: Transport>(stream: S, mut conn: Accepted) {
             After::KeepAlive => {}
             After::Close => return,
             After::Linger => return linger(rx, write).await,
+            After::Tunnel(t) => {
+                let svc = conn.current.read().expect("service lock").clone();
+                let stream = S::unsplit(rx.read, write);
+                let idle = svc.cfg.http.timeout_tunnel;
+                return tunnel::run(stream, rx.buf, t, idle, svc.counters.clone()).await;
+            }
         }
     }
 }
@@ -203,7 +212,13 @@ async fn exchange<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin>(
         keep_alive &= body_read;
         resp
     };
+    let mut resp = resp;
+    let tunnel = match resp.status() {
+        StatusCode::SWITCHING_PROTOCOLS => resp.extensions_mut().remove::<Tunnel>(),
+        _ => None,
+    };
     let after = match respond(write, resp, head_method, http10, &mut keep_alive, t_client).await {
+        Ok(()) if tunnel.is_some() => After::Tunnel(tunnel.expect("checked")),
         Ok(()) if keep_alive => After::KeepAlive,
         Ok(()) if body_read && rx.buf.is_empty() => After::Close,
         _ => After::Linger,
