@@ -125,8 +125,10 @@ fn accept_loop(
 
 fn serve_ws(stream: TcpStream, name: &str, stop: &AtomicBool) -> io::Result<()> {
     use tungstenite::{handshake::HandshakeError, http::HeaderValue, Error, Message};
-    let add_name = |req: &tungstenite::handshake::server::Request, mut resp: tungstenite::handshake::server::Response| {
-        resp.headers_mut().insert("x-backend", HeaderValue::from_str(name).unwrap());
+    let add_name = |req: &tungstenite::handshake::server::Request,
+                    mut resp: tungstenite::handshake::server::Response| {
+        resp.headers_mut()
+            .insert("x-backend", HeaderValue::from_str(name).unwrap());
         if req.uri().query().is_some_and(|q| q.contains("cookie")) {
             resp.headers_mut()
                 .insert("set-cookie", HeaderValue::from_str(&format!("SRV={name}")).unwrap());
@@ -143,7 +145,9 @@ fn serve_ws(stream: TcpStream, name: &str, stop: &AtomicBool) -> io::Result<()> 
     };
     loop {
         match ws.read() {
-            Ok(Message::Text(t)) => ws.send(Message::text(format!("{name}: {t}"))).map_err(io::Error::other)?,
+            Ok(Message::Text(t)) => ws
+                .send(Message::text(format!("{name}: {t}")))
+                .map_err(io::Error::other)?,
             Ok(Message::Close(_)) | Err(Error::ConnectionClosed | Error::AlreadyClosed) => return Ok(()),
             Ok(_) => {}
             Err(Error::Io(e)) if timed_out(&e) && !stop.load(Ordering::Relaxed) => {}

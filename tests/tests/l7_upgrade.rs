@@ -41,7 +41,8 @@ fn open(l: &L7, pki: Option<&Pki>, cookie: Option<&str>) -> Ws {
     };
     let mut req = "ws://shop.test/chat".into_client_request().unwrap();
     if let Some(c) = cookie {
-        req.headers_mut().insert("cookie", format!("SERVERID={c}").parse().unwrap());
+        req.headers_mut()
+            .insert("cookie", format!("SERVERID={c}").parse().unwrap());
     }
     let (ws, resp) = tungstenite::client(req, stream).unwrap_or_else(|e| panic!("upgrade: {e}\n{}", l.xlb.log()));
     assert_eq!(resp.status(), 101);
@@ -149,7 +150,10 @@ fn a_tunnel_silent_for_timeout_tunnel_is_closed_an_active_one_is_not() {
     let started = Instant::now();
     let ended = idle.ws.read();
     assert!(ended.is_err() || matches!(ended, Ok(Message::Close(_))), "{ended:?}");
-    assert!(started.elapsed() < Duration::from_secs(4), "closed by xlb, not by the client's timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "closed by xlb, not by the client's timeout"
+    );
     assert_eq!(tunnels(&l).0, 1);
 }
 
@@ -164,7 +168,10 @@ fn only_a_request_with_connection_upgrade_is_upgraded() {
     assert_ne!(r.status, 101);
     assert_eq!(tunnels(&l), (0, 0));
     // With it, the backend switches and xlb passes the 101 on.
-    let r = l.client().raw(&format!("{ws_head}Connection: keep-alive, Upgrade\r\n\r\n")).unwrap();
+    let r = l
+        .client()
+        .raw(&format!("{ws_head}Connection: keep-alive, Upgrade\r\n\r\n"))
+        .unwrap();
     assert_eq!(r.status, 101, "{:?}", r.headers);
     assert_eq!(r.header("upgrade"), Some("websocket"));
     assert_eq!(r.header("sec-websocket-accept"), Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));

@@ -24,7 +24,8 @@ const TOOLCHAIN_PKGS: &[&str] = &[
 /// util-linux (setpriv, for the no-capability test), procps (sysctl),
 /// iputils-ping (neighbour warm-up in the benchmark), keepalived (the HA
 /// pair), curl (keepalived's track script asks /healthz with it), bird2
-/// (the BGP example is parse-checked).
+/// (the BGP example is parse-checked), haproxy (the PROXY protocol tests
+/// talk to the real one on both sides).
 const LAB_PKGS: &[&str] = &[
     "iproute2",
     "ethtool",
@@ -34,6 +35,7 @@ const LAB_PKGS: &[&str] = &[
     "keepalived",
     "curl",
     "bird2",
+    "haproxy",
 ];
 
 pub const DEBIAN_TOOLCHAIN: &str = "debian-web";

@@ -388,6 +388,15 @@ pub struct Backend {
     pub group: Option<String>,
     /// http: TLS towards it.
     pub tls: Option<BackendTls>,
+    /// http: a PROXY protocol header opens each connection to it.
+    pub send_proxy: Option<ProxyVersion>,
+}
+
+/// The PROXY protocol version a backend is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersion {
+    V1,
+    V2,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -196,6 +196,7 @@ pub(super) struct RawBackend {
     pub(super) tls: Spanned<bool>,
     pub(super) tls_verify: Option<Spanned<String>>,
     pub(super) tls_sni: Option<Spanned<String>>,
+    pub(super) send_proxy: Option<Spanned<String>>,
 }
 
 pub(super) fn one() -> Spanned<i64> {

@@ -580,8 +580,28 @@ impl Validator<'_> {
             cookies.push((c.get_ref().clone(), rb.backup, bname.clone()));
         }
         let tls = self.backend_tls(ctx, &rb);
+        let send_proxy = rb.send_proxy.as_ref().and_then(|v| {
+            if ctx.mode != Mode::Http {
+                self.at(
+                    v,
+                    format!("backend {bname:?}: send_proxy applies to mode \"http\" only"),
+                );
+            }
+            match v.get_ref().as_str() {
+                "v1" => Some(ProxyVersion::V1),
+                "v2" => Some(ProxyVersion::V2),
+                other => {
+                    self.at(
+                        v,
+                        format!("backend {bname:?}: send_proxy {other:?} is not \"v1\" or \"v2\""),
+                    );
+                    None
+                }
+            }
+        });
         Some(Backend {
             tls,
+            send_proxy,
             name: bname,
             address: address.ok()?,
             weight: w.clamp(0, MAX_WEIGHT) as u32,

@@ -38,6 +38,8 @@ pub struct ServiceCounters {
     /// Upgraded (WebSocket) connections open now, and ever.
     pub tunnels: AtomicU64,
     pub tunnels_total: AtomicU64,
+    /// Connections closed for a missing or malformed PROXY header.
+    pub proxy_refused: AtomicU64,
 }
 
 /// A copy of the counters of one backend, for reports.
@@ -73,6 +75,8 @@ pub struct ServiceSnapshot {
     pub tunnels: u64,
     #[serde(default)]
     pub tunnels_total: u64,
+    #[serde(default)]
+    pub proxy_refused: u64,
 }
 
 fn get(c: &AtomicU64) -> u64 {
@@ -116,6 +120,7 @@ impl ServiceCounters {
             tls_resumed: get(&self.tls_resumed),
             tunnels: get(&self.tunnels),
             tunnels_total: get(&self.tunnels_total),
+            proxy_refused: get(&self.proxy_refused),
         }
     }
 }

@@ -24,7 +24,7 @@ use super::{
         framing::{self, Decode},
     },
     persistence::{finish_cookie, learn_session, persistence},
-    pool::SendError,
+    pool::{Origin, SendError},
     service::{Service, States, Via},
     tunnel::Tunnel,
 };
@@ -218,12 +218,16 @@ pub(super) async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, 
     };
 
     let upgrade = prepare_request(&svc, peer, &mut req);
+    let origin = Origin {
+        client: peer,
+        dst: SocketAddr::new(svc.cfg.vip, svc.cfg.port),
+    };
     // Connect, with retries; the last one goes elsewhere with redispatch.
     let attempts = 1 + http.retries;
     let mut failed = Vec::new();
     let conn = loop {
         let name = svc.pools[target].name_for(req.headers());
-        match svc.pools[target].checkout(http.timeout_connect, name).await {
+        match svc.pools[target].checkout(http.timeout_connect, name, &origin).await {
             Ok(s) => break s,
             Err(e) => {
                 tracing::warn!(service = %svc.cfg.name, backend = %svc.cfg.backends[target].name, "{e}");
@@ -251,7 +255,7 @@ pub(super) async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, 
     let keep = http.connection == ConnectionMode::KeepAlive || upgrade;
     let sent = tokio::time::timeout(
         http.timeout_server,
-        svc.pools[target].send(conn, req, http.timeout_connect, keep),
+        svc.pools[target].send(conn, req, http.timeout_connect, keep, &origin),
     )
     .await;
     counters.active.fetch_sub(1, Ordering::Relaxed);
@@ -328,7 +332,8 @@ pub(super) fn prepare_request(svc: &Service, peer: SocketAddr, req: &mut Request
     *req.version_mut() = Version::HTTP_11;
     strip_hop_by_hop(req.headers_mut());
     if let Some(protocols) = &upgrade {
-        req.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        req.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         req.headers_mut().insert(header::UPGRADE, protocols.clone());
     }
     // Always xlb's own: a client's value is replaced, never passed on.

@@ -10,6 +10,7 @@
 //!   `appsession`, `peers`; choosing a server: `balance`
 //! - HTTP/1 both ways: `http1`; TLS, h2 and h2c and the connection
 //!   entry: `serve`; plain or TLS under HTTP/1: `transport`
+//! - the PROXY protocol both ways: `proxy_protocol`
 //! - upgraded (WebSocket) connections joined to their backend: `tunnel`
 //! - threads and idle connections: `workers`, `parking`; backend
 //!   connections: `pool`; counters: `counters`
@@ -27,6 +28,7 @@ pub mod peers;
 mod persistence;
 pub mod pool;
 pub mod proxy;
+pub mod proxy_protocol;
 mod serve;
 pub mod service;
 mod transport;

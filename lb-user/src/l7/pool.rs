@@ -20,14 +20,16 @@ use hyper::{
     header::{self, HeaderMap},
     Request, Response,
 };
-use tokio::{net::TcpStream, time::timeout};
+use tokio::{io::AsyncWriteExt, net::TcpStream, time::timeout};
 use tokio_rustls::TlsConnector;
 
 use super::{
     body::{Body, BoxError},
     http1::client::{self as upstream, BackendBody, Conn, ExchangeError},
+    proxy_protocol,
     transport::Upstream,
 };
+use crate::config::ProxyVersion;
 
 /// Idle connections kept per backend.
 const MAX_IDLE: usize = 64;
@@ -54,6 +56,15 @@ pub struct Pool {
     pub addr: SocketAddr,
     idle: Idle,
     tls: Option<Secure>,
+    send_proxy: Option<ProxyVersion>,
+}
+
+/// Where the request being sent came from: the client, and the address it
+/// reached xlb on (for the PROXY protocol).
+#[derive(Clone, Copy)]
+pub struct Origin {
+    pub client: SocketAddr,
+    pub dst: SocketAddr,
 }
 
 /// TLS towards the backend.
@@ -71,11 +82,12 @@ pub struct Checkout {
 }
 
 impl Pool {
-    pub fn new(addr: SocketAddr, tls: Option<Secure>) -> Pool {
+    pub fn new(addr: SocketAddr, tls: Option<Secure>, send_proxy: Option<ProxyVersion>) -> Pool {
         Pool {
             addr,
             idle: (0..super::workers::count()).map(|_| Mutex::default()).collect(),
             tls,
+            send_proxy,
         }
     }
 
@@ -101,10 +113,16 @@ impl Pool {
         is_name.then(|| Arc::from(name))
     }
 
-    /// An idle connection for `name` that is still open.
-    fn idle(&self, name: &Option<Arc<str>>) -> Option<Conn> {
+    /// The client a connection is for: with the PROXY protocol, each
+    /// client has connections of its own (they carry its address).
+    fn owner(&self, origin: &Origin) -> Option<SocketAddr> {
+        self.send_proxy.map(|_| origin.client)
+    }
+
+    /// An idle connection for `name` and `owner` that is still open.
+    fn idle(&self, name: &Option<Arc<str>>, owner: Option<SocketAddr>) -> Option<Conn> {
         let mut idle = mine(&self.idle).lock().expect("pool lock");
-        while let Some(i) = idle.iter().rposition(|c| c.name == *name) {
+        while let Some(i) = idle.iter().rposition(|c| c.name == *name && c.owner == owner) {
             let mut c = idle.swap_remove(i);
             if c.reusable() {
                 return Some(c);
@@ -115,11 +133,21 @@ impl Pool {
 
     /// A new connection (TCP, then the TLS handshake), all within
     /// `connect_timeout`.
-    async fn connect(&self, connect_timeout: Duration, name: Option<Arc<str>>) -> Result<Conn, SendError> {
+    async fn connect(
+        &self,
+        connect_timeout: Duration,
+        name: Option<Arc<str>>,
+        origin: &Origin,
+    ) -> Result<Conn, SendError> {
         let err = |cause| SendError::Connect { addr: self.addr, cause };
         let open = async {
-            let stream = TcpStream::connect(self.addr).await?;
+            let mut stream = TcpStream::connect(self.addr).await?;
             let _ = stream.set_nodelay(true);
+            if let Some(v) = self.send_proxy {
+                stream
+                    .write_all(&proxy_protocol::encode(v, origin.client, origin.dst))
+                    .await?;
+            }
             let Some(tls) = &self.tls else {
                 return Ok(Upstream::Plain(stream));
             };
@@ -131,17 +159,22 @@ impl Pool {
             .await
             .map_err(|_| err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))?
             .map_err(err)?;
-        Ok(Conn::new(stream, name))
+        Ok(Conn::new(stream, name, self.owner(origin)))
     }
 
     /// A connection to send on: an idle one or a new one, for `name` (see
     /// [`Pool::name_for`]). Connect errors come back before the request is
     /// given away.
-    pub async fn checkout(&self, connect_timeout: Duration, name: Option<Arc<str>>) -> Result<Checkout, SendError> {
-        match self.idle(&name) {
+    pub async fn checkout(
+        &self,
+        connect_timeout: Duration,
+        name: Option<Arc<str>>,
+        origin: &Origin,
+    ) -> Result<Checkout, SendError> {
+        match self.idle(&name, self.owner(origin)) {
             Some(conn) => Ok(Checkout { conn, reused: true }),
             None => Ok(Checkout {
-                conn: self.connect(connect_timeout, name).await?,
+                conn: self.connect(connect_timeout, name, origin).await?,
                 reused: false,
             }),
         }
@@ -158,13 +191,14 @@ impl Pool {
         req: Request<Body>,
         connect_timeout: Duration,
         keep: bool,
+        origin: &Origin,
     ) -> Result<Response<PooledBody>, SendError> {
         let exchange = |cause| SendError::Exchange { addr: self.addr, cause };
         let head = upstream::head(&req, !keep);
         let name = out.conn.name.clone();
         let resp = match upstream::exchange(out.conn, &head, req.into_body()).await {
             Err(ExchangeError::Closed | ExchangeError::Io(_)) if out.reused && head.replayable => {
-                let conn = self.connect(connect_timeout, name).await?;
+                let conn = self.connect(connect_timeout, name, origin).await?;
                 upstream::exchange(conn, &head, Body::default())
                     .await
                     .map_err(exchange)?

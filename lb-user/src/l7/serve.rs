@@ -20,14 +20,31 @@ use super::{
     counters::bump,
     exchange::handle,
     http1::server as downstream,
+    proxy_protocol,
 };
 
-/// Serves one client connection, HTTP/1.1 or HTTP/2, with or without TLS.
-pub async fn serve(stream: TcpStream, conn: Accepted) {
-    let (t_first, tls) = {
+/// Serves one client connection, HTTP/1.1 or HTTP/2, with or without TLS
+/// (after its PROXY protocol header, with `accept_proxy`).
+pub async fn serve(mut stream: TcpStream, mut conn: Accepted) {
+    let (t_first, tls, accept_proxy) = {
         let svc = conn.current.read().expect("service lock");
-        (svc.cfg.http.timeout_http_request, svc.tls.clone())
+        (
+            svc.cfg.http.timeout_http_request,
+            svc.tls.clone(),
+            svc.cfg.http.accept_proxy,
+        )
     };
+    if accept_proxy {
+        match proxy_protocol::read(&mut stream, t_first).await {
+            Ok(source) => conn.peer = source.unwrap_or(conn.peer),
+            Err(e) => {
+                let svc = conn.current.read().expect("service lock").clone();
+                bump(&svc.counters.proxy_refused);
+                tracing::debug!(service = %svc.cfg.name, peer = %conn.peer, "PROXY protocol: {e}");
+                return;
+            }
+        }
+    }
     if let Some(acceptor) = tls {
         // The handshake, too, must be done within the time a request head
         // has to arrive.

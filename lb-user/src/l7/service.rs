@@ -166,7 +166,10 @@ impl Service {
                 .backends
                 .iter()
                 .enumerate()
-                .map(|(i, b)| Pool::new(b.address, tls.backends.get_mut(i).and_then(Option::take)))
+                .map(|(i, b)| {
+                    let secure = tls.backends.get_mut(i).and_then(Option::take);
+                    Pool::new(b.address, secure, b.send_proxy)
+                })
                 .collect(),
             balancers: members.iter().map(|_| Balancer::new(algo.clone(), n)).collect(),
             route_pools: cfg

@@ -73,6 +73,11 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "Upgraded (WebSocket) connections since start.",
     ),
     (
+        "xlb_http_proxy_refused_total",
+        "counter",
+        "Client connections closed for a missing or malformed PROXY protocol header.",
+    ),
+    (
         "xlb_http_tls_handshakes_total",
         "counter",
         "TLS handshakes completed by an http service.",
@@ -232,6 +237,7 @@ pub fn render(st: &Status) -> String {
                 add("xlb_http_parked_connections", sl.clone(), h.parked);
                 add("xlb_http_tunnels", sl.clone(), h.tunnels);
                 add("xlb_http_tunnels_total", sl.clone(), h.tunnels_total);
+                add("xlb_http_proxy_refused_total", sl.clone(), h.proxy_refused);
                 add("xlb_http_tls_handshakes_total", sl.clone(), h.tls_handshakes);
                 add("xlb_http_tls_resumed_total", sl.clone(), h.tls_resumed);
                 add("xlb_http_tls_failed_total", sl.clone(), h.tls_failed);

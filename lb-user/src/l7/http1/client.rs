@@ -7,6 +7,7 @@
 use std::{
     future::poll_fn,
     io,
+    net::SocketAddr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -56,14 +57,18 @@ pub struct Conn {
     /// The name it was opened for (TLS: the SNI): it serves requests
     /// for that name only.
     pub name: Option<Arc<str>>,
+    /// The client it was opened for (PROXY protocol): it serves that
+    /// client only.
+    pub owner: Option<SocketAddr>,
 }
 
 impl Conn {
-    pub fn new(stream: Upstream, name: Option<Arc<str>>) -> Conn {
+    pub fn new(stream: Upstream, name: Option<Arc<str>>, owner: Option<SocketAddr>) -> Conn {
         Conn {
             stream,
             buf: BytesMut::new(),
             name,
+            owner,
         }
     }
 
@@ -204,7 +209,9 @@ async fn read_response(mut conn: Conn, head: &Head) -> Result<Response<BackendBo
             if let Some((parts, decode, reusable)) = parse_head(&mut conn.buf, head.head_method)? {
                 if parts.status == StatusCode::SWITCHING_PROTOCOLS {
                     if !head.upgrade {
-                        return Err(ExchangeError::Malformed("101 Switching Protocols without an upgrade asked for".into()));
+                        return Err(ExchangeError::Malformed(
+                            "101 Switching Protocols without an upgrade asked for".into(),
+                        ));
                     }
                     // The connection now belongs to the tunnel.
                     let body = BackendBody {
@@ -416,6 +423,7 @@ mod tests {
                     stream: Upstream::Plain(s),
                     buf: BytesMut::from(wire),
                     name: None,
+                    owner: None,
                 }),
                 decode,
                 reusable: true,
