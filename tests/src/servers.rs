@@ -5,7 +5,7 @@ use std::{
     io::{self, BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
     thread,
@@ -33,8 +33,9 @@ pub enum Kind {
     /// with `jvmRoute` = the server's name: a request whose session id,
     /// in cookie NAME or in a `;name=` path parameter, does not end in
     /// `.SERVER` gets a new id `N.SERVER` in a `Set-Cookie`), `chunked`,
-    /// `eof` and `drop` (response framing). A request body, plain or
-    /// chunked, comes back in `X-Request-Body`.
+    /// `eof` and `drop` (response framing), `sleep=MS` (answers that much
+    /// later). A request body, plain or chunked, comes back in
+    /// `X-Request-Body`.
     #[default]
     Http,
     /// WebSocket (tungstenite): the `101` carries `X-Backend: NAME` (and
@@ -50,6 +51,31 @@ pub struct Server {
     pub name: String,
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
+    load: Arc<Load>,
+}
+
+/// HTTP requests a server is handling: now, and the most at once.
+#[derive(Debug, Default)]
+pub struct Load {
+    now: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+/// Counts a request in [`Load`] while it is handled.
+struct Handling<'a>(&'a Load);
+
+impl<'a> Handling<'a> {
+    fn new(load: &'a Load) -> Handling<'a> {
+        let n = load.now.fetch_add(1, Ordering::SeqCst) + 1;
+        load.peak.fetch_max(n, Ordering::SeqCst);
+        Handling(load)
+    }
+}
+
+impl Drop for Handling<'_> {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Server {
@@ -75,13 +101,22 @@ impl Server {
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let (s, n) = (stop.clone(), name.to_string());
-        let thread = ns.spawn(move || accept_loop(listener, &n, kind, tls, &s))?;
+        let load = Arc::new(Load::default());
+        let l = load.clone();
+        let thread = ns.spawn(move || accept_loop(listener, &n, kind, tls, &s, &l))?;
         Ok(Server {
             addr,
             name: name.to_string(),
             stop,
             thread: Some(thread),
+            load,
         })
+    }
+
+    /// The most HTTP requests it handled at once (from the end of the
+    /// request head to the end of its answer).
+    pub fn peak(&self) -> usize {
+        self.load.peak.load(Ordering::SeqCst)
     }
 }
 
@@ -100,11 +135,12 @@ fn accept_loop(
     kind: Kind,
     tls: Option<Arc<rustls::ServerConfig>>,
     stop: &Arc<AtomicBool>,
+    load: &Arc<Load>,
 ) {
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, _)) => {
-                let (name, stop, tls) = (name.to_string(), stop.clone(), tls.clone());
+                let (name, stop, tls, load) = (name.to_string(), stop.clone(), tls.clone(), load.clone());
                 let _ = stream.set_nonblocking(false);
                 // Short read timeouts let connection threads notice a stop.
                 let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
@@ -112,8 +148,8 @@ fn accept_loop(
                     let _ = match (kind, tls) {
                         (Kind::Tcp, _) => serve_tcp(stream, &name, &stop),
                         (Kind::WebSocket, _) => serve_ws(stream, &name, &stop),
-                        (Kind::Http, None) => serve_http(stream, &name, &stop, None),
-                        (Kind::Http, Some(tls)) => serve_https(stream, &name, &stop, tls),
+                        (Kind::Http, None) => serve_http(stream, &name, &stop, None, &load),
+                        (Kind::Http, Some(tls)) => serve_https(stream, &name, &stop, tls, &load),
                     };
                 });
             }
@@ -123,6 +159,8 @@ fn accept_loop(
     }
 }
 
+// tungstenite's handshake callback returns its (large) error response.
+#[allow(clippy::result_large_err)]
 fn serve_ws(stream: TcpStream, name: &str, stop: &AtomicBool) -> io::Result<()> {
     use tungstenite::{handshake::HandshakeError, http::HeaderValue, Error, Message};
     let add_name = |req: &tungstenite::handshake::server::Request,
@@ -184,7 +222,13 @@ fn serve_tcp(mut stream: TcpStream, name: &str, stop: &AtomicBool) -> io::Result
 }
 
 /// The TLS handshake (within the read timeouts' retries), then HTTP.
-fn serve_https(stream: TcpStream, name: &str, stop: &AtomicBool, tls: Arc<rustls::ServerConfig>) -> io::Result<()> {
+fn serve_https(
+    stream: TcpStream,
+    name: &str,
+    stop: &AtomicBool,
+    tls: Arc<rustls::ServerConfig>,
+    load: &Load,
+) -> io::Result<()> {
     let conn = rustls::ServerConnection::new(tls).map_err(io::Error::other)?;
     let mut s = rustls::StreamOwned::new(conn, stream);
     let started = std::time::Instant::now();
@@ -195,10 +239,16 @@ fn serve_https(stream: TcpStream, name: &str, stop: &AtomicBool, tls: Arc<rustls
         }
     }
     let sni = s.conn.server_name().unwrap_or("-").to_string();
-    serve_http(s, name, stop, Some(sni))
+    serve_http(s, name, stop, Some(sni), load)
 }
 
-fn serve_http<S: Read + Write>(stream: S, name: &str, stop: &AtomicBool, sni: Option<String>) -> io::Result<()> {
+fn serve_http<S: Read + Write>(
+    stream: S,
+    name: &str,
+    stop: &AtomicBool,
+    sni: Option<String>,
+    load: &Load,
+) -> io::Result<()> {
     let mut reader = BufReader::new(stream);
     loop {
         let mut request_line = String::new();
@@ -231,6 +281,7 @@ fn serve_http<S: Read + Write>(stream: S, name: &str, stop: &AtomicBool, sni: Op
         if let Some(sni) = &sni {
             seen.push(format!("tls-sni: {sni}"));
         }
+        let _handling = Handling::new(load);
         let mut body = vec![0; content_length];
         reader.read_exact(&mut body)?;
         if chunked {
@@ -257,6 +308,7 @@ fn serve_http<S: Read + Write>(stream: S, name: &str, stop: &AtomicBool, sni: Op
                 "cc" => extra += &format!("Cache-Control: {v}\r\n"),
                 "etag" => extra += "ETag: \"x\"\r\n",
                 "status" => status = v.parse().unwrap_or(200),
+                "sleep" => thread::sleep(Duration::from_millis(v.parse().unwrap_or(0))),
                 "session" => {
                     let path_param = target
                         .split('?')

@@ -390,7 +390,13 @@ pub struct Backend {
     pub tls: Option<BackendTls>,
     /// http: a PROXY protocol header opens each connection to it.
     pub send_proxy: Option<ProxyVersion>,
+    /// http: requests it takes at once (0: no limit); more wait in the
+    /// service's queue.
+    pub maxconn: usize,
 }
+
+/// Upper bound of a backend's `maxconn`.
+pub const MAX_BACKEND_MAXCONN: i64 = 1_000_000;
 
 /// The PROXY protocol version a backend is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -197,6 +197,7 @@ pub(super) struct RawBackend {
     pub(super) tls_verify: Option<Spanned<String>>,
     pub(super) tls_sni: Option<Spanned<String>>,
     pub(super) send_proxy: Option<Spanned<String>>,
+    pub(super) maxconn: Option<Spanned<i64>>,
 }
 
 pub(super) fn one() -> Spanned<i64> {

@@ -599,9 +599,28 @@ impl Validator<'_> {
                 }
             }
         });
+        let maxconn = match &rb.maxconn {
+            None => 0,
+            Some(m) => {
+                if ctx.mode != Mode::Http {
+                    self.at(m, format!("backend {bname:?}: maxconn applies to mode \"http\" only"));
+                }
+                match *m.get_ref() {
+                    n @ 1..=MAX_BACKEND_MAXCONN => n as usize,
+                    n => {
+                        self.at(
+                            m,
+                            format!("backend {bname:?}: maxconn {n} is not in 1-{MAX_BACKEND_MAXCONN}"),
+                        );
+                        0
+                    }
+                }
+            }
+        };
         Some(Backend {
             tls,
             send_proxy,
+            maxconn,
             name: bname,
             address: address.ok()?,
             weight: w.clamp(0, MAX_WEIGHT) as u32,

@@ -96,8 +96,8 @@ impl Status {
                 Some(h) => {
                     let _ = write!(
                         o,
-                        " requests={} routed={} no_server={} refused={} sessions={} parked={} tunnels={}",
-                        h.requests, h.routed, h.no_server, h.refused, h.sessions, h.parked, h.tunnels
+                        " requests={} routed={} no_server={} refused={} sessions={} parked={} tunnels={} queued={} queue_timeouts={}",
+                        h.requests, h.routed, h.no_server, h.refused, h.sessions, h.parked, h.tunnels, h.queued, h.queue_timeouts
                     );
                     if h.tls_handshakes + h.tls_failed > 0 {
                         let _ = write!(

@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 pub struct BackendCounters {
     /// Requests in flight (leastconn reads it).
     pub active: AtomicUsize,
+    /// Requests holding a place under `maxconn` (from the connect to the
+    /// end of the response).
+    pub busy: AtomicUsize,
     pub requests: AtomicU64,
     /// Responses by class: 1xx .. 5xx (what the backend answered, or the
     /// proxy's 502/504 for it).
@@ -40,12 +43,22 @@ pub struct ServiceCounters {
     pub tunnels_total: AtomicU64,
     /// Connections closed for a missing or malformed PROXY header.
     pub proxy_refused: AtomicU64,
+    /// Requests waiting for a backend under maxconn now, the most at once,
+    /// ever, their total wait, and those that waited too long (503).
+    pub queued: AtomicU64,
+    pub queued_max: AtomicU64,
+    pub queued_total: AtomicU64,
+    pub queue_wait_ms_total: AtomicU64,
+    pub queue_timeouts: AtomicU64,
 }
 
 /// A copy of the counters of one backend, for reports.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BackendSnapshot {
     pub active: u64,
+    /// Places taken under maxconn.
+    #[serde(default)]
+    pub busy: u64,
     pub requests: u64,
     /// 1xx, 2xx, 3xx, 4xx, 5xx.
     pub responses: [u64; 5],
@@ -77,6 +90,17 @@ pub struct ServiceSnapshot {
     pub tunnels_total: u64,
     #[serde(default)]
     pub proxy_refused: u64,
+    #[serde(default)]
+    pub queued: u64,
+    #[serde(default)]
+    pub queued_max: u64,
+    #[serde(default)]
+    pub queued_total: u64,
+    /// Mean wait of the requests that waited in the queue.
+    #[serde(default)]
+    pub queue_wait_ms_avg: u64,
+    #[serde(default)]
+    pub queue_timeouts: u64,
 }
 
 fn get(c: &AtomicU64) -> u64 {
@@ -97,6 +121,7 @@ impl BackendCounters {
     pub fn snapshot(&self) -> BackendSnapshot {
         BackendSnapshot {
             active: self.active.load(Ordering::Relaxed) as u64,
+            busy: self.busy.load(Ordering::Relaxed) as u64,
             requests: get(&self.requests),
             responses: std::array::from_fn(|i| get(&self.responses[i])),
             connect_errors: get(&self.connect_errors),
@@ -121,6 +146,13 @@ impl ServiceCounters {
             tunnels: get(&self.tunnels),
             tunnels_total: get(&self.tunnels_total),
             proxy_refused: get(&self.proxy_refused),
+            queued: get(&self.queued),
+            queued_max: get(&self.queued_max),
+            queued_total: get(&self.queued_total),
+            queue_wait_ms_avg: get(&self.queue_wait_ms_total)
+                .checked_div(get(&self.queued_total))
+                .unwrap_or(0),
+            queue_timeouts: get(&self.queue_timeouts),
         }
     }
 }

@@ -25,6 +25,7 @@ use super::{
     },
     persistence::{finish_cookie, learn_session, persistence},
     pool::{Origin, SendError},
+    queue::Held,
     service::{Service, States, Via},
     tunnel::Tunnel,
 };
@@ -206,7 +207,7 @@ pub(super) async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, 
     };
     let balancer = &svc.balancers[pool];
     let mut via = p.via;
-    let mut target = match p
+    let target = match p
         .target
         .or_else(|| balancer.pick(&svc.slots, &svc.eligible(&st, pool, &[]), &key))
     {
@@ -216,6 +217,13 @@ pub(super) async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, 
             return line.log(None, p.judgement, via, local_503());
         }
     };
+    // A place at the server (maxconn), waiting in the queue if need be.
+    let Some(mut permit) = svc.place(&st, pool, target, p.target.is_some(), &key).await else {
+        bump(&svc.counters.no_server);
+        let r = local(StatusCode::SERVICE_UNAVAILABLE, "no server available: queue timeout\n");
+        return line.log(Some(target), p.judgement, via, r);
+    };
+    let mut target = permit.backend;
 
     let upgrade = prepare_request(&svc, peer, &mut req);
     let origin = Origin {
@@ -240,6 +248,13 @@ pub(super) async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, 
                 bump(&svc.slots[target].counters.retries);
                 if http.redispatch && failed.len() as u32 == attempts - 1 {
                     if let Some(t) = balancer.pick(&svc.slots, &svc.eligible(&st, pool, &failed), &key) {
+                        // The place moves with the request.
+                        drop(permit);
+                        let Some(moved) = svc.place(&st, pool, t, true, &key).await else {
+                            bump(&svc.counters.no_server);
+                            return line.log(Some(t), p.judgement, via, local_503());
+                        };
+                        permit = moved;
                         target = t;
                         via = Via::Redispatch;
                         bump(&svc.slots[target].counters.redispatches);
@@ -292,10 +307,10 @@ pub(super) async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, 
             let r = local(StatusCode::BAD_GATEWAY, "bad gateway\n");
             return line.log(Some(target), p.judgement, via, r);
         };
-        parts.extensions.insert(Tunnel::new(conn));
+        parts.extensions.insert(Tunnel::new(conn, permit));
         Response::from_parts(parts, Body::default())
     } else {
-        resp.map(|b| b.boxed())
+        resp.map(|b| Held::new(b, permit).boxed())
     };
     learn_session(&svc, p.session.as_deref(), target, &resp, now_i);
     let via_cookie = via == Via::Cookie;

@@ -10,7 +10,7 @@
 //!   `appsession`, `peers`; choosing a server: `balance`
 //! - HTTP/1 both ways: `http1`; TLS, h2 and h2c and the connection
 //!   entry: `serve`; plain or TLS under HTTP/1: `transport`
-//! - the PROXY protocol both ways: `proxy_protocol`
+//! - the PROXY protocol both ways: `proxy_protocol`; maxconn: `queue`
 //! - upgraded (WebSocket) connections joined to their backend: `tunnel`
 //! - threads and idle connections: `workers`, `parking`; backend
 //!   connections: `pool`; counters: `counters`
@@ -29,6 +29,7 @@ mod persistence;
 pub mod pool;
 pub mod proxy;
 pub mod proxy_protocol;
+mod queue;
 mod serve;
 pub mod service;
 mod transport;

@@ -9,10 +9,11 @@ use std::{
 
 use super::{
     appsession::Table,
-    balance::{Algo, Balancer, Slot},
+    balance::{Algo, Balancer, Key, Slot},
     counters::{BackendCounters, BackendSnapshot, ServiceCounters, ServiceSnapshot},
     peers,
     pool::{Pool, Secure},
+    queue::{Limits, Permit, Queue, Wants},
 };
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
@@ -59,6 +60,9 @@ pub struct Service {
     /// TLS termination: new connections take the acceptor of the service
     /// as it is when they come.
     pub(super) tls: Option<TlsAcceptor>,
+    /// Backends' maxconn and the requests waiting for them.
+    pub(super) limits: Limits,
+    pub(super) queue: Arc<Queue>,
 }
 
 /// The TLS set-up of a service, made before it is switched to (this is
@@ -148,20 +152,28 @@ impl Service {
             table.reconfigure(a);
             table.clone()
         });
+        let counters = kept.services.entry(cfg.name.clone()).or_default().clone();
+        let slots: Vec<Slot> = cfg
+            .backends
+            .iter()
+            .map(|b| Slot {
+                name: b.name.clone(),
+                weight: b.weight,
+                counters: kept
+                    .backends
+                    .entry((cfg.name.clone(), b.name.clone()))
+                    .or_default()
+                    .clone(),
+            })
+            .collect();
+        let limits = Limits {
+            maxconn: cfg.backends.iter().map(|b| b.maxconn).collect(),
+            counters: slots.iter().map(|s| s.counters.clone()).collect(),
+        };
         Service {
-            slots: cfg
-                .backends
-                .iter()
-                .map(|b| Slot {
-                    name: b.name.clone(),
-                    weight: b.weight,
-                    counters: kept
-                        .backends
-                        .entry((cfg.name.clone(), b.name.clone()))
-                        .or_default()
-                        .clone(),
-                })
-                .collect(),
+            queue: Queue::new(counters.clone()),
+            limits,
+            slots,
             pools: cfg
                 .backends
                 .iter()
@@ -179,7 +191,7 @@ impl Service {
                 .collect(),
             members,
             cookie_pools,
-            counters: kept.services.entry(cfg.name.clone()).or_default().clone(),
+            counters,
             sessions,
             peers,
             flags: Default::default(),
@@ -249,6 +261,37 @@ impl Service {
         } else {
             0
         }
+    }
+
+    /// A place at a server under `maxconn` for a request of `pool`: at
+    /// `target` if it has room; else a persistent request (`tied`) waits
+    /// for its server, and a balanced one goes to another eligible server
+    /// with room, or waits for the first that frees. None: it waited
+    /// `timeout_queue`.
+    pub(super) async fn place(
+        &self,
+        st: &[u8],
+        pool: usize,
+        target: usize,
+        tied: bool,
+        key: &Key<'_>,
+    ) -> Option<Permit> {
+        if let Some(p) = self.queue.take_now(&self.limits, &[target]) {
+            return Some(p);
+        }
+        let within = self.cfg.http.timeout_queue;
+        if tied {
+            return self.queue.wait(&self.limits, Wants::One(target), within).await;
+        }
+        let eligible = self.eligible(st, pool, &[]);
+        let room: Vec<usize> = eligible.iter().copied().filter(|i| self.limits.has_room(*i)).collect();
+        if let Some(p) = self.balancers[pool]
+            .pick(&self.slots, &room, key)
+            .and_then(|t| self.queue.take_now(&self.limits, &[t]))
+        {
+            return Some(p);
+        }
+        self.queue.wait(&self.limits, Wants::Any(eligible), within).await
     }
 
     /// Counters for reports.

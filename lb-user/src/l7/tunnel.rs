@@ -20,19 +20,20 @@ use tokio::{
     time::{timeout, Instant},
 };
 
-use super::{counters::ServiceCounters, http1::client::Conn};
+use super::{counters::ServiceCounters, http1::client::Conn, queue::Permit};
 
-/// The backend connection of a `101` answer, handed from the exchange to
-/// the client connection in the response's extensions.
+/// The backend connection of a `101` answer (and its place under the
+/// backend's maxconn, held as long as the tunnel), handed from the
+/// exchange to the client connection in the response's extensions.
 #[derive(Clone)]
-pub struct Tunnel(Arc<Mutex<Option<Conn>>>);
+pub struct Tunnel(Arc<Mutex<Option<(Conn, Permit)>>>);
 
 impl Tunnel {
-    pub fn new(conn: Conn) -> Tunnel {
-        Tunnel(Arc::new(Mutex::new(Some(conn))))
+    pub fn new(conn: Conn, permit: Permit) -> Tunnel {
+        Tunnel(Arc::new(Mutex::new(Some((conn, permit)))))
     }
 
-    fn take(&self) -> Option<Conn> {
+    fn take(&self) -> Option<(Conn, Permit)> {
         self.0.lock().expect("tunnel lock").take()
     }
 }
@@ -56,7 +57,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     idle: Duration,
     counters: Arc<ServiceCounters>,
 ) {
-    let Some(conn) = tunnel.take() else { return };
+    let Some((conn, _permit)) = tunnel.take() else { return };
     counters.tunnels.fetch_add(1, Relaxed);
     counters.tunnels_total.fetch_add(1, Relaxed);
     let _open = Open(counters);

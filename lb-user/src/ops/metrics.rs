@@ -78,6 +78,27 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "Client connections closed for a missing or malformed PROXY protocol header.",
     ),
     (
+        "xlb_http_queue_current",
+        "gauge",
+        "Requests waiting for a backend under maxconn.",
+    ),
+    ("xlb_http_queue_max", "gauge", "The most requests that waited at once."),
+    (
+        "xlb_http_queued_total",
+        "counter",
+        "Requests that had to wait for a backend under maxconn.",
+    ),
+    (
+        "xlb_http_queue_wait_avg_ms",
+        "gauge",
+        "Mean time the requests that waited spent in the queue.",
+    ),
+    (
+        "xlb_http_queue_timeouts_total",
+        "counter",
+        "Requests that waited timeout_queue and got 503.",
+    ),
+    (
         "xlb_http_tls_handshakes_total",
         "counter",
         "TLS handshakes completed by an http service.",
@@ -98,6 +119,11 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "Requests sent to a backend.",
     ),
     ("xlb_http_backend_active", "gauge", "Requests in flight to a backend."),
+    (
+        "xlb_http_backend_busy",
+        "gauge",
+        "Places taken at a backend under its maxconn (to the end of each response).",
+    ),
     (
         "xlb_http_backend_responses_total",
         "counter",
@@ -238,6 +264,11 @@ pub fn render(st: &Status) -> String {
                 add("xlb_http_tunnels", sl.clone(), h.tunnels);
                 add("xlb_http_tunnels_total", sl.clone(), h.tunnels_total);
                 add("xlb_http_proxy_refused_total", sl.clone(), h.proxy_refused);
+                add("xlb_http_queue_current", sl.clone(), h.queued);
+                add("xlb_http_queue_max", sl.clone(), h.queued_max);
+                add("xlb_http_queued_total", sl.clone(), h.queued_total);
+                add("xlb_http_queue_wait_avg_ms", sl.clone(), h.queue_wait_ms_avg);
+                add("xlb_http_queue_timeouts_total", sl.clone(), h.queue_timeouts);
                 add("xlb_http_tls_handshakes_total", sl.clone(), h.tls_handshakes);
                 add("xlb_http_tls_resumed_total", sl.clone(), h.tls_resumed);
                 add("xlb_http_tls_failed_total", sl.clone(), h.tls_failed);
@@ -262,6 +293,7 @@ pub fn render(st: &Status) -> String {
                 Some(h) => {
                     add("xlb_http_backend_requests_total", bl.clone(), h.requests);
                     add("xlb_http_backend_active", bl.clone(), h.active);
+                    add("xlb_http_backend_busy", bl.clone(), h.busy);
                     for (i, n) in h.responses.iter().enumerate() {
                         add(
                             "xlb_http_backend_responses_total",

@@ -50,7 +50,7 @@ fn html_escape(s: &str) -> String {
 /// HAProxy-like CSV: a row per backend, then a `BACKEND` row per service.
 pub fn csv(st: &Status) -> String {
     let mut o = String::from(
-        "# pxname,svname,status,weight,bck,group,addr,scur,stot,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx,econ,wretr,wredis,pkts,flows,\n",
+        "# pxname,svname,status,weight,bck,group,addr,scur,stot,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx,econ,wretr,wredis,pkts,flows,qcur,qmax,qtime,qtimeout,\n",
     );
     for s in &st.services {
         let (mut scur, mut stot) = (0, 0);
@@ -61,7 +61,7 @@ pub fn csv(st: &Status) -> String {
             let r = h.responses;
             let _ = writeln!(
                 o,
-                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},,,,,",
                 s.name,
                 b.name,
                 b.state.to_uppercase(),
@@ -84,16 +84,21 @@ pub fn csv(st: &Status) -> String {
             );
         }
         let up = s.backends.iter().any(|b| b.state == "up");
+        let q = s.http.clone().unwrap_or_default();
         let _ = writeln!(
             o,
-            "{},BACKEND,{},,,,{}:{},{scur},{},,,,,,,,,{},{},",
+            "{},BACKEND,{},,,,{}:{},{scur},{},,,,,,,,,{},{},{},{},{},{},",
             s.name,
             if up { "UP" } else { "DOWN" },
             s.vip,
             s.port,
             s.http.as_ref().map_or(stot, |h| h.requests),
             s.packets,
-            s.new_flows
+            s.new_flows,
+            q.queued,
+            q.queued_max,
+            q.queue_wait_ms_avg,
+            q.queue_timeouts
         );
     }
     o
@@ -177,6 +182,13 @@ pub fn html(st: &Status, uri: &str, admin: bool, notice: Option<&str>) -> String
             );
         }
         o.push_str("</table>\n");
+        if let Some(h) = &s.http {
+            let _ = writeln!(
+                o,
+                "<p>queue: {} waiting (most {}, avg wait {} ms, {} timed out) &middot; tunnels: {}</p>",
+                h.queued, h.queued_max, h.queue_wait_ms_avg, h.queue_timeouts, h.tunnels
+            );
+        }
         if admin {
             o.push_str(
                 "<select name=\"action\"><option value=\"ready\">set state to READY</option>\
