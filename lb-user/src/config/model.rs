@@ -418,7 +418,22 @@ pub struct Health {
 pub enum HealthKind {
     None,
     Tcp,
-    Http { path: String, expect: String },
+    Http(HttpCheck),
+}
+
+/// An HTTP check (HAProxy's `option httpchk` and `http-check expect`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpCheck {
+    pub method: String,
+    pub path: String,
+    /// `HTTP/1.0` or `HTTP/1.1`.
+    pub version: String,
+    /// The Host header; None: the backend's address.
+    pub host: Option<String>,
+    /// Accepted statuses (`200-399`, `200,204`).
+    pub expect: String,
+    /// A string the response body must contain.
+    pub expect_body: Option<String>,
 }
 
 /// Largest weight accepted; Maglev shares are proportional to it.

@@ -218,4 +218,8 @@ pub(super) struct RawHealth {
     pub(super) timeout: Option<Spanned<String>>,
     pub(super) rise: Option<Spanned<u32>>,
     pub(super) fall: Option<Spanned<u32>>,
+    pub(super) method: Option<Spanned<String>>,
+    pub(super) host: Option<Spanned<String>>,
+    pub(super) version: Option<Spanned<String>>,
+    pub(super) expect_body: Option<Spanned<String>>,
 }

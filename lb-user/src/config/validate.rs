@@ -806,6 +806,51 @@ impl Validator<'_> {
         }
     }
 
+    /// The request of an http check: every part goes on the wire as it
+    /// is, so each is held to what its place in a request head allows.
+    fn http_check(&mut self, raw: &RawHealth) -> HttpCheck {
+        let plain = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic());
+        let mut c = HttpCheck {
+            method: "GET".into(),
+            path: raw.path.clone().unwrap_or_else(|| "/".into()),
+            version: "HTTP/1.0".into(),
+            host: None,
+            expect: raw.expect.clone().unwrap_or_else(|| "200-399".into()),
+            expect_body: None,
+        };
+        if !c.path.starts_with('/') || !plain(&c.path) {
+            self.at(&raw.kind, format!("health path {:?} must start with / and have no spaces or controls", c.path));
+        }
+        if let Some(m) = &raw.method {
+            if plain(m.get_ref()) && m.get_ref().bytes().all(|b| b.is_ascii_uppercase()) {
+                c.method = m.get_ref().clone();
+            } else {
+                self.at(m, format!("health method {:?} is not an HTTP method (GET, HEAD, OPTIONS ...)", m.get_ref()));
+            }
+        }
+        if let Some(v) = &raw.version {
+            match v.get_ref().as_str() {
+                "HTTP/1.0" | "HTTP/1.1" => c.version = v.get_ref().clone(),
+                other => self.at(v, format!("health version {other:?} is not \"HTTP/1.0\" or \"HTTP/1.1\"")),
+            }
+        }
+        if let Some(h) = &raw.host {
+            if plain(h.get_ref()) {
+                c.host = Some(h.get_ref().clone());
+            } else {
+                self.at(h, format!("health host {:?} is not a host name", h.get_ref()));
+            }
+        }
+        if let Some(b) = &raw.expect_body {
+            if b.get_ref().is_empty() {
+                self.at(b, "health expect_body is empty".into());
+            } else {
+                c.expect_body = Some(b.get_ref().clone());
+            }
+        }
+        c
+    }
+
     fn health(&mut self, raw: Option<RawHealth>) -> Health {
         // HAProxy's defaults: inter 2s, rise 2, fall 3.
         let mut h = Health {
@@ -819,15 +864,24 @@ impl Validator<'_> {
         h.kind = match raw.kind.get_ref().as_str() {
             "none" => HealthKind::None,
             "tcp" => HealthKind::Tcp,
-            "http" => HealthKind::Http {
-                path: raw.path.unwrap_or_else(|| "/".into()),
-                expect: raw.expect.unwrap_or_else(|| "200-399".into()),
-            },
+            "http" => HealthKind::Http(self.http_check(&raw)),
             other => {
                 self.at(&raw.kind, format!("health kind {other:?} is not tcp, http or none"));
                 HealthKind::Tcp
             }
         };
+        if !matches!(h.kind, HealthKind::Http(_)) {
+            for (name, field) in [
+                ("method", &raw.method),
+                ("host", &raw.host),
+                ("version", &raw.version),
+                ("expect_body", &raw.expect_body),
+            ] {
+                if let Some(f) = field {
+                    self.at(f, format!("health {name} needs kind = \"http\""));
+                }
+            }
+        }
         for (name, field, target) in [
             ("interval", raw.interval, &mut h.interval),
             ("timeout", raw.timeout, &mut h.timeout),
@@ -849,7 +903,7 @@ impl Validator<'_> {
                 }
             }
         }
-        if let HealthKind::Http { expect, .. } = &h.kind {
+        if let HealthKind::Http(HttpCheck { expect, .. }) = &h.kind {
             let ok = expect.split(',').all(|part| {
                 let part = part.trim();
                 match part.split_once('-') {

@@ -6,15 +6,20 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+use rustls::pki_types::ServerName;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
     sync::mpsc,
     task::JoinHandle,
     time::{interval, timeout, MissedTickBehavior},
 };
+use tokio_rustls::TlsConnector;
 
-use crate::config::{Config, Health, HealthKind};
+use crate::{
+    config::{Backend, Config, Health, HealthKind, HttpCheck},
+    tls,
+};
 
 /// A backend changed state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,40 +41,122 @@ pub fn status_matches(expect: &str, status: u16) -> bool {
     })
 }
 
+/// A response read for an http check is cut here.
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// How checks reach a backend with `tls`: over TLS, as its requests do.
+#[derive(Clone)]
+pub struct Secure {
+    connector: TlsConnector,
+    name: ServerName<'static>,
+}
+
+impl Secure {
+    fn new(b: &Backend) -> Option<Result<Secure, String>> {
+        let t = b.tls.as_ref()?;
+        Some(
+            tls::client_config(&t.verify, t.sni.is_some())
+                .map(|cfg| Secure {
+                    connector: TlsConnector::from(cfg),
+                    name: tls::server_name(t.sni.as_deref(), b.address.ip()),
+                })
+                .map_err(|e| e.to_string()),
+        )
+    }
+}
+
 /// One check; `Err` says why it failed.
-pub async fn check_once(addr: SocketAddr, h: &Health) -> Result<(), String> {
+pub async fn check_once(addr: SocketAddr, h: &Health, secure: Option<&Secure>) -> Result<(), String> {
     let attempt = async {
-        let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let HealthKind::Http { path, expect } = &h.kind else {
-            return Ok(());
-        };
-        let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: xlb-health\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
-        let mut buf = [0u8; 64];
-        let mut n = 0;
-        while n < 12 {
-            let got = s.read(&mut buf[n..]).await.map_err(|e| e.to_string())?;
-            if got == 0 {
-                return Err("connection closed before a status line".into());
+        let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        match (secure, &h.kind) {
+            (None, HealthKind::Http(c)) => http_check(tcp, c, addr).await,
+            (None, _) => Ok(()),
+            (Some(s), kind) => {
+                let t = s
+                    .connector
+                    .connect(s.name.clone(), tcp)
+                    .await
+                    .map_err(|e| format!("TLS: {e}"))?;
+                match kind {
+                    HealthKind::Http(c) => http_check(t, c, addr).await,
+                    _ => Ok(()),
+                }
             }
-            n += got;
-        }
-        let line = String::from_utf8_lossy(&buf[..n]);
-        let status = line
-            .strip_prefix("HTTP/1.")
-            .and_then(|r| r.get(2..5))
-            .and_then(|c| c.parse::<u16>().ok())
-            .ok_or_else(|| format!("not an HTTP response: {:?}", line.lines().next().unwrap_or("")))?;
-        if status_matches(expect, status) {
-            Ok(())
-        } else {
-            Err(format!("status {status} not in {expect}"))
         }
     };
     match timeout(h.timeout, attempt).await {
         Ok(r) => r,
         Err(_) => Err(format!("no answer within {:?}", h.timeout)),
     }
+}
+
+/// The request of `c`; the status (and with `expect_body`, the body) of
+/// the answer checked.
+async fn http_check<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, c: &HttpCheck, addr: SocketAddr) -> Result<(), String> {
+    let host = c.host.clone().unwrap_or_else(|| addr.to_string());
+    let req = format!(
+        "{} {} {}\r\nHost: {host}\r\nUser-Agent: xlb-health\r\nConnection: close\r\n\r\n",
+        c.method, c.path, c.version
+    );
+    s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+    s.flush().await.map_err(|e| e.to_string())?;
+    // The status line; for expect_body, the answer up to the close.
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let got = match s.read(&mut chunk).await {
+            Ok(n) => n,
+            // A TLS peer that closes without close_notify.
+            Err(_) if !buf.is_empty() => 0,
+            Err(e) => return Err(e.to_string()),
+        };
+        buf.extend_from_slice(&chunk[..got]);
+        let line_done = buf.windows(2).any(|w| w == b"\r\n");
+        if got == 0 || buf.len() >= MAX_ANSWER || (line_done && c.expect_body.is_none()) {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let status = text
+        .strip_prefix("HTTP/1.")
+        .and_then(|r| r.get(2..5))
+        .and_then(|c| c.parse::<u16>().ok())
+        .ok_or_else(|| match buf.is_empty() {
+            true => "connection closed before a status line".to_string(),
+            false => format!("not an HTTP response: {:?}", text.lines().next().unwrap_or("")),
+        })?;
+    if !status_matches(&c.expect, status) {
+        return Err(format!("status {status} not in {}", c.expect));
+    }
+    if let Some(want) = &c.expect_body {
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let chunked = head.lines().any(|l| {
+            let l = l.to_ascii_lowercase();
+            l.starts_with("transfer-encoding:") && l.contains("chunked")
+        });
+        let body = if chunked { dechunk(body) } else { body.to_string() };
+        if !body.contains(want.as_str()) {
+            return Err(format!("status {status}, but the body does not contain {want:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// A chunked body's data (as far as it goes).
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let hex = size.split(';').next().unwrap_or("").trim();
+        let Ok(n) = usize::from_str_radix(hex, 16) else { break };
+        if n == 0 || after.len() < n {
+            out.push_str(after.get(..n.min(after.len())).unwrap_or(""));
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].strip_prefix("\r\n").unwrap_or(&after[n..]);
+    }
+    out
 }
 
 /// The rise/fall state machine of one backend.
@@ -114,12 +201,17 @@ pub fn spawn(cfg: &Config, is_up: &dyn Fn(&str, &str) -> bool, tx: mpsc::Sender<
             let (h, tx, addr) = (s.health.clone(), tx.clone(), b.address);
             let (service, backend) = (s.name.clone(), b.name.clone());
             let mut t = Tracker::new(is_up(&s.name, &b.name));
+            let secure = Secure::new(b);
             tasks.push(tokio::spawn(async move {
                 let mut tick = interval(h.interval.max(Duration::from_millis(10)));
                 tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
-                    let r = check_once(addr, &h).await;
+                    let r = match &secure {
+                        Some(Err(e)) => Err(format!("TLS set-up: {e}")),
+                        Some(Ok(s)) => check_once(addr, &h, Some(s)).await,
+                        None => check_once(addr, &h, None).await,
+                    };
                     let reason = match &r {
                         Ok(()) => "check passed".to_string(),
                         Err(e) => e.clone(),
@@ -181,31 +273,51 @@ mod tests {
     async fn checks_real_sockets() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        assert_eq!(check_once(addr, &health(1, 1)).await, Ok(()));
+        assert_eq!(check_once(addr, &health(1, 1), None).await, Ok(()));
         drop(listener);
-        assert!(check_once(addr, &health(1, 1)).await.unwrap_err().contains("refused"));
+        assert!(check_once(addr, &health(1, 1), None).await.unwrap_err().contains("refused"));
     }
 
     #[tokio::test]
-    async fn http_check_reads_the_status() {
+    async fn http_check_sends_its_request_and_reads_status_and_body() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let (seen_tx, mut seen) = mpsc::channel(8);
         tokio::spawn(async move {
-            for status in ["200 OK", "503 Service Unavailable"] {
+            for answer in [
+                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+                "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nstatus OK",
+                "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nstatus KO",
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nstat\r\n5\r\nus OK\r\n0\r\n\r\n",
+            ] {
                 let (mut s, _) = listener.accept().await.unwrap();
-                let mut buf = [0u8; 256];
-                let _ = s.read(&mut buf).await;
-                let _ = s
-                    .write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes())
-                    .await;
+                let mut buf = [0u8; 512];
+                let n = s.read(&mut buf).await.unwrap();
+                seen_tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).await.unwrap();
+                let _ = s.write_all(answer.as_bytes()).await;
             }
         });
         let mut h = health(1, 1);
-        h.kind = HealthKind::Http {
+        let mut c = HttpCheck {
+            method: "GET".into(),
             path: "/".into(),
+            version: "HTTP/1.0".into(),
+            host: None,
             expect: "200-399".into(),
+            expect_body: None,
         };
-        assert_eq!(check_once(addr, &h).await, Ok(()));
-        assert_eq!(check_once(addr, &h).await, Err("status 503 not in 200-399".into()));
+        h.kind = HealthKind::Http(c.clone());
+        assert_eq!(check_once(addr, &h, None).await, Ok(()));
+        assert!(seen.recv().await.unwrap().starts_with(&format!("GET / HTTP/1.0\r\nHost: {addr}\r\n")));
+        assert_eq!(check_once(addr, &h, None).await, Err("status 503 not in 200-399".into()));
+        seen.recv().await.unwrap();
+        (c.method, c.path, c.version, c.host) = ("HEAD".into(), "/ping".into(), "HTTP/1.1".into(), Some("app.test".into()));
+        c.expect_body = Some("OK".into());
+        h.kind = HealthKind::Http(c);
+        assert_eq!(check_once(addr, &h, None).await, Ok(()));
+        assert!(seen.recv().await.unwrap().starts_with("HEAD /ping HTTP/1.1\r\nHost: app.test\r\n"));
+        assert!(check_once(addr, &h, None).await.unwrap_err().contains("does not contain \"OK\""));
+        assert_eq!(check_once(addr, &h, None).await, Ok(()), "a chunked body, decoded");
     }
 }
