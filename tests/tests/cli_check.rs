@@ -15,7 +15,74 @@ fn backend(name: &str, addr: &str, extra: &str) -> String {
 
 /// (case name, config text, marker on the line to report, reason text)
 fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
+    let be = backend("a", "198.18.1.10:80", "");
     vec![
+        (
+            "dynamic cookie key too short",
+            format!("{HTTP}  [service.cookie]\n  name = \"SRV\"\n  dynamic_key = \"short\"\n{be}"),
+            "dynamic_key",
+            "cookie dynamic_key needs at least 16 characters",
+        ),
+        (
+            "send_proxy version",
+            format!("{HTTP}{}", backend("a", "198.18.1.10:80", "  send_proxy = \"v3\"\n")),
+            "send_proxy",
+            "send_proxy \"v3\" is not \"v1\" or \"v2\"",
+        ),
+        (
+            "maxconn 0",
+            format!("{HTTP}{}", backend("a", "198.18.1.10:80", "  maxconn = 0\n")),
+            "maxconn",
+            "maxconn 0 is not in 1-1000000",
+        ),
+        (
+            "maxconn on an L4 service",
+            format!("{L4}{}", backend("a", "198.18.1.10:80", "  maxconn = 5\n")),
+            "maxconn",
+            "maxconn applies to mode \"http\" only",
+        ),
+        (
+            "tls on an L4 service",
+            format!("{L4}  [service.tls]\n  certs = []\n{be}"),
+            "[service.tls]",
+            "[service.tls] applies to mode \"http\" only",
+        ),
+        (
+            "alpn",
+            format!("{HTTP}  [service.tls]\n  certs = [\"/nonexistent.pem\"]\n  alpn = [\"spdy/3\"]\n{be}"),
+            "spdy",
+            "tls alpn \"spdy/3\" is not \"h2\" or \"http/1.1\"",
+        ),
+        (
+            "tls min_version",
+            format!("{HTTP}  [service.tls]\n  certs = [\"/nonexistent.pem\"]\n  min_version = \"1.1\"\n{be}"),
+            "min_version",
+            "tls min_version \"1.1\" is not \"1.2\" or \"1.3\"",
+        ),
+        (
+            "backend tls_verify without tls",
+            format!("{HTTP}{}", backend("a", "198.18.1.10:80", "  tls_verify = \"none\"\n")),
+            "tls_verify",
+            "tls_verify and tls_sni need tls = true",
+        ),
+        (
+            "health method on a tcp check",
+            format!("{HTTP}  [service.health]\n  kind = \"tcp\"\n  method = \"HEAD\"\n{be}"),
+            "method",
+            "health method needs kind = \"http\"",
+        ),
+        (
+            "health version",
+            format!("{HTTP}  [service.health]\n  kind = \"http\"\n  version = \"HTTP/2\"\n{be}"),
+            "version",
+            "health version \"HTTP/2\" is not \"HTTP/1.0\" or \"HTTP/1.1\"",
+        ),
+        (
+            "timeout_queue",
+            format!("{HTTP}  [service.http]\n  timeout_queue = \"0s\"\n{be}"),
+            "timeout_queue",
+            "timeout_queue must be more than 0",
+        ),
         (
             "unknown key",
             "[global]\ninterface = \"eth0\"\nbogus = 1\n".into(),

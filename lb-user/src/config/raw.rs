@@ -155,6 +155,7 @@ pub(super) struct RawCookie {
     pub(super) maxidle: Option<Spanned<String>>,
     pub(super) maxlife: Option<Spanned<String>>,
     pub(super) domain: Option<String>,
+    pub(super) dynamic_key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

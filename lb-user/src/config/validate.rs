@@ -60,6 +60,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// The cookie value of a backend at `addr` under `key`: the first 16 hex
+/// digits of HMAC-SHA256(key, "ip:port"). The same on every node with the
+/// same key; the backend's name and address cannot be read from it.
+pub fn dynamic_cookie(key: &str, addr: SocketAddr) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes any key length");
+    mac.update(addr.to_string().as_bytes());
+    mac.finalize().into_bytes()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A token as RFC 6265 allows for cookie names.
 fn valid_cookie_name(name: &str) -> bool {
     !name.is_empty()
@@ -402,7 +412,18 @@ impl Validator<'_> {
                 self.err(line, format!("[service.{section}] applies to mode \"http\" only"));
             }
         }
+        let dynamic_key = rs.cookie.as_ref().and_then(|c| c.get_ref().dynamic_key.clone());
         let cookie = rs.cookie.map(|c| self.cookie(c.into_inner()));
+        if let Some(key) = dynamic_key {
+            if key.get_ref().len() < 16 {
+                self.at(&key, "cookie dynamic_key needs at least 16 characters".into());
+            }
+            // Backends without their own value get one derived from the
+            // key and their address (HAProxy's `dynamic-cookie-key`).
+            for b in backends.iter_mut().filter(|b| b.cookie.is_none()) {
+                b.cookie = Some(dynamic_cookie(key.get_ref(), b.address));
+            }
+        }
         let http = rs.http.map(|h| self.http(h.into_inner())).unwrap_or_default();
         let appsession = rs.appsession.map(|a| self.appsession(a.into_inner()));
         let routes = rs.route.into_iter().filter_map(|r| self.route(r, &groups)).collect();
