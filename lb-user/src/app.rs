@@ -1,7 +1,8 @@
-//! `xlb run`: starts the daemon and the admin API, then turns signals and
-//! health changes into daemon calls until SIGTERM or SIGINT.
+//! `xlb run`: starts the daemon and the admin API (taking the sockets of
+//! a running xlb for a seamless upgrade), then turns signals, health
+//! changes and takeovers into daemon calls until SIGTERM or SIGINT.
 
-use std::path::PathBuf;
+use std::{os::fd::AsRawFd, path::PathBuf};
 
 use tokio::{
     signal::unix::{signal, SignalKind},
@@ -10,7 +11,11 @@ use tokio::{
 
 use crate::{
     config,
-    control::daemon::{self, Daemon, RunError},
+    control::{
+        daemon::{self, Daemon, RunError},
+        upgrade::{self, Leave},
+    },
+    l7,
     ops::admin,
 };
 
@@ -38,8 +43,10 @@ pub fn raise_nofile() -> std::io::Result<u64> {
 
 /// Runs until SIGTERM or SIGINT; SIGHUP reloads. On the way out the data
 /// plane stays attached for the next run, unless `cleanup` (or
-/// `on_exit = "cleanup"`) asks to take it down.
-pub async fn run(path: PathBuf, iface: Option<String>, cleanup: bool) -> Result<(), RunError> {
+/// `on_exit = "cleanup"`) asks to take it down. With `upgrade`, takes the
+/// listening sockets of the xlb running with this config's admin address,
+/// which then leaves as asked.
+pub async fn run(path: PathBuf, iface: Option<String>, cleanup: bool, upgrade: Option<Leave>) -> Result<(), RunError> {
     match raise_nofile() {
         Ok(limit) => tracing::debug!(limit, "open-file limit"),
         Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
@@ -48,29 +55,101 @@ pub async fn run(path: PathBuf, iface: Option<String>, cleanup: bool) -> Result<
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
     let (health_tx, mut health_rx) = mpsc::channel(64);
-    let daemon = Daemon::start(path, iface, health_tx)?;
+    let (inherited, listeners, admin_listener) = match upgrade {
+        Some(leave) => {
+            let admin = config::load(&path)?.global.admin;
+            let mut taken = upgrade::take_over(admin, leave)?;
+            tracing::info!(
+                sockets = taken.listeners.len(),
+                "took the listening sockets of the running xlb"
+            );
+            let mut listeners = std::mem::take(&mut taken.listeners);
+            let admin_listener = listeners.remove(&admin);
+            (Some(taken), listeners, admin_listener)
+        }
+        None => (None, Default::default(), None),
+    };
+    let daemon = Daemon::start(path, iface, health_tx, listeners)?;
     let addr = daemon.config().global.admin;
     let cleanup = cleanup || daemon.config().global.on_exit == config::OnExit::Cleanup;
     let shared = daemon::shared(daemon);
-    let server = admin::serve(addr, shared.clone())
-        .await
-        .map_err(|cause| RunError::Admin { addr, cause })?;
-    let server = tokio::spawn(server);
+    // This process keeps a copy of the admin socket to hand it over.
+    let admin_socket = match admin_listener {
+        Some(l) => l,
+        None => std::net::TcpListener::bind(addr).map_err(|cause| RunError::Admin { addr, cause })?,
+    };
+    let start_admin = |shared| -> Result<_, RunError> {
+        let l = admin_socket
+            .try_clone()
+            .map_err(|cause| RunError::Admin { addr, cause })?;
+        let server = admin::serve(l, shared).map_err(|cause| RunError::Admin { addr, cause })?;
+        Ok(tokio::spawn(server))
+    };
+    let mut server = start_admin(shared.clone())?;
+    let mut upgrades = Some(upgrade::listen(addr).map_err(|e| RunError::Upgrade(e.into()))?);
+    if let Some(i) = inherited {
+        // The old process stops for good once this one runs.
+        if let Err(e) = i.done() {
+            tracing::warn!("telling the old xlb this one runs: {e}");
+        }
+    }
     tracing::info!(%addr, "xlb running; admin API listening");
-    loop {
+    let leave = loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = term.recv() => break None,
+            _ = int.recv() => break None,
             _ = hup.recv() => {
                 if let Err(e) = shared.lock().await.reload() {
                     tracing::error!("reload refused, running config kept:\n{e}");
                 }
             }
             Some(change) = health_rx.recv() => shared.lock().await.health_changed(change),
+            req = async { upgrade::next(upgrades.as_ref().expect("listening")).await }, if upgrades.is_some() => {
+                // The name is free for the new process to listen on later.
+                drop(upgrades.take());
+                let leave = req.leave;
+                let mut sockets = shared.lock().await.hand_over();
+                sockets.push((addr, admin_socket.as_raw_fd()));
+                server.abort();
+                tracing::info!(?leave, "a new xlb is taking over; not accepting meanwhile");
+                if req.hand_over(sockets).await {
+                    break Some(leave);
+                }
+                tracing::warn!("the new xlb went away before it ran; carrying on");
+                shared.lock().await.resume();
+                server = start_admin(shared.clone())?;
+                upgrades = upgrade::listen(addr).map_err(|e| tracing::error!("upgrade socket: {e}")).ok();
+            }
+        }
+    };
+    server.abort();
+    let Some(leave) = leave else {
+        shared.lock().await.shutdown(cleanup);
+        tracing::info!(cleanup, "stopping");
+        return Ok(());
+    };
+    shared.lock().await.leave_to_successor();
+    drop(admin_socket);
+    if let Leave::Soft(deadline) = leave {
+        l7::admission::drain();
+        let until = tokio::time::Instant::now() + deadline;
+        tracing::info!(?deadline, "the new xlb runs; finishing open connections");
+        loop {
+            let open = shared.lock().await.open_connections();
+            if open == 0 {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => {
+                    tracing::info!(open, "drain deadline: closing what is left");
+                    break;
+                }
+                _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
         }
     }
-    server.abort();
-    shared.lock().await.shutdown(cleanup);
-    tracing::info!(cleanup, "stopping");
+    tracing::info!("handed over to the new xlb; stopping");
     Ok(())
 }

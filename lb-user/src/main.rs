@@ -5,7 +5,11 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use hyper::{Method, StatusCode};
-use lb_user::{admin_client as client, app, config, control::status::Status, l7::appsession::EntryView};
+use lb_user::{
+    admin_client as client, app, config,
+    control::{status::Status, upgrade::Leave},
+    l7::appsession::EntryView,
+};
 
 #[derive(Parser)]
 #[command(name = "xlb", version, about = "XDP layer-4 load balancer with an L7 HTTP proxy")]
@@ -31,6 +35,18 @@ enum Cmd {
         /// xlb added (default: leave them running for the next `xlb run`).
         #[arg(long)]
         cleanup: bool,
+        /// Seamless upgrade (HAProxy's -sf): take the listening sockets of
+        /// the xlb running with this config's admin address; it stops
+        /// accepting, finishes its open connections (up to --drain-timeout)
+        /// and exits.
+        #[arg(long = "sf", conflicts_with = "st")]
+        sf: bool,
+        /// As --sf, but the running xlb exits at once (HAProxy's -st).
+        #[arg(long = "st")]
+        st: bool,
+        /// With --sf: the longest the old process finishes its connections.
+        #[arg(long, default_value = "30s", value_parser = duration)]
+        drain_timeout: std::time::Duration,
     },
     /// Validate a config: a summary, or FILE:LINE: reason for each error.
     Check {
@@ -187,7 +203,21 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
-        Cmd::Run { config, iface, cleanup } => Ok(runtime()?.block_on(app::run(config, iface, cleanup))?),
+        Cmd::Run {
+            config,
+            iface,
+            cleanup,
+            sf,
+            st,
+            drain_timeout,
+        } => {
+            let upgrade = match (sf, st) {
+                (true, _) => Some(Leave::Soft(drain_timeout)),
+                (_, true) => Some(Leave::Hard),
+                _ => None,
+            };
+            Ok(runtime()?.block_on(app::run(config, iface, cleanup, upgrade))?)
+        }
         Cmd::Check { config } => {
             let cfg = config::load(&config)?;
             println!("{}: OK", config.display());
@@ -309,4 +339,9 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// A duration argument (`500ms`, `30s`, `2m`).
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    config::parse_duration(s)
 }

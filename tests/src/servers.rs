@@ -40,7 +40,8 @@ pub enum Kind {
     Http,
     /// WebSocket (tungstenite): the `101` carries `X-Backend: NAME` (and
     /// `Set-Cookie: SRV=NAME` when asked with `?cookie`); each text
-    /// message `M` is answered `NAME: M`.
+    /// message `M` is answered `NAME: M`. Requests that do not ask for a
+    /// WebSocket are answered as by [`Kind::Http`].
     WebSocket,
 }
 
@@ -148,7 +149,7 @@ fn accept_loop(
                     let _ = match (kind, tls) {
                         (Kind::Tcp, _) => serve_tcp(stream, &name, &stop),
                         (Kind::WebSocket, _) => serve_ws(stream, &name, &stop),
-                        (Kind::Http, None) => serve_http(stream, &name, &stop, None, &load),
+                        (Kind::Http, None) => serve_http(stream, &name, &stop, None, &load, false),
                         (Kind::Http, Some(tls)) => serve_https(stream, &name, &stop, tls, &load),
                     };
                 });
@@ -173,6 +174,28 @@ fn serve_ws(stream: TcpStream, name: &str, stop: &AtomicBool) -> io::Result<()> 
         }
         Ok(resp)
     };
+    // Plain requests (no upgrade) are served as by a Kind::Http server,
+    // one by one, until one asks for a WebSocket.
+    let mut head = [0u8; 4096];
+    loop {
+        let n = match stream.peek(&mut head) {
+            Ok(0) => return Ok(()),
+            Ok(n) if head[..n].windows(4).any(|w| w == b"\r\n\r\n") => n,
+            Ok(_) => {
+                thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            Err(e) if timed_out(&e) && !stop.load(Ordering::Relaxed) => continue,
+            Err(e) => return Err(e),
+        };
+        if String::from_utf8_lossy(&head[..n])
+            .to_ascii_lowercase()
+            .contains("upgrade: websocket")
+        {
+            break;
+        }
+        serve_http(&stream, name, stop, None, &Load::default(), true)?;
+    }
     let mut handshake = tungstenite::accept_hdr(stream, add_name);
     let mut ws = loop {
         match handshake {
@@ -239,15 +262,17 @@ fn serve_https(
         }
     }
     let sni = s.conn.server_name().unwrap_or("-").to_string();
-    serve_http(s, name, stop, Some(sni), load)
+    serve_http(s, name, stop, Some(sni), load, false)
 }
 
+/// HTTP/1.1 on `stream`: until it closes, or (`one`) one exchange.
 fn serve_http<S: Read + Write>(
     stream: S,
     name: &str,
     stop: &AtomicBool,
     sni: Option<String>,
     load: &Load,
+    one: bool,
 ) -> io::Result<()> {
     let mut reader = BufReader::new(stream);
     loop {
@@ -358,7 +383,7 @@ fn serve_http<S: Read + Write>(
         };
         reader.get_mut().write_all(out.as_bytes())?;
         reader.get_mut().flush()?;
-        if close || framing == "drop" {
+        if close || framing == "drop" || one {
             return Ok(());
         }
     }

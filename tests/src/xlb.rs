@@ -62,11 +62,13 @@ impl XlbProcess {
         extra: &[&str],
         admin: &str,
     ) -> io::Result<XlbProcess> {
+        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let log_path = std::env::temp_dir().join(format!(
-            "{}-xlb-{}-{}.log",
+            "{}-xlb-{}-{}-{}.log",
             ns.name(),
             std::process::id(),
-            admin.replace([':', '.'], "_")
+            admin.replace([':', '.'], "_"),
+            STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         let log = std::fs::File::create(&log_path)?;
         let mut cmd = match launcher.split_first() {
@@ -124,6 +126,20 @@ impl XlbProcess {
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill on our own child's pid.
         unsafe { libc::kill(self.pid() as i32, sig) };
+    }
+
+    /// Waits up to `within` for it to exit by itself.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(st)) = self.child.as_mut()?.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGTERM and wait (at most 10 s) for it to exit.

@@ -16,7 +16,12 @@ fn states(l: &L7) -> Vec<(String, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|b| (b["name"].as_str().unwrap().to_string(), b["state"].as_str().unwrap().to_string()))
+        .map(|b| {
+            (
+                b["name"].as_str().unwrap().to_string(),
+                b["state"].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
@@ -25,7 +30,12 @@ fn wait_states(l: &L7, want: &[(&str, &str)]) {
     let want: Vec<(String, String)> = want.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
     let until = Instant::now() + Duration::from_secs(5);
     while states(l) != want {
-        assert!(Instant::now() < until, "states {:?}, want {want:?}\n{}", states(l), l.xlb.log());
+        assert!(
+            Instant::now() < until,
+            "states {:?}, want {want:?}\n{}",
+            states(l),
+            l.xlb.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -46,7 +56,10 @@ fn httpchk_sends_method_host_and_version_and_expects_a_body() {
     });
     wait_states(&l, &[("s1", "up"), ("s2", "up")]);
     // A body only s2's answer has: s1 goes down, and takes no traffic.
-    let cfg = l.cfg.replace("expect_body = \"Host: app.test\"", "expect_body = \"s2\\nHost: app.test\"");
+    let cfg = l.cfg.replace(
+        "expect_body = \"Host: app.test\"",
+        "expect_body = \"s2\\nHost: app.test\"",
+    );
     l.reload(&cfg);
     wait_states(&l, &[("s1", "down"), ("s2", "up")]);
     for _ in 0..4 {
@@ -69,7 +82,10 @@ fn tls_backends_are_checked_over_tls() {
     let bad = stranger.issue("be.pem", &["be.test"]);
     let ca = pki.ca_file();
     let service = format!("[service.health]\nkind = \"http\"\nexpect_body = \"tls-sni\"\n{FAST}");
-    let tls_be = format!("tls = true\ntls_verify = {:?}\ntls_sni = \"be.test\"", ca.display().to_string());
+    let tls_be = format!(
+        "tls = true\ntls_verify = {:?}\ntls_sni = \"be.test\"",
+        ca.display().to_string()
+    );
     let l = L7::run(&Spec {
         service: &service,
         backends: &[lab::l7::Be("trusted", &tls_be), lab::l7::Be("stranger", &tls_be)],
@@ -77,8 +93,20 @@ fn tls_backends_are_checked_over_tls() {
         ..Spec::default()
     });
     let _servers = [
-        Server::start_tls(&l.ns, "127.0.0.1:9001".parse().unwrap(), "trusted", tls::server_config(&good)).unwrap(),
-        Server::start_tls(&l.ns, "127.0.0.1:9002".parse().unwrap(), "stranger", tls::server_config(&bad)).unwrap(),
+        Server::start_tls(
+            &l.ns,
+            "127.0.0.1:9001".parse().unwrap(),
+            "trusted",
+            tls::server_config(&good),
+        )
+        .unwrap(),
+        Server::start_tls(
+            &l.ns,
+            "127.0.0.1:9002".parse().unwrap(),
+            "stranger",
+            tls::server_config(&bad),
+        )
+        .unwrap(),
     ];
     wait_states(&l, &[("trusted", "up"), ("stranger", "down")]);
     assert_eq!(l.get("/", &[]).backend(), "trusted");

@@ -520,16 +520,17 @@ fn backend_framing_and_connections_the_backend_closes() {
 #[test]
 fn dynamic_cookie_values_hide_the_backends_and_are_the_same_on_every_node() {
     lab::require_root!();
-    let with_key = |key: &str| {
-        format!("[service.cookie]\nname = \"SRV\"\nindirect = true\ndynamic_key = \"{key}\"\n")
-    };
+    let with_key = |key: &str| format!("[service.cookie]\nname = \"SRV\"\nindirect = true\ndynamic_key = \"{key}\"\n");
     let backends = [Be("s1", ""), Be("s2", ""), Be("named", "cookie = \"n\"")];
     let values = |key: &str| -> Vec<(String, String)> {
         let l = L7::start(&with_key(key), &backends, &[]);
         let mut seen: Vec<(String, String)> = (0..6)
             .map(|_| {
                 let r = l.get("/", &[]);
-                (r.backend().to_string(), r.set_cookie("SRV").expect("a cookie for every backend"))
+                (
+                    r.backend().to_string(),
+                    r.set_cookie("SRV").expect("a cookie for every backend"),
+                )
             })
             .collect();
         seen.sort();
@@ -548,11 +549,18 @@ fn dynamic_cookie_values_hide_the_backends_and_are_the_same_on_every_node() {
         if backend == "named" {
             assert_eq!(value, "n", "an explicit value stays");
         } else {
-            assert!(value.len() == 16 && value.bytes().all(|b| b.is_ascii_hexdigit()), "{value}");
+            assert!(
+                value.len() == 16 && value.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{value}"
+            );
             assert!(!value.contains(backend.as_str()));
         }
     }
-    assert_eq!(values("first-secret-of-16+"), node_a, "same key, same values (another node)");
+    assert_eq!(
+        values("first-secret-of-16+"),
+        node_a,
+        "same key, same values (another node)"
+    );
     let other = values("other-secret-of-16+");
     let s1 = |v: &[(String, String)]| v.iter().find(|(b, _)| b == "s1").unwrap().1.clone();
     assert_ne!(s1(&other), s1(&node_a), "another key, other values");

@@ -177,3 +177,114 @@ fn only_a_request_with_connection_upgrade_is_upgraded() {
     assert_eq!(r.header("sec-websocket-accept"), Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
     assert_eq!(tunnels(&l).1, 1);
 }
+
+/// Clients that keep sending until told to stop: keep-alive ones (a new
+/// connection when the server closes theirs) and one connection per
+/// request; what failed, and how many answers came.
+fn load(l: &L7, stop: &std::sync::atomic::AtomicBool) -> (Vec<String>, usize) {
+    use std::sync::atomic::Ordering;
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..6)
+            .map(|i| {
+                s.spawn(move || {
+                    let (mut failed, mut ok) = (Vec::new(), 0);
+                    let mut client = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        let c = match client.as_mut() {
+                            Some(c) => c,
+                            None => match lab::http::Client::connect(&l.ns, vip()) {
+                                Ok(c) => client.insert(c),
+                                Err(e) => {
+                                    failed.push(format!("connect: {e}"));
+                                    continue;
+                                }
+                            },
+                        };
+                        match c.get("/", &[]) {
+                            Ok(r) if r.status == 200 => {
+                                ok += 1;
+                                // Half the clients open a connection per request.
+                                if i % 2 == 1 || r.header("connection") == Some("close") {
+                                    client = None;
+                                }
+                            }
+                            Ok(r) => failed.push(format!("status {}", r.status)),
+                            Err(e) => {
+                                failed.push(format!("request: {e}"));
+                                client = None;
+                            }
+                        }
+                    }
+                    (failed, ok)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap())
+            .fold((Vec::new(), 0), |(mut f, n), (f2, n2)| {
+                f.extend(f2);
+                (f, n + n2)
+            })
+    })
+}
+
+#[test]
+fn a_seamless_upgrade_under_load_refuses_nothing_and_keeps_open_websockets() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    lab::require_root!();
+    let mut l = lab(INSERT);
+    let mut before = open(&l, None, None);
+    assert_eq!(before.echo("one"), format!("{}: one", before.backend));
+    let stop = AtomicBool::new(false);
+    let (failed, answered, mut new) = std::thread::scope(|s| {
+        let clients = s.spawn(|| load(&l, &stop));
+        std::thread::sleep(Duration::from_millis(500));
+        // The new process takes over while the clients keep going.
+        let new = lab::XlbProcess::start(&l.ns, &l.cfg_path, &["--cleanup", "--sf", "--drain-timeout", "20s"])
+            .unwrap_or_else(|e| panic!("{e}\nold: {}", l.xlb.log()));
+        std::thread::sleep(Duration::from_millis(1000));
+        stop.store(true, Ordering::Relaxed);
+        let (failed, answered) = clients.join().unwrap();
+        (failed, answered, new)
+    });
+    assert!(
+        failed.is_empty(),
+        "{} failures of {answered}: {:?}\nold: {}\nnew: {}",
+        failed.len(),
+        &failed[..failed.len().min(5)],
+        l.xlb.log(),
+        new.log()
+    );
+    assert!(answered > 50, "{answered} answers");
+    assert!(new.log().contains("took the listening sockets"), "{}", new.log());
+    // The old process still serves the WebSocket opened before, then
+    // leaves when it closes.
+    assert_eq!(before.echo("two"), format!("{}: two", before.backend));
+    assert!(
+        l.xlb.wait_exit(Duration::from_millis(300)).is_none(),
+        "the old one waits for its tunnel"
+    );
+    drop(before);
+    assert!(
+        l.xlb.wait_exit(Duration::from_secs(5)).is_some(),
+        "the old one leaves once drained\n{}",
+        l.xlb.log()
+    );
+    assert!(l.xlb.log().contains("handed over to the new xlb"), "{}", l.xlb.log());
+    // The new one serves everything: HTTP, WebSockets, the admin API.
+    let mut after = open(&l, None, None);
+    assert_eq!(after.echo("three"), format!("{}: three", after.backend));
+    assert_eq!(l.get("/", &[]).status, 200);
+    assert_eq!(tunnels(&l).0, 1, "the new process counts its own tunnel");
+    // --st: the old one leaves at once, open tunnels with it.
+    let newest = lab::XlbProcess::start(&l.ns, &l.cfg_path, &["--cleanup", "--st"]).unwrap();
+    assert!(
+        new.wait_exit(Duration::from_secs(5)).is_some(),
+        "--st: it leaves at once"
+    );
+    let cut = after.ws.read();
+    assert!(cut.is_err() || matches!(cut, Ok(Message::Close(_))), "{cut:?}");
+    assert_eq!(l.get("/", &[]).status, 200);
+    drop(newest);
+}

@@ -67,7 +67,10 @@ pub fn dynamic_cookie(key: &str, addr: SocketAddr) -> String {
     use hmac::{KeyInit, Mac};
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes any key length");
     mac.update(addr.to_string().as_bytes());
-    mac.finalize().into_bytes()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    mac.finalize().into_bytes()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A token as RFC 6265 allows for cookie names.
@@ -840,19 +843,34 @@ impl Validator<'_> {
             expect_body: None,
         };
         if !c.path.starts_with('/') || !plain(&c.path) {
-            self.at(&raw.kind, format!("health path {:?} must start with / and have no spaces or controls", c.path));
+            self.at(
+                &raw.kind,
+                format!(
+                    "health path {:?} must start with / and have no spaces or controls",
+                    c.path
+                ),
+            );
         }
         if let Some(m) = &raw.method {
             if plain(m.get_ref()) && m.get_ref().bytes().all(|b| b.is_ascii_uppercase()) {
                 c.method = m.get_ref().clone();
             } else {
-                self.at(m, format!("health method {:?} is not an HTTP method (GET, HEAD, OPTIONS ...)", m.get_ref()));
+                self.at(
+                    m,
+                    format!(
+                        "health method {:?} is not an HTTP method (GET, HEAD, OPTIONS ...)",
+                        m.get_ref()
+                    ),
+                );
             }
         }
         if let Some(v) = &raw.version {
             match v.get_ref().as_str() {
                 "HTTP/1.0" | "HTTP/1.1" => c.version = v.get_ref().clone(),
-                other => self.at(v, format!("health version {other:?} is not \"HTTP/1.0\" or \"HTTP/1.1\"")),
+                other => self.at(
+                    v,
+                    format!("health version {other:?} is not \"HTTP/1.0\" or \"HTTP/1.1\""),
+                ),
             }
         }
         if let Some(h) = &raw.host {

@@ -3,6 +3,8 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    net::SocketAddr,
+    os::fd::RawFd,
     path::PathBuf,
     sync::Arc,
 };
@@ -40,6 +42,8 @@ pub enum RunError {
         addr: std::net::SocketAddr,
         cause: std::io::Error,
     },
+    #[error(transparent)]
+    Upgrade(#[from] super::upgrade::UpgradeError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("cannot start the proxy's threads: {0}")]
@@ -99,6 +103,7 @@ impl Daemon {
         path: PathBuf,
         iface: Option<String>,
         health_tx: mpsc::Sender<health::Change>,
+        inherited: HashMap<SocketAddr, std::net::TcpListener>,
     ) -> Result<Self, RunError> {
         let cfg = config::load(&path)?;
         if cfg.global.nonlocal_bind {
@@ -142,7 +147,7 @@ impl Daemon {
         l7::workers::start(threads).map_err(RunError::Threads)?;
         peer_credentials(&cfg);
         let l7_states = l7::States::default();
-        let mut proxy = l7::Proxy::new(l7_states.clone(), l7::peers::spawn(cfg.global.peers.clone()));
+        let mut proxy = l7::Proxy::new(l7_states.clone(), l7::peers::spawn(cfg.global.peers.clone()), inherited);
         proxy.apply(&cfg)?;
         if !cfg.global.peers.is_empty() {
             for s in cfg.services.iter().filter(|s| s.appsession.is_some()) {
@@ -204,6 +209,45 @@ impl Daemon {
 
     /// At exit: leave the data plane (and its VIPs) running for the next
     /// run, or take everything down.
+    /// A new process takes over: health checks and flow sync stop here
+    /// (the new one runs its own), the proxy stops accepting and gives its
+    /// listening sockets.
+    pub fn hand_over(&mut self) -> Vec<(SocketAddr, RawFd)> {
+        for t in self.checks.drain(..) {
+            t.abort();
+        }
+        self.sync = None;
+        self.proxy.pause()
+    }
+
+    /// The new process went away before it ran: carry on as before.
+    pub fn resume(&mut self) {
+        self.proxy.resume();
+        self.restart_checks();
+        if let (Some(s), Some(dp)) = (&self.cfg.sync, &mut self.dp) {
+            match dp.start_sync(s) {
+                Ok(sync) => self.sync = Some(sync),
+                Err(e) => tracing::error!("flow sync could not restart after the failed upgrade: {e}"),
+            }
+        }
+    }
+
+    /// Leaves after a takeover: the data plane, its pins and the VIPs stay
+    /// as they are for the new process (nothing saved: it saves its own).
+    pub fn leave_to_successor(&mut self) {
+        if let Some(dp) = &mut self.dp {
+            dp.set_keep(true);
+        }
+        if let Some(v) = &mut self.vips {
+            v.leave();
+        }
+    }
+
+    /// Open client connections of the L7 proxy.
+    pub fn open_connections(&self) -> usize {
+        self.proxy.connections().open
+    }
+
     pub fn shutdown(&mut self, cleanup: bool) {
         self.persist();
         if let Some(dp) = &mut self.dp {

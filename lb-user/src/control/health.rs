@@ -93,7 +93,11 @@ pub async fn check_once(addr: SocketAddr, h: &Health, secure: Option<&Secure>) -
 
 /// The request of `c`; the status (and with `expect_body`, the body) of
 /// the answer checked.
-async fn http_check<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, c: &HttpCheck, addr: SocketAddr) -> Result<(), String> {
+async fn http_check<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    c: &HttpCheck,
+    addr: SocketAddr,
+) -> Result<(), String> {
     let host = c.host.clone().unwrap_or_else(|| addr.to_string());
     let req = format!(
         "{} {} {}\r\nHost: {host}\r\nUser-Agent: xlb-health\r\nConnection: close\r\n\r\n",
@@ -275,7 +279,10 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         assert_eq!(check_once(addr, &health(1, 1), None).await, Ok(()));
         drop(listener);
-        assert!(check_once(addr, &health(1, 1), None).await.unwrap_err().contains("refused"));
+        assert!(check_once(addr, &health(1, 1), None)
+            .await
+            .unwrap_err()
+            .contains("refused"));
     }
 
     #[tokio::test]
@@ -294,7 +301,10 @@ mod tests {
                 let (mut s, _) = listener.accept().await.unwrap();
                 let mut buf = [0u8; 512];
                 let n = s.read(&mut buf).await.unwrap();
-                seen_tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).await.unwrap();
+                seen_tx
+                    .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                    .await
+                    .unwrap();
                 let _ = s.write_all(answer.as_bytes()).await;
             }
         });
@@ -309,15 +319,34 @@ mod tests {
         };
         h.kind = HealthKind::Http(c.clone());
         assert_eq!(check_once(addr, &h, None).await, Ok(()));
-        assert!(seen.recv().await.unwrap().starts_with(&format!("GET / HTTP/1.0\r\nHost: {addr}\r\n")));
-        assert_eq!(check_once(addr, &h, None).await, Err("status 503 not in 200-399".into()));
+        assert!(seen
+            .recv()
+            .await
+            .unwrap()
+            .starts_with(&format!("GET / HTTP/1.0\r\nHost: {addr}\r\n")));
+        assert_eq!(
+            check_once(addr, &h, None).await,
+            Err("status 503 not in 200-399".into())
+        );
         seen.recv().await.unwrap();
-        (c.method, c.path, c.version, c.host) = ("HEAD".into(), "/ping".into(), "HTTP/1.1".into(), Some("app.test".into()));
+        (c.method, c.path, c.version, c.host) = (
+            "HEAD".into(),
+            "/ping".into(),
+            "HTTP/1.1".into(),
+            Some("app.test".into()),
+        );
         c.expect_body = Some("OK".into());
         h.kind = HealthKind::Http(c);
         assert_eq!(check_once(addr, &h, None).await, Ok(()));
-        assert!(seen.recv().await.unwrap().starts_with("HEAD /ping HTTP/1.1\r\nHost: app.test\r\n"));
-        assert!(check_once(addr, &h, None).await.unwrap_err().contains("does not contain \"OK\""));
+        assert!(seen
+            .recv()
+            .await
+            .unwrap()
+            .starts_with("HEAD /ping HTTP/1.1\r\nHost: app.test\r\n"));
+        assert!(check_once(addr, &h, None)
+            .await
+            .unwrap_err()
+            .contains("does not contain \"OK\""));
         assert_eq!(check_once(addr, &h, None).await, Ok(()), "a chunked body, decoded");
     }
 }

@@ -1,7 +1,7 @@
 //! The control plane: the daemon's state and reloads (`daemon`), runtime
 //! changes and transactions (`changes`, `transaction`), health checks (`health`), VIP
-//! aliases over netlink (`vip`, `netlink`) and the status it reports
-//! (`status`).
+//! aliases over netlink (`vip`, `netlink`), the status it reports
+//! (`status`) and seamless upgrades (`upgrade`).
 
 pub mod changes;
 pub mod daemon;
@@ -9,4 +9,5 @@ pub mod health;
 pub mod netlink;
 pub mod status;
 pub mod transaction;
+pub mod upgrade;
 pub mod vip;

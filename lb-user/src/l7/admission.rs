@@ -7,7 +7,7 @@
 use std::{
     net::SocketAddr,
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
         Arc, RwLock,
     },
 };
@@ -15,6 +15,33 @@ use std::{
 use tokio::sync::Notify;
 
 use super::service::{Service, States};
+
+/// Set when this process hands its listeners to a new one: keep-alive
+/// connections close after their current response, idle ones at once.
+static DRAINING: AtomicBool = AtomicBool::new(false);
+
+static DRAIN: Notify = Notify::const_new();
+
+/// This process is leaving: connections end as soon as they are idle.
+pub fn drain() {
+    DRAINING.store(true, Relaxed);
+    DRAIN.notify_waiters();
+}
+
+pub fn draining() -> bool {
+    DRAINING.load(Relaxed)
+}
+
+/// Returns once this process is leaving.
+pub async fn drained() {
+    loop {
+        let told = DRAIN.notified();
+        if draining() {
+            return;
+        }
+        told.await;
+    }
+}
 
 /// The shared count of open client connections and its cap.
 #[derive(Debug)]

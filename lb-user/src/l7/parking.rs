@@ -163,7 +163,8 @@ async fn watch(mut poll: AsyncFd<Poll>) {
                 let parked = LOT.with(|lot| {
                     let mut lot = lot.borrow_mut();
                     let lot = lot.as_mut()?;
-                    lot.parked.retain(|_, p| p.until > now);
+                    let draining = super::admission::draining();
+                    lot.parked.retain(|_, p| p.until > now && !draining);
                     Some(std::mem::take(&mut lot.new))
                 });
                 // The memory of the tasks that ended goes back to the

@@ -5,10 +5,11 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{Arc, RwLock},
+    os::fd::{AsRawFd, RawFd},
+    sync::{Arc, Mutex, RwLock},
 };
 
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use super::{
     admission::{Accepted, Gate, GateSnapshot},
@@ -41,6 +42,8 @@ pub enum ProxyError {
 struct Listener {
     current: Arc<RwLock<Arc<Service>>>,
     task: JoinHandle<()>,
+    /// The socket (its accept loop owns it), for a seamless upgrade.
+    fd: RawFd,
 }
 
 /// All http listeners of the daemon.
@@ -50,17 +53,40 @@ pub struct Proxy {
     kept: Kept,
     peers: Option<peers::Outbox>,
     gate: Arc<Gate>,
+    /// Listening sockets taken from the process this one upgraded, used
+    /// instead of binding their addresses.
+    inherited: Mutex<HashMap<SocketAddr, std::net::TcpListener>>,
+    /// Accept loops wait while true (a new process is taking over).
+    paused: watch::Sender<bool>,
 }
 
 impl Proxy {
-    pub fn new(states: States, peers: Option<peers::Outbox>) -> Proxy {
+    pub fn new(
+        states: States,
+        peers: Option<peers::Outbox>,
+        inherited: HashMap<SocketAddr, std::net::TcpListener>,
+    ) -> Proxy {
         Proxy {
             listeners: HashMap::new(),
             states,
             kept: Kept::default(),
             peers,
             gate: Gate::new(crate::config::DEFAULT_MAXCONN),
+            inherited: Mutex::new(inherited),
+            paused: watch::Sender::new(false),
         }
+    }
+
+    /// Stops accepting (connections wait in the kernel's queue) and gives
+    /// the listening sockets, for a new process to take over.
+    pub fn pause(&self) -> Vec<(SocketAddr, RawFd)> {
+        self.paused.send_replace(true);
+        self.listeners.iter().map(|(a, l)| (*a, l.fd)).collect()
+    }
+
+    /// Accepts again (the new process went away).
+    pub fn resume(&self) {
+        self.paused.send_replace(false);
     }
 
     /// Open client connections against `global.maxconn`.
@@ -87,6 +113,9 @@ impl Proxy {
     pub fn apply(&mut self, cfg: &Config) -> Result<(), ProxyError> {
         let bound = self.prepare(cfg)?;
         self.commit(bound, cfg);
+        // Sockets taken over for addresses this config no longer has
+        // close here (else they would queue connections no one takes).
+        self.inherited.lock().expect("inherited lock").clear();
         Ok(())
     }
 
@@ -105,8 +134,12 @@ impl Proxy {
             if self.listeners.contains_key(&addr) {
                 continue;
             }
+            let inherited = self.inherited.lock().expect("inherited lock").remove(&addr);
             let bind = || -> std::io::Result<TcpListener> {
-                let l = std::net::TcpListener::bind(addr)?;
+                let l = match inherited {
+                    Some(l) => l,
+                    None => std::net::TcpListener::bind(addr)?,
+                };
                 l.set_nonblocking(true)?;
                 TcpListener::from_std(l)
             };
@@ -153,14 +186,16 @@ impl Proxy {
             let s = wanted[addrs.iter().position(|a| *a == addr).expect("bound for this config")];
             let svc = Service::new(s, kept, self.peers.clone(), secured(&s.name));
             let current = Arc::new(RwLock::new(Arc::new(svc)));
+            let fd = listener.as_raw_fd();
             let task = tokio::spawn(accept_loop(
                 listener,
                 current.clone(),
                 self.states.clone(),
                 self.gate.clone(),
+                self.paused.subscribe(),
             ));
             tracing::info!(service = %s.name, %addr, "http proxy listening");
-            self.listeners.insert(addr, Listener { current, task });
+            self.listeners.insert(addr, Listener { current, task, fd });
         }
     }
 }
@@ -180,11 +215,28 @@ impl Drop for Proxy {
     }
 }
 
-async fn accept_loop(listener: TcpListener, current: Arc<RwLock<Arc<Service>>>, states: States, gate: Arc<Gate>) {
+async fn accept_loop(
+    listener: TcpListener,
+    current: Arc<RwLock<Arc<Service>>>,
+    states: States,
+    gate: Arc<Gate>,
+    mut paused: watch::Receiver<bool>,
+) {
     loop {
-        // At maxconn, new connections wait in the kernel's queue.
+        // At maxconn, new connections wait in the kernel's queue; so they
+        // do while a new process takes over.
         gate.room().await;
-        let Ok((stream, peer)) = listener.accept().await else {
+        if *paused.borrow_and_update() {
+            if paused.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = paused.changed() => continue,
+        };
+        let Ok((stream, peer)) = accepted else {
             continue;
         };
         let slot = gate.take();

@@ -15,7 +15,7 @@ use tokio::{
 };
 
 use super::{
-    admission::Accepted,
+    admission::{self, Accepted},
     body::{Body, BoxError},
     counters::bump,
     exchange::handle,
@@ -95,10 +95,17 @@ async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream: S,
         let states = states.clone();
         async move { Ok::<_, Infallible>(handle(svc, states, peer, req).await) }
     });
-    let _ = http2::Builder::new(TokioExecutor::new())
+    let conn = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .serve_connection(TokioIo::new(stream), svc)
-        .await;
+        .serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    // A leaving process sends GOAWAY: streams in flight finish, the
+    // client opens new ones elsewhere.
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = admission::drained() => conn.as_mut().graceful_shutdown(),
+    }
+    let _ = conn.await;
 }
 
 fn boxed(body: hyper::body::Incoming) -> Body {

@@ -3,7 +3,6 @@
 //! talk to; it also serves `/metrics` and the stats page.
 
 use std::{
-    net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -392,9 +391,13 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// does not read).
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
-/// Binds the admin address; the returned future serves until dropped.
-pub async fn serve(addr: SocketAddr, shared: Shared) -> std::io::Result<impl std::future::Future<Output = ()>> {
-    let listener = TcpListener::bind(addr).await?;
+/// Serves the admin API on `listener` until the future is dropped.
+pub fn serve(
+    listener: std::net::TcpListener,
+    shared: Shared,
+) -> std::io::Result<impl std::future::Future<Output = ()>> {
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     Ok(async move {
         loop {

@@ -34,7 +34,7 @@ use super::{
 };
 use crate::config::ConnectionMode;
 use crate::l7::{
-    admission::Accepted,
+    admission::{self, Accepted},
     body::{Body, BoxError},
     counters::bump,
     exchange::handle,
@@ -128,11 +128,13 @@ pub async fn serve<S: Transport>(stream: S, mut conn: Accepted) {
         let (t_client, t_idle) = (http.timeout_client, http.timeout_http_keep_alive);
         if rx.buf.is_empty() {
             // Between requests; parked (no task, no buffer) when it lasts.
+            // A draining process closes them instead (a request that comes
+            // first is answered, with `Connection: close`).
             let first = t_idle.min(PARK_AFTER);
             match timeout(first, rx.fill()).await {
                 Ok(Ok(0) | Err(_)) => return,
                 Ok(Ok(_)) => {}
-                Err(_) if t_idle <= first => return,
+                Err(_) if t_idle <= first || admission::draining() => return,
                 Err(_) => {
                     let stream = S::unsplit(rx.read, write);
                     let until = Instant::now() + (t_idle - first);
@@ -194,7 +196,7 @@ async fn exchange<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin>(
     }
     let head_method = next.req.method() == Method::HEAD;
     let http10 = next.req.version() == Version::HTTP_10;
-    let mut keep_alive = next.keep_alive && !next.ambiguous && mode != ConnectionMode::Close;
+    let mut keep_alive = next.keep_alive && !next.ambiguous && mode != ConnectionMode::Close && !admission::draining();
     let mut body_read = true;
     let resp = if next.body == Decode::Done {
         handle(svc, states.clone(), peer, next.req.map(|()| Body::default())).await
