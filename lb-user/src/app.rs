@@ -58,7 +58,16 @@ pub async fn run(path: PathBuf, iface: Option<String>, cleanup: bool, upgrade: O
     let (inherited, listeners, admin_listener) = match upgrade {
         Some(leave) => {
             let admin = config::load(&path)?.global.admin;
-            let mut taken = upgrade::take_over(admin, leave)?;
+            let mut taken = match upgrade::take_over(admin, leave) {
+                Ok(t) => t,
+                // Nothing runs (yet): start as usual, as HAProxy's -sf
+                // with no old process does.
+                Err(e @ upgrade::UpgradeError::Connect { .. }) => {
+                    tracing::warn!("{e}; starting afresh");
+                    return Box::pin(run(path, iface, cleanup, None)).await;
+                }
+                Err(e) => return Err(e.into()),
+            };
             tracing::info!(
                 sockets = taken.listeners.len(),
                 "took the listening sockets of the running xlb"

@@ -310,6 +310,17 @@ fn xdp_attached(lab: &Lab) -> bool {
 
 #[test]
 fn restart_keeps_every_stream_and_the_affinity() {
+    restart_keeps_streams(false);
+}
+
+#[test]
+fn a_seamless_upgrade_keeps_every_stream_and_the_affinity() {
+    restart_keeps_streams(true);
+}
+
+/// A stop then a start, or (`upgrade`) a new process started with `--sf`
+/// while the old one runs, under 20 streams that talk all the time.
+fn restart_keeps_streams(upgrade: bool) {
     lab::require_root!();
     let lab = Lab::new(&LabSpec {
         backends: 3,
@@ -324,7 +335,7 @@ fn restart_keeps_every_stream_and_the_affinity() {
         &format!("[global]\npin_dir = \"{}\"\n", pins.path.display()),
     );
     let cfg = temp_file("restart.toml", &text).unwrap();
-    let first = XlbProcess::start(&lab.xlb.ns, &cfg, &[]).unwrap();
+    let mut first = XlbProcess::start(&lab.xlb.ns, &cfg, &[]).unwrap();
     let before: Vec<String> = clients(&lab).iter().map(|c| hello(&lab, *c)).collect();
     let streams: Vec<Stream> = clients(&lab).iter().map(|c| Stream::open(&lab, *c)).collect();
     let names: Vec<String> = streams.iter().map(|s| s.backend.clone()).collect();
@@ -348,10 +359,18 @@ fn restart_keeps_every_stream_and_the_affinity() {
     });
     thread::sleep(Duration::from_millis(300));
 
-    first.stop().unwrap();
-    assert!(xdp_attached(&lab), "a plain stop leaves the data plane running");
-    thread::sleep(Duration::from_millis(300)); // no daemon at all for a while
-    let second = XlbProcess::start(&lab.xlb.ns, &cfg, &["--cleanup"]).unwrap();
+    let second = if upgrade {
+        let second = XlbProcess::start(&lab.xlb.ns, &cfg, &["--cleanup", "--sf"]).unwrap();
+        let gone = first.wait_exit(Duration::from_secs(5));
+        assert!(gone.is_some_and(|s| s.success()), "the old one leaves\n{}", first.log());
+        assert!(first.log().contains("handed over to the new xlb"), "{}", first.log());
+        second
+    } else {
+        first.stop().unwrap();
+        assert!(xdp_attached(&lab), "a plain stop leaves the data plane running");
+        thread::sleep(Duration::from_millis(300)); // no daemon at all for a while
+        XlbProcess::start(&lab.xlb.ns, &cfg, &["--cleanup"]).unwrap()
+    };
     assert!(
         second.log().contains("took over the running data plane"),
         "{}",

@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{root, setup};
+use crate::{bench_tls, root, setup};
 
 const PROXY: &str = "127.0.0.1:18080";
 const BACKENDS: [(&str, u16); 3] = [("s1", 19001), ("s2", 19002), ("s3", 19003)];
@@ -28,6 +28,8 @@ pub struct Opts {
     pub idle: usize,
     /// Rounds through the three proxies; medians are reported.
     pub rounds: usize,
+    /// Only the HTTPS runs (xlb and HAProxy), into bench-results/tls.md.
+    pub tls_only: bool,
 }
 
 /// `program`, run on `cpu` when one is given.
@@ -43,12 +45,12 @@ fn pinned(cpu: Option<u32>, program: &str) -> Command {
 }
 
 /// A child process, killed when dropped.
-struct Proc {
+pub struct Proc {
     child: Child,
 }
 
 impl Proc {
-    fn spawn(name: &'static str, cpu: Option<u32>, cmd: &[&str], env: &[(&str, &str)], log: &Path) -> Result<Proc> {
+    pub fn spawn(name: &'static str, cpu: Option<u32>, cmd: &[&str], env: &[(&str, &str)], log: &Path) -> Result<Proc> {
         let mut c = pinned(cpu, cmd[0]);
         c.args(&cmd[1..]);
         let out = std::fs::File::create(log)?;
@@ -61,7 +63,7 @@ impl Proc {
     }
 
     /// Resident memory in KiB (taskset execs the program: same pid).
-    fn rss_kib(&self) -> u64 {
+    pub fn rss_kib(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .ok()
             .and_then(|s| {
@@ -131,11 +133,28 @@ fn wait_http(addr: &str, what: &str) -> Result<()> {
 
 /// What wrk measured.
 #[derive(Default, Clone)]
-struct Load {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    errors: u64,
+pub struct Load {
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub errors: u64,
+}
+
+/// Pins the calling thread to `cpu` (the load generator's).
+pub fn pin_this_thread(cpu: Option<u32>) {
+    let Some(cpu) = cpu else { return };
+    // SAFETY: a cpu_set_t on the stack, filled by the libc macros' equivalents.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// The median of `v`.
+pub fn median_of(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 fn parse_ms(s: &str) -> Option<f64> {
@@ -153,6 +172,16 @@ fn parse_ms(s: &str) -> Option<f64> {
 }
 
 fn wrk(opts: &Opts, cpu: Option<u32>, duration: u64, cookie: Option<&str>) -> Result<Load> {
+    let header = cookie.map(|v| format!("Cookie: SERVERID={v}"));
+    run_wrk(opts, cpu, duration, &format!("http://{PROXY}/"), header.as_deref())
+}
+
+/// wrk against `url` (returning clients of s1).
+pub fn wrk_url(opts: &Opts, cpu: Option<u32>, duration: u64, url: &str) -> Result<Load> {
+    run_wrk(opts, cpu, duration, url, Some("Cookie: SERVERID=s1"))
+}
+
+fn run_wrk(opts: &Opts, cpu: Option<u32>, duration: u64, url: &str, header: Option<&str>) -> Result<Load> {
     let mut c = pinned(cpu, "wrk");
     c.args([
         "-t1",
@@ -160,10 +189,10 @@ fn wrk(opts: &Opts, cpu: Option<u32>, duration: u64, cookie: Option<&str>) -> Re
         &format!("-d{duration}s"),
         "--latency",
     ]);
-    if let Some(v) = cookie {
-        c.args(["-H", &format!("Cookie: SERVERID={v}")]);
+    if let Some(h) = header {
+        c.args(["-H", h]);
     }
-    let out = c.arg(format!("http://{PROXY}/")).output().context("running wrk")?;
+    let out = c.arg(url).output().context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     if !out.status.success() {
         bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
@@ -193,7 +222,7 @@ fn wrk(opts: &Opts, cpu: Option<u32>, duration: u64, cookie: Option<&str>) -> Re
 }
 
 /// Each figure's median over the runs.
-fn median(mut v: Vec<Load>) -> Load {
+pub fn median(mut v: Vec<Load>) -> Load {
     let mid = |v: &mut Vec<Load>, f: fn(&Load) -> f64| {
         v.sort_by(|a, b| f(a).total_cmp(&f(b)));
         f(&v[v.len() / 2])
@@ -214,7 +243,7 @@ struct Result1 {
     idle_bytes: f64,
 }
 
-fn configs(dir: &Path) -> Result<()> {
+fn configs(dir: &Path, pem: &Path) -> Result<()> {
     let servers: String = BACKENDS
         .iter()
         .map(|(n, p)| {
@@ -258,7 +287,8 @@ fn configs(dir: &Path) -> Result<()> {
         format!(
             "global\n  nbthread 1\n  maxconn 9000\n\ndefaults\n  mode http\n  option http-keep-alive\n  timeout connect 5s\n  \
              timeout client 30s\n  timeout server 30s\n\nfrontend fe\n  bind {PROXY}\n  default_backend be\n\n\
-             backend be\n  balance roundrobin\n  cookie SERVERID insert indirect nocache\n{hservers}"
+             backend be\n  balance roundrobin\n  cookie SERVERID insert indirect nocache\n{hservers}{}",
+            bench_tls::haproxy_frontend(pem)
         ),
     )?;
     let xservers: String = BACKENDS
@@ -271,7 +301,8 @@ fn configs(dir: &Path) -> Result<()> {
         format!(
             "[global]\nadmin = \"127.0.0.1:19900\"\n\n[[service]]\nname = \"bench\"\nvip = \"{vip}\"\nport = {port}\n\
              mode = \"http\"\nbalance = \"roundrobin\"\n[service.cookie]\nname = \"SERVERID\"\nmode = \"insert\"\n\
-             indirect = true\nnocache = true\n[service.health]\nkind = \"none\"\n{xservers}"
+             indirect = true\nnocache = true\n[service.health]\nkind = \"none\"\n{xservers}{}",
+            bench_tls::xlb_service(pem, &xservers)
         ),
     )?;
     Ok(())
@@ -330,14 +361,19 @@ pub fn run(xlb: &Path, opts: &Opts) -> Result<()> {
     let cpus = thread::available_parallelism().map_or(1, |n| n.get());
     // Proxies on CPU 0; wrk and the backends on CPU 1 (when there is one).
     let (proxy_cpu, load_cpu) = if cpus >= 2 { (Some(0), Some(1)) } else { (None, None) };
-    for addr in std::iter::once(PROXY.to_string()).chain(BACKENDS.iter().map(|(_, p)| format!("127.0.0.1:{p}"))) {
+    let own = [PROXY.to_string(), bench_tls::TLS_PROXY.to_string()];
+    for addr in own
+        .into_iter()
+        .chain(BACKENDS.iter().map(|(_, p)| format!("127.0.0.1:{p}")))
+    {
         if TcpStream::connect(&addr).is_ok() {
             bail!("{addr} is in use: stop what listens there first");
         }
     }
     let dir = std::env::temp_dir().join(format!("xlb-bench-l7-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    configs(&dir)?;
+    let pem = bench_tls::certificate(&dir)?;
+    configs(&dir, &pem)?;
     let conf = |f: &str| dir.join(f).display().to_string();
     let backends = Proc::spawn(
         "backends",
@@ -366,49 +402,76 @@ pub fn run(xlb: &Path, opts: &Opts) -> Result<()> {
     // Rounds alternate the proxies so that drift of the machine (other
     // tenants, clocks) hits them alike; medians are reported.
     let mut runs: Vec<Vec<(Load, Load)>> = vec![Vec::new(); proxies.len()];
+    let mut tls_runs: Vec<Vec<bench_tls::TlsResult>> = (0..2).map(|_| Vec::new()).collect();
     let mut memory = vec![(0, 0.0); proxies.len()];
     for round in 0..opts.rounds {
         for (i, (name, cmd, cookies)) in proxies.iter().enumerate() {
+            // HTTPS: xlb and HAProxy (the nginx here has no TLS set up).
+            let tls = i < tls_runs.len();
+            if opts.tls_only && !tls {
+                continue;
+            }
             let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
             let log = dir.join(format!("{name}.log"));
             // xlb's access log is off, as HAProxy's and nginx's are here.
             let p = Proc::spawn(name, proxy_cpu, &args, &[("RUST_LOG", "warn")], &log)?;
             wait_http(PROXY, name).with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
-            sanity(name, *cookies)?;
-            wrk(opts, load_cpu, 1, None)?; // warm-up
-            let new_clients = wrk(opts, load_cpu, opts.duration, None)?;
-            let returning = wrk(opts, load_cpu, opts.duration, Some("s2"))?;
-            eprintln!(
-                "bench l7 round {}/{}: {name}: {:.0} req/s new, {:.0} req/s returning, p99 {:.2}/{:.2} ms",
-                round + 1,
-                opts.rounds,
-                new_clients.rps,
-                returning.rps,
-                new_clients.p99_ms,
-                returning.p99_ms
-            );
-            runs[i].push((new_clients, returning));
-            if round + 1 == opts.rounds {
-                let rss = p.rss_kib();
-                memory[i] = (rss, idle_cost(&p, opts.idle)?);
+            let last = round + 1 == opts.rounds;
+            if !opts.tls_only {
+                sanity(name, *cookies)?;
+                wrk(opts, load_cpu, 1, None)?; // warm-up
+                let new_clients = wrk(opts, load_cpu, opts.duration, None)?;
+                let returning = wrk(opts, load_cpu, opts.duration, Some("s2"))?;
+                eprintln!(
+                    "bench l7 round {}/{}: {name}: {:.0} req/s new, {:.0} req/s returning, p99 {:.2}/{:.2} ms",
+                    round + 1,
+                    opts.rounds,
+                    new_clients.rps,
+                    returning.rps,
+                    new_clients.p99_ms,
+                    returning.p99_ms
+                );
+                runs[i].push((new_clients, returning));
+                if last {
+                    let rss = p.rss_kib();
+                    memory[i] = (rss, idle_cost(&p, opts.idle)?);
+                }
+            }
+            if tls {
+                tls_runs[i].push(bench_tls::round(name, &p, opts, load_cpu, last)?);
             }
         }
     }
-    let results: Vec<Result1> = proxies
-        .iter()
-        .zip(runs)
-        .zip(memory)
-        .map(|(((name, _, _), r), (rss_kib, idle_bytes))| Result1 {
-            name,
-            new_clients: median(r.iter().map(|x| x.0.clone()).collect()),
-            returning: median(r.iter().map(|x| x.1.clone()).collect()),
-            rss_kib,
-            idle_bytes,
-        })
-        .collect();
     drop(backends);
-    let report = render(opts, cpus, &results);
-    let out = root().join("bench-results/l7.md");
+    let tls: Vec<bench_tls::TlsResult> = proxies
+        .iter()
+        .zip(tls_runs)
+        .map(|((name, _, _), r)| bench_tls::combine(name, r))
+        .collect();
+    let (report, file) = if opts.tls_only {
+        (
+            format!(
+                "# HTTPS benchmark (`cargo xtask bench tls`)\n{}",
+                bench_tls::render(opts, &tls)
+            ),
+            "tls.md",
+        )
+    } else {
+        let results: Vec<Result1> = proxies
+            .iter()
+            .zip(runs)
+            .zip(memory)
+            .map(|(((name, _, _), r), (rss_kib, idle_bytes))| Result1 {
+                name,
+                new_clients: median(r.iter().map(|x| x.0.clone()).collect()),
+                returning: median(r.iter().map(|x| x.1.clone()).collect()),
+                rss_kib,
+                idle_bytes,
+            })
+            .collect();
+        (render(opts, cpus, &results) + &bench_tls::render(opts, &tls), "l7.md")
+    };
+    let out = root().join("bench-results").join(file);
     std::fs::create_dir_all(out.parent().expect("dir"))?;
     std::fs::write(&out, &report)?;
     print!("{report}");

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::{root, run};
 
-pub const TARGETS: [&str; 4] = ["http_request", "http_response", "chunked", "config"];
+pub const TARGETS: [&str; 5] = ["http_request", "http_response", "chunked", "proxy_header", "config"];
 
 /// The flags cargo-fuzz uses for libFuzzer's coverage feedback, without a
 /// sanitizer (the code under test is safe Rust: panics, overflows and

@@ -1,6 +1,7 @@
 //! `cargo xtask`: toolchain bootstrap, eBPF build, running, tests.
 
 mod bench_l7;
+mod bench_tls;
 mod build;
 mod fuzz;
 mod ha;
@@ -69,7 +70,8 @@ enum Cmd {
     /// Benchmarks, side by side with baselines; results in bench-results/.
     Bench {
         /// Which: l4 (the XDP data path), l7 (the HTTP proxy vs HAProxy and
-        /// nginx) or ha (failover and failback of a keepalived pair).
+        /// nginx, HTTPS vs HAProxy), tls (only the HTTPS part of l7) or ha
+        /// (failover and failback of a keepalived pair).
         #[arg(default_value = "l4")]
         which: String,
         /// l7: seconds per load run.
@@ -181,12 +183,13 @@ fn main() -> Result<()> {
             rounds,
         } => {
             let obj = build::ebpf()?;
-            if which == "l7" {
+            if which == "l7" || which == "tls" {
                 let opts = bench_l7::Opts {
                     duration,
                     connections,
                     idle,
                     rounds: rounds.max(1),
+                    tls_only: which == "tls",
                 };
                 return bench_l7::run(&build::xlb(&obj, true)?, &opts);
             }
@@ -194,7 +197,7 @@ fn main() -> Result<()> {
                 return ha::bench(&build::xlb(&obj, true)?, rounds.max(1));
             }
             if which != "l4" {
-                bail!("unknown benchmark {which:?} (available: l4, l7, ha)");
+                bail!("unknown benchmark {which:?} (available: l4, l7, tls, ha)");
             }
             let floor = obj.with_file_name("bench-floor");
             run(cargo()

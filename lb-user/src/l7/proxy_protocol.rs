@@ -209,6 +209,21 @@ pub fn encode(version: Version, src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
     }
 }
 
+/// The fuzz target's entry: whatever the bytes, [`parse`] gives a length
+/// within them, and a header written for the address it found reads back
+/// the same.
+pub fn fuzz(data: &[u8]) {
+    let Ok(Some((len, source))) = parse(data) else { return };
+    assert!(len <= data.len() && len <= V2_MAX);
+    if let Some(src) = source {
+        let dst = SocketAddr::new(src.ip(), 443);
+        for v in [Version::V1, Version::V2] {
+            let h = encode(v, src, dst);
+            assert_eq!(parse(&h), Ok(Some((h.len(), Some(src)))));
+        }
+    }
+}
+
 fn mapped(a: SocketAddr) -> SocketAddr {
     match a.ip() {
         IpAddr::V4(v4) => SocketAddr::new(v4.to_ipv6_mapped().into(), a.port()),

@@ -85,6 +85,13 @@ impl Transport for TlsStream {
     }
 
     fn sleep(self) -> Option<TlsStream> {
+        // The reactor keeps the waker of the last task that waited on the
+        // socket, and with it that task's memory (several KiB): a waker
+        // that holds nothing takes its place.
+        let mut cx = Context::from_waker(Waker::noop());
+        let tcp = &self.get_ref().0;
+        let _ = tcp.poll_read_ready(&mut cx);
+        let _ = tcp.poll_write_ready(&mut cx);
         Some(self)
     }
 
