@@ -76,6 +76,54 @@ impl Pki {
     }
 }
 
+/// A client config that checks nothing (to see which certificate a server
+/// presents for any name, or for none).
+pub fn unverified() -> Arc<ClientConfig> {
+    #[derive(Debug)]
+    struct Any;
+    impl rustls::client::danger::ServerCertVerifier for Any {
+        fn verify_server_cert(
+            &self,
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &[rustls::pki_types::CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            rustls::crypto::aws_lc_rs::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let cfg = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Any))
+        .with_no_client_auth();
+    Arc::new(cfg)
+}
+
 /// A TLS connection from a test client.
 pub type TlsStream = StreamOwned<ClientConnection, TcpStream>;
 
@@ -84,6 +132,7 @@ pub type TlsStream = StreamOwned<ClientConnection, TcpStream>;
 pub fn connect(ns: &Netns, addr: SocketAddr, cfg: &Arc<ClientConfig>, sni: &str) -> io::Result<TlsStream> {
     let tcp = ns.enter(|| TcpStream::connect_timeout(&addr, Duration::from_secs(2)))??;
     tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+    // An address as the name: no SNI is sent.
     let name = ServerName::try_from(sni.to_string()).map_err(io::Error::other)?;
     let conn = ClientConnection::new(cfg.clone(), name).map_err(io::Error::other)?;
     let mut s = StreamOwned::new(conn, tcp);

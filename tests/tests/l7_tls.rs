@@ -53,12 +53,17 @@ fn sni_picks_the_certificate_alpn_and_version_are_negotiated_sessions_resume() {
     assert_eq!(names("shop.test"), ["shop.test"]);
     assert_eq!(names("api.test"), ["api.test", "*.api.test"]);
     assert_eq!(names("v2.api.test"), ["api.test", "*.api.test"], "by the wildcard");
-    // A name no certificate has: the first (default) one.
+    // A name no certificate has, or no name at all: the first (default)
+    // one (which a checking client then refuses for that name).
     let err = tls::connect(&l.ns, vip(), &pki.client(&[]), "other.test");
     assert!(
         err.is_err(),
         "the client refuses the default certificate for another name"
     );
+    for sni in ["other.test", "127.0.0.1"] {
+        let s = tls::connect(&l.ns, vip(), &tls::unverified(), sni).unwrap();
+        assert_eq!(tls::peer_names(&s), ["shop.test"], "{sni}");
+    }
 
     let alpn = |offer: &[&str]| {
         let s = tls::connect(&l.ns, vip(), &pki.client(offer), "shop.test").unwrap();

@@ -4,6 +4,7 @@
 //! the runtime); towards backends, [`Upstream`] is one or the other.
 
 use std::{
+    future::Future,
     io,
     os::fd::{AsRawFd, RawFd},
     pin::Pin,
@@ -30,6 +31,11 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + Sized + 'static {
     /// Halves that read and write at the same time.
     fn split(self) -> (Self::Read, Self::Write);
     fn unsplit(read: Self::Read, write: Self::Write) -> Self;
+    /// Waits until the client sends something (or closes) without reading
+    /// it, so that an idle connection needs no buffer; None: this
+    /// transport cannot tell without reading (TLS: a record may hold no
+    /// data).
+    fn readable(read: &Self::Read) -> Option<impl Future<Output = io::Result<()>> + Send + '_>;
     /// The socket.
     fn fd(&self) -> RawFd;
     /// Leaves the runtime to be parked (None: it cannot).
@@ -50,6 +56,10 @@ impl Transport for TcpStream {
 
     fn unsplit(read: OwnedReadHalf, write: OwnedWriteHalf) -> Self {
         read.reunite(write).expect("the halves of one stream")
+    }
+
+    fn readable(read: &OwnedReadHalf) -> Option<impl Future<Output = io::Result<()>> + Send + '_> {
+        Some(read.readable())
     }
 
     fn fd(&self) -> RawFd {
@@ -78,6 +88,10 @@ impl Transport for TlsStream {
 
     fn unsplit(read: Self::Read, write: Self::Write) -> Self {
         read.unsplit(write)
+    }
+
+    fn readable(_: &Self::Read) -> Option<impl Future<Output = io::Result<()>> + Send + '_> {
+        None::<std::future::Ready<io::Result<()>>>
     }
 
     fn fd(&self) -> RawFd {

@@ -131,7 +131,7 @@ pub async fn serve<S: Transport>(stream: S, mut conn: Accepted) {
             // A draining process closes them instead (a request that comes
             // first is answered, with `Connection: close`).
             let first = t_idle.min(PARK_AFTER);
-            match timeout(first, rx.fill()).await {
+            match timeout(first, idle::<S>(&mut rx)).await {
                 Ok(Ok(0) | Err(_)) => return,
                 Ok(Ok(_)) => {}
                 Err(_) if t_idle <= first || admission::draining() => return,
@@ -145,7 +145,7 @@ pub async fn serve<S: Transport>(stream: S, mut conn: Accepted) {
                     let read;
                     (read, write) = stream.split();
                     rx = Rx::new(read);
-                    if !matches!(timeout(t_idle - first, rx.fill()).await, Ok(Ok(1..))) {
+                    if !matches!(timeout(t_idle - first, idle::<S>(&mut rx)).await, Ok(Ok(1..))) {
                         return;
                     }
                 }
@@ -176,6 +176,16 @@ pub async fn serve<S: Transport>(stream: S, mut conn: Accepted) {
             }
         }
     }
+}
+
+/// Between requests: returns once the client sent something (Ok(0): it
+/// closed, as far as a read tells).
+async fn idle<S: Transport>(rx: &mut Rx<S::Read>) -> io::Result<usize> {
+    if let Some(ready) = S::readable(&rx.read) {
+        // Bytes or the end of the stream: the next read tells which.
+        return ready.await.map(|()| 1);
+    }
+    rx.fill().await
 }
 
 /// One request: the handler's answer, written to the client.
