@@ -20,7 +20,11 @@ use std::{
 use mio::{unix::SourceFd, Events, Interest, Poll, Registry, Token};
 use tokio::io::unix::AsyncFd;
 
-use super::{admission::Accepted, counters::ServiceCounters, transport::Transport};
+use super::{
+    admission::Accepted,
+    counters::ServiceCounters,
+    transport::{Asleep, Transport},
+};
 
 /// How long a connection waits for its next request on its own task before
 /// it is parked. Parking and waking cost a few microseconds (four epoll
@@ -33,12 +37,12 @@ const SWEEP: Duration = Duration::from_millis(250);
 
 /// What serves a connection again when it wakes: the HTTP/1 server,
 /// passed in so that the lot does not depend on it.
-pub type Resume<S> = fn(S, Accepted);
+pub type Resume = fn(Asleep, Accepted);
 
 /// A parked connection: what it needs to be served again.
 struct Parked {
-    /// Serves it again, on a new task of this thread.
-    wake: Box<dyn FnOnce(Accepted)>,
+    asleep: Asleep,
+    resume: Resume,
     conn: Accepted,
     /// Closed if still silent then.
     until: Instant,
@@ -75,7 +79,7 @@ thread_local! {
 
 /// Parks `stream` until it has something to read, or until `until`. Gives
 /// the stream back if it cannot be parked.
-pub fn park<S: Transport>(stream: S, conn: Accepted, until: Instant, resume: Resume<S>) -> Result<(), (S, Accepted)> {
+pub fn park<S: Transport>(stream: S, conn: Accepted, until: Instant, resume: Resume) -> Result<(), (S, Accepted)> {
     LOT.with(|lot| {
         let mut lot = lot.borrow_mut();
         if lot.is_none() {
@@ -104,13 +108,9 @@ pub fn park<S: Transport>(stream: S, conn: Accepted, until: Instant, resume: Res
         if let Some(asleep) = stream.sleep() {
             lot.new += 1;
             let counters = conn.current.read().expect("service lock").counters.clone();
-            let wake = move |conn| {
-                if let Some(stream) = S::wake(asleep) {
-                    resume(stream, conn);
-                }
-            };
             let p = Parked {
-                wake: Box::new(wake),
+                asleep,
+                resume,
                 conn,
                 until,
                 _counted: Counted::new(counters),
@@ -188,5 +188,5 @@ fn unpark(fd: RawFd) {
         Some(p)
     });
     let Some(p) = parked else { return };
-    (p.wake)(p.conn);
+    (p.resume)(p.asleep, p.conn);
 }

@@ -25,8 +25,6 @@ pub type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + Sized + 'static {
     type Read: AsyncRead + Unpin + Send + 'static;
     type Write: AsyncWrite + Unpin + Send + 'static;
-    /// What is kept of the connection while it is parked.
-    type Asleep: 'static;
 
     /// Halves that read and write at the same time.
     fn split(self) -> (Self::Read, Self::Write);
@@ -39,16 +37,24 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + Sized + 'static {
     /// The socket.
     fn fd(&self) -> RawFd;
     /// Leaves the runtime to be parked (None: it cannot).
-    fn sleep(self) -> Option<Self::Asleep>;
+    fn sleep(self) -> Option<Asleep>;
     /// Back on the runtime of the calling thread.
-    fn wake(asleep: Self::Asleep) -> Option<Self>;
+    fn wake(asleep: Asleep) -> Option<Self>;
+}
+
+/// What is kept of a parked connection: the bare socket (no reactor
+/// registration, no task), or the whole TLS session (its state cannot
+/// leave rustls). No allocation for a plain one: a small object left
+/// behind by each parked connection would keep the pages of the freed
+/// tasks around it from going back to the system.
+pub enum Asleep {
+    Plain(std::net::TcpStream),
+    Tls(Box<TlsStream>),
 }
 
 impl Transport for TcpStream {
     type Read = OwnedReadHalf;
     type Write = OwnedWriteHalf;
-    /// The bare socket: no reactor registration, no task.
-    type Asleep = std::net::TcpStream;
 
     fn split(self) -> (OwnedReadHalf, OwnedWriteHalf) {
         self.into_split()
@@ -66,21 +72,21 @@ impl Transport for TcpStream {
         self.as_raw_fd()
     }
 
-    fn sleep(self) -> Option<std::net::TcpStream> {
-        self.into_std().ok()
+    fn sleep(self) -> Option<Asleep> {
+        self.into_std().ok().map(Asleep::Plain)
     }
 
-    fn wake(asleep: std::net::TcpStream) -> Option<Self> {
-        TcpStream::from_std(asleep).ok()
+    fn wake(asleep: Asleep) -> Option<Self> {
+        match asleep {
+            Asleep::Plain(s) => TcpStream::from_std(s).ok(),
+            Asleep::Tls(_) => None,
+        }
     }
 }
 
 impl Transport for TlsStream {
     type Read = ReadHalf<TlsStream>;
     type Write = WriteHalf<TlsStream>;
-    /// The TLS session stays whole (its state cannot leave rustls); only
-    /// the task and the HTTP buffers go.
-    type Asleep = TlsStream;
 
     fn split(self) -> (Self::Read, Self::Write) {
         tokio::io::split(self)
@@ -98,7 +104,7 @@ impl Transport for TlsStream {
         self.get_ref().0.as_raw_fd()
     }
 
-    fn sleep(self) -> Option<TlsStream> {
+    fn sleep(self) -> Option<Asleep> {
         // The reactor keeps the waker of the last task that waited on the
         // socket, and with it that task's memory (several KiB): a waker
         // that holds nothing takes its place.
@@ -106,11 +112,14 @@ impl Transport for TlsStream {
         let tcp = &self.get_ref().0;
         let _ = tcp.poll_read_ready(&mut cx);
         let _ = tcp.poll_write_ready(&mut cx);
-        Some(self)
+        Some(Asleep::Tls(Box::new(self)))
     }
 
-    fn wake(asleep: TlsStream) -> Option<Self> {
-        Some(asleep)
+    fn wake(asleep: Asleep) -> Option<Self> {
+        match asleep {
+            Asleep::Tls(s) => Some(*s),
+            Asleep::Plain(_) => None,
+        }
     }
 }
 

@@ -40,7 +40,7 @@ use crate::l7::{
     exchange::handle,
     parking::{self, PARK_AFTER},
     service::{Service, States},
-    transport::Transport,
+    transport::{Asleep, Transport},
     tunnel::{self, Tunnel},
 };
 
@@ -112,8 +112,10 @@ enum After {
 }
 
 /// Serves a parked connection that woke up, on a task of its own.
-fn resume<S: Transport>(stream: S, conn: Accepted) {
-    tokio::spawn(serve(stream, conn));
+fn resume<S: Transport>(asleep: Asleep, conn: Accepted) {
+    if let Some(stream) = S::wake(asleep) {
+        tokio::spawn(serve(stream, conn));
+    }
 }
 
 /// Serves one HTTP/1 client connection until it closes, times out, errs
