@@ -78,7 +78,7 @@ pub async fn run(path: PathBuf, iface: Option<String>, cleanup: bool, upgrade: O
         }
         None => (None, Default::default(), None),
     };
-    let daemon = Daemon::start(path, iface, health_tx, listeners)?;
+    let daemon = Daemon::start(path, iface, health_tx, listeners, inherited.is_some())?;
     let addr = daemon.config().global.admin;
     let cleanup = cleanup || daemon.config().global.on_exit == config::OnExit::Cleanup;
     let shared = daemon::shared(daemon);
@@ -87,15 +87,24 @@ pub async fn run(path: PathBuf, iface: Option<String>, cleanup: bool, upgrade: O
         Some(l) => l,
         None => std::net::TcpListener::bind(addr).map_err(|cause| RunError::Admin { addr, cause })?,
     };
-    let start_admin = |shared| -> Result<_, RunError> {
+    let server = {
         let l = admin_socket
             .try_clone()
             .map_err(|cause| RunError::Admin { addr, cause })?;
-        let server = admin::serve(l, shared).map_err(|cause| RunError::Admin { addr, cause })?;
-        Ok(tokio::spawn(server))
+        let serve = admin::serve(l, shared.clone()).map_err(|cause| RunError::Admin { addr, cause })?;
+        tokio::spawn(serve)
     };
-    let mut server = start_admin(shared.clone())?;
-    let mut upgrades = Some(upgrade::listen(addr).map_err(|e| RunError::Upgrade(e.into()))?);
+    // Takeovers are asked on a task of their own (a request half read is
+    // never dropped by the loop below); it serves one, then closes the
+    // socket so that the new process can listen on its name.
+    let (ask_tx, mut asked) = mpsc::channel(1);
+    let listen_upgrades = |tx: mpsc::Sender<upgrade::Request>| -> std::io::Result<tokio::task::JoinHandle<()>> {
+        let listener = upgrade::listen(addr)?;
+        Ok(tokio::spawn(async move {
+            let _ = tx.send(upgrade::next(&listener).await).await;
+        }))
+    };
+    let mut upgrades = listen_upgrades(ask_tx.clone()).map_err(|e| RunError::Upgrade(e.into()))?;
     if let Some(i) = inherited {
         // The old process stops for good once this one runs.
         if let Err(e) = i.done() {
@@ -113,25 +122,27 @@ pub async fn run(path: PathBuf, iface: Option<String>, cleanup: bool, upgrade: O
                 }
             }
             Some(change) = health_rx.recv() => shared.lock().await.health_changed(change),
-            req = async { upgrade::next(upgrades.as_ref().expect("listening")).await }, if upgrades.is_some() => {
-                // The name is free for the new process to listen on later.
-                drop(upgrades.take());
+            Some(req) = asked.recv() => {
                 let leave = req.leave;
                 let mut sockets = shared.lock().await.hand_over();
                 sockets.push((addr, admin_socket.as_raw_fd()));
-                server.abort();
-                tracing::info!(?leave, "a new xlb is taking over; not accepting meanwhile");
+                tracing::info!(?leave, "a new xlb is taking over; both accept until it runs");
                 if req.hand_over(sockets).await {
+                    shared.lock().await.retire();
+                    server.abort();
                     break Some(leave);
                 }
                 tracing::warn!("the new xlb went away before it ran; carrying on");
                 shared.lock().await.resume();
-                server = start_admin(shared.clone())?;
-                upgrades = upgrade::listen(addr).map_err(|e| tracing::error!("upgrade socket: {e}")).ok();
+                match listen_upgrades(ask_tx.clone()) {
+                    Ok(task) => upgrades = task,
+                    Err(e) => tracing::error!("upgrade socket: {e}"),
+                }
             }
         }
     };
     server.abort();
+    upgrades.abort();
     let Some(leave) = leave else {
         shared.lock().await.shutdown(cleanup);
         tracing::info!(cleanup, "stopping");

@@ -5,6 +5,7 @@
 //! towards backends (system roots, a CA file, or no verification).
 
 use std::{
+    collections::HashMap,
     fmt,
     net::IpAddr,
     path::{Path, PathBuf},
@@ -225,26 +226,37 @@ impl ResolvesServerCert for BySni {
 
 type Resumption = (Arc<dyn ProducesTickets>, Arc<dyn StoresServerSessions>);
 
-/// Session tickets and the session cache, kept for the life of the
-/// process so that reloads do not end resumption. The ticket key rotates
-/// every 6 hours (the previous one is still accepted).
-fn resumption() -> Result<Resumption, TlsError> {
-    static R: OnceLock<Resumption> = OnceLock::new();
-    if let Some(r) = R.get() {
+/// Session tickets and the session cache of a service, kept for the life
+/// of the process so that reloads do not end resumption; each service has
+/// its own (a session of one is never resumed on another). The ticket key
+/// rotates every 6 hours (the previous one is still accepted).
+fn resumption(service: &str) -> Result<Resumption, TlsError> {
+    static BY_SERVICE: OnceLock<std::sync::Mutex<HashMap<String, Resumption>>> = OnceLock::new();
+    let mut all = BY_SERVICE
+        .get_or_init(Default::default)
+        .lock()
+        .expect("resumption lock");
+    if let Some(r) = all.get(service) {
         return Ok(r.clone());
     }
     let tickets = aws_lc_rs::Ticketer::new().map_err(TlsError::Setup)?;
     let cache: Arc<dyn StoresServerSessions> = ServerSessionMemoryCache::new(SESSION_CACHE);
-    Ok(R.get_or_init(|| (tickets, cache)).clone())
+    all.insert(service.to_string(), (tickets.clone(), cache.clone()));
+    Ok((tickets, cache))
 }
 
 /// Sessions remembered for resumption by session id (clients without
 /// tickets).
 const SESSION_CACHE: usize = 20_000;
 
-/// The server side of a service: its certificates, ALPN protocols (in the
-/// order of preference) and lowest version.
-pub fn server_config(certs: &[CertFile], alpn: &[String], min: MinVersion) -> Result<Arc<ServerConfig>, TlsError> {
+/// The server side of service `service`: its certificates, ALPN
+/// protocols (in the order of preference) and lowest version.
+pub fn server_config(
+    service: &str,
+    certs: &[CertFile],
+    alpn: &[String],
+    min: MinVersion,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let versions: &[&rustls::SupportedProtocolVersion] = match min {
         MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         MinVersion::Tls13 => &[&rustls::version::TLS13],
@@ -255,7 +267,7 @@ pub fn server_config(certs: &[CertFile], alpn: &[String], min: MinVersion) -> Re
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(BySni(certs.to_vec())));
     cfg.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    (cfg.ticketer, cfg.session_storage) = resumption()?;
+    (cfg.ticketer, cfg.session_storage) = resumption(service)?;
     Ok(Arc::new(cfg))
 }
 

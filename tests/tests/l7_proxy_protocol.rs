@@ -56,7 +56,8 @@ const HAPROXY: &str =
 #[test]
 fn proxy_headers_in_from_haproxy_and_out_to_haproxy() {
     lab::require_root!();
-    let service = "[service.http]\naccept_proxy = true\nforwardfor = true\n[service.cookie]\nname = \"SERVERID\"\nindirect = true\n";
+    let service = "[service.http]\naccept_proxy = true\nforwardfor = true\n[service.cookie]\nname = \"SERVERID\"\nindirect = true\n\
+                   [service.health]\nkind = \"http\"\ninterval = \"100ms\"\nrise = 1\nfall = 1\n";
     let l = L7::run(&Spec {
         service,
         backends: &[
@@ -81,6 +82,22 @@ fn proxy_headers_in_from_haproxy_and_out_to_haproxy() {
     let _haproxy = HaProxy::start(&l.ns, &cfg);
     for port in [7001, 7002, 9002, 9003] {
         wait_listening(&l.ns, SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    // Every backend up: the ones behind HAProxy refuse a connection
+    // without a header, so their checks pass only if they send one.
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status: serde_json::Value = serde_json::from_str(&l.xlb(&["status", "--json"])).unwrap();
+        let backends = status["services"][0]["backends"].as_array().unwrap().clone();
+        if backends.iter().all(|b| b["state"] == "up") {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "checks with a PROXY header pass: {backends:?}\n{}",
+            l.xlb.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
     for (front, client_ip) in [(7001u16, "127.0.0.5"), (7002, "127.0.0.6")] {
         let src: SocketAddr = format!("{client_ip}:0").parse().unwrap();

@@ -288,3 +288,42 @@ fn a_seamless_upgrade_under_load_refuses_nothing_and_keeps_open_websockets() {
     assert_eq!(l.get("/", &[]).status, 200);
     drop(newest);
 }
+
+#[test]
+fn a_new_process_that_fails_leaves_the_old_one_serving() {
+    lab::require_root!();
+    let l = lab(INSERT);
+    let mut before = open(&l, None, None);
+    // The new config adds a service on the first backend's own address:
+    // it cannot bind there, after it took the sockets.
+    let broken = format!(
+        "{}\n[[service]]\nname = \"clash\"\nvip = \"127.0.0.1\"\nport = 9001\nmode = \"http\"\n[[service.backend]]\nname = \"x\"\naddress = \"127.0.0.1:9002\"\n",
+        l.cfg
+    );
+    let path = lab::xlb::temp_file("upgrade-broken.toml", &broken).unwrap();
+    // (Its start may look ready: the old one still answers on the admin
+    // address.)
+    if let Ok(mut failed) = lab::XlbProcess::start(&l.ns, &path, &["--cleanup", "--sf"]) {
+        let end = failed.wait_exit(Duration::from_secs(5));
+        assert!(
+            end.is_some_and(|s| !s.success()),
+            "the new one cannot start\n{}",
+            failed.log()
+        );
+    }
+    let until = Instant::now() + Duration::from_secs(5);
+    while !l.xlb.log().contains("carrying on") {
+        assert!(Instant::now() < until, "{}", l.xlb.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The old one serves everything as before, and can still be upgraded.
+    assert_eq!(before.echo("still"), format!("{}: still", before.backend));
+    for _ in 0..5 {
+        assert_eq!(l.get("/", &[]).status, 200);
+    }
+    let mut l = l;
+    let new = lab::XlbProcess::start(&l.ns, &l.cfg_path, &["--cleanup", "--st"]).unwrap();
+    assert!(l.xlb.wait_exit(Duration::from_secs(5)).is_some());
+    assert_eq!(l.get("/", &[]).status, 200);
+    drop(new);
+}

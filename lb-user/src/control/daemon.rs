@@ -98,12 +98,15 @@ pub struct Daemon {
 impl Daemon {
     /// Loads the config, attaches XDP where the config needs it, programs
     /// the maps and starts the health checks (so it needs a tokio runtime).
-    /// Nothing stays attached if this fails.
+    /// Nothing stays attached if this fails, but with `takeover` (a
+    /// seamless upgrade): the data plane and VIPs then stay as the running
+    /// process has them. `inherited`: listening sockets taken from it.
     pub fn start(
         path: PathBuf,
         iface: Option<String>,
         health_tx: mpsc::Sender<health::Change>,
         inherited: HashMap<SocketAddr, std::net::TcpListener>,
+        takeover: bool,
     ) -> Result<Self, RunError> {
         let cfg = config::load(&path)?;
         if cfg.global.nonlocal_bind {
@@ -113,49 +116,21 @@ impl Daemon {
             Some(i) => Some(VipAliases::new(i)?),
             None => None,
         };
-        let iface = iface.or_else(|| cfg.global.interface.clone());
-        let l4: Vec<&str> = cfg
-            .services
-            .iter()
-            .filter(|s| s.mode != Mode::Http)
-            .map(|s| s.name.as_str())
-            .collect();
-        let mut dp = match iface {
-            Some(iface) => {
-                let mut dp = DataPlane::start(&iface, cfg.global.xdp_mode, &cfg.global.pin_dir)?;
-                if let Some(v) = &mut vips {
-                    v.adopt(&dp.adopted_vips);
+        let mut dp = None;
+        let (sync, proxy, l7_states) = match Self::bring_up(&cfg, iface, &mut vips, &mut dp, inherited) {
+            Ok(up) => up,
+            Err(e) => {
+                if takeover {
+                    if let Some(dp) = &mut dp {
+                        dp.set_keep(true);
+                    }
+                    if let Some(v) = &mut vips {
+                        v.leave();
+                    }
                 }
-                dp.apply(&cfg, &BackendStates::default())?;
-                Some(dp)
+                return Err(e);
             }
-            None if !l4.is_empty() => return Err(RunError::NoInterface(l4.join(", "))),
-            None => None,
         };
-        let sync = match (&cfg.sync, &mut dp) {
-            (Some(s), Some(dp)) => Some(dp.start_sync(s).map_err(RunError::Sync)?),
-            (Some(_), None) => return Err(RunError::SyncWithoutDataPlane),
-            (None, _) => None,
-        };
-        if let Some(v) = &mut vips {
-            v.sync(&cfg)?;
-        }
-        let threads = cfg
-            .global
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        l7::workers::start(threads).map_err(RunError::Threads)?;
-        peer_credentials(&cfg);
-        let l7_states = l7::States::default();
-        let mut proxy = l7::Proxy::new(l7_states.clone(), l7::peers::spawn(cfg.global.peers.clone()), inherited);
-        proxy.apply(&cfg)?;
-        if !cfg.global.peers.is_empty() {
-            for s in cfg.services.iter().filter(|s| s.appsession.is_some()) {
-                if let Some(t) = proxy.sessions(&s.name) {
-                    tokio::spawn(l7::peers::pull(cfg.global.peers.clone(), s.name.clone(), t));
-                }
-            }
-        }
         let mut d = Self {
             path,
             cfg,
@@ -175,6 +150,61 @@ impl Daemon {
         d.restart_checks();
         d.persist();
         Ok(d)
+    }
+
+    /// What [`Daemon::start`] can fail at, after the VIP aliases exist: the
+    /// data plane (into `dp` as soon as it is attached), flow sync, VIPs,
+    /// the proxy.
+    fn bring_up(
+        cfg: &Config,
+        iface: Option<String>,
+        vips: &mut Option<VipAliases>,
+        dp: &mut Option<DataPlane>,
+        inherited: HashMap<SocketAddr, std::net::TcpListener>,
+    ) -> Result<(Option<FlowSync>, l7::Proxy, l7::States), RunError> {
+        let iface = iface.or_else(|| cfg.global.interface.clone());
+        let l4: Vec<&str> = cfg
+            .services
+            .iter()
+            .filter(|s| s.mode != Mode::Http)
+            .map(|s| s.name.as_str())
+            .collect();
+        match iface {
+            Some(iface) => {
+                let plane = dp.insert(DataPlane::start(&iface, cfg.global.xdp_mode, &cfg.global.pin_dir)?);
+                if let Some(v) = vips.as_mut() {
+                    v.adopt(&plane.adopted_vips);
+                }
+                plane.apply(cfg, &BackendStates::default())?;
+            }
+            None if !l4.is_empty() => return Err(RunError::NoInterface(l4.join(", "))),
+            None => {}
+        }
+        let sync = match (&cfg.sync, dp.as_mut()) {
+            (Some(s), Some(dp)) => Some(dp.start_sync(s).map_err(RunError::Sync)?),
+            (Some(_), None) => return Err(RunError::SyncWithoutDataPlane),
+            (None, _) => None,
+        };
+        if let Some(v) = vips.as_mut() {
+            v.sync(cfg)?;
+        }
+        let threads = cfg
+            .global
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        l7::workers::start(threads).map_err(RunError::Threads)?;
+        peer_credentials(cfg);
+        let l7_states = l7::States::default();
+        let mut proxy = l7::Proxy::new(l7_states.clone(), l7::peers::spawn(cfg.global.peers.clone()), inherited);
+        proxy.apply(cfg)?;
+        if !cfg.global.peers.is_empty() {
+            for s in cfg.services.iter().filter(|s| s.appsession.is_some()) {
+                if let Some(t) = proxy.sessions(&s.name) {
+                    tokio::spawn(l7::peers::pull(cfg.global.peers.clone(), s.name.clone(), t));
+                }
+            }
+        }
+        Ok((sync, proxy, l7_states))
     }
 
     /// The running config.
@@ -209,27 +239,31 @@ impl Daemon {
 
     /// At exit: leave the data plane (and its VIPs) running for the next
     /// run, or take everything down.
-    /// A new process takes over: health checks and flow sync stop here
-    /// (the new one runs its own), the proxy stops accepting and gives its
-    /// listening sockets.
+    /// A new process is taking over: flow sync stops here (the new one
+    /// binds its sockets); the listening sockets are given. This one goes
+    /// on serving until [`Daemon::retire`].
     pub fn hand_over(&mut self) -> Vec<(SocketAddr, RawFd)> {
-        for t in self.checks.drain(..) {
-            t.abort();
-        }
         self.sync = None;
-        self.proxy.pause()
+        self.proxy.sockets()
     }
 
     /// The new process went away before it ran: carry on as before.
     pub fn resume(&mut self) {
-        self.proxy.resume();
-        self.restart_checks();
         if let (Some(s), Some(dp)) = (&self.cfg.sync, &mut self.dp) {
             match dp.start_sync(s) {
                 Ok(sync) => self.sync = Some(sync),
                 Err(e) => tracing::error!("flow sync could not restart after the failed upgrade: {e}"),
             }
         }
+    }
+
+    /// The new process runs: this one stops accepting and checking (it
+    /// only finishes what it has).
+    pub fn retire(&mut self) {
+        for t in self.checks.drain(..) {
+            t.abort();
+        }
+        self.proxy.pause();
     }
 
     /// Leaves after a takeover: the data plane, its pins and the VIPs stay

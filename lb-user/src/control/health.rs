@@ -17,7 +17,8 @@ use tokio::{
 use tokio_rustls::TlsConnector;
 
 use crate::{
-    config::{Backend, Config, Health, HealthKind, HttpCheck},
+    config::{Backend, Config, Health, HealthKind, HttpCheck, ProxyVersion},
+    l7::proxy_protocol,
     tls,
 };
 
@@ -65,10 +66,22 @@ impl Secure {
     }
 }
 
-/// One check; `Err` says why it failed.
-pub async fn check_once(addr: SocketAddr, h: &Health, secure: Option<&Secure>) -> Result<(), String> {
+/// One check; `Err` says why it failed. A backend that wants the PROXY
+/// protocol gets a header that names no client (v1 `UNKNOWN`, v2
+/// `LOCAL`), as HAProxy's checks send.
+pub async fn check_once(
+    addr: SocketAddr,
+    h: &Health,
+    secure: Option<&Secure>,
+    proxy: Option<ProxyVersion>,
+) -> Result<(), String> {
     let attempt = async {
-        let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let mut tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        if let Some(v) = proxy {
+            tcp.write_all(&proxy_protocol::encode_local(v))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         match (secure, &h.kind) {
             (None, HealthKind::Http(c)) => http_check(tcp, c, addr).await,
             (None, _) => Ok(()),
@@ -134,13 +147,17 @@ async fn http_check<S: AsyncRead + AsyncWrite + Unpin>(
         return Err(format!("status {status} not in {}", c.expect));
     }
     if let Some(want) = &c.expect_body {
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let chunked = head.lines().any(|l| {
+        let at = buf
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(buf.len(), |p| p + 4);
+        let (head, body) = buf.split_at(at);
+        let chunked = String::from_utf8_lossy(head).lines().any(|l| {
             let l = l.to_ascii_lowercase();
             l.starts_with("transfer-encoding:") && l.contains("chunked")
         });
-        let body = if chunked { dechunk(body) } else { body.to_string() };
-        if !body.contains(want.as_str()) {
+        let body = if chunked { dechunk(body) } else { body.to_vec() };
+        if !body.windows(want.len()).any(|w| w == want.as_bytes()) {
             return Err(format!("status {status}, but the body does not contain {want:?}"));
         }
     }
@@ -148,17 +165,19 @@ async fn http_check<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// A chunked body's data (as far as it goes).
-fn dechunk(mut rest: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let hex = size.split(';').next().unwrap_or("").trim();
-        let Ok(n) = usize::from_str_radix(hex, 16) else { break };
-        if n == 0 || after.len() < n {
-            out.push_str(after.get(..n.min(after.len())).unwrap_or(""));
+fn dechunk(mut rest: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+        let size = String::from_utf8_lossy(&rest[..eol]);
+        let Ok(n) = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16) else {
+            break;
+        };
+        let data = &rest[eol + 2..];
+        out.extend_from_slice(&data[..n.min(data.len())]);
+        if n == 0 || data.len() < n {
             break;
         }
-        out.push_str(&after[..n]);
-        rest = after[n..].strip_prefix("\r\n").unwrap_or(&after[n..]);
+        rest = data[n..].strip_prefix(b"\r\n").unwrap_or(&data[n..]);
     }
     out
 }
@@ -205,7 +224,7 @@ pub fn spawn(cfg: &Config, is_up: &dyn Fn(&str, &str) -> bool, tx: mpsc::Sender<
             let (h, tx, addr) = (s.health.clone(), tx.clone(), b.address);
             let (service, backend) = (s.name.clone(), b.name.clone());
             let mut t = Tracker::new(is_up(&s.name, &b.name));
-            let secure = Secure::new(b);
+            let (secure, proxy) = (Secure::new(b), b.send_proxy);
             tasks.push(tokio::spawn(async move {
                 let mut tick = interval(h.interval.max(Duration::from_millis(10)));
                 tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -213,8 +232,8 @@ pub fn spawn(cfg: &Config, is_up: &dyn Fn(&str, &str) -> bool, tx: mpsc::Sender<
                     tick.tick().await;
                     let r = match &secure {
                         Some(Err(e)) => Err(format!("TLS set-up: {e}")),
-                        Some(Ok(s)) => check_once(addr, &h, Some(s)).await,
-                        None => check_once(addr, &h, None).await,
+                        Some(Ok(s)) => check_once(addr, &h, Some(s), proxy).await,
+                        None => check_once(addr, &h, None, proxy).await,
                     };
                     let reason = match &r {
                         Ok(()) => "check passed".to_string(),
@@ -277,9 +296,9 @@ mod tests {
     async fn checks_real_sockets() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        assert_eq!(check_once(addr, &health(1, 1), None).await, Ok(()));
+        assert_eq!(check_once(addr, &health(1, 1), None, None).await, Ok(()));
         drop(listener);
-        assert!(check_once(addr, &health(1, 1), None)
+        assert!(check_once(addr, &health(1, 1), None, None)
             .await
             .unwrap_err()
             .contains("refused"));
@@ -318,14 +337,14 @@ mod tests {
             expect_body: None,
         };
         h.kind = HealthKind::Http(c.clone());
-        assert_eq!(check_once(addr, &h, None).await, Ok(()));
+        assert_eq!(check_once(addr, &h, None, None).await, Ok(()));
         assert!(seen
             .recv()
             .await
             .unwrap()
             .starts_with(&format!("GET / HTTP/1.0\r\nHost: {addr}\r\n")));
         assert_eq!(
-            check_once(addr, &h, None).await,
+            check_once(addr, &h, None, None).await,
             Err("status 503 not in 200-399".into())
         );
         seen.recv().await.unwrap();
@@ -337,16 +356,20 @@ mod tests {
         );
         c.expect_body = Some("OK".into());
         h.kind = HealthKind::Http(c);
-        assert_eq!(check_once(addr, &h, None).await, Ok(()));
+        assert_eq!(check_once(addr, &h, None, None).await, Ok(()));
         assert!(seen
             .recv()
             .await
             .unwrap()
             .starts_with("HEAD /ping HTTP/1.1\r\nHost: app.test\r\n"));
-        assert!(check_once(addr, &h, None)
+        assert!(check_once(addr, &h, None, None)
             .await
             .unwrap_err()
             .contains("does not contain \"OK\""));
-        assert_eq!(check_once(addr, &h, None).await, Ok(()), "a chunked body, decoded");
+        assert_eq!(
+            check_once(addr, &h, None, None).await,
+            Ok(()),
+            "a chunked body, decoded"
+        );
     }
 }

@@ -235,9 +235,12 @@ impl PooledBody {
         }
         if let (Some(conn), Some(idle)) = (self.body.reusable_conn(), self.back.take()) {
             let mut idle = mine(&idle).lock().expect("pool lock");
-            if idle.len() < MAX_IDLE {
-                idle.push(conn);
+            // Full: the oldest goes (connections kept for one client or
+            // one host name may never be asked for again).
+            if idle.len() >= MAX_IDLE {
+                idle.remove(0);
             }
+            idle.push(conn);
         }
     }
 }

@@ -56,7 +56,7 @@ pub struct Proxy {
     /// Listening sockets taken from the process this one upgraded, used
     /// instead of binding their addresses.
     inherited: Mutex<HashMap<SocketAddr, std::net::TcpListener>>,
-    /// Accept loops wait while true (a new process is taking over).
+    /// Accept loops stop when true (a new process took over).
     paused: watch::Sender<bool>,
 }
 
@@ -77,16 +77,15 @@ impl Proxy {
         }
     }
 
-    /// Stops accepting (connections wait in the kernel's queue) and gives
-    /// the listening sockets, for a new process to take over.
-    pub fn pause(&self) -> Vec<(SocketAddr, RawFd)> {
-        self.paused.send_replace(true);
+    /// The listening sockets, for a new process to take over (both accept
+    /// from them until this one pauses).
+    pub fn sockets(&self) -> Vec<(SocketAddr, RawFd)> {
         self.listeners.iter().map(|(a, l)| (*a, l.fd)).collect()
     }
 
-    /// Accepts again (the new process went away).
-    pub fn resume(&self) {
-        self.paused.send_replace(false);
+    /// Stops accepting for good: the new process has the sockets.
+    pub fn pause(&self) {
+        self.paused.send_replace(true);
     }
 
     /// Open client connections against `global.maxconn`.
@@ -170,6 +169,7 @@ impl Proxy {
         let kept = &mut self.kept;
         kept.services.retain(|n, _| names.contains(&n.as_str()));
         kept.tables.retain(|n, _| names.contains(&n.as_str()));
+        kept.queues.retain(|n, _| names.contains(&n.as_str()));
         kept.backends.retain(|(s, b), _| {
             wanted
                 .iter()

@@ -154,10 +154,14 @@ async fn read_exact_header(stream: &mut TcpStream) -> io::Result<Source> {
                 None => 16 - head.len(),
             }
         } else {
-            // v1: up to the end of the line if it has arrived, else a byte.
+            // v1: up to the end of the line if it has arrived, else a byte
+            // (also when the line's CR is in already: its LF is next).
             let mut peek = [0u8; V1_MAX];
             let n = stream.peek(&mut peek).await?;
-            peek[..n].windows(2).position(|w| w == b"\r\n").map_or(1, |p| p + 2)
+            match head.last() {
+                Some(b'\r') => 1,
+                _ => peek[..n].windows(2).position(|w| w == b"\r\n").map_or(1, |p| p + 2),
+            }
         };
         let at = head.len();
         head.resize(at + more, 0);
@@ -206,6 +210,15 @@ pub fn encode(version: Version, src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
             out.extend_from_slice(&dst.port().to_be_bytes());
             out
         }
+    }
+}
+
+/// A header that names no connection (v1 `UNKNOWN`, v2 `LOCAL`): what
+/// health checks send.
+pub fn encode_local(version: Version) -> Vec<u8> {
+    match version {
+        Version::V1 => b"PROXY UNKNOWN\r\n".to_vec(),
+        Version::V2 => [SIG.as_slice(), &[0x20, 0x00, 0, 0]].concat(),
     }
 }
 
@@ -286,10 +299,9 @@ mod tests {
         }
         let mixed = encode(Version::V1, addr("198.18.0.1:1"), addr("[2001:db8::2]:443"));
         assert_eq!(parse(&mixed).unwrap().unwrap().1, Some(addr("[::ffff:198.18.0.1]:1")));
-        // LOCAL (a health check): no address.
-        let mut local = SIG.to_vec();
-        local.extend_from_slice(&[0x20, 0x00, 0, 0]);
-        assert_eq!(parse(&local), Ok(Some((16, None))));
+        // LOCAL and UNKNOWN (health checks): no address.
+        assert_eq!(parse(&encode_local(Version::V2)), Ok(Some((16, None))));
+        assert_eq!(parse(&encode_local(Version::V1)), Ok(Some((15, None))));
         let mut bad = SIG.to_vec();
         bad.extend_from_slice(&[0x11, 0x11, 0, 0]);
         assert!(parse(&bad).is_err(), "version 1 in a v2 header");

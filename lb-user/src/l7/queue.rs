@@ -21,7 +21,9 @@ use tokio::sync::oneshot;
 use super::counters::{BackendCounters, ServiceCounters};
 
 /// The waiting requests of one service; what it counts goes to the
-/// service's counters (they outlive reloads).
+/// service's counters. Both outlive reloads: a place that a request of
+/// the config before frees goes to a waiter of the new one, matched by
+/// backend (its counters), not by position in a config.
 pub struct Queue {
     waiting: Mutex<VecDeque<Waiter>>,
     counters: Arc<ServiceCounters>,
@@ -35,18 +37,34 @@ pub enum Wants {
     Any(Vec<usize>),
 }
 
-impl Wants {
-    fn accepts(&self, i: usize) -> bool {
-        match self {
-            Wants::One(t) => *t == i,
-            Wants::Any(v) => v.contains(&i),
+struct Waiter {
+    wants: Wants,
+    /// Its service's backends, as `wants` numbers them.
+    counters: Arc<[Arc<BackendCounters>]>,
+    tx: oneshot::Sender<Permit>,
+}
+
+impl Waiter {
+    /// Its number for the backend whose place frees, if it can use it.
+    fn accepts(&self, freed: &Arc<BackendCounters>) -> Option<usize> {
+        let is = |i: &usize| self.counters.get(*i).is_some_and(|c| Arc::ptr_eq(c, freed));
+        match &self.wants {
+            Wants::One(t) => Some(*t).filter(is),
+            Wants::Any(v) => v.iter().copied().find(is),
         }
     }
 }
 
-struct Waiter {
-    wants: Wants,
-    tx: oneshot::Sender<Permit>,
+/// Counts a request in the queue while it waits (also when its wait is
+/// cancelled: an HTTP/2 stream reset).
+struct Waiting<'a>(&'a ServiceCounters, Instant);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Relaxed);
+        let ms = self.1.elapsed().as_millis() as u64;
+        self.0.queue_wait_ms_total.fetch_add(ms, Relaxed);
+    }
 }
 
 /// A place at a backend: held by a request until its response ends.
@@ -123,18 +141,16 @@ impl Queue {
                 return Some(p);
             }
             let (tx, rx) = oneshot::channel();
-            waiting.push_back(Waiter { wants, tx });
+            let counters = limits.counters.clone();
+            waiting.push_back(Waiter { wants, counters, tx });
             rx
         };
         let c = &self.counters;
-        let started = Instant::now();
         let n = c.queued.fetch_add(1, Relaxed) + 1;
         c.queued_max.fetch_max(n, Relaxed);
         c.queued_total.fetch_add(1, Relaxed);
+        let _waiting = Waiting(c, Instant::now());
         let got = tokio::time::timeout(within, rx).await;
-        c.queued.fetch_sub(1, Relaxed);
-        c.queue_wait_ms_total
-            .fetch_add(started.elapsed().as_millis() as u64, Relaxed);
         match got {
             Ok(Ok(p)) => Some(p),
             _ => {
@@ -147,13 +163,18 @@ impl Queue {
     /// A place at `i` frees: to the first waiter that can use it, else
     /// back to the server.
     fn release(self: &Arc<Queue>, i: usize, counters: &Arc<[Arc<BackendCounters>]>) {
+        let freed = &counters[i];
         let mut waiting = self.waiting.lock().expect("queue lock");
-        while let Some(at) = waiting.iter().position(|w| w.wants.accepts(i) && !w.tx.is_closed()) {
+        while let Some((at, j)) = waiting
+            .iter()
+            .enumerate()
+            .find_map(|(at, w)| w.accepts(freed).filter(|_| !w.tx.is_closed()).map(|j| (at, j)))
+        {
             let w = waiting.remove(at).expect("found above");
             let permit = Permit {
                 queue: Some(self.clone()),
-                counters: counters.clone(),
-                backend: i,
+                counters: w.counters.clone(),
+                backend: j,
             };
             match w.tx.send(permit) {
                 Ok(()) => return,
@@ -164,7 +185,7 @@ impl Queue {
         }
         // Waiters that gave up are dropped on the way.
         waiting.retain(|w| !w.tx.is_closed());
-        counters[i].busy.fetch_sub(1, Relaxed);
+        freed.busy.fetch_sub(1, Relaxed);
     }
 }
 
@@ -258,6 +279,28 @@ mod tests {
         );
         let s = q.counters.snapshot(0);
         assert_eq!((s.queued, s.queued_max, s.queued_total, s.queue_timeouts), (0, 2, 2, 0));
+    }
+
+    #[tokio::test]
+    async fn a_place_freed_under_the_old_config_goes_to_a_waiter_of_the_new() {
+        let q = Queue::new(Default::default());
+        let old = limits(&[1, 1]);
+        let held = q.take_now(&old, &[1]).unwrap();
+        // The reload drops backend 0: the same backend is now number 0.
+        let new = Limits {
+            maxconn: vec![1].into(),
+            counters: vec![old.counters[1].clone()].into(),
+        };
+        let q2 = q.clone();
+        let waiter = tokio::spawn(async move {
+            q2.wait(&new, Wants::One(0), Duration::from_secs(5))
+                .await
+                .map(|p| p.backend)
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(held);
+        assert_eq!(waiter.await.unwrap(), Some(0));
+        assert_eq!(old.counters[1].busy.load(Relaxed), 0);
     }
 
     #[tokio::test]

@@ -34,6 +34,8 @@ pub(super) struct Kept {
     pub(super) services: HashMap<String, Arc<ServiceCounters>>,
     /// Per service: the appsession cookie name and its table.
     pub(super) tables: HashMap<String, (String, Arc<Table>)>,
+    /// Per service: requests waiting for a backend under maxconn.
+    pub(super) queues: HashMap<String, Arc<Queue>>,
 }
 
 /// One http service as the proxy runs it.
@@ -77,7 +79,12 @@ pub(super) struct ServiceTls {
 impl ServiceTls {
     pub(super) fn new(cfg: &ServiceCfg) -> Result<ServiceTls, TlsError> {
         let acceptor = match &cfg.tls {
-            Some(t) => Some(TlsAcceptor::from(tls::server_config(&t.certs, &t.alpn, t.min_version)?)),
+            Some(t) => Some(TlsAcceptor::from(tls::server_config(
+                &cfg.name,
+                &t.certs,
+                &t.alpn,
+                t.min_version,
+            )?)),
             None => None,
         };
         let backends = cfg
@@ -171,7 +178,11 @@ impl Service {
             counters: slots.iter().map(|s| s.counters.clone()).collect(),
         };
         Service {
-            queue: Queue::new(counters.clone()),
+            queue: kept
+                .queues
+                .entry(cfg.name.clone())
+                .or_insert_with(|| Queue::new(counters.clone()))
+                .clone(),
             limits,
             slots,
             pools: cfg
