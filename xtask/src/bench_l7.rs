@@ -337,14 +337,20 @@ fn sanity(name: &str, cookies: bool) -> Result<()> {
 /// memory back) has happened once before it: the growth is the new
 /// connections' own.
 fn idle_cost(p: &Proc, n: usize) -> Result<f64> {
-    let open = |n: usize| -> Result<Vec<TcpStream>> {
-        let mut conns = Vec::with_capacity(n);
-        for _ in 0..n {
-            let mut s = TcpStream::connect(PROXY)?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            exchange(&mut s, Some("s1"))?;
-            conns.push(s);
-        }
+    idle_growth(p, n, || {
+        let mut s = TcpStream::connect(PROXY)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        exchange(&mut s, Some("s1"))?;
+        Ok(s)
+    })
+}
+
+/// RSS growth per connection over `n` connections that `one` opens (each
+/// made its request and stays open), read 1 s after the last one; the
+/// baseline is taken with 64 of them already open for a second.
+pub fn idle_growth<C>(p: &Proc, n: usize, one: impl Fn() -> Result<C>) -> Result<f64> {
+    let open = |n: usize| -> Result<Vec<C>> {
+        let conns = (0..n).map(|_| one()).collect::<Result<Vec<_>>>()?;
         thread::sleep(Duration::from_secs(1));
         Ok(conns)
     };

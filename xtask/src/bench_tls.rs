@@ -22,13 +22,9 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use rustls::{
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    pki_types::{CertificateDer, ServerName, UnixTime},
-    ClientConfig, ClientConnection, DigitallySignedStruct, HandshakeKind, SignatureScheme, StreamOwned,
-};
+use rustls::{pki_types::ServerName, ClientConfig, ClientConnection, HandshakeKind, StreamOwned};
 
-use crate::bench_l7::{median_of, pin_this_thread, wrk_url, Load, Opts, Proc};
+use crate::bench_l7::{idle_growth, median_of, pin_this_thread, wrk_url, Load, Opts, Proc};
 
 pub const TLS_PROXY: &str = "127.0.0.1:18443";
 /// Threads of the handshake clients.
@@ -69,51 +65,13 @@ fn client(resume: bool) -> Arc<ClientConfig> {
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("TLS 1.3")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Trusting(provider)))
+        .with_custom_certificate_verifier(Arc::new(lab::tls::AnyCertificate(provider)))
         .with_no_client_auth();
     if !resume {
         cfg.resumption = rustls::client::Resumption::disabled();
     }
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(cfg)
-}
-
-#[derive(Debug)]
-struct Trusting(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for Trusting {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// One request on a new TLS connection; whether the handshake resumed.
@@ -180,24 +138,10 @@ fn handshakes(resume: bool, secs: u64, cpu: Option<u32>) -> Result<(f64, f64, u6
     ))
 }
 
-/// Memory per idle TLS connection: RSS growth over `n` connections that
-/// made one request each and stay open (after 64 warm ones, as for plain
-/// connections).
+/// Memory per idle TLS connection (as for plain ones).
 fn idle_cost(p: &Proc, n: usize) -> Result<f64> {
     let cfg = client(false);
-    let open = |n: usize| -> Result<Vec<StreamOwned<ClientConnection, TcpStream>>> {
-        let conns = (0..n)
-            .map(|_| one(&cfg, false).map(|(s, _)| s))
-            .collect::<Result<Vec<_>>>()?;
-        thread::sleep(Duration::from_secs(1));
-        Ok(conns)
-    };
-    let warm = open(64)?;
-    let before = p.rss_kib();
-    let conns = open(n)?;
-    let after = p.rss_kib();
-    drop((warm, conns));
-    Ok((after.saturating_sub(before) * 1024) as f64 / n as f64)
+    idle_growth(p, n, || one(&cfg, false).map(|(s, _)| s))
 }
 
 pub struct TlsResult {
