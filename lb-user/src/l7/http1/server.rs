@@ -231,10 +231,11 @@ async fn exchange<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin>(
         StatusCode::SWITCHING_PROTOCOLS => resp.extensions_mut().remove::<Tunnel>(),
         _ => None,
     };
-    let after = match respond(write, resp, head_method, http10, &mut keep_alive, t_client).await {
-        Ok(()) if tunnel.is_some() => After::Tunnel(tunnel.expect("checked")),
-        Ok(()) if keep_alive => After::KeepAlive,
-        Ok(()) if body_read && rx.buf.is_empty() => After::Close,
+    let written = respond(write, resp, head_method, http10, &mut keep_alive, t_client).await;
+    let after = match (written, tunnel) {
+        (Ok(()), Some(t)) => After::Tunnel(t),
+        (Ok(()), None) if keep_alive => After::KeepAlive,
+        (Ok(()), None) if body_read && rx.buf.is_empty() => After::Close,
         _ => After::Linger,
     };
     (rx, after)
