@@ -9,22 +9,18 @@
 //!    forwarding), xlb on a new flow (a SYN from a new source each call) and
 //!    on an established flow (an ACK of a flow in the table); one full-NAT
 //!    service with 100 backends. The kernel's own per-run time is reported.
-//! 2. Packets per second through the namespace lab, xlb (full-NAT, native
-//!    XDP) against plain kernel IP forwarding on the same xlb node, with the
-//!    same UDP generator, each for a bounded time.
+//! 2. Packets per second through a live lab (`live.rs`): a generator that
+//!    outruns the forwarder sends into xlb (nat and dsr, established flows
+//!    and every frame a new flow), the parse + MAC swap + XDP_TX floor and
+//!    the kernel's IP forwarding, in rounds, each window bounded in time.
 //!
 //! Results are printed and written to `bench-results/l4.md`.
 
 use std::{
     fmt::Write as _,
-    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
-    },
-    thread,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use aya::{
@@ -36,8 +32,6 @@ use lab::{
     fib_ns,
     packet::{Frame, TCP_ACK, TCP_SYN},
     topology::{backend_ip, vip},
-    xlb::temp_file,
-    Lab, LabSpec, XlbProcess,
 };
 use lb_common::maps;
 use lb_user::{
@@ -47,6 +41,8 @@ use lb_user::{
         map_manager::MapManager,
     },
 };
+
+mod live;
 
 /// Calls per program (XLB_BENCH_CALLS overrides, for quick looks).
 fn calls() -> usize {
@@ -61,7 +57,7 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn pin_to_cpu(cpu: usize) {
+pub(crate) fn pin_to_cpu(cpu: usize) {
     // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -96,6 +92,12 @@ fn bench_config() -> String {
         backend_ip(0)
     );
     c
+}
+
+fn floor_obj() -> PathBuf {
+    std::env::var_os("XLB_BENCH_FLOOR_OBJ")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/ebpf/bpfel-unknown-none/release/bench-floor"))
 }
 
 /// One program under test: its mean kernel time and the action it must return.
@@ -138,11 +140,8 @@ fn per_packet() -> Vec<Timed> {
     MapManager::default()
         .apply(&mut ebpf, &cfg, &Default::default(), &|_| None)
         .unwrap();
-    let floor_obj = std::env::var_os("XLB_BENCH_FLOOR_OBJ")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/ebpf/bpfel-unknown-none/release/bench-floor"));
     let mut floors =
-        Ebpf::load(&std::fs::read(&floor_obj).expect("bench-floor object (cargo xtask bench builds it)")).unwrap();
+        Ebpf::load(&std::fs::read(floor_obj()).expect("bench-floor object (cargo xtask bench builds it)")).unwrap();
     for name in ["floor_pass", "floor_swap"] {
         let p: &mut Xdp = floors.program_mut(name).unwrap().try_into().unwrap();
         p.load().unwrap();
@@ -235,115 +234,126 @@ fn per_packet() -> Vec<Timed> {
     t.into_iter().collect()
 }
 
-/// Sends UDP datagrams from the client to `dst` for `secs` and counts what
-/// the receiver on the backend gets.
-fn udp_rate(lab: &Lab, dst: SocketAddr, recv_on: SocketAddr, secs: u64) -> (u64, u64) {
-    let backend = &lab.backends[0];
-    let rx = backend.ns.enter(|| UdpSocket::bind(recv_on)).unwrap().unwrap();
-    rx.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-    let received = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let (r2, s2) = (received.clone(), stop.clone());
-    let counter = thread::spawn(move || {
-        let mut buf = [0u8; 2048];
-        while !s2.load(Ordering::Relaxed) {
-            if rx.recv(&mut buf).is_ok() {
-                r2.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    });
-    let tx = lab
-        .client
-        .ns
-        .enter(|| {
-            let s = UdpSocket::bind(SocketAddr::new(lab.client.ip.into(), 0))?;
-            s.connect(dst)?;
-            Ok::<_, std::io::Error>(s)
-        })
-        .unwrap()
-        .unwrap();
-    let payload = [0u8; 18];
-    // Warm-up (neighbours, flows), then the measured window.
-    for _ in 0..1000 {
-        let _ = tx.send(&payload);
-    }
-    thread::sleep(Duration::from_millis(300));
-    let start_count = received.load(Ordering::Relaxed);
-    let (mut sent, start) = (0u64, Instant::now());
-    while start.elapsed() < Duration::from_secs(secs) {
-        if tx.send(&payload).is_ok() {
-            sent += 1;
-        }
-    }
-    thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    counter.join().unwrap();
-    let got = received.load(Ordering::Relaxed) - start_count;
-    (sent / secs, got / secs)
+/// Rounds of the live runs (XLB_BENCH_ROUNDS) and seconds per window
+/// (XLB_BENCH_SECS).
+fn env_num(name: &str, default: f64) -> f64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn throughput() -> String {
-    let lab = Lab::new(&LabSpec {
-        backends: 1,
-        client_addrs: 1,
-    })
-    .unwrap();
-    let be = &lab.backends[0];
-    let secs = 3;
-    let mut report = String::new();
-    // Plain kernel forwarding: the client sends to 198.19.0.200 via the xlb
-    // node, which routes it to the backend holding that address.
-    let routed = Ipv4Addr::new(198, 19, 0, 200);
-    be.ns
-        .ip(&["addr", "add", &format!("{routed}/32"), "dev", "lo"])
-        .unwrap();
-    lab.xlb
-        .ns
-        .ip(&["route", "add", &format!("{routed}/32"), "via", &be.ip.to_string()])
-        .unwrap();
-    lab.xlb.ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
-    // The kernel would also send ICMP redirects (same segment): not wanted here.
-    lab.xlb.ns.sysctl("net.ipv4.conf.all.send_redirects", "0").unwrap();
-    lab.xlb.ns.sysctl("net.ipv4.conf.eth0.send_redirects", "0").unwrap();
-    let (k_sent, k_got) = udp_rate(
-        &lab,
-        SocketAddr::new(routed.into(), 9000),
-        SocketAddr::new(routed.into(), 9000),
-        secs,
-    );
-
-    let cfg = format!(
-        "[global]\ninterface = \"eth0\"\n[[service]]\nname = \"udp\"\nvip = \"{}\"\nport = 9000\nprotocol = \"udp\"\nmode = \"nat\"\n\
-         [service.health]\nkind = \"none\"\n[[service.backend]]\nname = \"be0\"\naddress = \"{}:9000\"\n",
-        vip(10),
-        be.ip
-    );
-    let path = temp_file("bench-udp.toml", &cfg).unwrap();
-    let xlb = XlbProcess::start(&lab.xlb.ns, &path, &[]).unwrap();
-    // The xlb node resolves the backend's MAC before the window starts.
-    lab.xlb.ns.run("ping", &["-c", "1", "-W", "1", &be.ip.to_string()]).ok();
-    let (x_sent, x_got) = udp_rate(
-        &lab,
-        SocketAddr::new(vip(10).into(), 9000),
-        SocketAddr::new(be.ip.into(), 9000),
-        secs,
-    );
-    xlb.stop().unwrap();
-    let _ = writeln!(report, "| path | sent/s | received/s | ratio to kernel |");
-    let _ = writeln!(report, "|---|---:|---:|---:|");
-    let _ = writeln!(report, "| kernel IP forwarding | {k_sent} | {k_got} | 1.00 |");
+/// The live lab's runs, in rounds (each round every run once, in a rotated
+/// order), reported as medians with the spread of rounds.
+fn live_rates() -> String {
+    use live::{Run, Target};
+    let runs = [
+        Run {
+            name: "floor: parse + MAC swap + XDP_TX",
+            target: Target::Floor,
+            flows: 1000,
+        },
+        Run {
+            name: "kernel IP forwarding",
+            target: Target::Kernel,
+            flows: 1000,
+        },
+        Run {
+            name: "xlb nat, established (1,000 flows)",
+            target: Target::XlbNat,
+            flows: 1000,
+        },
+        Run {
+            name: "xlb dsr, established (1,000 flows)",
+            target: Target::XlbDsr,
+            flows: 1000,
+        },
+        Run {
+            name: "xlb nat, every frame a new flow",
+            target: Target::XlbNat,
+            flows: 0,
+        },
+        Run {
+            name: "xlb dsr, every frame a new flow",
+            target: Target::XlbDsr,
+            flows: 0,
+        },
+    ];
+    let rounds = env_num("XLB_BENCH_ROUNDS", 3.0).max(1.0) as usize;
+    let secs = env_num("XLB_BENCH_SECS", 2.0);
+    let floor = floor_obj();
+    let mut rig = live::Rig::new(&floor.with_file_name("bench-gen"), &floor);
+    let mut got: Vec<Vec<live::Rate>> = vec![Vec::new(); runs.len()];
+    for round in 0..rounds {
+        for k in 0..runs.len() {
+            let i = (k + round) % runs.len();
+            let r = rig.measure(runs[i], secs);
+            eprintln!(
+                "round {round}: {}: sent {:.2} Mpps, received {:.2} Mpps",
+                runs[i].name,
+                r.sent_pps / 1e6,
+                r.received_pps / 1e6
+            );
+            got[i].push(r);
+        }
+    }
+    let outcomes = rig.stop();
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let rx: Vec<Vec<f64>> = got
+        .iter()
+        .map(|g| g.iter().map(|r| r.received_pps / 1e6).collect())
+        .collect();
+    let med: Vec<f64> = rx.iter().map(|v| median(v)).collect();
+    let mut md = String::new();
     let _ = writeln!(
-        report,
-        "| xlb full-NAT (native XDP) | {x_sent} | {x_got} | {:.2} |",
-        x_got as f64 / k_got.max(1) as f64
+        md,
+        "{rounds} rounds of {secs} s windows; UDP frames of 60 bytes. Medians, with the min-max of rounds.
+"
     );
-    report
+    let _ = writeln!(
+        md,
+        "| path | generated Mpps | forwarded Mpps (min-max) | x floor | x kernel |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|");
+    for (i, run) in runs.iter().enumerate() {
+        let sent = median(&got[i].iter().map(|r| r.sent_pps / 1e6).collect::<Vec<_>>());
+        let (lo, hi) = rx[i].iter().fold((f64::MAX, 0f64), |(l, h), &x| (l.min(x), h.max(x)));
+        let _ = writeln!(
+            md,
+            "| {} | {sent:.2} | {:.2} ({lo:.2}-{hi:.2}) | {:.2} | {:.2} |",
+            run.name,
+            med[i],
+            med[i] / med[0],
+            med[i] / med[1]
+        );
+    }
+    let ok = |m: bool| if m { "met" } else { "MISSED" };
+    let (nat, new) = (med[2] / med[0], med[4].max(med[5]) / med[0]);
+    let _ = writeln!(
+        md,
+        "
+Targets: nat established >= 0.8x the floor ({}: {nat:.2}x) and >= 3x kernel forwarding ({}: {:.2}x); \
+         new flows >= 0.4x the floor ({}: nat {:.2}x, dsr {:.2}x).\n",
+        ok(nat >= 0.8),
+        ok(med[2] / med[1] >= 3.0),
+        med[2] / med[1],
+        ok(new >= 0.4),
+        med[4] / med[0],
+        med[5] / med[0]
+    );
+    let _ = writeln!(md, "xlb's outcome counters after the runs: {outcomes}\n");
+    md
 }
 
 fn main() {
     if !lab::have_root() {
         eprintln!("bench l4 needs root (namespaces, BPF)");
         std::process::exit(1);
+    }
+    if std::env::var_os("XLB_BENCH_LIVE_ONLY").is_some() {
+        print!("{}", live_rates());
+        return;
     }
     let ns = fib_ns::create(&format!("xlbt{}bench", std::process::id()), BACKENDS, &[]).unwrap();
     let timed = ns.enter(per_packet).unwrap();
@@ -393,13 +403,9 @@ fn main() {
          which this bench drains as the daemon does) costs {sync:.2}x a new flow with it off, in the same \
          rounds; established flows write no event.\n"
     );
-    let _ = writeln!(
-        md,
-        "## Forwarding through the lab (UDP, 18-byte payload, one sender, 3 s each)\n"
-    );
-    if std::env::var_os("XLB_BENCH_NO_LAB").is_none() {
-        md += &throughput();
-    }
+    let _ = writeln!(md, "## Packets per second through a live lab\n");
+    let _ = writeln!(md, "{}", live::ABOUT);
+    md += &live_rates();
     print!("{md}");
     let dir = root().join("bench-results");
     std::fs::create_dir_all(&dir).unwrap();
