@@ -27,6 +27,8 @@ pub mod maps {
     pub const NAT_FLOWS: &str = "NAT_FLOWS";
     /// Switch of the rare-event log (`xlb debug datapath`), not pinned.
     pub const DEBUG: &str = "DEBUG";
+    /// snat region → its address, written by every apply, not pinned.
+    pub const SNAT_ADDRS: &str = "SNAT_ADDRS";
     /// Switch of the flow-sync events (`[sync]`), not pinned.
     pub const SYNC: &str = "SYNC";
     /// Ring buffer of `SyncEvent`s, not pinned.
@@ -73,8 +75,13 @@ pub const SNAT_PORT_MIN: u16 = 1024;
 pub const SNAT_PORT_MAX: u16 = 32767;
 /// Full-NAT flows one snat address can hold: one per source port.
 pub const NAT_PORTS: u32 = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
-/// Distinct snat addresses (each owns `NAT_PORTS` slots of `NAT_FLOWS`).
-pub const MAX_SNATS: u32 = 16;
+/// Distinct snat addresses (each owns `NAT_PORTS` slots of `NAT_FLOWS`,
+/// 2 MiB): room for a million full-NAT flows.
+pub const MAX_SNATS: u32 = 32;
+/// Addresses in one nat service's snat pool.
+pub const MAX_POOL: usize = 16;
+// A region index fits the pool's u8 slots.
+const _: () = assert!(MAX_SNATS <= 256);
 /// Slots a flow may sit in: its hash's port and the next ones.
 pub const NAT_PROBES: u32 = 16;
 /// A new flow may replace an unanswered one among its first slots only.
@@ -183,10 +190,13 @@ pub struct ServiceValue {
     pub flags: u32,
     /// The live Maglev ring: elements `ring * RING_ELEMS ..` of `RINGS`.
     pub ring: u32,
-    /// nat: which `NAT_PORTS` slots of `NAT_FLOWS` the snat address owns.
-    pub snat_region: u32,
-    /// nat: source address towards the backends (same family as the VIP).
-    pub snat: [u8; 16],
+    /// nat: addresses in the service's snat pool (1..=`MAX_POOL`); a snat
+    /// address's own entry (`SVC_F_SNAT`): 1.
+    pub snat_count: u32,
+    /// nat: the `NAT_FLOWS` region (`NAT_PORTS` slots, one per port) of each
+    /// pool address, in pool order; a flow's hash picks one. A snat
+    /// address's own entry: its region first. Addresses are in `SNAT_ADDRS`.
+    pub snat_regions: [u8; MAX_POOL],
 }
 const _: () = assert!(core::mem::size_of::<ServiceValue>() == 32);
 

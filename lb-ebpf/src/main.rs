@@ -111,7 +111,7 @@ fn try_xlb(ctx: &XdpContext) -> u32 {
     }
     // A snat address: the key of the packet's destination address alone.
     match services::find(&p.dst, 0, 0, p.family) {
-        Some(snat) if snat.flags & SVC_F_SNAT != 0 => nat::reply(ctx, s, snat.snat_region),
+        Some(snat) if snat.flags & SVC_F_SNAT != 0 => nat::reply(ctx, s, u32::from(snat.snat_regions[0])),
         _ => outcome::PASS_NOT_SERVICE,
     }
 }

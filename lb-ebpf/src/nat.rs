@@ -1,6 +1,8 @@
 //! Full-NAT flows. Each snat address owns `NAT_PORTS` slots of one array,
 //! one per source port, so the port a flow uses towards its backend is the
-//! slot it sits in:
+//! slot it sits in. A service with a pool of snat addresses spreads its
+//! flows over them by hash (the pool index comes from the bits of the flow
+//! hash above the home port), so a pool of N holds N times the flows:
 //! - a client → VIP packet hashes its 5-tuple to a home port and finds its
 //!   flow there or in the next `NAT_PROBES - 1` slots;
 //! - a backend → snat:port reply finds its flow at slot `port` directly.
@@ -15,8 +17,8 @@
 
 use aya_ebpf::{macros::map, maps::Array, programs::XdpContext};
 use lb_common::{
-    hash, outcome, NatFlow, ServiceValue, MAX_SNATS, NAT_CLOSING, NAT_EMPTY, NAT_EVICT_WITHIN, NAT_NEW, NAT_OPEN,
-    NAT_PORTS, NAT_PROBES, SNAT_PORT_MAX, SNAT_PORT_MIN,
+    hash, outcome, NatFlow, ServiceValue, MAX_POOL, MAX_SNATS, NAT_CLOSING, NAT_EMPTY, NAT_EVICT_WITHIN, NAT_NEW,
+    NAT_OPEN, NAT_PORTS, NAT_PROBES, SNAT_PORT_MAX, SNAT_PORT_MIN,
 };
 
 use crate::{
@@ -29,6 +31,9 @@ use crate::{
 
 #[map(name = "NAT_FLOWS")]
 static NAT_FLOWS: Array<NatFlow> = Array::with_max_entries(MAX_SNATS * NAT_PORTS, 0);
+
+#[map(name = "SNAT_ADDRS")]
+static SNAT_ADDRS: Array<[u8; 16]> = Array::with_max_entries(MAX_SNATS, 0);
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
@@ -169,16 +174,30 @@ fn probe(pkt: &Packet, base: u32, home: u32, now: u64) -> Probe {
     p
 }
 
+/// The pool address a flow of hash `h` uses: its region and address.
+#[inline(always)]
+fn pool_pick(svc: &ServiceValue, h: u32) -> Option<(u32, &'static [u8; 16])> {
+    if svc.snat_count == 0 {
+        return None;
+    }
+    let j = ((h / NAT_PORTS) % svc.snat_count) as usize;
+    let region = u32::from(*svc.snat_regions.get(j & (MAX_POOL - 1))?);
+    Some((region, SNAT_ADDRS.get(region)?))
+}
+
 /// Client → VIP:port of a nat service.
 #[inline(never)]
 pub fn forward(ctx: &XdpContext, s: &mut Scratch, svc: &ServiceValue) -> u32 {
     let pkt = &s.pkt;
-    let base = svc.snat_region * NAT_PORTS;
     let h = hash::flow_hash(&pkt.src, &pkt.dst, pkt.sport_be, pkt.dport_be, pkt.proto);
+    let Some((region, snat)) = pool_pick(svc, h) else {
+        return outcome::DROP_NO_PORT;
+    };
+    let base = region * NAT_PORTS;
     let now = now();
     let p = probe(pkt, base, h % NAT_PORTS, now);
     if p.found != NONE {
-        return known(ctx, s, svc, base, p.found, now);
+        return known(ctx, s, svc, snat, base, p.found, now);
     }
     if pkt.icmp_error {
         return outcome::PASS_NOT_SERVICE;
@@ -198,7 +217,7 @@ pub fn forward(ctx: &XdpContext, s: &mut Scratch, svc: &ServiceValue) -> u32 {
         return outcome::DROP_NO_BACKEND;
     };
     // Route first: a packet that cannot leave takes no port.
-    let hop = match hop_to(ctx, pkt, id, &svc.snat, be, now) {
+    let hop = match hop_to(ctx, pkt, id, snat, be, now) {
         Ok(h) => h,
         Err(why) => return why,
     };
@@ -215,12 +234,20 @@ pub fn forward(ctx: &XdpContext, s: &mut Scratch, svc: &ServiceValue) -> u32 {
     f.state = next_state(NAT_NEW, pkt.tcp_flags, false);
     sync::nat(base + port, pkt.family, f);
     let port_be = (SNAT_PORT_MIN + port as u16).to_be();
-    to_backend(ctx, pkt, hop, id, be, svc.id, Some((&svc.snat, port_be)), true)
+    to_backend(ctx, pkt, hop, id, be, svc.id, Some((snat, port_be)), true)
 }
 
-/// Client → VIP on the flow at slot `port`.
+/// Client → VIP on the flow at slot `port` of the region of `snat`.
 #[inline(always)]
-fn known(ctx: &XdpContext, s: &mut Scratch, svc: &ServiceValue, base: u32, port: u32, now: u64) -> u32 {
+fn known(
+    ctx: &XdpContext,
+    s: &mut Scratch,
+    svc: &ServiceValue,
+    snat: &[u8; 16],
+    base: u32,
+    port: u32,
+    now: u64,
+) -> u32 {
     let Some(f) = NAT_FLOWS.get_ptr_mut(base + port) else {
         return outcome::PASS_NOT_SERVICE;
     };
@@ -266,19 +293,19 @@ fn known(ctx: &XdpContext, s: &mut Scratch, svc: &ServiceValue, base: u32, port:
         sync::nat(base + port, pkt.family, f);
     }
     if pkt.icmp_error {
-        s.icmp.set(&svc.snat, &be.addr, be.port_be, port_be);
+        s.icmp.set(snat, &be.addr, be.port_be, port_be);
         if rewrite::icmp_nat(ctx, &s.pkt, &s.icmp).is_err() {
             return outcome::PASS_PARSE_ERROR;
         }
     }
-    let hop = match hop_to(ctx, &s.pkt, id, &svc.snat, be, now) {
+    let hop = match hop_to(ctx, &s.pkt, id, snat, be, now) {
         Ok(h) => h,
         Err(why) => return why,
     };
     if s.pkt.icmp_error {
         return rewrite::send(ctx, hop.ifindex, &hop.smac, &hop.dmac);
     }
-    to_backend(ctx, &s.pkt, hop, id, be, svc.id, Some((&svc.snat, port_be)), new)
+    to_backend(ctx, &s.pkt, hop, id, be, svc.id, Some((snat, port_be)), new)
 }
 
 /// Backend → snat:port (snat region `region`): back to VIP → client.

@@ -160,6 +160,24 @@ fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "snat applies to mode \"nat\" only",
         ),
         (
+            "empty snat pool",
+            L4.replace("mode = \"nat\"", "mode = \"nat\"\nsnat = []"),
+            "snat",
+            "snat: a pool holds 1 to 16 addresses, not 0",
+        ),
+        (
+            "snat listed twice",
+            L4.replace("mode = \"nat\"", "mode = \"nat\"\nsnat = [\"198.18.0.2\", \"198.18.0.2\"]"),
+            "snat",
+            "snat 198.18.0.2 is listed twice",
+        ),
+        (
+            "snat pool family",
+            L4.replace("mode = \"nat\"", "mode = \"nat\"\nsnat = [\"198.18.0.2\", \"2001:db8::2\"]"),
+            "snat",
+            "snat 2001:db8::2 is not of the VIP's address family",
+        ),
+        (
             "balance for the mode",
             L4.replace("mode = \"nat\"", "mode = \"nat\"\nbalance = \"roundrobin\""),
             "roundrobin",

@@ -186,3 +186,65 @@ fn dsr_backends_answer_the_client_directly() {
     );
     xlb.stop().unwrap();
 }
+
+/// A snat pool: the flows of 40 clients leave from both pool addresses
+/// (the backends see connections from each), every stream works both ways,
+/// and the status names the pool.
+#[test]
+fn a_snat_pool_spreads_connections_over_its_addresses() {
+    lab::require_root!();
+    let lab = Lab::new(&LabSpec {
+        backends: 2,
+        client_addrs: 40,
+    })
+    .unwrap();
+    // The second pool address lives on the xlb node too, so the backends'
+    // answers to it come back there.
+    let second = "198.18.0.3";
+    lab.xlb
+        .ns
+        .ip(&["addr", "add", &format!("{second}/16"), "dev", "eth0"])
+        .unwrap();
+    let _servers = start_servers(&lab, 8080, false);
+    let backends = [("be0", 0, 1), ("be1", 1, 1)];
+    let cfg = config("nat", 8080, &backends).replace(
+        "mode = \"nat\"\n",
+        &format!("mode = \"nat\"\nsnat = [\"{}\", \"{second}\"]\n", lab::topology::XLB_IP),
+    );
+    let path = temp_file("pool.toml", &cfg).unwrap();
+    let xlb = XlbProcess::start(&lab.xlb.ns, &path, &[]).unwrap();
+    let mut streams: Vec<Stream> = lab
+        .client
+        .addrs
+        .iter()
+        .map(|c| Stream::open(&lab, (*c).into()))
+        .collect();
+    for s in &mut streams {
+        s.ping(2).unwrap();
+    }
+    let mut sources = std::collections::BTreeMap::<String, usize>::new();
+    for b in &lab.backends {
+        let out =
+            b.ns.run("ss", &["-Htn", "state", "established", "sport", "= :8080"])
+                .unwrap();
+        for line in out.lines() {
+            // Recv-Q Send-Q Local Peer: the peer's address is the snat one.
+            let peer = line.split_whitespace().last().unwrap();
+            let ip = peer.rsplit_once(':').unwrap().0.to_string();
+            *sources.entry(ip).or_default() += 1;
+        }
+    }
+    println!("connections per snat address: {sources:?}");
+    assert_eq!(sources.values().sum::<usize>(), 40, "every stream seen by a backend");
+    assert_eq!(sources.len(), 2, "both pool addresses used: {sources:?}");
+    assert!(sources.contains_key(second));
+    let st = status(&lab);
+    assert_eq!(st["outcomes"]["drop_no_port"].as_u64(), Some(0));
+    assert_eq!(
+        st["services"][0]["snat"],
+        serde_json::json!([lab::topology::XLB_IP.to_string(), second]),
+        "the status names the pool"
+    );
+    drop(streams);
+    xlb.stop().unwrap();
+}

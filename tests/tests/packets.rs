@@ -113,6 +113,15 @@ port = 80
 mode = "nat"
 snat = "198.18.0.2"
 [[service]]
+name = "natpool"
+vip = "198.19.0.60"
+port = 80
+mode = "nat"
+snat = ["198.18.0.2", "198.18.0.3"]
+  [[service.backend]]
+  name = "a"
+  address = "198.18.1.1:8080"
+[[service]]
 name = "noneigh"
 vip = "198.19.0.50"
 port = 80
@@ -857,6 +866,52 @@ fn dsr_flow_table_misses_follow_the_ring() {
             assert_eq!(dst_mac(&out), backend, "client {client}: source affinity on a miss");
         }
         assert!(used.len() > 1, "40 clients all hashed to one backend: {used:?}");
+    })
+    .unwrap();
+}
+
+/// A snat pool: each flow leaves from the pool address its hash picks (the
+/// hash's bits above the home port, modulo the pool's size) and its home
+/// port; the backend's answer to either address goes back to the client.
+/// 40 clients, so both addresses are used.
+#[test]
+fn a_snat_pool_spreads_flows_and_takes_replies_on_each_address() {
+    lab::require_root!();
+    let ns = fixture_ns();
+    ns.enter(|| {
+        let mut fx = Fixture::new();
+        let (vip, be) = (ip("198.19.0.60"), ip("198.18.1.1"));
+        let pool = [ip("198.18.0.2"), ip("198.18.0.3")];
+        let mut used = std::collections::HashSet::new();
+        for i in 0..40u8 {
+            let client = ip(&format!("198.18.5.{}", i + 1));
+            let h = {
+                let (c, v) = (lb_common::addr16(client).0, lb_common::addr16(vip).0);
+                hash::flow_hash(&c, &v, 40000u16.to_be(), 80u16.to_be(), PROTO_TCP)
+            };
+            let snat = pool[((h / NAT_PORTS) % 2) as usize];
+            let port = snat_port(client, 40000, vip, 80, PROTO_TCP);
+            let syn = Frame::tcp(client, 40000, vip, 80, TCP_SYN).build();
+            let (action, out) = run_frame(&mut fx, &syn);
+            assert_eq!(action, XDP_REDIRECT, "client {client}: SYN forwarded");
+            let want = via_eth0(Frame::tcp(snat, port, be, 8080, TCP_SYN), v4mac("198.18.1.1")).build();
+            assert_eq!(hex(&out), hex(&want), "client {client}: leaves from {snat}:{port}");
+            used.insert(snat);
+            let mut answer = Frame::tcp(be, 8080, snat, port, TCP_SYN | TCP_ACK);
+            answer.src_mac = v4mac("198.18.1.1");
+            answer.dst_mac = ETH0_MAC;
+            let (action, out) = run_frame(&mut fx, &answer.build());
+            let mut back = Frame::tcp(vip, 80, client, 40000, TCP_SYN | TCP_ACK);
+            back.src_mac = LOCAL_MAC;
+            back.dst_mac = CLIENT_MAC;
+            assert_eq!(action, XDP_TX, "client {client}: the answer to {snat} goes back");
+            assert_eq!(
+                hex(&out),
+                hex(&back.build()),
+                "client {client}: answer rewritten to the VIP"
+            );
+        }
+        assert_eq!(used.len(), 2, "40 flows all used one pool address");
     })
     .unwrap();
 }

@@ -72,7 +72,7 @@ vip = "198.19.0.20"
 port = 53
 protocol = "udp"
 mode = "nat"
-snat = "198.18.0.2"
+snat = ["198.18.0.2", "198.18.0.3"]
   [[service.backend]]
   name = "a"
   address = "198.18.1.1:5353"
@@ -136,7 +136,7 @@ struct Svc {
     port: u16,
     proto: u8,
     nat: bool,
-    snat: Option<IpAddr>,
+    snat: Vec<IpAddr>,
     backends: Vec<(IpAddr, u16)>,
 }
 
@@ -352,7 +352,7 @@ impl World {
                 let (osport, odport) = ports(out, &q).ok_or("no ports out")?;
                 if let Some(svc) = self.service(p.dst, dport, p.proto) {
                     if svc.nat {
-                        if !svc.backends.contains(&(q.dst, odport)) || Some(q.src) != svc.snat {
+                        if !svc.backends.contains(&(q.dst, odport)) || !svc.snat.contains(&q.src) {
                             return Err(format!("nat flow to {}:{odport} from {}", q.dst, q.src));
                         }
                         // Only the ports and the checksum may change.
@@ -548,12 +548,12 @@ fn random_and_mutated_frames_meet_the_oracle() {
             port: s.port,
             proto: if s.protocol == config::Protocol::Udp { 17 } else { 6 },
             nat: s.mode == config::Mode::Nat,
-            snat: s.snat,
+            snat: s.snat.clone(),
             backends: s.backends.iter().map(|b| (b.address.ip(), b.address.port())).collect(),
         })
         .collect::<Vec<_>>();
     let mut world = World {
-        snats: services.iter().filter_map(|s| s.snat).collect(),
+        snats: services.iter().flat_map(|s| s.snat.iter().copied()).collect(),
         backend_macs: extra.iter().map(|(_, m)| *m).collect(),
         services,
         flows: HashMap::new(),

@@ -339,7 +339,8 @@ pub struct Service {
     pub protocol: Protocol,
     pub mode: Mode,
     pub balance: String,
-    pub snat: Option<IpAddr>,
+    /// nat: the snat pool (empty: the XDP interface's address).
+    pub snat: Vec<IpAddr>,
     pub backends: Vec<Backend>,
     pub health: Health,
     /// http: cookie persistence, if configured.

@@ -64,7 +64,7 @@ pub(super) struct RawService {
     pub(super) protocol: Protocol,
     pub(super) mode: Mode,
     pub(super) balance: Option<Spanned<String>>,
-    pub(super) snat: Option<Spanned<String>>,
+    pub(super) snat: Option<Spanned<OneOrMany>>,
     #[serde(default)]
     pub(super) backend: Vec<RawBackend>,
     pub(super) health: Option<RawHealth>,

@@ -246,6 +246,17 @@ impl Validator<'_> {
         if services.len() > lb_common::MAX_SERVICES as usize {
             self.err(1, format!("more than {} services", lb_common::MAX_SERVICES));
         }
+        let snats: std::collections::HashSet<_> = services.iter().flat_map(|s| &s.snat).collect();
+        if snats.len() > lb_common::MAX_SNATS as usize {
+            self.err(
+                1,
+                format!(
+                    "{} distinct snat addresses; the full-NAT table has room for {}",
+                    snats.len(),
+                    lb_common::MAX_SNATS
+                ),
+            );
+        }
         let stats = raw.stats.map(|s| self.stats(s.into_inner()));
         let sync = raw.sync.and_then(|s| self.sync(s.into_inner()));
         Config {
@@ -349,21 +360,39 @@ impl Validator<'_> {
                 b.get_ref().clone()
             }
         };
-        let snat = rs.snat.as_ref().and_then(|s| {
+        let mut snat = Vec::new();
+        if let Some(s) = &rs.snat {
             if rs.mode != Mode::Nat {
                 self.at(s, "snat applies to mode \"nat\" only".into());
             }
-            let ip = s.get_ref().parse::<IpAddr>().ok().or_else(|| {
-                self.at(s, format!("snat {:?} is not an IP address", s.get_ref()));
-                None
-            })?;
-            if let Ok(v) = &vip {
-                if v.is_ipv4() != ip.is_ipv4() {
+            let list = match s.get_ref() {
+                OneOrMany::One(a) => std::slice::from_ref(a),
+                OneOrMany::Many(v) => v.as_slice(),
+            };
+            if list.is_empty() || list.len() > lb_common::MAX_POOL {
+                self.at(
+                    s,
+                    format!(
+                        "snat: a pool holds 1 to {} addresses, not {}",
+                        lb_common::MAX_POOL,
+                        list.len()
+                    ),
+                );
+            }
+            for a in list {
+                let Ok(ip) = a.parse::<IpAddr>() else {
+                    self.at(s, format!("snat {a:?} is not an IP address"));
+                    continue;
+                };
+                if vip.as_ref().is_ok_and(|v| v.is_ipv4() != ip.is_ipv4()) {
                     self.at(s, format!("snat {ip} is not of the VIP's address family"));
+                } else if snat.contains(&ip) {
+                    self.at(s, format!("snat {ip} is listed twice"));
+                } else {
+                    snat.push(ip);
                 }
             }
-            Some(ip)
-        });
+        }
         if rs.mode == Mode::Http && rs.protocol == Protocol::Udp {
             self.at(&rs.name, "mode \"http\" needs protocol \"tcp\"".into());
         }

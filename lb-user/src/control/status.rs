@@ -45,6 +45,9 @@ pub struct ServiceStatus {
     pub port: u16,
     pub protocol: String,
     pub mode: String,
+    /// nat: the configured snat pool (empty: the interface's address).
+    #[serde(default)]
+    pub snat: Vec<String>,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
@@ -92,6 +95,9 @@ impl Status {
                 "service {} {}:{}/{} mode={}",
                 s.name, s.vip, s.port, s.protocol, s.mode
             );
+            if !s.snat.is_empty() {
+                let _ = write!(o, " snat={}", s.snat.join(","));
+            }
             match &s.http {
                 Some(h) => {
                     let _ = write!(
@@ -191,6 +197,7 @@ impl Daemon {
                 ServiceStatus {
                     name: s.name.clone(),
                     vip: s.vip.to_string(),
+                    snat: s.snat.iter().map(ToString::to_string).collect(),
                     port: s.port,
                     protocol: s.protocol.as_str().into(),
                     mode: s.mode.as_str().into(),

@@ -59,7 +59,7 @@ fn layout() -> String {
     use core::mem::size_of;
     use lb_common::*;
     format!(
-        "v4 svc{}x{}:{} ring{}x{}/{} be{}:{} flow{}:{}:{}:{}:{} nat{}x{}:{} hop{} out{}",
+        "v5 svc{}x{}:{} ring{}x{}/{} be{}:{} flow{}:{}:{}:{}:{} nat{}x{}:{} hop{} out{}",
         SVC_SLOTS,
         size_of::<ServiceSlot>(),
         size_of::<ServiceHead>(),

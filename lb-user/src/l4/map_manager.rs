@@ -16,8 +16,8 @@ use aya::{
 };
 use lb_common::{
     addr16, maglev, maps, Backend as BpfBackend, Flow, FlowKey4, FlowKey6, HopCache, NatFlow, RingElem, ServiceKey,
-    ServiceValue, BE_F_DOWN, MAX_BACKENDS, MAX_RINGS, MAX_SERVICES, MAX_SNATS, NAT_EMPTY, NAT_PORTS, RING_ELEMS,
-    RING_EMPTY16, RING_PACK, RING_SIZE, SVC_F_DSR, SVC_F_HASH_5TUPLE, SVC_F_NAT, SVC_F_SNAT,
+    ServiceValue, BE_F_DOWN, MAX_BACKENDS, MAX_POOL, MAX_RINGS, MAX_SERVICES, MAX_SNATS, NAT_EMPTY, NAT_PORTS,
+    RING_ELEMS, RING_EMPTY16, RING_PACK, RING_SIZE, SVC_F_DSR, SVC_F_HASH_5TUPLE, SVC_F_NAT, SVC_F_SNAT,
 };
 
 use super::{
@@ -85,8 +85,8 @@ struct Installed {
     live: u32,
     /// What each ring of the pair holds, to write only the slots that change.
     rings: [Vec<RingElem>; 2],
-    /// nat: the snat address (set by every apply).
-    snat: Option<IpAddr>,
+    /// nat: the snat pool (set by every apply).
+    snat: Vec<IpAddr>,
 }
 
 /// The user-space mirror of the maps.
@@ -165,7 +165,7 @@ impl MapManager {
                         pair: s.pair,
                         live: s.live,
                         rings: [Vec::new(), Vec::new()],
-                        snat: None,
+                        snat: Vec::new(),
                     };
                     (key, inst)
                 })
@@ -265,14 +265,17 @@ impl MapManager {
         for (addr, _) in &unused {
             self.snats.remove(addr);
         }
+        let mut addrs: Array<&mut MapData, [u8; 16]> = map_of(ebpf, maps::SNAT_ADDRS)?;
         for (addr, region) in &self.snats {
-            let (snat, _) = addr16(*addr);
-            let value = ServiceValue {
+            addrs
+                .set(*region, addr16(*addr).0, 0)
+                .map_err(|e| map_err(maps::SNAT_ADDRS, &e))?;
+            let mut value = ServiceValue {
                 flags: SVC_F_SNAT,
-                snat_region: *region,
-                snat,
+                snat_count: 1,
                 ..Default::default()
             };
+            value.snat_regions[0] = *region as u8;
             entries.push((snat_key(*addr), value));
         }
         self.table.publish(ebpf, entries)?;
@@ -304,7 +307,7 @@ impl MapManager {
         svc: &Service,
         states: &BackendStates,
         default_snat: &dyn Fn(IpAddr) -> Option<IpAddr>,
-    ) -> Result<(ServiceValue, Option<IpAddr>), DataPlaneError> {
+    ) -> Result<(ServiceValue, Vec<IpAddr>), DataPlaneError> {
         let l4 = svc.mode != Mode::Http;
         if !self.services.contains_key(&key) {
             let id = free_index(self.services.values().map(|s| s.id), MAX_SERVICES, maps::SERVICES)?;
@@ -316,7 +319,7 @@ impl MapManager {
                     pair: None,
                     live: 1,
                     rings: [Vec::new(), Vec::new()],
-                    snat: None,
+                    snat: Vec::new(),
                 },
             );
         }
@@ -336,25 +339,27 @@ impl MapManager {
                 Mode::Http => 0,
             },
             ring: 0,
-            snat_region: 0,
-            snat: [0; 16],
+            snat_count: 0,
+            snat_regions: [0; MAX_POOL],
         };
         if svc.balance == "5tuple" {
             value.flags |= SVC_F_HASH_5TUPLE;
         }
-        let mut snat = None;
-        if svc.mode == Mode::Nat {
-            let addr = svc.snat.or_else(|| default_snat(svc.vip)).ok_or_else(|| {
-                DataPlaneError::Config(format!(
+        let mut snat = svc.snat.clone();
+        if svc.mode == Mode::Nat && snat.is_empty() {
+            snat.extend(default_snat(svc.vip));
+            if snat.is_empty() {
+                return Err(DataPlaneError::Config(format!(
                     "service {:?}: no address of the VIP's family on the XDP interface to use as snat: set `snat`",
                     svc.name
-                ))
-            })?;
-            value.snat = addr16(addr).0;
-            value.snat_region = self.snat_region(addr)?;
-            snat = Some(addr);
+                )));
+            }
         }
-        self.services.get_mut(&key).expect("inserted above").snat = snat;
+        for (j, addr) in snat.iter().enumerate() {
+            value.snat_regions[j] = self.snat_region(*addr)? as u8;
+        }
+        value.snat_count = snat.len() as u32;
+        self.services.get_mut(&key).expect("inserted above").snat = snat.clone();
         if l4 {
             let table = self.table(svc, states);
             let inst = self.services.get_mut(&key).expect("inserted above");
@@ -414,7 +419,11 @@ impl MapManager {
             let Some(inst) = self.services.get(&key) else { continue };
             let mut entry = SyncService {
                 slot: inst.id,
-                snat: inst.snat.and_then(|a| Some((a, *self.snats.get(&a)?))),
+                snat: inst
+                    .snat
+                    .iter()
+                    .filter_map(|a| Some((*a, *self.snats.get(a)?)))
+                    .collect(),
                 backends: StdHashMap::new(),
             };
             for b in &svc.backends {

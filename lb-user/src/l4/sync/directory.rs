@@ -19,8 +19,10 @@ use super::{
 pub struct SyncService {
     /// Counter slot (`Flow::service`).
     pub slot: u32,
-    /// nat: the snat address and its `NAT_FLOWS` region.
-    pub snat: Option<(IpAddr, u32)>,
+    /// nat: the snat pool's addresses and their `NAT_FLOWS` regions (pools
+    /// must list the same addresses in the same order on every node: a
+    /// flow's hash picks its address by position).
+    pub snat: Vec<(IpAddr, u32)>,
     /// (address, port) → backend id.
     pub backends: HashMap<(IpAddr, u16), u32>,
 }
@@ -105,11 +107,10 @@ impl Directory {
             .ok_or(Unplaced::Backend)?;
         let (client, family) = addr16(r.client);
         let (vip, _) = addr16(r.vip);
-        match (r.kind, svc.snat) {
-            (SYNC_NAT, Some((snat, region))) => {
-                if snat != r.snat {
-                    return Err(Unplaced::Snat);
-                }
+        let pool = svc.snat.iter().find(|(a, _)| *a == r.snat);
+        match (r.kind, svc.snat.is_empty()) {
+            (SYNC_NAT, false) => {
+                let (_, region) = pool.ok_or(Unplaced::Snat)?;
                 let port = r.snat_port.checked_sub(SNAT_PORT_MIN).ok_or(Unplaced::Port)?;
                 if u32::from(port) >= NAT_PORTS {
                     return Err(Unplaced::Port);
@@ -133,7 +134,7 @@ impl Directory {
                     flow,
                 })
             }
-            (SYNC_DSR, None) => {
+            (SYNC_DSR, true) => {
                 let flow = Flow {
                     backend: id,
                     service: svc.slot,
@@ -207,7 +208,7 @@ mod tests {
             ServiceKey::v4([198, 19, 0, 1], 80, 6),
             SyncService {
                 slot: 3,
-                snat: Some((snat, 2)),
+                snat: vec![(snat, 2)],
                 backends: [((be, 8080), 7)].into_iter().collect(),
             },
         );
