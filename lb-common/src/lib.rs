@@ -65,8 +65,9 @@ pub const MAX_BACKENDS: u32 = 4096;
 // Backend ids fit a 16-bit ring slot, with room for RING_EMPTY16.
 const _: () = assert!(MAX_BACKENDS < RING_EMPTY16 as u32);
 /// Capacity of the IPv4 flow table (dsr flows; full-NAT flows live in
-/// `NAT_FLOWS`).
-pub const MAX_FLOWS: u32 = 262_144;
+/// `NAT_FLOWS`): a million flows with room to spare, as the LRU's per-CPU
+/// free lists start evicting a little before it is full.
+pub const MAX_FLOWS: u32 = 1 << 20;
 /// Capacity of the IPv6 flow table.
 pub const MAX_FLOWS6: u32 = 65_536;
 /// Source ports the full-NAT allocates from, below Linux's default
@@ -76,8 +77,9 @@ pub const SNAT_PORT_MAX: u16 = 32767;
 /// Full-NAT flows one snat address can hold: one per source port.
 pub const NAT_PORTS: u32 = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
 /// Distinct snat addresses (each owns `NAT_PORTS` slots of `NAT_FLOWS`,
-/// 2 MiB): room for a million full-NAT flows.
-pub const MAX_SNATS: u32 = 32;
+/// 2 MiB): a million full-NAT flows at half occupancy, where port
+/// allocation still practically never fails.
+pub const MAX_SNATS: u32 = 64;
 /// Addresses in one nat service's snat pool.
 pub const MAX_POOL: usize = 16;
 // A region index fits the pool's u8 slots.

@@ -17,9 +17,11 @@ use aya_ebpf::{
 };
 
 /// `GEN[0]`: distinct flows to cycle over (0: every frame a new flow);
-/// `GEN[1]`: frames made so far (the generator runs on one CPU).
+/// `GEN[1]`: frames made so far (the generator runs on one CPU);
+/// `GEN[2]`: destination addresses to spread flows over, from the
+/// template's on (0 or 1: the template's).
 #[map(name = "GEN")]
-static GEN: Array<u64> = Array::with_max_entries(2, 0);
+static GEN: Array<u64> = Array::with_max_entries(3, 0);
 
 /// The template frame's first `HEAD` bytes (Ethernet, IPv4, UDP headers),
 /// copied into every frame: a live frame's page comes back to the generator
@@ -56,6 +58,7 @@ fn try_gen(ctx: &XdpContext) -> Result<u32, ()> {
     }
     let head = TEMPLATE.get(0).ok_or(())?;
     let flows = *GEN.get(0).ok_or(())?;
+    let dsts = (*GEN.get(2).ok_or(())?).max(1);
     let count = GEN.get_ptr_mut(1).ok_or(())?;
     // SAFETY: an in-bounds map value; only this CPU's test run writes it.
     let n = unsafe {
@@ -65,6 +68,7 @@ fn try_gen(ctx: &XdpContext) -> Result<u32, ()> {
     };
     let i = if flows == 0 { n } else { n % flows };
     let src = SRC_BASE + (i % SRC_SPAN) as u32;
+    let dst_add = (i % dsts) as u8;
     let sport = 1024 + ((i / SRC_SPAN) % 64000) as u16;
     let ip = (start + ETH_LEN) as *mut u8;
     // SAFETY: bounds checked above; unaligned and byte-wise writes.
@@ -77,6 +81,8 @@ fn try_gen(ctx: &XdpContext) -> Result<u32, ()> {
         for (k, b) in s.iter().enumerate() {
             *ip.add(12 + k) = *b;
         }
+        // The template's last address byte leaves room for the spread.
+        *ip.add(19) += dst_add;
         *ip.add(10) = 0;
         *ip.add(11) = 0;
         let mut sum = 0u32;

@@ -47,6 +47,7 @@ pub const ABOUT: &str = "A generator namespace joined by two veth pairs to a for
 native XDP) on one, a baseline on the other (parse + MAC swap + XDP_TX, or XDP_PASS into the kernel's IP \
 forwarding). Frames come from an XDP program run through BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES \
 (`bench-gen`'s `gen_udp`: a template UDP frame, source address and port varied per frame), pinned to CPU 0; \
+nat runs spread their flows over 4 nat services, each with a pool of 16 snat addresses; \
 every veth runs threaded NAPI pinned to CPU 1, so the forwarder has CPU 1 (shared with the sink, an XDP \
 program counting what comes back). The generator outruns every forwarder here: what it sends beyond the \
 forwarder's rate is dropped at the full veth ring. veth's own XDP path costs far more per frame than a \
@@ -59,9 +60,10 @@ const REPEAT: u32 = 1 << 20;
 const BATCH: u32 = 256;
 
 const NODE0: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-const SNAT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const BACKEND: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 50);
-const NAT_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
+/// The first of `NAT_SERVICES` consecutive VIPs.
+const NAT_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 20);
+const NAT_SERVICES: u8 = 4;
 const DSR_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 11);
 const NODE1: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
 const NEXT_HOP1: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 50);
@@ -70,7 +72,8 @@ const ROUTED: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 1);
 const PORT: u16 = 9000;
 
 /// What a run sends: out of which generator interface, to what, over how
-/// many flows (0: every frame a new flow).
+/// many flows (0: every frame a new flow). nat runs spread their flows over
+/// the `NAT_SERVICES` services, each with a pool of 16 snat addresses.
 #[derive(Clone, Copy)]
 pub struct Run {
     pub name: &'static str,
@@ -184,7 +187,6 @@ impl Rig {
         }
         node.ip(&["addr", "add", &format!("{NODE0}/24"), "dev", "lbx0"])
             .unwrap();
-        node.ip(&["addr", "add", &format!("{SNAT}/24"), "dev", "lbx0"]).unwrap();
         node.ip(&["addr", "add", &format!("{NODE1}/24"), "dev", "lbx1"])
             .unwrap();
         let macs = Macs {
@@ -246,13 +248,22 @@ impl Rig {
     }
 
     fn start_xlb(&mut self) {
-        let cfg = format!(
+        let mut cfg = format!(
             "[global]\ninterface = \"lbx0\"\nxdp_mode = \"native\"\n\
-             [[service]]\nname = \"nat\"\nvip = \"{NAT_VIP}\"\nport = {PORT}\nprotocol = \"udp\"\nmode = \"nat\"\nsnat = \"{SNAT}\"\n\
-             [service.health]\nkind = \"none\"\n[[service.backend]]\nname = \"be\"\naddress = \"{BACKEND}:{PORT}\"\n\
              [[service]]\nname = \"dsr\"\nvip = \"{DSR_VIP}\"\nport = {PORT}\nprotocol = \"udp\"\nmode = \"dsr\"\n\
              [service.health]\nkind = \"none\"\n[[service.backend]]\nname = \"be\"\naddress = \"{BACKEND}:{PORT}\"\n"
         );
+        let [a, b, c, d] = NAT_VIP.octets();
+        for s in 0..NAT_SERVICES {
+            // Pools outside the node's own addresses: nothing answers here.
+            let pool: Vec<String> = (0..16).map(|k| format!("\"198.18.0.{}\"", 64 + 16 * s + k)).collect();
+            cfg += &format!(
+                "[[service]]\nname = \"nat{s}\"\nvip = \"{a}.{b}.{c}.{}\"\nport = {PORT}\nprotocol = \"udp\"\nmode = \"nat\"\n\
+                 snat = [{}]\n[service.health]\nkind = \"none\"\n[[service.backend]]\nname = \"be\"\naddress = \"{BACKEND}:{PORT}\"\n",
+                d + s,
+                pool.join(", ")
+            );
+        }
         let path = temp_file("bench-live.toml", &cfg).unwrap();
         self.xlb = Some(XlbProcess::start(&self.node, &path, &[]).unwrap());
     }
@@ -289,6 +300,8 @@ impl Rig {
             let mut gen: Array<_, u64> = Array::try_from(self.tools.map_mut("GEN").unwrap()).unwrap();
             gen.set(0, run.flows, 0).unwrap();
             gen.set(1, 0, 0).unwrap();
+            let dsts = if run.target == Target::XlbNat { NAT_SERVICES } else { 1 };
+            gen.set(2, u64::from(dsts), 0).unwrap();
         }
         let frame = self.template(run.target);
         {
@@ -324,11 +337,13 @@ impl Rig {
             }
             (sent, start.elapsed())
         };
-        // Warm-up (flow tables, caches), then the window.
+        // Warm-up (flow tables, caches; every flow of the run made at least
+        // once at the forwarder's rate), then the window.
+        let warm = Duration::from_secs_f64((run.flows as f64 / 0.5e6).max(0.3));
         self.gen_ns
             .enter(|| {
                 pin_to_cpu(GEN_CPU);
-                send(Duration::from_millis(300))
+                send(warm)
             })
             .unwrap();
         std::thread::sleep(Duration::from_millis(50));
