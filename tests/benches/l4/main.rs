@@ -42,6 +42,7 @@ use lb_user::{
     },
 };
 
+mod control;
 mod live;
 mod scale;
 
@@ -376,8 +377,13 @@ fn main() {
         print!("{}", ns.enter(scale::report).unwrap());
         return;
     }
+    if std::env::var_os("XLB_BENCH_CONTROL_ONLY").is_some() {
+        print!("{}{}", ns.enter(control::map_manager).unwrap(), control::daemon());
+        return;
+    }
     let timed = ns.enter(per_packet).unwrap();
     let scale = ns.enter(scale::report).unwrap();
+    let control = ns.enter(control::map_manager).unwrap() + &control::daemon();
     drop(ns);
     let floor = timed[1].total_ns as f64 / calls() as f64;
     let mut md = String::new();
@@ -426,6 +432,8 @@ fn main() {
     );
     let _ = writeln!(md, "## Flow table scale\n");
     md += &scale;
+    let _ = writeln!(md, "## Control plane\n");
+    md += &control;
     let _ = writeln!(md, "## Packets per second through a live lab\n");
     let _ = writeln!(md, "{}", live::ABOUT);
     md += &live_rates();

@@ -167,7 +167,6 @@ pub fn report() -> String {
     };
     let (oldest, newest) = (held(0..100_000), held(total - 100_000..total));
     let entries = flows.keys().filter(Result::is_ok).count();
-    drop(flows);
     drop(ebpf);
 
     // nat: a million answered flows over 4 services of 16 snat addresses.
