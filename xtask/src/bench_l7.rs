@@ -62,6 +62,30 @@ impl Proc {
         Ok(Proc { child })
     }
 
+    /// CPU seconds (user + system) used so far by the process and its
+    /// children (nginx's workers), from /proc.
+    pub fn cpu_secs(&self) -> f64 {
+        let pid = self.child.id();
+        let mut ticks = 0u64;
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // Fields after the command's closing parenthesis: state, ppid, ...
+            let Some((head, rest)) = stat.rsplit_once(')') else { continue };
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let own = head.split_whitespace().next().and_then(|p| p.parse::<u32>().ok()) == Some(pid);
+            let child = f.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid);
+            if own || child {
+                ticks += f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+                    + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            }
+        }
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        ticks as f64 / hz
+    }
+
     /// Resident memory in KiB (taskset execs the program: same pid).
     pub fn rss_kib(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
@@ -138,6 +162,27 @@ pub struct Load {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub errors: u64,
+    /// The proxy's CPU during the run: share of one CPU, and microseconds
+    /// per request (what the proxy would serve on a CPU of its own is
+    /// 1e6 / cpu_us, whatever bounds the run).
+    pub cpu_share: f64,
+    pub cpu_us: f64,
+}
+
+impl Load {
+    /// Adds the proxy's CPU use over the run (`cpu` seconds in `secs`).
+    pub fn with_cpu(mut self, cpu: f64, secs: u64) -> Load {
+        self.cpu_share = cpu / secs as f64;
+        self.cpu_us = cpu * 1e6 / (self.rps * secs as f64).max(1.0);
+        self
+    }
+}
+
+/// wrk against the proxy `p` for the run's duration, with its CPU use.
+fn measured(p: &Proc, opts: &Opts, cpu: Option<u32>, cookie: Option<&str>) -> Result<Load> {
+    let before = p.cpu_secs();
+    let l = wrk(opts, cpu, opts.duration, cookie)?;
+    Ok(l.with_cpu(p.cpu_secs() - before, opts.duration))
 }
 
 /// Pins the calling thread to `cpu` (the load generator's).
@@ -232,6 +277,8 @@ pub fn median(mut v: Vec<Load>) -> Load {
         p50_ms: mid(&mut v, |l| l.p50_ms),
         p99_ms: mid(&mut v, |l| l.p99_ms),
         errors: v.iter().map(|l| l.errors).sum(),
+        cpu_share: mid(&mut v, |l| l.cpu_share),
+        cpu_us: mid(&mut v, |l| l.cpu_us),
     }
 }
 
@@ -426,16 +473,21 @@ pub fn run(xlb: &Path, opts: &Opts) -> Result<()> {
             if !opts.tls_only {
                 sanity(name, *cookies)?;
                 wrk(opts, load_cpu, 1, None)?; // warm-up
-                let new_clients = wrk(opts, load_cpu, opts.duration, None)?;
-                let returning = wrk(opts, load_cpu, opts.duration, Some("s2"))?;
+                let new_clients = measured(&p, opts, load_cpu, None)?;
+                let returning = measured(&p, opts, load_cpu, Some("s2"))?;
                 eprintln!(
-                    "bench l7 round {}/{}: {name}: {:.0} req/s new, {:.0} req/s returning, p99 {:.2}/{:.2} ms",
+                    "bench l7 round {}/{}: {name}: {:.0} req/s new, {:.0} req/s returning, p99 {:.2}/{:.2} ms, \
+                     CPU {:.0}%/{:.0}%, {:.1}/{:.1} us a request",
                     round + 1,
                     opts.rounds,
                     new_clients.rps,
                     returning.rps,
                     new_clients.p99_ms,
-                    returning.p99_ms
+                    returning.p99_ms,
+                    new_clients.cpu_share * 100.0,
+                    returning.cpu_share * 100.0,
+                    new_clients.cpu_us,
+                    returning.cpu_us
                 );
                 runs[i].push((new_clients, returning));
                 if last {
@@ -541,25 +593,44 @@ fn render(opts: &Opts, cpus: usize, r: &[Result1]) -> String {
             x.idle_bytes / 1024.0
         );
     }
+    let _ = writeln!(
+        o,
+        "\nThe proxy's own CPU during the runs (user + system time from /proc, nginx's workers included): its \
+         share of its one CPU, and CPU time per request, which does not depend on what else bounds the run.\n\n\
+         | proxy | new clients CPU | us/request | returning CPU | us/request |\n|---|---:|---:|---:|---:|"
+    );
+    for x in r {
+        let _ = writeln!(
+            o,
+            "| {} | {:.0}% | {:.1} | {:.0}% | {:.1} |",
+            x.name,
+            x.new_clients.cpu_share * 100.0,
+            x.new_clients.cpu_us,
+            x.returning.cpu_share * 100.0,
+            x.returning.cpu_us
+        );
+    }
     if let Some(xlb) = r.iter().find(|x| x.name == "xlb") {
         let _ = writeln!(
             o,
-            "\nRatios (xlb / other; req/s above 1 is better for xlb, p99 below 1 is):\n"
+            "\nRatios (xlb / other; req/s above 1 is better for xlb, p99 and CPU per request below 1 are):\n"
         );
         let _ = writeln!(
             o,
-            "| vs | new clients req/s | returning req/s | p99 new | p99 returning | idle conn memory |\n|---|---:|---:|---:|---:|---:|"
+            "| vs | new clients req/s | returning req/s | p99 new | p99 returning | CPU/request new | CPU/request returning | idle conn memory |\n|---|---:|---:|---:|---:|---:|---:|---:|"
         );
         for x in r.iter().filter(|x| x.name != "xlb") {
             let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
             let _ = writeln!(
                 o,
-                "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
                 x.name,
                 ratio(xlb.new_clients.rps, x.new_clients.rps),
                 ratio(xlb.returning.rps, x.returning.rps),
                 ratio(xlb.new_clients.p99_ms, x.new_clients.p99_ms),
                 ratio(xlb.returning.p99_ms, x.returning.p99_ms),
+                ratio(xlb.new_clients.cpu_us, x.new_clients.cpu_us),
+                ratio(xlb.returning.cpu_us, x.returning.cpu_us),
                 ratio(xlb.idle_bytes, x.idle_bytes)
             );
         }
