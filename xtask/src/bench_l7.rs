@@ -21,6 +21,17 @@ use crate::{bench_tls, root, setup};
 
 const PROXY: &str = "127.0.0.1:18080";
 const BACKENDS: [(&str, u16); 3] = [("s1", 19001), ("s2", 19002), ("s3", 19003)];
+/// Keep-alive clients of the crowd run.
+const CROWD: u32 = 10_000;
+/// Concurrent requests per backend for xlb and HAProxy (more wait in the
+/// proxy's queue): 10,000 clients and a connection to a backend for each
+/// would not fit the 20,000 open files a process may have here.
+const BACKEND_MAXCONN: u32 = 1000;
+/// HAProxy reserves two files a connection (2 x maxconn + 15 must fit the
+/// open-files limit, which cannot be raised here past 20,000 without
+/// CAP_SYS_RESOURCE): 9,992 is the most it takes, so 8 of the crowd's
+/// clients wait for it in the kernel's accept queue.
+const HAPROXY_MAXCONN: u32 = 9992;
 
 pub struct Opts {
     pub duration: u64,
@@ -72,7 +83,9 @@ impl Proc {
                 continue;
             };
             // Fields after the command's closing parenthesis: state, ppid, ...
-            let Some((head, rest)) = stat.rsplit_once(')') else { continue };
+            let Some((head, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
             let f: Vec<&str> = rest.split_whitespace().collect();
             let own = head.split_whitespace().next().and_then(|p| p.parse::<u32>().ok()) == Some(pid);
             let child = f.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid);
@@ -178,10 +191,18 @@ impl Load {
     }
 }
 
-/// wrk against the proxy `p` for the run's duration, with its CPU use.
-fn measured(p: &Proc, opts: &Opts, cpu: Option<u32>, cookie: Option<&str>) -> Result<Load> {
+/// wrk with `conns` connections against the proxy `p` for the run's
+/// duration, with the proxy's CPU use.
+fn measured(p: &Proc, opts: &Opts, conns: u32, cpu: Option<u32>, cookie: Option<&str>) -> Result<Load> {
     let before = p.cpu_secs();
-    let l = wrk(opts, cpu, opts.duration, cookie)?;
+    let header = cookie.map(|v| format!("Cookie: SERVERID={v}"));
+    let l = run_wrk(
+        conns,
+        cpu,
+        opts.duration,
+        &format!("http://{PROXY}/"),
+        header.as_deref(),
+    )?;
     Ok(l.with_cpu(p.cpu_secs() - before, opts.duration))
 }
 
@@ -216,24 +237,14 @@ fn parse_ms(s: &str) -> Option<f64> {
     num.parse::<f64>().ok().map(|n| n * scale)
 }
 
-fn wrk(opts: &Opts, cpu: Option<u32>, duration: u64, cookie: Option<&str>) -> Result<Load> {
-    let header = cookie.map(|v| format!("Cookie: SERVERID={v}"));
-    run_wrk(opts, cpu, duration, &format!("http://{PROXY}/"), header.as_deref())
-}
-
 /// wrk against `url` (returning clients of s1).
 pub fn wrk_url(opts: &Opts, cpu: Option<u32>, duration: u64, url: &str) -> Result<Load> {
-    run_wrk(opts, cpu, duration, url, Some("Cookie: SERVERID=s1"))
+    run_wrk(opts.connections, cpu, duration, url, Some("Cookie: SERVERID=s1"))
 }
 
-fn run_wrk(opts: &Opts, cpu: Option<u32>, duration: u64, url: &str, header: Option<&str>) -> Result<Load> {
+fn run_wrk(conns: u32, cpu: Option<u32>, duration: u64, url: &str, header: Option<&str>) -> Result<Load> {
     let mut c = pinned(cpu, "wrk");
-    c.args([
-        "-t1",
-        &format!("-c{}", opts.connections),
-        &format!("-d{duration}s"),
-        "--latency",
-    ]);
+    c.args(["-t1", &format!("-c{conns}"), &format!("-d{duration}s"), "--latency"]);
     if let Some(h) = header {
         c.args(["-H", h]);
     }
@@ -266,6 +277,11 @@ fn run_wrk(opts: &Opts, cpu: Option<u32>, duration: u64, url: &str, header: Opti
     Ok(l)
 }
 
+/// The lowest and highest of `v`.
+fn spread(v: impl Iterator<Item = f64>) -> (f64, f64) {
+    v.fold((f64::MAX, 0.0), |(lo, hi), x| (lo.min(x), hi.max(x)))
+}
+
 /// Each figure's median over the runs.
 pub fn median(mut v: Vec<Load>) -> Load {
     let mid = |v: &mut Vec<Load>, f: fn(&Load) -> f64| {
@@ -284,6 +300,11 @@ pub fn median(mut v: Vec<Load>) -> Load {
 
 struct Result1 {
     name: &'static str,
+    crowd: Load,
+    /// RSS right after the crowd run (the largest of the rounds).
+    crowd_rss_kib: u64,
+    /// Min and max req/s of the rounds: new clients, returning.
+    spread: [(f64, f64); 2],
     new_clients: Load,
     returning: Load,
     rss_kib: u64,
@@ -303,7 +324,7 @@ fn configs(dir: &Path, pem: &Path) -> Result<()> {
         let d = dir.display();
         format!(
             "daemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile 20000;\npid {d}/{name}.pid;\n\
-             error_log {d}/{name}.err warn;\nevents {{ worker_connections 10000; }}\n\
+             error_log {d}/{name}.err warn;\nevents {{ worker_connections 19000; }}\n\
              http {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_body_temp_path {d}/{name}-body;\n\
              proxy_temp_path {d}/{name}-proxy;\n  fastcgi_temp_path {d}/{name}-fcgi;\n  uwsgi_temp_path {d}/{name}-uwsgi;\n\
              scgi_temp_path {d}/{name}-scgi;\n"
@@ -327,12 +348,12 @@ fn configs(dir: &Path, pem: &Path) -> Result<()> {
     )?;
     let hservers: String = BACKENDS
         .iter()
-        .map(|(n, p)| format!("  server {n} 127.0.0.1:{p} cookie {n}\n"))
+        .map(|(n, p)| format!("  server {n} 127.0.0.1:{p} cookie {n} maxconn {BACKEND_MAXCONN}\n"))
         .collect();
     std::fs::write(
         dir.join("haproxy.cfg"),
         format!(
-            "global\n  nbthread 1\n  maxconn 9000\n\ndefaults\n  mode http\n  option http-keep-alive\n  timeout connect 5s\n  \
+            "global\n  nbthread 1\n  maxconn {HAPROXY_MAXCONN}\n\ndefaults\n  mode http\n  option http-keep-alive\n  timeout connect 5s\n  \
              timeout client 30s\n  timeout server 30s\n\nfrontend fe\n  bind {PROXY}\n  default_backend be\n\n\
              backend be\n  balance roundrobin\n  cookie SERVERID insert indirect nocache\n{hservers}{}",
             bench_tls::haproxy_frontend(pem)
@@ -340,7 +361,11 @@ fn configs(dir: &Path, pem: &Path) -> Result<()> {
     )?;
     let xservers: String = BACKENDS
         .iter()
-        .map(|(n, p)| format!("[[service.backend]]\nname = \"{n}\"\naddress = \"127.0.0.1:{p}\"\ncookie = \"{n}\"\n"))
+        .map(|(n, p)| {
+            format!(
+                "[[service.backend]]\nname = \"{n}\"\naddress = \"127.0.0.1:{p}\"\ncookie = \"{n}\"\nmaxconn = {BACKEND_MAXCONN}\n"
+            )
+        })
         .collect();
     let (vip, port) = PROXY.split_once(':').expect("addr");
     std::fs::write(
@@ -411,6 +436,25 @@ pub fn idle_growth<C>(p: &Proc, n: usize, one: impl Fn() -> Result<C>) -> Result
 
 pub fn run(xlb: &Path, opts: &Opts) -> Result<()> {
     setup::install_debs(&["haproxy", "nginx-light", "wrk", "util-linux"])?;
+    // The crowd run: 10,000 clients and as many backend connections, for
+    // wrk and each proxy (children inherit the limit). Raising the hard
+    // limit needs CAP_SYS_RESOURCE; without it the soft limit goes as high
+    // as the hard one allows.
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        let mut files = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut files);
+        files.rlim_cur = files.rlim_max.max(100_000);
+        files.rlim_max = files.rlim_cur;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &files) != 0 {
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut files);
+            files.rlim_cur = files.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &files);
+        }
+    }
     let cpus = thread::available_parallelism().map_or(1, |n| n.get());
     // Proxies on CPU 0; wrk and the backends on CPU 1 (when there is one).
     let (proxy_cpu, load_cpu) = if cpus >= 2 { (Some(0), Some(1)) } else { (None, None) };
@@ -455,6 +499,7 @@ pub fn run(xlb: &Path, opts: &Opts) -> Result<()> {
     // Rounds alternate the proxies so that drift of the machine (other
     // tenants, clocks) hits them alike; medians are reported.
     let mut runs: Vec<Vec<(Load, Load)>> = vec![Vec::new(); proxies.len()];
+    let mut crowds: Vec<Vec<(Load, u64)>> = vec![Vec::new(); proxies.len()];
     let mut tls_runs: Vec<Vec<bench_tls::TlsResult>> = (0..2).map(|_| Vec::new()).collect();
     let mut memory = vec![(0, 0.0); proxies.len()];
     for round in 0..opts.rounds {
@@ -472,9 +517,9 @@ pub fn run(xlb: &Path, opts: &Opts) -> Result<()> {
             let last = round + 1 == opts.rounds;
             if !opts.tls_only {
                 sanity(name, *cookies)?;
-                wrk(opts, load_cpu, 1, None)?; // warm-up
-                let new_clients = measured(&p, opts, load_cpu, None)?;
-                let returning = measured(&p, opts, load_cpu, Some("s2"))?;
+                run_wrk(opts.connections, load_cpu, 1, &format!("http://{PROXY}/"), None)?; // warm-up
+                let new_clients = measured(&p, opts, opts.connections, load_cpu, None)?;
+                let returning = measured(&p, opts, opts.connections, load_cpu, Some("s2"))?;
                 eprintln!(
                     "bench l7 round {}/{}: {name}: {:.0} req/s new, {:.0} req/s returning, p99 {:.2}/{:.2} ms, \
                      CPU {:.0}%/{:.0}%, {:.1}/{:.1} us a request",
@@ -489,14 +534,28 @@ pub fn run(xlb: &Path, opts: &Opts) -> Result<()> {
                     new_clients.cpu_us,
                     returning.cpu_us
                 );
-                runs[i].push((new_clients, returning));
                 if last {
                     let rss = p.rss_kib();
                     memory[i] = (rss, idle_cost(&p, opts.idle)?);
                 }
+                runs[i].push((new_clients, returning));
             }
             if tls {
                 tls_runs[i].push(bench_tls::round(name, &p, opts, load_cpu, last)?);
+            }
+            // Last: memory the crowd leaves behind would hide the idle
+            // connections' growth measured above.
+            if !opts.tls_only {
+                let crowd = measured(&p, opts, CROWD, load_cpu, Some("s2"))?;
+                eprintln!(
+                    "bench l7 round {}/{}: {name}: {CROWD} clients: {:.0} req/s, p99 {:.1} ms, RSS {} KiB",
+                    round + 1,
+                    opts.rounds,
+                    crowd.rps,
+                    crowd.p99_ms,
+                    p.rss_kib()
+                );
+                crowds[i].push((crowd, p.rss_kib()));
             }
         }
     }
@@ -518,11 +577,15 @@ pub fn run(xlb: &Path, opts: &Opts) -> Result<()> {
         let results: Vec<Result1> = proxies
             .iter()
             .zip(runs)
+            .zip(crowds)
             .zip(memory)
-            .map(|(((name, _, _), r), (rss_kib, idle_bytes))| Result1 {
+            .map(|((((name, _, _), r), c), (rss_kib, idle_bytes))| Result1 {
                 name,
                 new_clients: median(r.iter().map(|x| x.0.clone()).collect()),
                 returning: median(r.iter().map(|x| x.1.clone()).collect()),
+                crowd: median(c.iter().map(|x| x.0.clone()).collect()),
+                crowd_rss_kib: c.iter().map(|x| x.1).max().unwrap_or(0),
+                spread: [spread(r.iter().map(|x| x.0.rps)), spread(r.iter().map(|x| x.1.rps))],
                 rss_kib,
                 idle_bytes,
             })
@@ -557,8 +620,10 @@ fn render(opts: &Opts, cpus: usize, r: &[Result1]) -> String {
          Same 3 backends (nginx returning a short body), same load generator (wrk, 1 thread, {} keep-alive \
          connections, {} s per run, median of {} rounds that alternate the proxies). Each proxy runs alone with one worker thread pinned to CPU 0; wrk and the \
          backends share CPU 1 ({cpus} CPUs here). xlb and HAProxy do cookie persistence \
-         (`cookie SERVERID insert indirect nocache`, round robin); nginx is a plain round-robin proxy with \
-         upstream keep-alive. Access logs off everywhere.\n\n\
+         (`cookie SERVERID insert indirect nocache`, round robin, at most {BACKEND_MAXCONN} concurrent requests \
+         per server, more wait in the proxy's queue); nginx is a plain round-robin proxy with \
+         upstream keep-alive. Access logs off everywhere. Each proxy's CPU time is read from /proc around \
+         every run.\n\n\
          - *new clients*: no cookie, every response carries `Set-Cookie` (xlb and HAProxy)\n\
          - *returning*: `Cookie: SERVERID=s2`, persistence to one backend, cookie stripped (indirect)\n\
          - *idle conn*: RSS growth per idle keep-alive client connection, {} connections that made one \
@@ -574,23 +639,47 @@ fn render(opts: &Opts, cpus: usize, r: &[Result1]) -> String {
     );
     let _ = writeln!(
         o,
-        "| proxy | new clients req/s | p50 ms | p99 ms | returning req/s | p50 ms | p99 ms | errors | RSS after load | idle conn |\n\
+        "| proxy | new clients req/s (min-max) | p50 ms | p99 ms | returning req/s (min-max) | p50 ms | p99 ms | errors | RSS after load | idle conn |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for x in r {
         let _ = writeln!(
             o,
-            "| {} | {:.0} | {:.3} | {:.3} | {:.0} | {:.3} | {:.3} | {} | {:.1} MiB | {:.1} KiB |",
+            "| {} | {:.0} ({:.0}-{:.0}) | {:.3} | {:.3} | {:.0} ({:.0}-{:.0}) | {:.3} | {:.3} | {} | {:.1} MiB | {:.1} KiB |",
             x.name,
             x.new_clients.rps,
+            x.spread[0].0,
+            x.spread[0].1,
             x.new_clients.p50_ms,
             x.new_clients.p99_ms,
             x.returning.rps,
+            x.spread[1].0,
+            x.spread[1].1,
             x.returning.p50_ms,
             x.returning.p99_ms,
             x.new_clients.errors + x.returning.errors,
             x.rss_kib as f64 / 1024.0,
             x.idle_bytes / 1024.0
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\n{CROWD} keep-alive clients at once (wrk, returning clients; the same backends). HAProxy's maxconn is \
+         {HAPROXY_MAXCONN} here, the most the open-files limit of this machine (20,000, not raisable without \
+         CAP_SYS_RESOURCE) lets it take, as it reserves two files a connection: the last clients wait for it.\n\n\
+         | proxy | req/s | p50 ms | p99 ms | errors | CPU | RSS after |\n|---|---:|---:|---:|---:|---:|---:|"
+    );
+    for x in r {
+        let _ = writeln!(
+            o,
+            "| {} | {:.0} | {:.3} | {:.3} | {} | {:.0}% | {:.1} MiB |",
+            x.name,
+            x.crowd.rps,
+            x.crowd.p50_ms,
+            x.crowd.p99_ms,
+            x.crowd.errors,
+            x.crowd.cpu_share * 100.0,
+            x.crowd_rss_kib as f64 / 1024.0
         );
     }
     let _ = writeln!(
@@ -632,6 +721,24 @@ fn render(opts: &Opts, cpus: usize, r: &[Result1]) -> String {
                 ratio(xlb.new_clients.cpu_us, x.new_clients.cpu_us),
                 ratio(xlb.returning.cpu_us, x.returning.cpu_us),
                 ratio(xlb.idle_bytes, x.idle_bytes)
+            );
+        }
+        if let Some(h) = r.iter().find(|x| x.name == "haproxy") {
+            let ok = |m: bool| if m { "met" } else { "MISSED" };
+            let rps = (xlb.returning.rps / h.returning.rps).min(xlb.new_clients.rps / h.new_clients.rps);
+            let apart = xlb.spread[0].0 > h.spread[0].1 && xlb.spread[1].0 > h.spread[1].1;
+            let p99 = (xlb.returning.p99_ms / h.returning.p99_ms).max(xlb.new_clients.p99_ms / h.new_clients.p99_ms);
+            let _ = writeln!(
+                o,
+                "\nTargets against HAProxy: req/s >= 1.2x ({}: {rps:.2}x at worst), the worst xlb round above the \
+                 best HAProxy round ({}), p99 <= 0.8x ({}: {p99:.2}x at worst), RSS with {CROWD} clients <= \
+                 HAProxy's ({}: {:.1} vs {:.1} MiB).",
+                ok(rps >= 1.2),
+                ok(apart),
+                ok(p99 <= 0.8),
+                ok(xlb.crowd_rss_kib <= h.crowd_rss_kib),
+                xlb.crowd_rss_kib as f64 / 1024.0,
+                h.crowd_rss_kib as f64 / 1024.0
             );
         }
     }

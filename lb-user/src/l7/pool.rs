@@ -233,7 +233,8 @@ impl PooledBody {
         if !self.body.is_end_stream() {
             return;
         }
-        if let (Some(conn), Some(idle)) = (self.body.reusable_conn(), self.back.take()) {
+        if let (Some(mut conn), Some(idle)) = (self.body.reusable_conn(), self.back.take()) {
+            conn.trim();
             let mut idle = mine(&idle).lock().expect("pool lock");
             // Full: the oldest goes (connections kept for one client or
             // one host name may never be asked for again).

@@ -302,7 +302,17 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Incoming>, Refusa
     // The target and header values share the head's bytes.
     let target = framing::span(buf, r.path.unwrap_or("").as_bytes());
     let spans = framing::header_spans(buf, r.headers);
-    let head = buf.split_to(len).freeze();
+    let head = if buf.len() == len {
+        // Nothing follows (no body bytes, no pipelined request): the head
+        // moves to an allocation of its own size and the read buffer is
+        // given back, so that a request waiting for a backend (a queue of
+        // thousands) holds its head, not a whole buffer.
+        let head = Bytes::copy_from_slice(&buf[..len]);
+        *buf = BytesMut::new();
+        head
+    } else {
+        buf.split_to(len).freeze()
+    };
     let uri = Uri::from_maybe_shared(head.slice(target.clone())).map_err(|_| bad("bad request target"))?;
     let form = strict::target(&method, &head[target], &uri).map_err(|(s, why)| Refusal(s, why))?;
     let mut headers = framing::header_map(&head, spans).map_err(bad)?;
