@@ -110,8 +110,8 @@ struct Timed {
     want_action: u32,
 }
 
-fn run_once(prog: &Xdp, frame: &[u8], out: &mut [u8], t: &mut Timed) {
-    let start = Instant::now();
+/// One BPF_PROG_TEST_RUN of `frame`: the action and the kernel's time.
+pub(crate) fn test_run(prog: &Xdp, frame: &[u8], out: &mut [u8]) -> (u32, u128) {
     let r = prog
         .test_run(TestRunOptions {
             data_in: Some(frame),
@@ -119,9 +119,15 @@ fn run_once(prog: &Xdp, frame: &[u8], out: &mut [u8], t: &mut Timed) {
             ..Default::default()
         })
         .expect("test_run");
+    (r.return_value, r.duration.as_nanos())
+}
+
+fn run_once(prog: &Xdp, frame: &[u8], out: &mut [u8], t: &mut Timed) {
+    let start = Instant::now();
+    let (action, ns) = test_run(prog, frame, out);
     t.wall_ns += start.elapsed().as_nanos();
-    assert_eq!(r.return_value, t.want_action, "{}: unexpected action", t.name);
-    t.total_ns += r.duration.as_nanos();
+    assert_eq!(action, t.want_action, "{}: unexpected action", t.name);
+    t.total_ns += ns;
 }
 
 /// Where the sync-on new flows' endpoints start (apart from the others).

@@ -17,7 +17,7 @@ use std::{
 
 use aya::{
     maps::{HashMap, MapData},
-    programs::{TestRun, TestRunOptions, Xdp},
+    programs::Xdp,
     Ebpf,
 };
 use lab::{
@@ -30,7 +30,7 @@ use lb_user::{
     l4::{bpf::load_object, map_manager::MapManager},
 };
 
-use crate::{new_flow_syn, pin_to_cpu};
+use crate::{new_flow_syn, pin_to_cpu, test_run};
 
 const XDP_DROP: u32 = 1;
 const MANY: usize = 1_000_000;
@@ -57,15 +57,11 @@ fn load(cfg: &str) -> Ebpf {
 }
 
 fn run(ebpf: &Ebpf, frame: &[u8], out: &mut [u8]) -> (u32, u128) {
-    let prog: &Xdp = ebpf.program(lb_common::XDP_PROGRAM).unwrap().try_into().unwrap();
-    let r = prog
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(out),
-            ..Default::default()
-        })
-        .expect("test_run");
-    (r.return_value, r.duration.as_nanos())
+    test_run(
+        ebpf.program(lb_common::XDP_PROGRAM).unwrap().try_into().unwrap(),
+        frame,
+        out,
+    )
 }
 
 /// The snat address and port a forwarded nat frame left with.
