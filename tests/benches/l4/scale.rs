@@ -17,7 +17,6 @@ use std::{
 
 use aya::{
     maps::{HashMap, MapData},
-    programs::Xdp,
     Ebpf,
 };
 use lab::{
