@@ -1,8 +1,8 @@
 //! Full-NAT flows. Each snat address owns `NAT_PORTS` slots of one array,
 //! one per source port, so the port a flow uses towards its backend is the
 //! slot it sits in. A service with a pool of snat addresses spreads its
-//! flows over them by hash (the pool index comes from the bits of the flow
-//! hash above the home port), so a pool of N holds N times the flows:
+//! flows over them by hash (`hash::pool_index`), so a pool of N holds N
+//! times the flows:
 //! - a client → VIP packet hashes its 5-tuple to a home port and finds its
 //!   flow there or in the next `NAT_PROBES - 1` slots;
 //! - a backend → snat:port reply finds its flow at slot `port` directly.
@@ -180,7 +180,7 @@ fn pool_pick(svc: &ServiceValue, h: u32) -> Option<(u32, &'static [u8; 16])> {
     if svc.snat_count == 0 {
         return None;
     }
-    let j = ((h / NAT_PORTS) % svc.snat_count) as usize;
+    let j = hash::pool_index(h, svc.snat_count) as usize;
     let region = u32::from(*svc.snat_regions.get(j & (MAX_POOL - 1))?);
     Some((region, SNAT_ADDRS.get(region)?))
 }
@@ -195,7 +195,7 @@ pub fn forward(ctx: &XdpContext, s: &mut Scratch, svc: &ServiceValue) -> u32 {
     };
     let base = region * NAT_PORTS;
     let now = now();
-    let p = probe(pkt, base, h % NAT_PORTS, now);
+    let p = probe(pkt, base, hash::nat_home(h), now);
     if p.found != NONE {
         return known(ctx, s, svc, snat, base, p.found, now);
     }

@@ -272,7 +272,7 @@ fn snat_port(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: u8) -> u16
         IpAddr::V6(a) => a.octets(),
     };
     let h = hash::flow_hash(&a16(src), &a16(dst), sport.to_be(), dport.to_be(), proto);
-    SNAT_PORT_MIN + (h % NAT_PORTS) as u16
+    SNAT_PORT_MIN + hash::nat_home(h) as u16
 }
 
 /// `f` as it leaves towards `to_mac` from eth0.
@@ -870,9 +870,8 @@ fn dsr_flow_table_misses_follow_the_ring() {
     .unwrap();
 }
 
-/// A snat pool: each flow leaves from the pool address its hash picks (the
-/// hash's bits above the home port, modulo the pool's size) and its home
-/// port; the backend's answer to either address goes back to the client.
+/// A snat pool: each flow leaves from the pool address its hash picks
+/// (`hash::pool_index`) and its home port; the backend's answer to either address goes back to the client.
 /// 40 clients, so both addresses are used.
 #[test]
 fn a_snat_pool_spreads_flows_and_takes_replies_on_each_address() {
@@ -889,7 +888,7 @@ fn a_snat_pool_spreads_flows_and_takes_replies_on_each_address() {
                 let (c, v) = (lb_common::addr16(client).0, lb_common::addr16(vip).0);
                 hash::flow_hash(&c, &v, 40000u16.to_be(), 80u16.to_be(), PROTO_TCP)
             };
-            let snat = pool[((h / NAT_PORTS) % 2) as usize];
+            let snat = pool[hash::pool_index(h, 2) as usize];
             let port = snat_port(client, 40000, vip, 80, PROTO_TCP);
             let syn = Frame::tcp(client, 40000, vip, 80, TCP_SYN).build();
             let (action, out) = run_frame(&mut fx, &syn);
