@@ -42,8 +42,9 @@ const SRC_BASE: u32 = 0xc612_8000;
 const SRC_SPAN: u64 = 32768;
 
 /// Writes the template's headers (Ethernet, IPv4 without options, UDP) with
-/// the next flow's source address and port into the frame, and sends it out
-/// of the interface the test run names as its ingress. The IP checksum is
+/// the next flow's source address and port (and destination, with
+/// `GEN[2]`) into the frame, and sends it out of the interface the test run
+/// names as its ingress. The IP checksum is
 /// computed whole; the UDP checksum is 0 (none).
 #[xdp]
 pub fn gen_udp(ctx: XdpContext) -> u32 {
