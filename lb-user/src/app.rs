@@ -146,6 +146,7 @@ pub async fn run(path: PathBuf, iface: Option<String>, cleanup: bool, upgrade: O
     let Some(leave) = leave else {
         shared.lock().await.shutdown(cleanup);
         tracing::info!(cleanup, "stopping");
+        crate::logging::flush(std::time::Duration::from_millis(500));
         return Ok(());
     };
     shared.lock().await.leave_to_successor();
@@ -171,5 +172,6 @@ pub async fn run(path: PathBuf, iface: Option<String>, cleanup: bool, upgrade: O
         }
     }
     tracing::info!("handed over to the new xlb; stopping");
+    crate::logging::flush(std::time::Duration::from_millis(500));
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! xlb user space. Dependencies point one way, top to bottom:
 //!
-//! - `model`, `auth`, `tls`, then `admin_client`: small shared leaves
+//! - `model`, `auth`, `tls`, `logging`, then `admin_client`: small shared
+//!   leaves
 //! - `config`: the file, its validation and the typed model
 //! - `l4` (the XDP tier), `l7` (the HTTP proxy), then `control` (the
 //!   daemon, reloads, health, VIPs) over both
@@ -16,6 +17,7 @@ pub mod config;
 pub mod control;
 pub mod l4;
 pub mod l7;
+pub mod logging;
 pub mod model;
 pub mod ops;
 pub mod tls;

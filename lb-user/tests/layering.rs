@@ -11,8 +11,9 @@ use std::{
 
 /// Top-level parts from the bottom up: a part may use only parts of a
 /// lower rank (or its own).
-const RANKS: [(&str, u8); 11] = [
+const RANKS: [(&str, u8); 12] = [
     ("model", 0),
+    ("logging", 0),
     ("auth", 0),
     ("tls", 0),
     ("admin_client", 1),

@@ -18,6 +18,42 @@ fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
     let be = backend("a", "198.18.1.10:80", "");
     vec![
         (
+            "log sink scheme",
+            format!("[global]\nlog = [\"stdout\", \"tcp://127.0.0.1:514\"]\n{HTTP}{be}"),
+            "tcp://",
+            "unknown scheme (udp://, unix://, stdout or stderr)",
+        ),
+        (
+            "log facility",
+            format!("[global]\nlog = \"udp://127.0.0.1\"\nlog_facility = \"local9\"\n{HTTP}{be}"),
+            "local9",
+            "log facility \"local9\": one of",
+        ),
+        (
+            "log level",
+            format!("[global]\nlog_level = \"verbose\"\n{HTTP}{be}"),
+            "verbose",
+            "log level \"verbose\": one of",
+        ),
+        (
+            "syslog framing",
+            format!("[global]\nlog_format = \"rfc1234\"\n{HTTP}{be}"),
+            "rfc1234",
+            "log_format \"rfc1234\": \"rfc3164\" or \"rfc5424\"",
+        ),
+        (
+            "httplog on an L4 service",
+            format!("{L4}  [service.log]\n  format = \"httplog\"\n{be}"),
+            "httplog",
+            "log format \"httplog\" applies to mode \"http\" only",
+        ),
+        (
+            "log sample on an http service",
+            format!("{HTTP}  [service.log]\n  sample = 10\n{be}"),
+            "sample",
+            "log sample applies to L4 services",
+        ),
+        (
             "dynamic cookie key too short",
             format!("{HTTP}  [service.cookie]\n  name = \"SRV\"\n  dynamic_key = \"short\"\n{be}"),
             "dynamic_key",

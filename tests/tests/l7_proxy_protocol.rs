@@ -122,10 +122,15 @@ fn proxy_headers_in_from_haproxy_and_out_to_haproxy() {
             assert_eq!(r.body.trim(), format!("client={client_ip}:{port}"), "{be} via :{front}");
         }
     }
-    assert!(
-        l.xlb.log().contains("127.0.0.5:"),
-        "the access log names the real client"
-    );
+    // The access log (written by a thread of its own) names the real client.
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while !l.xlb.log().contains("127.0.0.5:") {
+        assert!(
+            std::time::Instant::now() < until,
+            "the access log names the real client"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // Straight to xlb, without a header: closed, nothing answered.
     let mut raw = l.ns.enter(|| std::net::TcpStream::connect(vip())).unwrap().unwrap();

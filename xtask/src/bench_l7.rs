@@ -17,9 +17,9 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{bench_tls, root, setup};
+use crate::{bench_log, bench_tls, root, setup};
 
-const PROXY: &str = "127.0.0.1:18080";
+pub const PROXY: &str = "127.0.0.1:18080";
 const BACKENDS: [(&str, u16); 3] = [("s1", 19001), ("s2", 19002), ("s3", 19003)];
 /// Keep-alive clients of the crowd run.
 const CROWD: u32 = 10_000;
@@ -41,6 +41,8 @@ pub struct Opts {
     pub rounds: usize,
     /// Only the HTTPS runs (xlb and HAProxy), into bench-results/tls.md.
     pub tls_only: bool,
+    /// Only the access-log runs, into bench-results/log.md.
+    pub log_only: bool,
 }
 
 /// `program`, run on `cpu` when one is given.
@@ -148,7 +150,7 @@ fn exchange(s: &mut TcpStream, cookie: Option<&str>) -> Result<String> {
     }
 }
 
-fn wait_http(addr: &str, what: &str) -> Result<()> {
+pub fn wait_http(addr: &str, what: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let ok = TcpStream::connect(addr)
@@ -193,7 +195,7 @@ impl Load {
 
 /// wrk with `conns` connections against the proxy `p` for the run's
 /// duration, with the proxy's CPU use.
-fn measured(p: &Proc, opts: &Opts, conns: u32, cpu: Option<u32>, cookie: Option<&str>) -> Result<Load> {
+pub fn measured(p: &Proc, opts: &Opts, conns: u32, cpu: Option<u32>, cookie: Option<&str>) -> Result<Load> {
     let before = p.cpu_secs();
     let header = cookie.map(|v| format!("Cookie: SERVERID={v}"));
     let l = run_wrk(
@@ -359,6 +361,14 @@ fn configs(dir: &Path, pem: &Path) -> Result<()> {
             bench_tls::haproxy_frontend(pem)
         ),
     )?;
+    // The same with access logs on, to the log runs' syslog sink.
+    let haproxy = std::fs::read_to_string(dir.join("haproxy.cfg"))?;
+    std::fs::write(
+        dir.join("haproxy-log.cfg"),
+        haproxy
+            .replacen("global\n", &format!("global\n  log {} local2\n", bench_log::SINK), 1)
+            .replacen("defaults\n", "defaults\n  log global\n  option httplog\n", 1),
+    )?;
     let xservers: String = BACKENDS
         .iter()
         .map(|(n, p)| {
@@ -375,6 +385,22 @@ fn configs(dir: &Path, pem: &Path) -> Result<()> {
              mode = \"http\"\nbalance = \"roundrobin\"\n[service.cookie]\nname = \"SERVERID\"\nmode = \"insert\"\n\
              indirect = true\nnocache = true\n[service.health]\nkind = \"none\"\n{xservers}{}",
             bench_tls::xlb_service(pem, &xservers)
+        ),
+    )?;
+    // xlb's access log is off in the main runs, as HAProxy's and nginx's
+    // are; the log runs turn it on.
+    let xlb = std::fs::read_to_string(dir.join("xlb.toml"))?;
+    let off = xlb.replace("[service.health]", "[service.log]\nenabled = false\n[service.health]");
+    std::fs::write(dir.join("xlb.toml"), &off)?;
+    std::fs::write(
+        dir.join("xlb-log.toml"),
+        xlb.replacen(
+            "[global]\n",
+            &format!(
+                "[global]\nlog = \"udp://{}\"\nlog_facility = \"local2\"\n",
+                bench_log::SINK
+            ),
+            1,
         ),
     )?;
     Ok(())
@@ -506,12 +532,11 @@ pub fn run(xlb: &Path, opts: &Opts) -> Result<()> {
         for (i, (name, cmd, cookies)) in proxies.iter().enumerate() {
             // HTTPS: xlb and HAProxy (the nginx here has no TLS set up).
             let tls = i < tls_runs.len();
-            if opts.tls_only && !tls {
+            if (opts.tls_only && !tls) || opts.log_only {
                 continue;
             }
             let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
             let log = dir.join(format!("{name}.log"));
-            // xlb's access log is off, as HAProxy's and nginx's are here.
             let p = Proc::spawn(name, proxy_cpu, &args, &[("RUST_LOG", "warn")], &log)?;
             wait_http(PROXY, name).with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
             let last = round + 1 == opts.rounds;
@@ -559,13 +584,25 @@ pub fn run(xlb: &Path, opts: &Opts) -> Result<()> {
             }
         }
     }
+    let logs = if opts.tls_only {
+        String::new()
+    } else {
+        bench_log::run(&dir, &proxies[0].1[0], opts, proxy_cpu, load_cpu)?
+    };
     drop(backends);
+    // (None in the log runs alone.)
     let tls: Vec<bench_tls::TlsResult> = proxies
         .iter()
         .zip(tls_runs)
+        .filter(|(_, r)| !r.is_empty())
         .map(|((name, _, _), r)| bench_tls::combine(name, r))
         .collect();
-    let (report, file) = if opts.tls_only {
+    let (report, file) = if opts.log_only {
+        (
+            format!("# Access log benchmark (`cargo xtask bench log`)\n{logs}"),
+            "log.md",
+        )
+    } else if opts.tls_only {
         (
             format!(
                 "# HTTPS benchmark (`cargo xtask bench tls`)\n{}",
@@ -590,7 +627,10 @@ pub fn run(xlb: &Path, opts: &Opts) -> Result<()> {
                 idle_bytes,
             })
             .collect();
-        (render(opts, cpus, &results) + &bench_tls::render(opts, &tls), "l7.md")
+        (
+            render(opts, cpus, &results) + &bench_tls::render(opts, &tls) + &logs,
+            "l7.md",
+        )
     };
     let out = root().join("bench-results").join(file);
     std::fs::create_dir_all(out.parent().expect("dir"))?;

@@ -1,6 +1,7 @@
 //! `cargo xtask`: toolchain bootstrap, eBPF build, running, tests.
 
 mod bench_l7;
+mod bench_log;
 mod bench_tls;
 mod build;
 mod fuzz;
@@ -183,13 +184,14 @@ fn main() -> Result<()> {
             rounds,
         } => {
             let obj = build::ebpf()?;
-            if which == "l7" || which == "tls" {
+            if which == "l7" || which == "tls" || which == "log" {
                 let opts = bench_l7::Opts {
                     duration,
                     connections,
                     idle,
                     rounds: rounds.max(1),
                     tls_only: which == "tls",
+                    log_only: which == "log",
                 };
                 return bench_l7::run(&build::xlb(&obj, true)?, &opts);
             }
@@ -197,7 +199,7 @@ fn main() -> Result<()> {
                 return ha::bench(&build::xlb(&obj, true)?, rounds.max(1));
             }
             if which != "l4" {
-                bail!("unknown benchmark {which:?} (available: l4, l7, tls, ha)");
+                bail!("unknown benchmark {which:?} (available: l4, l7, tls, log, ha)");
             }
             let floor = obj.with_file_name("bench-floor");
             run(cargo()

@@ -10,6 +10,7 @@ use std::{
 use serde::Deserialize;
 
 pub use crate::auth::Credentials;
+pub use crate::logging::{Facility, Framing, LineFormat, Setup as LogSetup, Severity, SinkAddr};
 pub use crate::tls::{CertFile, MinVersion, Verify};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -321,6 +322,8 @@ pub struct Global {
     pub threads: Option<usize>,
     /// Open client connections across the L7 proxy (HAProxy's `maxconn`).
     pub maxconn: usize,
+    /// Where access lines and daemon messages go.
+    pub log: LogSetup,
 }
 
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9900";
@@ -355,7 +358,26 @@ pub struct Service {
     pub groups: Vec<String>,
     /// http: TLS termination, if configured.
     pub tls: Option<TlsCfg>,
+    pub log: LogCfg,
 }
+
+/// `[service.log]`: this service's access lines.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogCfg {
+    /// Default: on for http services, off for L4 ones.
+    pub enabled: bool,
+    pub format: LineFormat,
+    /// Connections that sent nothing are not logged.
+    pub dontlognull: bool,
+    /// http: the cookie shown in the captured-cookie fields (HAProxy's
+    /// `capture cookie`).
+    pub capture_cookie: Option<String>,
+    /// L4: one new flow in this many is logged.
+    pub sample: u32,
+}
+
+/// The most L4 flow logs may be thinned (`sample`).
+pub const MAX_LOG_SAMPLE: u32 = 1 << 20;
 
 /// `[service.tls]`: the certificates (SNI picks; the first is the
 /// default), ALPN protocols in order of preference, lowest version.

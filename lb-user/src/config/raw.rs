@@ -52,6 +52,10 @@ pub(super) struct RawGlobal {
     pub(super) threads: Option<Spanned<i64>>,
     pub(super) maxconn: Option<Spanned<i64>>,
     pub(super) admin_auth: Option<Spanned<String>>,
+    pub(super) log: Option<Spanned<OneOrMany>>,
+    pub(super) log_facility: Option<Spanned<String>>,
+    pub(super) log_level: Option<Spanned<String>>,
+    pub(super) log_format: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,6 +80,18 @@ pub(super) struct RawService {
     #[serde(default)]
     pub(super) group: Vec<Spanned<RawGroup>>,
     pub(super) tls: Option<Spanned<RawTls>>,
+    pub(super) log: Option<Spanned<RawLog>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    pub(super) enabled: Option<bool>,
+    pub(super) format: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) dontlognull: bool,
+    pub(super) capture_cookie: Option<Spanned<String>>,
+    pub(super) sample: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,6 +125,13 @@ pub(super) enum OneOrMany {
 }
 
 impl OneOrMany {
+    pub(super) fn as_slice(&self) -> &[String] {
+        match self {
+            OneOrMany::One(s) => std::slice::from_ref(s),
+            OneOrMany::Many(v) => v,
+        }
+    }
+
     pub(super) fn into_vec(self) -> Vec<String> {
         match self {
             OneOrMany::One(s) => vec![s],

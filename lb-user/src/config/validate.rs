@@ -173,6 +173,7 @@ impl Validator<'_> {
                 None => self.err(1, why),
             }
         }
+        let log = self.log_setup(&raw.global);
         let global = Global {
             interface: raw.global.interface,
             xdp_mode: raw.global.xdp_mode,
@@ -215,6 +216,7 @@ impl Validator<'_> {
                     }
                 },
             },
+            log,
         };
         let mut services: Vec<Service> = Vec::new();
         let mut seen = Vec::<(String, (IpAddr, u16, Protocol))>::new();
@@ -466,7 +468,9 @@ impl Validator<'_> {
             }
             self.tls(t.into_inner())
         });
+        let log = self.service_log(rs.log, rs.mode);
         Some(Service {
+            log,
             name,
             vip: vip.ok()?,
             port: port.ok()?,
@@ -483,6 +487,77 @@ impl Validator<'_> {
             groups,
             tls,
         })
+    }
+
+    /// `[global] log*`: the sinks, facility, level and framing.
+    fn log_setup(&mut self, g: &RawGlobal) -> LogSetup {
+        let mut setup = LogSetup::default();
+        if let Some(l) = &g.log {
+            setup.sinks.clear();
+            for s in l.get_ref().as_slice() {
+                match s.parse::<SinkAddr>() {
+                    Ok(a) if setup.sinks.contains(&a) => self.at(l, format!("log sink {a} is listed twice")),
+                    Ok(a) => setup.sinks.push(a),
+                    Err(e) => self.at(l, e),
+                }
+            }
+        }
+        fn named<T: std::str::FromStr<Err = String>>(v: &mut Validator<'_>, s: &Option<Spanned<String>>, into: &mut T) {
+            if let Some(s) = s {
+                match s.get_ref().parse() {
+                    Ok(x) => *into = x,
+                    Err(e) => v.at(s, e),
+                }
+            }
+        }
+        named(self, &g.log_facility, &mut setup.facility);
+        named(self, &g.log_level, &mut setup.level);
+        named(self, &g.log_format, &mut setup.framing);
+        setup
+    }
+
+    /// `[service.log]`, with the defaults of the service's mode.
+    fn service_log(&mut self, raw: Option<Spanned<RawLog>>, mode: Mode) -> LogCfg {
+        let http = mode == Mode::Http;
+        let mut cfg = LogCfg {
+            enabled: http,
+            format: if http { LineFormat::Httplog } else { LineFormat::Tcplog },
+            dontlognull: false,
+            capture_cookie: None,
+            sample: 1,
+        };
+        let Some(raw) = raw else { return cfg };
+        let raw = raw.into_inner();
+        cfg.enabled = raw.enabled.unwrap_or(true);
+        cfg.dontlognull = raw.dontlognull;
+        if let Some(f) = &raw.format {
+            match f.get_ref().parse::<LineFormat>() {
+                Ok(LineFormat::Httplog) if !http => {
+                    self.at(f, "log format \"httplog\" applies to mode \"http\" only".into())
+                }
+                Ok(x) => cfg.format = x,
+                Err(e) => self.at(f, e),
+            }
+        }
+        if let Some(c) = raw.capture_cookie {
+            if !http {
+                self.at(&c, "log capture_cookie applies to mode \"http\" only".into());
+            } else if c.get_ref().is_empty() || c.get_ref().contains(['=', ';', ' ']) {
+                self.at(&c, format!("log capture_cookie {:?} is not a cookie name", c.get_ref()));
+            }
+            cfg.capture_cookie = Some(c.into_inner());
+        }
+        if let Some(s) = &raw.sample {
+            match u32::try_from(*s.get_ref()) {
+                _ if http => self.at(
+                    s,
+                    "log sample applies to L4 services (mode \"nat\" or \"dsr\") only".into(),
+                ),
+                Ok(n @ 1..=MAX_LOG_SAMPLE) => cfg.sample = n,
+                _ => self.at(s, format!("log sample must be 1-{MAX_LOG_SAMPLE}, not {}", s.get_ref())),
+            }
+        }
+        cfg
     }
 
     /// A file named in the config: relative paths are relative to the

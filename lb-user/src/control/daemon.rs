@@ -23,7 +23,7 @@ use crate::{
         dataplane::DataPlane,
         sync::{FlowSync, SyncError},
     },
-    l7,
+    l7, logging,
     model::{AdminState, BackendRef, BackendStates},
 };
 
@@ -109,6 +109,7 @@ impl Daemon {
         takeover: bool,
     ) -> Result<Self, RunError> {
         let cfg = config::load(&path)?;
+        logging::configure(cfg.global.log.clone());
         if cfg.global.nonlocal_bind {
             vip::enable_nonlocal_bind();
         }
@@ -353,11 +354,11 @@ impl Daemon {
     pub fn reload(&mut self) -> Result<(), RunError> {
         let cfg = config::load(&self.path)?;
         let (mut now, mut then) = (cfg.global.clone(), self.cfg.global.clone());
-        // These two apply at once.
-        (now.admin_auth, now.maxconn) = (None, 0);
-        (then.admin_auth, then.maxconn) = (None, 0);
+        // These apply at once.
+        (now.admin_auth, now.maxconn, now.log) = (None, 0, Default::default());
+        (then.admin_auth, then.maxconn, then.log) = (None, 0, Default::default());
         if now != then {
-            tracing::warn!("[global] settings changed: they take effect when xlb restarts (but admin_auth and maxconn), services now");
+            tracing::warn!("[global] settings changed: they take effect when xlb restarts (but admin_auth, maxconn and log), services now");
         }
         if cfg.sync != self.cfg.sync {
             tracing::warn!("[sync] changed: it takes effect when xlb restarts");
@@ -402,6 +403,9 @@ impl Daemon {
             return Err(e.into());
         }
         self.proxy.commit(bound, &cfg);
+        if cfg.global.log != self.cfg.global.log {
+            logging::configure(cfg.global.log.clone());
+        }
         if let Some(v) = &mut self.vips {
             v.remove_stale(&cfg);
         }

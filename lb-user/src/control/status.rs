@@ -36,6 +36,12 @@ pub struct Status {
     /// `[sync]`, when configured.
     #[serde(default)]
     pub sync: Option<SyncStatus>,
+    /// Log lines sent (per sink), and lost (queue full, or a sink that
+    /// did not take them).
+    #[serde(default)]
+    pub log_lines: u64,
+    #[serde(default)]
+    pub log_dropped: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -149,6 +155,7 @@ impl Status {
             "http connections: {} of maxconn {} (reached {} times)",
             c.open, c.max, c.reached
         );
+        let _ = writeln!(o, "log lines: {} sent, {} dropped", self.log_lines, self.log_dropped);
         if let Some(s) = &self.sync {
             let _ = writeln!(
                 o,
@@ -252,6 +259,8 @@ impl Daemon {
                 .unwrap_or_default(),
             connections: self.proxy.connections(),
             sync: self.sync.as_ref().map(FlowSync::status),
+            log_lines: crate::logging::sent(),
+            log_dropped: crate::logging::dropped(),
         }
     }
 }

@@ -43,6 +43,13 @@ pub async fn drained() {
     }
 }
 
+/// Client connections open in this process (HAProxy's actconn).
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+
+pub fn open_now() -> u64 {
+    OPEN.load(Relaxed) as u64
+}
+
 /// The shared count of open client connections and its cap.
 #[derive(Debug)]
 pub struct Gate {
@@ -85,6 +92,7 @@ impl Gate {
     /// The slot of a connection just accepted.
     pub fn take(self: &Arc<Gate>) -> Slot {
         self.open.fetch_add(1, Relaxed);
+        OPEN.fetch_add(1, Relaxed);
         Slot(self.clone())
     }
 
@@ -117,6 +125,7 @@ pub struct Slot(Arc<Gate>);
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Relaxed);
+        OPEN.fetch_sub(1, Relaxed);
         self.0.freed.notify_waiters();
     }
 }
@@ -128,6 +137,9 @@ pub struct Accepted {
     pub current: Arc<RwLock<Arc<Service>>>,
     pub states: States,
     pub slot: Slot,
+    pub front: super::access::FrontConn,
+    /// A request came on it (else closing it is a null connection).
+    pub served: bool,
 }
 
 #[cfg(test)]

@@ -45,7 +45,8 @@ pub struct Key<'a> {
 /// One server as the balancer sees it.
 #[derive(Debug)]
 pub struct Slot {
-    pub name: String,
+    /// Shared, not copied, by each access line that names it.
+    pub name: Arc<str>,
     pub weight: u32,
     /// Its counters; leastconn reads the requests in flight.
     pub counters: Arc<BackendCounters>,
@@ -170,7 +171,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, w)| Slot {
-                name: format!("s{i}"),
+                name: format!("s{i}").into(),
                 weight: *w,
                 counters: Arc::default(),
             })

@@ -25,6 +25,8 @@ pub struct BackendCounters {
 #[derive(Debug, Default)]
 pub struct ServiceCounters {
     pub requests: AtomicU64,
+    /// Client connections open now (HAProxy's feconn).
+    pub conns: AtomicU64,
     /// Answered by the proxy itself because no server could take them.
     pub no_server: AtomicU64,
     /// Refused before balancing (413 and the like).

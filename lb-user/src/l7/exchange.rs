@@ -1,5 +1,5 @@
 //! One request through the proxy: routing, persistence or balancing,
-//! retries and redispatch, rewriting both ways, the access log line.
+//! retries and redispatch, rewriting both ways.
 
 use std::{
     net::SocketAddr,
@@ -11,13 +11,13 @@ use http_body_util::{BodyExt, Full};
 use hyper::{
     body::Bytes,
     header::{self, HeaderMap, HeaderName, HeaderValue},
-    Method, Request, Response, StatusCode, Uri, Version,
+    Request, Response, StatusCode, Uri, Version,
 };
 
 use super::{
+    access::{ms, Access, Arrival},
     balance::Key,
     body::Body,
-    cookie::Judgement,
     counters::bump,
     http1::{
         client::ExchangeError,
@@ -140,22 +140,20 @@ pub(super) fn host_of<B>(req: &Request<B>) -> Option<String> {
 
 /// One request: routing, persistence or balancing, retries, rewriting
 /// both ways.
-pub(super) async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, req: Request<Body>) -> Response<Body> {
-    let started = Instant::now();
+pub(super) async fn handle(
+    svc: Arc<Service>,
+    states: States,
+    peer: SocketAddr,
+    req: Request<Body>,
+    arrival: Arrival,
+) -> Response<Body> {
     bump(&svc.counters.requests);
     let http = &svc.cfg.http;
     let st = svc.flags(&states.read().expect("states lock").clone());
-    let method = req.method().clone();
     let uri = req.uri().clone();
     let path = uri.path();
-    let line = Line {
-        svc: &svc,
-        peer,
-        method: &method,
-        path,
-        started,
-    };
     if let Some(uri) = &http.monitor_uri {
+        // Not logged, as HAProxy's monitor requests are not.
         if path == uri {
             return if svc.eligible(&st, 0, &[]).is_empty() {
                 local_503()
@@ -164,6 +162,7 @@ pub(super) async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, 
             };
         }
     }
+    let mut log = Access::new(&svc, peer, arrival, &req);
     // (HTTP/1 heads are held to the limit as they are read; this is for
     // HTTP/2's.)
     let head_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
@@ -174,13 +173,14 @@ pub(super) async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, 
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "request headers too large\n",
         );
-        return line.log(None, Judgement::None, Via::Balance, resp);
+        return log.finish(None, *b"PR", None, resp);
     }
+    let method = req.method().clone();
     let mut req = match limit_body(http, req).await {
         Ok(r) => r,
         Err(resp) => {
             bump(&svc.counters.refused);
-            return line.log(None, Judgement::None, Via::Balance, resp);
+            return log.finish(None, *b"PR", None, resp);
         }
     };
     let now = now_secs();
@@ -193,7 +193,10 @@ pub(super) async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, 
     if pool != 0 {
         bump(&svc.counters.routed);
     }
+    log.pool = pool;
     let p = persistence(&svc, &st, pool, &mut req, now, now_i);
+    // The log's cookie flags: the request's, then what the response set.
+    let flags = |set: char| (svc.cfg.cookie.is_some() && svc.cookie_pools[pool]).then(|| (p.judgement.flag(), set));
     let header_value = svc.balancers[pool].header().and_then(|name| {
         req.headers()
             .get(name)
@@ -214,15 +217,21 @@ pub(super) async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, 
         Some(t) => t,
         None => {
             bump(&svc.counters.no_server);
-            return line.log(None, p.judgement, via, local_503());
+            return log.finish(None, *b"SC", flags('N'), local_503());
         }
     };
     // A place at the server (maxconn), waiting in the queue if need be.
-    let Some(mut permit) = svc.place(&st, pool, target, p.target.is_some(), &key).await else {
+    let queued_at = Instant::now();
+    let placed = svc.place(&st, pool, target, p.target.is_some(), &key).await;
+    log.timers[1] = ms(queued_at, Instant::now());
+    let Some(mut permit) = placed else {
         bump(&svc.counters.no_server);
         let r = local(StatusCode::SERVICE_UNAVAILABLE, "no server available: queue timeout\n");
-        return line.log(Some(target), p.judgement, via, r);
+        return log.finish(Some(target), *b"sQ", flags('N'), r);
     };
+    if let Some(ahead) = permit.ahead {
+        log.queue = if p.target.is_some() { [ahead, 0] } else { [0, ahead] };
+    }
     let mut target = permit.backend;
 
     let upgrade = prepare_request(&svc, peer, &mut req);
@@ -233,6 +242,7 @@ pub(super) async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, 
     // Connect, with retries; the last one goes elsewhere with redispatch.
     let attempts = 1 + http.retries;
     let mut failed = Vec::new();
+    let connecting = Instant::now();
     let conn = loop {
         let name = svc.pools[target].name_for(req.headers());
         match svc.pools[target].checkout(http.timeout_connect, name, &origin).await {
@@ -243,8 +253,9 @@ pub(super) async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, 
                 failed.push(target);
                 if failed.len() as u32 >= attempts {
                     bump(&svc.counters.no_server);
-                    return line.log(Some(target), p.judgement, via, local_503());
+                    return log.finish(Some(target), *b"SC", flags('N'), local_503());
                 }
+                log.retries += 1;
                 bump(&svc.slots[target].counters.retries);
                 if http.redispatch && failed.len() as u32 == attempts - 1 {
                     if let Some(t) = balancer.pick(&svc.slots, &svc.eligible(&st, pool, &failed), &key) {
@@ -252,17 +263,20 @@ pub(super) async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, 
                         drop(permit);
                         let Some(moved) = svc.place(&st, pool, t, true, &key).await else {
                             bump(&svc.counters.no_server);
-                            return line.log(Some(t), p.judgement, via, local_503());
+                            return log.finish(Some(t), *b"sQ", flags('N'), local_503());
                         };
                         permit = moved;
                         target = t;
                         via = Via::Redispatch;
+                        log.redispatched = true;
                         bump(&svc.slots[target].counters.redispatches);
                     }
                 }
             }
         }
     };
+    let sending = Instant::now();
+    log.timers[2] = ms(connecting, sending);
     let counters = &svc.slots[target].counters;
     bump(&counters.requests);
     counters.active.fetch_add(1, Ordering::Relaxed);
@@ -284,20 +298,21 @@ pub(super) async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, 
             tracing::debug!(service = %svc.cfg.name, "request body: {e}");
             bump(&svc.counters.refused);
             let r = local(StatusCode::BAD_REQUEST, "bad request body\n");
-            return line.log(Some(target), p.judgement, via, r);
+            return log.finish(Some(target), *b"CD", flags('N'), r);
         }
         Ok(Err(e @ SendError::Exchange { .. })) | Ok(Err(e @ SendError::Connect { .. })) => {
             tracing::warn!(service = %svc.cfg.name, "{e}");
             counters.response(502);
             let r = local(StatusCode::BAD_GATEWAY, "bad gateway\n");
-            return line.log(Some(target), p.judgement, via, r);
+            return log.finish(Some(target), *b"SH", flags('N'), r);
         }
         Err(_) => {
             counters.response(504);
             let r = local(StatusCode::GATEWAY_TIMEOUT, "backend timeout\n");
-            return line.log(Some(target), p.judgement, via, r);
+            return log.finish(Some(target), *b"sH", flags('N'), r);
         }
     };
+    log.timers[3] = ms(sending, Instant::now());
     counters.response(resp.status().as_u16());
     let mut resp = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         // The backend switched: its connection goes to the client's side,
@@ -305,7 +320,7 @@ pub(super) async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, 
         let (mut parts, body) = resp.into_parts();
         let Some(conn) = body.into_upgraded() else {
             let r = local(StatusCode::BAD_GATEWAY, "bad gateway\n");
-            return line.log(Some(target), p.judgement, via, r);
+            return log.finish(Some(target), *b"SH", flags('N'), r);
         };
         parts.extensions.insert(Tunnel::new(conn, permit));
         Response::from_parts(parts, Body::default())
@@ -314,11 +329,13 @@ pub(super) async fn handle(svc: Arc<Service>, states: States, peer: SocketAddr, 
     };
     learn_session(&svc, p.session.as_deref(), target, &resp, now_i);
     let via_cookie = via == Via::Cookie;
-    if svc.cookie_pools[pool] {
-        finish_cookie(&svc, &method, target, via_cookie, p.parsed.as_ref(), now, &mut resp);
-    }
+    let set = if svc.cookie_pools[pool] {
+        finish_cookie(&svc, &method, target, via_cookie, p.parsed.as_ref(), now, &mut resp)
+    } else {
+        '-'
+    };
     finish_response(&svc, &mut resp);
-    line.log(Some(target), p.judgement, via, resp)
+    log.finish(Some(target), *b"--", flags(set), resp)
 }
 
 pub(super) fn local_503() -> Response<Body> {
@@ -392,42 +409,5 @@ pub(super) fn finish_response(svc: &Service, resp: &mut Response<Body>) {
     }
     if svc.cfg.http.connection == ConnectionMode::Close {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-}
-
-/// What the access log line of a request shows besides its outcome.
-pub(super) struct Line<'a> {
-    svc: &'a Service,
-    peer: SocketAddr,
-    method: &'a Method,
-    path: &'a str,
-    started: Instant,
-}
-
-impl Line<'_> {
-    /// Logs (HAProxy-like: client, service, backend, status, time, request
-    /// cookie flag, how the server was chosen) and passes the response on.
-    pub(super) fn log(
-        &self,
-        target: Option<usize>,
-        judgement: Judgement,
-        via: Via,
-        resp: Response<Body>,
-    ) -> Response<Body> {
-        let svc = self.svc;
-        let backend = target.map_or("<NOSRV>", |t| svc.cfg.backends[t].name.as_str());
-        tracing::info!(
-            target: "xlb::access",
-            "{} {} {backend} {} {}ms cookie={} via={} \"{} {}\"",
-            self.peer,
-            svc.cfg.name,
-            resp.status().as_u16(),
-            self.started.elapsed().as_millis(),
-            judgement.flag(),
-            via.as_str(),
-            self.method,
-            self.path
-        );
-        resp
     }
 }

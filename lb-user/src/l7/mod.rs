@@ -6,7 +6,7 @@
 //! and nothing here imports the L4 code.
 //!
 //! - listeners and reloads: `proxy`; a service as it runs: `service`
-//! - one request: `exchange`, persistence: `persistence`, `cookie`,
+//! - one request: `exchange`, its access log line: `access`; persistence: `persistence`, `cookie`,
 //!   `appsession`, `peers`; choosing a server: `balance`
 //! - HTTP/1 both ways: `http1`; TLS, h2 and h2c and the connection
 //!   entry: `serve`; plain or TLS under HTTP/1: `transport`
@@ -15,6 +15,7 @@
 //! - threads and idle connections: `workers`, `parking`; backend
 //!   connections: `pool`; counters: `counters`
 
+mod access;
 pub mod admission;
 pub mod appsession;
 pub mod balance;

@@ -155,7 +155,10 @@ pub(super) fn learn_session(svc: &Service, session: Option<&str>, target: usize,
     }
 }
 
-/// Cookie insertion or rewriting, and nocache, on the way back.
+/// Cookie insertion or rewriting, and nocache, on the way back; returns
+/// HAProxy's set-cookie flag for the log: `I` inserted, `U` updated (its
+/// dates), `R` rewritten, `D` the server's deleted, `P` the server's
+/// passed on, `N` none.
 pub(super) fn finish_cookie(
     svc: &Service,
     method: &Method,
@@ -164,8 +167,8 @@ pub(super) fn finish_cookie(
     parsed: Option<&cookie::Parsed>,
     now: u64,
     resp: &mut Response<Body>,
-) {
-    let Some(c) = &svc.cfg.cookie else { return };
+) -> char {
+    let Some(c) = &svc.cfg.cookie else { return '-' };
     let headers = resp.headers_mut();
     let server_cookie = svc.cfg.backends[target].cookie.as_deref();
     let set_cookies: Vec<String> = headers
@@ -179,7 +182,13 @@ pub(super) fn finish_cookie(
             let want = (!via_cookie || refresh) && (!c.postonly || method == Method::POST);
             // The server's own cookie of that name goes unless `preserve`.
             let others: Vec<&String> = set_cookies.iter().filter(|v| !cookie::is_named(v, &c.name)).collect();
-            if !c.preserve && others.len() != set_cookies.len() {
+            let servers = others.len() != set_cookies.len();
+            let mut flag = match (servers, c.preserve) {
+                (false, _) => 'N',
+                (true, false) => 'D',
+                (true, true) => 'P',
+            };
+            if !c.preserve && servers {
                 headers.remove(header::SET_COOKIE);
                 for v in others {
                     if let Ok(v) = HeaderValue::from_str(v) {
@@ -191,6 +200,7 @@ pub(super) fn finish_cookie(
                 let first = if via_cookie { parsed.and_then(|p| p.first) } else { None };
                 if let Ok(v) = HeaderValue::try_from(cookie::insert(c, server_cookie, now, first)) {
                     headers.append(header::SET_COOKIE, v);
+                    flag = if via_cookie { 'U' } else { 'I' };
                 }
                 if c.nocache && server_cookie.is_some() {
                     let strs = |name| -> Vec<String> {
@@ -216,18 +226,24 @@ pub(super) fn finish_cookie(
                     }
                 }
             }
+            flag
         }
         CookieMode::Rewrite | CookieMode::Prefix => {
-            let Some(sc) = server_cookie else { return };
-            if set_cookies.iter().any(|v| cookie::is_named(v, &c.name)) {
-                headers.remove(header::SET_COOKIE);
-                for v in &set_cookies {
-                    let v = cookie::rewrite_set_cookie(c, v, sc).unwrap_or_else(|| v.clone());
-                    if let Ok(v) = HeaderValue::from_str(&v) {
-                        headers.append(header::SET_COOKIE, v);
-                    }
+            let servers = set_cookies.iter().any(|v| cookie::is_named(v, &c.name));
+            let Some(sc) = server_cookie else {
+                return if servers { 'P' } else { 'N' };
+            };
+            if !servers {
+                return 'N';
+            }
+            headers.remove(header::SET_COOKIE);
+            for v in &set_cookies {
+                let v = cookie::rewrite_set_cookie(c, v, sc).unwrap_or_else(|| v.clone());
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    headers.append(header::SET_COOKIE, v);
                 }
             }
+            'R'
         }
     }
 }

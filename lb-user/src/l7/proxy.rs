@@ -12,6 +12,7 @@ use std::{
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use super::{
+    access::FrontConn,
     admission::{Accepted, Gate, GateSnapshot},
     appsession::Table,
     peers, serve,
@@ -246,6 +247,8 @@ async fn accept_loop(
             current: current.clone(),
             states: states.clone(),
             slot,
+            front: FrontConn::new(current.read().expect("service lock").counters.clone()),
+            served: false,
         };
         // Handed over as a plain socket: it joins the reactor of the thread
         // that serves it.

@@ -73,6 +73,8 @@ pub struct Permit {
     queue: Option<Arc<Queue>>,
     counters: Arc<[Arc<BackendCounters>]>,
     pub backend: usize,
+    /// Requests that were ahead of it in the queue, if it waited.
+    pub ahead: Option<u64>,
 }
 
 impl Drop for Permit {
@@ -118,6 +120,7 @@ impl Queue {
             queue: Some(self.clone()),
             counters: limits.counters.clone(),
             backend: i,
+            ahead: None,
         })
     }
 
@@ -152,7 +155,10 @@ impl Queue {
         let _waiting = Waiting(c, Instant::now());
         let got = tokio::time::timeout(within, rx).await;
         match got {
-            Ok(Ok(p)) => Some(p),
+            Ok(Ok(mut p)) => {
+                p.ahead = Some(n - 1);
+                Some(p)
+            }
             _ => {
                 c.queue_timeouts.fetch_add(1, Relaxed);
                 None
@@ -175,6 +181,7 @@ impl Queue {
                 queue: Some(self.clone()),
                 counters: w.counters.clone(),
                 backend: j,
+                ahead: None,
             };
             match w.tx.send(permit) {
                 Ok(()) => return,

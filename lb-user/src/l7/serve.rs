@@ -6,7 +6,7 @@
 use std::{convert::Infallible, future::Future, pin::Pin, time::Duration};
 
 use http_body_util::BodyExt;
-use hyper::{server::conn::http2, service::service_fn};
+use hyper::{server::conn::http2, service::service_fn, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -16,6 +16,7 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 
 use super::{
+    access::{self, Arrival},
     admission::{self, Accepted},
     body::{Body, BoxError},
     counters::bump,
@@ -56,8 +57,10 @@ pub async fn serve(mut stream: TcpStream, mut conn: Accepted) {
     // h2c with prior knowledge opens with "PRI * HTTP/2.0", a method no
     // HTTP/1 request uses.
     let mut first = [0u8; 4];
+    let opened = Arrival::now();
     let http1 = match timeout(t_first, stream.peek(&mut first)).await {
-        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+        Ok(Ok(0)) | Ok(Err(_)) => return access::null_connection(&conn, opened, StatusCode::BAD_REQUEST, b"CR"),
+        Err(_) => return access::null_connection(&conn, opened, StatusCode::REQUEST_TIMEOUT, b"cR"),
         Ok(Ok(n)) => !b"PRI ".starts_with(&first[..n]),
     };
     if http1 {
@@ -100,12 +103,14 @@ async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream: S,
         current,
         states,
         slot: _slot,
+        front: _front,
+        ..
     } = conn;
     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let svc = current.read().expect("service lock").clone();
         let req = req.map(boxed);
         let states = states.clone();
-        async move { Ok::<_, Infallible>(handle(svc, states, peer, req).await) }
+        async move { Ok::<_, Infallible>(handle(svc, states, peer, req, Arrival::now()).await) }
     });
     let conn = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())

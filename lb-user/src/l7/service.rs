@@ -65,6 +65,10 @@ pub struct Service {
     /// Backends' maxconn and the requests waiting for them.
     pub(super) limits: Limits,
     pub(super) queue: Arc<Queue>,
+    /// Names as access lines show them: the service (the frontend), and
+    /// per pool the backend (the service, then its groups).
+    pub(super) log_name: Arc<str>,
+    pub(super) pool_names: Vec<Arc<str>>,
 }
 
 /// The TLS set-up of a service, made before it is switched to (this is
@@ -109,24 +113,13 @@ pub(super) const OUT: u8 = 1;
 /// Drained by the operator: persistent traffic only.
 pub(super) const DRAINED: u8 = 2;
 
-/// How the server of a request was chosen (for the access log).
+/// How the server of a request was chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Via {
     Cookie,
     AppSession,
     Balance,
     Redispatch,
-}
-
-impl Via {
-    pub(super) fn as_str(self) -> &'static str {
-        match self {
-            Via::Cookie => "cookie",
-            Via::AppSession => "appsession",
-            Via::Balance => "balance",
-            Via::Redispatch => "redispatch",
-        }
-    }
 }
 
 impl Service {
@@ -164,7 +157,7 @@ impl Service {
             .backends
             .iter()
             .map(|b| Slot {
-                name: b.name.clone(),
+                name: b.name.as_str().into(),
                 weight: b.weight,
                 counters: kept
                     .backends
@@ -202,6 +195,11 @@ impl Service {
                 .collect(),
             members,
             cookie_pools,
+            log_name: cfg.name.as_str().into(),
+            pool_names: std::iter::once(&cfg.name)
+                .chain(&cfg.groups)
+                .map(|n| n.as_str().into())
+                .collect(),
             counters,
             sessions,
             peers,
@@ -312,7 +310,7 @@ impl Service {
             self.counters.snapshot(sessions),
             self.slots
                 .iter()
-                .map(|s| (s.name.clone(), s.counters.snapshot()))
+                .map(|s| (s.name.to_string(), s.counters.snapshot()))
                 .collect(),
         )
     }

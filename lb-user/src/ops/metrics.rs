@@ -156,6 +156,16 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "Times the proxy stopped accepting at maxconn.",
     ),
     (
+        "xlb_log_lines_total",
+        "counter",
+        "Log lines sent, counted once per sink.",
+    ),
+    (
+        "xlb_log_dropped_total",
+        "counter",
+        "Log lines lost: the queue was full, or a sink did not take them.",
+    ),
+    (
         "xlb_sync_ready",
         "gauge",
         "1 once the initial flow-table pull from a peer is done.",
@@ -231,6 +241,8 @@ pub fn render(st: &Status) -> String {
     add("xlb_http_connections", String::new(), c.open as u64);
     add("xlb_http_maxconn", String::new(), c.max as u64);
     add("xlb_http_maxconn_reached_total", String::new(), c.reached);
+    add("xlb_log_lines_total", String::new(), st.log_lines);
+    add("xlb_log_dropped_total", String::new(), st.log_dropped);
     if let Some(s) = &st.sync {
         add("xlb_sync_ready", String::new(), u64::from(s.ready));
         add("xlb_sync_flows_sent_total", String::new(), s.flows_sent);

@@ -34,6 +34,7 @@ use super::{
 };
 use crate::config::ConnectionMode;
 use crate::l7::{
+    access::{self, Arrival},
     admission::{self, Accepted},
     body::{Body, BoxError},
     counters::bump,
@@ -84,6 +85,8 @@ impl<R: AsyncRead + Unpin> Rx<R> {
     }
 }
 
+const CLOSED_IN_HEAD: &str = "closed in the request head";
+
 /// Why no request came: the client gets this answer, then the connection
 /// closes.
 struct Refusal(StatusCode, &'static str);
@@ -124,6 +127,8 @@ pub async fn serve<S: Transport>(stream: S, mut conn: Accepted) {
     let peer = conn.peer;
     let (read, mut write) = stream.split();
     let mut rx = Rx::new(read);
+    let opened = Arrival::now();
+    let null = |conn: &Accepted, status, term| access::null_connection(conn, opened, status, term);
     loop {
         let svc = conn.current.read().expect("service lock").clone();
         let http = &svc.cfg.http;
@@ -134,9 +139,11 @@ pub async fn serve<S: Transport>(stream: S, mut conn: Accepted) {
             // first is answered, with `Connection: close`).
             let first = t_idle.min(PARK_AFTER);
             match timeout(first, idle::<S>(&mut rx)).await {
-                Ok(Ok(0) | Err(_)) => return,
+                Ok(Ok(0) | Err(_)) => return null(&conn, StatusCode::BAD_REQUEST, b"CR"),
                 Ok(Ok(_)) => {}
-                Err(_) if t_idle <= first || admission::draining() => return,
+                Err(_) if t_idle <= first || admission::draining() => {
+                    return null(&conn, StatusCode::REQUEST_TIMEOUT, b"cR");
+                }
                 Err(_) => {
                     let stream = S::unsplit(rx.read, write);
                     let until = Instant::now() + (t_idle - first);
@@ -147,25 +154,34 @@ pub async fn serve<S: Transport>(stream: S, mut conn: Accepted) {
                     let read;
                     (read, write) = stream.split();
                     rx = Rx::new(read);
-                    if !matches!(timeout(t_idle - first, idle::<S>(&mut rx)).await, Ok(Ok(1..))) {
-                        return;
+                    match timeout(t_idle - first, idle::<S>(&mut rx)).await {
+                        Ok(Ok(1..)) => {}
+                        Ok(_) => return null(&conn, StatusCode::BAD_REQUEST, b"CR"),
+                        Err(_) => return null(&conn, StatusCode::REQUEST_TIMEOUT, b"cR"),
                     }
                 }
             }
         }
+        let arrival = Arrival::now();
         let next = match next_request(&mut rx, http.timeout_http_request, http.max_header_bytes).await {
             Ok(Some(n)) => n,
-            Ok(None) => return,
+            Ok(None) => return null(&conn, StatusCode::BAD_REQUEST, b"CR"),
             Err(Refusal(status, why)) => {
                 bump(&svc.counters.refused);
-                // The access log's shape, as HAProxy logs a bad request.
-                let (name, code) = (&svc.cfg.name, status.as_u16());
-                tracing::info!(target: "xlb::access", "{peer} {name} <NOSRV> {code} 0ms cookie=- via=- \"<BADREQ>\"");
+                // As HAProxy logs them: a timeout, a client that left
+                // mid-head, a head refused.
+                let term = match (status, why) {
+                    (StatusCode::REQUEST_TIMEOUT, _) => b"cR",
+                    (_, CLOSED_IN_HEAD) => b"CR",
+                    _ => b"PR",
+                };
+                access::no_request(&svc, peer, arrival, status, *term, false);
                 return refuse(rx, write, status, why, t_client).await;
             }
         };
+        conn.served = true;
         let after;
-        (rx, after) = exchange(rx, &mut write, next, svc, &conn.states, peer).await;
+        (rx, after) = exchange(rx, &mut write, next, svc, &conn.states, peer, arrival).await;
         match after {
             After::KeepAlive => {}
             After::Close => return,
@@ -198,6 +214,7 @@ async fn exchange<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin>(
     svc: Arc<Service>,
     states: &States,
     peer: SocketAddr,
+    arrival: Arrival,
 ) -> (Rx<R>, After) {
     let (t_client, mode) = (svc.cfg.http.timeout_client, svc.cfg.http.connection);
     if next.expect_continue
@@ -211,13 +228,13 @@ async fn exchange<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin>(
     let mut keep_alive = next.keep_alive && !next.ambiguous && mode != ConnectionMode::Close && !admission::draining();
     let mut body_read = true;
     let resp = if next.body == Decode::Done {
-        handle(svc, states.clone(), peer, next.req.map(|()| Body::default())).await
+        handle(svc, states.clone(), peer, next.req.map(|()| Body::default()), arrival).await
     } else {
         // The body reads the socket while the handler runs; the reading
         // side comes back when the handler is done with it.
         let slot = Arc::new(Mutex::new(Some((rx, next.body))));
         let body = ClientBody(slot.clone()).boxed();
-        let resp = handle(svc, states.clone(), peer, next.req.map(|()| body)).await;
+        let resp = handle(svc, states.clone(), peer, next.req.map(|()| body), arrival).await;
         let (back, left) = slot.lock().expect("body lock").take().expect("taken only here");
         rx = back;
         // A body the handler did not read whole (it refused the request):
@@ -270,7 +287,7 @@ async fn next_request<R: AsyncRead + Unpin>(
         };
         match filled {
             Ok(0) if rx.buf.is_empty() => return Ok(None),
-            Ok(0) => return Err(Refusal(StatusCode::BAD_REQUEST, "closed in the request head")),
+            Ok(0) => return Err(Refusal(StatusCode::BAD_REQUEST, CLOSED_IN_HEAD)),
             Ok(_) => {}
             Err(_) => return Ok(None),
         }

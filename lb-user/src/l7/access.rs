@@ -1,0 +1,310 @@
+//! The access line of a request, HAProxy's `httplog`: what it needs is
+//! gathered as the request goes (timers, retries, queue), and the line is
+//! queued when the response has been sent (or the client went away), so
+//! that it carries the total time and the bytes sent.
+
+use std::{
+    net::SocketAddr,
+    pin::Pin,
+    sync::{atomic::Ordering::Relaxed, Arc},
+    task::{Context, Poll},
+    time::{Instant, SystemTime},
+};
+
+use hyper::{
+    body::{Body as _, Bytes, Frame, SizeHint},
+    header, Request, Response, StatusCode,
+};
+
+use super::{
+    admission,
+    body::{Body, BoxError},
+    service::Service,
+};
+use crate::logging::{self, Entry, HttpRecord, RequestLine, Severity};
+
+/// When a request began: its first byte.
+#[derive(Clone, Copy)]
+pub struct Arrival {
+    pub at: Instant,
+    pub date: SystemTime,
+}
+
+impl Arrival {
+    pub fn now() -> Arrival {
+        Arrival {
+            at: Instant::now(),
+            date: SystemTime::now(),
+        }
+    }
+}
+
+/// Milliseconds between two instants, as the timers show them.
+pub(super) fn ms(from: Instant, to: Instant) -> i64 {
+    to.saturating_duration_since(from).as_millis() as i64
+}
+
+/// Whether the service's requests are logged at all.
+fn on(svc: &Service) -> bool {
+    svc.cfg.log.enabled && logging::enabled(Severity::Info, false)
+}
+
+/// A request's access line in the making.
+pub(super) struct Access<'a> {
+    svc: &'a Service,
+    peer: SocketAddr,
+    arrival: Arrival,
+    /// None: not logged.
+    request: Option<RequestLine>,
+    /// TR, Tw, Tc, Tr (-1 until reached).
+    pub timers: [i64; 4],
+    /// The pool (0, or a group) the request went to.
+    pub pool: usize,
+    pub retries: u32,
+    pub redispatched: bool,
+    /// Requests ahead of it in the server's and the service's queue.
+    pub queue: [u64; 2],
+    cookie: Option<Box<str>>,
+}
+
+impl<'a> Access<'a> {
+    pub(super) fn new<B>(svc: &'a Service, peer: SocketAddr, arrival: Arrival, req: &Request<B>) -> Access<'a> {
+        let request = on(svc).then(|| RequestLine {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+        });
+        let cookie = match (&request, &svc.cfg.log.capture_cookie) {
+            (Some(_), Some(name)) => {
+                let values = req
+                    .headers()
+                    .get_all(header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok());
+                crate::l7::cookie::find(values, name).map(|v| captured(name, v))
+            }
+            _ => None,
+        };
+        Access {
+            svc,
+            peer,
+            arrival,
+            request,
+            timers: [ms(arrival.at, Instant::now()), -1, -1, -1],
+            pool: 0,
+            retries: 0,
+            redispatched: false,
+            queue: [0, 0],
+            cookie,
+        }
+    }
+
+    /// Queues the line once `resp` has been sent (wrapping its body).
+    /// `server`: the backend chosen, if any; `term`: the first two
+    /// letters of the termination state; `cookie`: the persistence
+    /// cookie flags (request, response), when cookie persistence applies.
+    pub(super) fn finish(
+        self,
+        server: Option<usize>,
+        term: [u8; 2],
+        cookie: Option<(char, char)>,
+        resp: Response<Body>,
+    ) -> Response<Body> {
+        let Some(request) = self.request else {
+            return resp;
+        };
+        let svc = self.svc;
+        let (c, s) = cookie.unwrap_or(('-', '-'));
+        let counters = &svc.counters;
+        let srv_conn = server.map_or(0, |t| svc.slots[t].counters.busy.load(Relaxed) as u64);
+        let set_cookie = match &svc.cfg.log.capture_cookie {
+            Some(name) => resp
+                .headers()
+                .get_all(header::SET_COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find_map(|v| {
+                    let (k, rest) = v.split_once('=')?;
+                    (k.trim() == name).then(|| captured(name, rest.split(';').next().unwrap_or("")))
+                }),
+            None => None,
+        };
+        let [tr, tw, tc, tres] = self.timers;
+        let rec = HttpRecord {
+            format: svc.cfg.log.format,
+            client: self.peer,
+            date: self.arrival.date,
+            frontend: svc.log_name.clone(),
+            tls: svc.tls.is_some(),
+            backend: svc.pool_names[self.pool].clone(),
+            server: server.map(|t| svc.slots[t].name.clone()),
+            timers: [tr, tw, tc, tres, -1],
+            status: resp.status().as_u16(),
+            bytes: head_bytes(&resp),
+            cookies: [self.cookie, set_cookie],
+            term: [term[0], term[1], c as u8, s as u8],
+            conns: [
+                admission::open_now(),
+                counters.conns.load(Relaxed),
+                beconn(svc),
+                srv_conn,
+            ],
+            retries: self.retries,
+            redispatched: self.redispatched,
+            queue: self.queue,
+            request: Some(request),
+        };
+        let start = self.arrival.at;
+        resp.map(|body| {
+            http_body_util::BodyExt::boxed(Logged {
+                body,
+                rec: Some(Box::new(rec)),
+                start,
+                ended: false,
+                failed: false,
+            })
+        })
+    }
+}
+
+/// Requests at the service's servers and in its queue (HAProxy's beconn).
+fn beconn(svc: &Service) -> u64 {
+    let busy: usize = svc.slots.iter().map(|s| s.counters.busy.load(Relaxed)).sum();
+    busy as u64 + svc.counters.queued.load(Relaxed)
+}
+
+/// `name=value` as a captured cookie shows (HAProxy cuts at `len`; 63
+/// here).
+fn captured(name: &str, value: &str) -> Box<str> {
+    let mut s = format!("{name}={}", value.trim());
+    if s.len() > 63 {
+        let mut end = 63;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s.into()
+}
+
+/// The size of a response head as HTTP/1.1 sends it.
+fn head_bytes<B>(resp: &Response<B>) -> u64 {
+    let reason = resp.status().canonical_reason().map_or(0, str::len);
+    let line = "HTTP/1.1 200 ".len() + reason + 2;
+    let headers: usize = resp.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    (line + headers + 2) as u64
+}
+
+/// A response body that logs its request when it ends or is dropped.
+struct Logged {
+    body: Body,
+    rec: Option<Box<HttpRecord>>,
+    start: Instant,
+    ended: bool,
+    /// The backend's side of the body broke.
+    failed: bool,
+}
+
+impl hyper::body::Body for Logged {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(f))) => {
+                let n = f.data_ref().map_or(0, |d| d.len() as u64);
+                if let Some(r) = self.rec.as_mut() {
+                    r.bytes += n;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.failed = true,
+            Poll::Ready(None) => self.ended = true,
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        let Some(mut rec) = self.rec.take() else { return };
+        rec.timers[4] = ms(self.start, Instant::now());
+        let complete = self.ended || self.body.is_end_stream();
+        if !complete && rec.term[0] == b'-' {
+            // Cut in the data: by the backend, or the client left.
+            rec.term[..2].copy_from_slice(if self.failed { b"SD" } else { b"CD" });
+        }
+        logging::push(Entry::Http(rec));
+    }
+}
+
+/// A connection closed or timed out before its first request: a null
+/// connection (not logged with `dontlognull`).
+pub(super) fn null_connection(conn: &admission::Accepted, opened: Arrival, status: StatusCode, term: &[u8; 2]) {
+    if !conn.served {
+        let svc = conn.current.read().expect("service lock").clone();
+        no_request(&svc, conn.peer, opened, status, *term, true);
+    }
+}
+
+/// A connection that never got as far as a request: a bad or incomplete
+/// head (`PR`, `CR`), a timeout (`cR`), or nothing at all (a null
+/// connection, not logged with `dontlognull`).
+pub(super) fn no_request(
+    svc: &Service,
+    peer: SocketAddr,
+    arrival: Arrival,
+    status: StatusCode,
+    term: [u8; 2],
+    null: bool,
+) {
+    if !on(svc) || (null && svc.cfg.log.dontlognull) {
+        return;
+    }
+    let counters = &svc.counters;
+    logging::push(Entry::Http(Box::new(HttpRecord {
+        format: svc.cfg.log.format,
+        client: peer,
+        date: arrival.date,
+        frontend: svc.log_name.clone(),
+        tls: svc.tls.is_some(),
+        backend: svc.log_name.clone(),
+        server: None,
+        timers: [-1, -1, -1, -1, ms(arrival.at, Instant::now())],
+        status: status.as_u16(),
+        bytes: 0,
+        cookies: [None, None],
+        term: [term[0], term[1], b'-', b'-'],
+        conns: [admission::open_now(), counters.conns.load(Relaxed), beconn(svc), 0],
+        retries: 0,
+        redispatched: false,
+        queue: [0, 0],
+        request: None,
+    })));
+}
+
+/// Keeps a service's count of open client connections (HAProxy's
+/// `feconn`) while a connection is open.
+pub struct FrontConn(Arc<super::counters::ServiceCounters>);
+
+impl FrontConn {
+    pub fn new(counters: Arc<super::counters::ServiceCounters>) -> FrontConn {
+        counters.conns.fetch_add(1, Relaxed);
+        FrontConn(counters)
+    }
+}
+
+impl Drop for FrontConn {
+    fn drop(&mut self) {
+        self.0.conns.fetch_sub(1, Relaxed);
+    }
+}

@@ -1,0 +1,294 @@
+//! The sinks of the writer thread: syslog framing, datagram sockets
+//! (UDP, unix) written in batches with `sendmmsg`, and stdout/stderr.
+
+use std::{
+    io::{self, Write},
+    net::UdpSocket,
+    os::{fd::AsRawFd, unix::net::UnixDatagram},
+    time::{Duration, Instant, SystemTime},
+};
+
+use super::{record::Clock, writer::Entry, Framing, Setup, Severity, SinkAddr};
+
+/// HAProxy's default line length: longer lines are cut (the request line
+/// is last, so what is cut is the end of the URI).
+const MAX_LINE: usize = 1024;
+/// How often a sink that could not be opened (no syslog daemon yet) is
+/// tried again.
+const RETRY: Duration = Duration::from_secs(1);
+/// Messages per `sendmmsg` call.
+const MMSG: usize = 64;
+
+enum Conn {
+    Udp(UdpSocket),
+    Unix(UnixDatagram),
+    Stdout,
+    Stderr,
+    /// Not open (yet): since when.
+    Closed(Instant),
+}
+
+struct Sink {
+    addr: SinkAddr,
+    conn: Conn,
+}
+
+/// The open sinks of the current setup.
+#[derive(Default)]
+pub(super) struct Sinks {
+    setup: Option<Setup>,
+    sinks: Vec<Sink>,
+    host: String,
+    clock: Clock,
+}
+
+fn open(addr: &SinkAddr) -> io::Result<Conn> {
+    // Non-blocking: a sink that does not read loses lines, the writer
+    // does not wait for it.
+    Ok(match addr {
+        SinkAddr::Udp(a) => {
+            let bind: std::net::SocketAddr = if a.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("any");
+            let s = UdpSocket::bind(bind)?;
+            s.connect(a)?;
+            s.set_nonblocking(true)?;
+            Conn::Udp(s)
+        }
+        SinkAddr::Unix(p) => {
+            let s = UnixDatagram::unbound()?;
+            s.connect(p)?;
+            s.set_nonblocking(true)?;
+            Conn::Unix(s)
+        }
+        SinkAddr::Stdout => Conn::Stdout,
+        SinkAddr::Stderr => Conn::Stderr,
+    })
+}
+
+impl Sinks {
+    pub(super) fn open(setup: Setup) -> Sinks {
+        let sinks = setup
+            .sinks
+            .iter()
+            .map(|a| Sink {
+                addr: a.clone(),
+                conn: open(a).unwrap_or_else(|e| {
+                    eprintln!("xlb: log sink {a}: {e}; trying again every second");
+                    Conn::Closed(Instant::now())
+                }),
+            })
+            .collect();
+        Sinks {
+            setup: Some(setup),
+            sinks,
+            host: hostname(),
+            clock: Clock::default(),
+        }
+    }
+
+    /// Writes a batch to every sink: (lines sent, lines lost), counted per
+    /// sink.
+    pub(super) fn write(&mut self, batch: &[Entry]) -> (u64, u64) {
+        let Some(setup) = &self.setup else {
+            return (0, 0);
+        };
+        let now = SystemTime::now();
+        // What each line says, and its syslog form.
+        let mut raw = Vec::with_capacity(batch.len());
+        let mut framed = Vec::with_capacity(batch.len());
+        let mut body = String::new();
+        for e in batch {
+            body.clear();
+            let severity = match e {
+                Entry::Http(r) => {
+                    r.write(&mut body, &mut self.clock);
+                    Severity::Info
+                }
+                Entry::Flow(r) => {
+                    r.write(&mut body, &mut self.clock);
+                    Severity::Info
+                }
+                Entry::Daemon(s, m) => {
+                    body.push_str(m);
+                    *s
+                }
+            };
+            let mut line = Vec::with_capacity(body.len() + 64);
+            header(&mut line, setup, severity, now, &self.host, &mut self.clock);
+            let room = MAX_LINE.saturating_sub(line.len() + 1);
+            line.extend_from_slice(cut(&body, room).as_bytes());
+            line.push(b'\n');
+            framed.push(line);
+            raw.push((!matches!(e, Entry::Daemon(..))).then(|| {
+                let mut l = body.clone().into_bytes();
+                l.push(b'\n');
+                l
+            }));
+        }
+        let (mut sent, mut lost) = (0, 0);
+        for sink in &mut self.sinks {
+            if let Conn::Closed(since) = sink.conn {
+                if since.elapsed() < RETRY {
+                    lost += framed.len() as u64;
+                    continue;
+                }
+                sink.conn = open(&sink.addr).unwrap_or(Conn::Closed(Instant::now()));
+            }
+            let (s, l) = match &sink.conn {
+                Conn::Udp(u) => send_all(u.as_raw_fd(), &framed),
+                Conn::Unix(u) => send_all(u.as_raw_fd(), &framed),
+                Conn::Stdout => write_lines(&mut io::stdout().lock(), &raw),
+                Conn::Stderr => write_lines(&mut io::stderr().lock(), &raw),
+                Conn::Closed(_) => (0, framed.len() as u64),
+            };
+            sent += s;
+            lost += l;
+            // A syslog daemon that went away (restarted): open again.
+            if l > 0 && matches!(sink.conn, Conn::Unix(_)) && !is_alive(&sink.conn) {
+                sink.conn = Conn::Closed(Instant::now());
+            }
+        }
+        (sent, lost)
+    }
+}
+
+/// A unix datagram socket whose peer is gone says so on the next send.
+fn is_alive(c: &Conn) -> bool {
+    match c {
+        Conn::Unix(u) => !matches!(
+            u.send(b"").map_err(|e| e.raw_os_error()),
+            Err(Some(libc::ECONNREFUSED | libc::ENOTCONN))
+        ),
+        _ => true,
+    }
+}
+
+/// The longest prefix of `s` within `max` bytes, at a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The syslog header of a line.
+fn header(out: &mut Vec<u8>, setup: &Setup, severity: Severity, now: SystemTime, host: &str, clock: &mut Clock) {
+    let pri = u32::from(setup.facility.0) * 8 + severity as u32;
+    let pid = std::process::id();
+    let _ = match setup.framing {
+        Framing::Rfc3164 => write!(out, "<{pri}>{} xlb[{pid}]: ", clock.rfc3164(now)),
+        Framing::Rfc5424 => write!(out, "<{pri}>1 {} {host} xlb {pid} - - ", clock.rfc5424(now)),
+    };
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes a
+    // NUL-terminated name into it (truncated if need be).
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(0);
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(h) if r == 0 && !h.is_empty() => h.to_string(),
+        _ => "-".into(),
+    }
+}
+
+/// Sends each message as one datagram, in batches; a message the socket
+/// refuses (a full receiver, nobody listening) is lost and counted.
+fn send_all(fd: i32, msgs: &[Vec<u8>]) -> (u64, u64) {
+    let (mut sent, mut lost) = (0u64, 0u64);
+    let mut i = 0;
+    let mut retried = false;
+    while i < msgs.len() {
+        let chunk = &msgs[i..msgs.len().min(i + MMSG)];
+        let mut iov: Vec<libc::iovec> = chunk
+            .iter()
+            .map(|m| libc::iovec {
+                iov_base: m.as_ptr() as *mut _,
+                iov_len: m.len(),
+            })
+            .collect();
+        let mut hdrs: Vec<libc::mmsghdr> = iov
+            .iter_mut()
+            .map(|v| {
+                // SAFETY: an all-zero msghdr is a valid "no name, no
+                // control data" header.
+                let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                h.msg_hdr.msg_iov = v;
+                h.msg_hdr.msg_iovlen = 1;
+                h
+            })
+            .collect();
+        // SAFETY: `hdrs` points at `iov`, which points at `chunk`; all
+        // outlive the call.
+        let n = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), hdrs.len() as u32, libc::MSG_DONTWAIT) };
+        if n > 0 {
+            sent += n as u64;
+            i += n as usize;
+            retried = false;
+            continue;
+        }
+        let err = io::Error::last_os_error().raw_os_error();
+        // A refused UDP send reports the ICMP error of an earlier
+        // datagram (nobody listened then): this one was not sent, and
+        // may well be now.
+        if err == Some(libc::EINTR) || (err == Some(libc::ECONNREFUSED) && !std::mem::replace(&mut retried, true)) {
+            continue;
+        }
+        retried = false;
+        if matches!(err, Some(libc::EAGAIN)) {
+            // The receiver is full: the rest of this batch is lost too.
+            lost += (msgs.len() - i) as u64;
+            break;
+        }
+        // This message is lost; carry on with the next.
+        lost += 1;
+        i += 1;
+    }
+    (sent, lost)
+}
+
+fn write_lines(out: &mut impl Write, lines: &[Option<Vec<u8>>]) -> (u64, u64) {
+    let mut all = Vec::new();
+    let mut n = 0;
+    for l in lines.iter().flatten() {
+        all.extend_from_slice(l);
+        n += 1;
+    }
+    match out.write_all(&all).and_then(|()| out.flush()) {
+        Ok(()) => (n, 0),
+        Err(_) => (0, n),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_cut_at_a_character_boundary() {
+        assert_eq!(cut("abc", 5), "abc");
+        assert_eq!(cut("abcdef", 3), "abc");
+        assert_eq!(cut("aé", 2), "a");
+    }
+
+    #[test]
+    fn a_full_unix_receiver_loses_lines_and_says_how_many() {
+        let dir = std::env::temp_dir().join(format!("xlb-sink-{}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let rx = UnixDatagram::bind(&dir).unwrap();
+        let conn = open(&SinkAddr::Unix(dir.clone())).unwrap();
+        let Conn::Unix(tx) = &conn else { panic!() };
+        let msgs: Vec<Vec<u8>> = (0..5000).map(|i| format!("line {i}").into_bytes()).collect();
+        let (sent, lost) = send_all(tx.as_raw_fd(), &msgs);
+        assert_eq!(sent + lost, 5000);
+        assert!(sent > 0 && lost > 0, "sent {sent} lost {lost}");
+        let mut buf = [0u8; 64];
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"line 0");
+        let _ = std::fs::remove_file(&dir);
+    }
+}
