@@ -124,8 +124,19 @@ pub fn run(dir: &Path, xlb: &str, opts: &Opts, proxy_cpu: Option<u32>, load_cpu:
          (a receiver on the load generator's CPU that counts lines).\n",
         opts.connections, opts.duration, opts.rounds
     );
-    let _ = writeln!(o, "| run | req/s | min-max | p99 ms | lines a request |");
-    let _ = writeln!(o, "|---|---:|---:|---:|---:|");
+    let _ = writeln!(
+        o,
+        "Each proxy runs on CPU 0 (all its threads), the load (wrk, the backends, the sink) on CPU 1. HAProxy \
+         formats and sends each line on the thread that serves the request; xlb's workers only queue a line, \
+         and its writer thread formats and sends them in batches (`sendmmsg`). The CPU column is the proxy \
+         process's, all threads, per request. On loopback the sink's receiving side (IP, UDP, the wake-up) \
+         is paid by the sending CPU too.\n"
+    );
+    let _ = writeln!(
+        o,
+        "| run | req/s | min-max | p99 ms | CPU us a request | lines a request |"
+    );
+    let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|");
     for r in &runs {
         let m = median(r.loads.clone());
         let (lo, hi) = r
@@ -135,10 +146,11 @@ pub fn run(dir: &Path, xlb: &str, opts: &Opts, proxy_cpu: Option<u32>, load_cpu:
         let lpr = r.lines_per_request.iter().sum::<f64>() / r.lines_per_request.len().max(1) as f64;
         let _ = writeln!(
             o,
-            "| {} | {:.0} | {lo:.0}-{hi:.0} | {:.2} | {:.2} |",
+            "| {} | {:.0} | {lo:.0}-{hi:.0} | {:.2} | {:.1} | {:.2} |",
             r.name,
             m.rps,
             m.p99_ms,
+            m.cpu_us,
             if r.name.contains("off") { 0.0 } else { lpr }
         );
     }

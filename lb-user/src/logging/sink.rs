@@ -91,9 +91,20 @@ impl Sinks {
         let Some(setup) = &self.setup else {
             return (0, 0);
         };
+        // One time stamp a batch (they are milliseconds apart).
         let now = SystemTime::now();
+        let stamp = match setup.framing {
+            Framing::Rfc3164 => format!("{} xlb[{}]: ", self.clock.rfc3164(now), std::process::id()),
+            Framing::Rfc5424 => format!(
+                "1 {} {} xlb {} - - ",
+                self.clock.rfc5424(now),
+                self.host,
+                std::process::id()
+            ),
+        };
+        let raw_sinks = self.sinks.iter().any(|s| !s.addr.syslog());
         // What each line says, and its syslog form.
-        let mut raw = Vec::with_capacity(batch.len());
+        let mut raw = Vec::with_capacity(if raw_sinks { batch.len() } else { 0 });
         let mut framed = Vec::with_capacity(batch.len());
         let mut body = String::new();
         for e in batch {
@@ -112,17 +123,22 @@ impl Sinks {
                     *s
                 }
             };
-            let mut line = Vec::with_capacity(body.len() + 64);
-            header(&mut line, setup, severity, now, &self.host, &mut self.clock);
+            let pri = u32::from(setup.facility.0) * 8 + severity as u32;
+            let mut line = Vec::with_capacity(body.len() + stamp.len() + 8);
+            let _ = write!(line, "<{pri}>");
+            line.extend_from_slice(stamp.as_bytes());
             let room = MAX_LINE.saturating_sub(line.len() + 1);
             line.extend_from_slice(cut(&body, room).as_bytes());
             line.push(b'\n');
             framed.push(line);
-            raw.push((!matches!(e, Entry::Daemon(..))).then(|| {
-                let mut l = body.clone().into_bytes();
-                l.push(b'\n');
-                l
-            }));
+            if raw_sinks {
+                raw.push((!matches!(e, Entry::Daemon(..))).then(|| {
+                    let mut l = Vec::with_capacity(body.len() + 1);
+                    l.extend_from_slice(body.as_bytes());
+                    l.push(b'\n');
+                    l
+                }));
+            }
         }
         let (mut sent, mut lost) = (0, 0);
         for sink in &mut self.sinks {
@@ -172,16 +188,6 @@ fn cut(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
-}
-
-/// The syslog header of a line.
-fn header(out: &mut Vec<u8>, setup: &Setup, severity: Severity, now: SystemTime, host: &str, clock: &mut Clock) {
-    let pri = u32::from(setup.facility.0) * 8 + severity as u32;
-    let pid = std::process::id();
-    let _ = match setup.framing {
-        Framing::Rfc3164 => write!(out, "<{pri}>{} xlb[{pid}]: ", clock.rfc3164(now)),
-        Framing::Rfc5424 => write!(out, "<{pri}>1 {} {host} xlb {pid} - - ", clock.rfc5424(now)),
-    };
 }
 
 fn hostname() -> String {
