@@ -35,6 +35,12 @@ pub mod maps {
     pub const SYNC_EVENTS: &str = "SYNC_EVENTS";
     /// Per-CPU count of events lost to a full ring buffer, not pinned.
     pub const SYNC_LOST: &str = "SYNC_LOST";
+    /// Per service counter slot: which new flows to log, not pinned.
+    pub const LOG_SAMPLE: &str = "LOG_SAMPLE";
+    /// Ring buffer of `FlowLogEvent`s, not pinned.
+    pub const FLOW_LOG: &str = "FLOW_LOG";
+    /// Per-CPU count of flow log events lost to a full ring, not pinned.
+    pub const FLOW_LOG_LOST: &str = "FLOW_LOG_LOST";
 }
 
 /// Name of the XDP entry point in the object file.
@@ -374,6 +380,35 @@ impl NatFlow {
 /// second of new flows at 200,000 a second before user space must have read.
 pub const SYNC_RING_BYTES: u32 = 1 << 22;
 
+/// Bytes of the `FLOW_LOG` ring buffer: 32,768 events.
+pub const FLOW_LOG_BYTES: u32 = 1 << 20;
+
+/// `FlowLogEvent::outcome`: the new flow went to `backend`.
+pub const FLOW_FORWARDED: u8 = 0;
+/// `FlowLogEvent::outcome`: dropped, no backend was up.
+pub const FLOW_NO_BACKEND: u8 = 1;
+/// `FlowLogEvent::outcome`: dropped, no full-NAT source port was free.
+pub const FLOW_NO_PORT: u8 = 2;
+
+/// A new flow of an L4 service whose `[service.log]` is on, written into
+/// `FLOW_LOG` for the access log (one in `LOG_SAMPLE`'s rate).
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowLogEvent {
+    /// The client's address (IPv4: the first 4 bytes).
+    pub src: [u8; 16],
+    /// The service's counter slot.
+    pub service: u32,
+    /// Its backend id (`FLOW_FORWARDED` only).
+    pub backend: u32,
+    pub sport_be: u16,
+    pub family: u8,
+    /// `FLOW_*`.
+    pub outcome: u8,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<FlowLogEvent>() == 32);
+
 /// `SyncEvent::kind`: a full-NAT flow was created or changed state.
 pub const SYNC_NAT: u8 = 1;
 /// `SyncEvent::kind`: a dsr flow was created.
@@ -456,4 +491,5 @@ mod pod {
     unsafe impl aya::Pod for super::NatFlow {}
     unsafe impl aya::Pod for super::HopCache {}
     unsafe impl aya::Pod for super::SyncEvent {}
+    unsafe impl aya::Pod for super::FlowLogEvent {}
 }

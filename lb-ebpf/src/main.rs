@@ -18,6 +18,7 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 mod debug;
+mod flowlog;
 mod flows;
 mod nat;
 mod parse;
@@ -101,10 +102,14 @@ fn try_xlb(ctx: &XdpContext) -> u32 {
     let p = &s.pkt;
     if let Some(svc) = services::find(&p.dst, p.dport_be, p.proto, p.family) {
         if svc.flags & SVC_F_NAT != 0 {
-            return nat::forward(ctx, s, svc);
+            let why = nat::forward(ctx, s, svc);
+            flowlog::dropped(&s.pkt, svc.id, why);
+            return why;
         }
         if svc.flags & SVC_F_DSR != 0 {
-            return dsr(ctx, s, svc);
+            let why = dsr(ctx, s, svc);
+            flowlog::dropped(&s.pkt, svc.id, why);
+            return why;
         }
         add_stats(SERVICE_STATS.get_ptr_mut(svc.id), s.pkt.bytes, false);
         return outcome::PASS_SERVICE;
@@ -272,6 +277,9 @@ pub fn to_backend(
     }
     add_stats(SERVICE_STATS.get_ptr_mut(service), bytes, new_flow);
     add_stats(BACKEND_STATS.get_ptr_mut(id), bytes, new_flow);
+    if new_flow {
+        flowlog::forwarded(pkt, service, id);
+    }
     rewrite::send(ctx, hop.ifindex, &hop.smac, &hop.dmac)
 }
 

@@ -248,3 +248,81 @@ fn a_snat_pool_spreads_connections_over_its_addresses() {
     drop(streams);
     xlb.stop().unwrap();
 }
+
+/// Flow logs: with `[service.log]` on, each new connection through the
+/// XDP program becomes a tcplog line at a UDP syslog sink, naming the
+/// client and the backend its greeting came from; with no backend up, the
+/// dropped flow's line says so (`<NOSRV>`, `SC`).
+#[test]
+fn new_flows_of_a_logged_l4_service_reach_syslog() {
+    lab::require_root!();
+    let lab = Lab::new(&LabSpec {
+        backends: 2,
+        client_addrs: 6,
+    })
+    .unwrap();
+    let sink = lab
+        .xlb
+        .ns
+        .enter(|| std::net::UdpSocket::bind("127.0.0.1:5514"))
+        .unwrap()
+        .unwrap();
+    sink.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let _servers = start_servers(&lab, 8080, false);
+    let backends = [("be0", 0, 1), ("be1", 1, 1)];
+    let cfg = config("nat", 8080, &backends)
+        .replace(
+            "[global]\n",
+            "[global]\nlog = \"udp://127.0.0.1:5514\"\nlog_facility = \"local1\"\n",
+        )
+        .replace("mode = \"nat\"\n", "mode = \"nat\"\n[service.log]\nenabled = true\n");
+    let path = temp_file("flowlog.toml", &cfg).unwrap();
+    let xlb = XlbProcess::start(&lab.xlb.ns, &path, &[]).unwrap();
+    let mut lines = Vec::new();
+    let read = |lines: &mut Vec<String>, want: &dyn Fn(&[String]) -> bool| {
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        let mut buf = [0u8; 2048];
+        while !want(lines) {
+            assert!(std::time::Instant::now() < until, "lines so far: {lines:#?}");
+            if let Ok(n) = sink.recv(&mut buf) {
+                lines.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    };
+    let mut seen = Vec::new();
+    for c in &lab.client.addrs {
+        seen.push((c.to_string(), hello(&lab, (*c).into())));
+    }
+    let flows = |l: &[String]| l.iter().filter(|l| l.contains(" web web/")).count();
+    read(&mut lines, &|l| flows(l) >= seen.len());
+    for (client, backend) in &seen {
+        let line = lines
+            .iter()
+            .find(|l| l.contains(&format!(": {client}:")))
+            .unwrap_or_else(|| panic!("no line for {client}: {lines:#?}"));
+        // local1.info, then HAProxy's tcplog as logasap writes it.
+        let re = regex::Regex::new(&format!(
+            r"^<142>[A-Z][a-z]{{2}} [ 123]\d \d\d:\d\d:\d\d xlb\[\d+\]: {}:\d+ \[\d\d/[A-Z][a-z]{{2}}/\d{{4}}:\d\d:\d\d:\d\d\.\d{{3}}\] web web/{backend} 0/-1/\+0 \+0 -- 0/0/0/0/0 0/0\n?$",
+            regex::escape(client)
+        ))
+        .unwrap();
+        assert!(re.is_match(line), "{line:?}");
+    }
+    // Both backends out: the next new flow is dropped, and logged so.
+    for be in ["be0", "be1"] {
+        let out = lab::xlb::xlb_once(&lab.xlb.ns, &["server", "set-state", "web", be, "maint"]).unwrap();
+        assert!(out.status.success());
+    }
+    let client = lab.client.addrs[0];
+    let _ = lab::servers::tcp_hello(
+        &lab.client.ns,
+        SocketAddr::new(client.into(), 0),
+        lab::l4::dst(),
+        Duration::from_millis(500),
+    );
+    read(&mut lines, &|l| l.iter().any(|l| l.contains(" web web/<NOSRV> ")));
+    let dropped = lines.iter().find(|l| l.contains(" web web/<NOSRV> ")).unwrap();
+    assert!(dropped.contains(" +0 SC "), "{dropped}");
+    assert!(dropped.contains(&format!(": {client}:")), "{dropped}");
+    xlb.stop().unwrap();
+}

@@ -163,8 +163,12 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
+        Fixture::with(CONFIG)
+    }
+
+    fn with(config: &str) -> Fixture {
         let mut ebpf = load_object().expect("load the XDP object (built by cargo xtask build)");
-        let cfg = config::parse(Path::new("fixtures.toml"), CONFIG).unwrap();
+        let cfg = config::parse(Path::new("fixtures.toml"), config).unwrap();
         let mut mm = MapManager::default();
         mm.apply(&mut ebpf, &cfg, &Default::default(), &|_| None).unwrap();
         Fixture { ebpf, mm, cfg }
@@ -911,6 +915,92 @@ fn a_snat_pool_spreads_flows_and_takes_replies_on_each_address() {
             );
         }
         assert_eq!(used.len(), 2, "40 flows all used one pool address");
+    })
+    .unwrap();
+}
+
+/// Flow logs: with `[service.log]` on, a new flow (not a packet of a
+/// known one) leaves a record of its client, service and backend; a
+/// service without backends records the drop; a service with logs off
+/// records nothing; `sample = 4` keeps about one new flow in four.
+#[test]
+fn new_flows_leave_flow_log_records_for_logged_services_only() {
+    use aya::maps::RingBuf;
+    use lb_common::{FlowLogEvent, FAMILY_V4, FLOW_FORWARDED, FLOW_NO_BACKEND};
+    lab::require_root!();
+    let log = "mode = \"nat\"\nsnat = \"198.18.0.2\"\n[service.log]\nenabled = true\n";
+    let cfg = CONFIG
+        .replace(
+            "vip = \"198.19.0.30\"\nport = 80\nmode = \"dsr\"\n",
+            "vip = \"198.19.0.30\"\nport = 80\nmode = \"dsr\"\n[service.log]\nenabled = true\n",
+        )
+        .replace(
+            "port = 80\nmode = \"nat\"\nsnat = \"198.18.0.2\"\n",
+            &format!("port = 80\n{log}"),
+        )
+        .replace(
+            "snat = [\"198.18.0.2\", \"198.18.0.3\"]\n",
+            "snat = [\"198.18.0.2\", \"198.18.0.3\"]\n[service.log]\nenabled = true\nsample = 4\n",
+        );
+    let ns = fixture_ns();
+    ns.enter(|| {
+        let mut fx = Fixture::with(&cfg);
+        let mut ring = RingBuf::try_from(fx.ebpf.take_map(maps::FLOW_LOG).unwrap()).unwrap();
+        let drain = |ring: &mut RingBuf<_>| {
+            let mut v = Vec::new();
+            while let Some(item) = ring.next() {
+                // SAFETY: the program writes whole events.
+                v.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowLogEvent>()) });
+            }
+            v
+        };
+        let slot = |fx: &Fixture, name: &str| {
+            let s = fx.cfg.services.iter().find(|s| s.name == name).unwrap();
+            fx.mm.service_slot(&service_key(s)).unwrap()
+        };
+        let client = ip("198.18.6.1");
+        for (svc, vip, backend) in [("dsr4", "198.19.0.30", "b"), ("nat4", "198.19.0.20", "a")] {
+            let syn = Frame::tcp(client, 41000, ip(vip), 80, TCP_SYN).build();
+            assert_eq!(run_frame(&mut fx, &syn).0, XDP_REDIRECT);
+            let got = drain(&mut ring);
+            assert_eq!(got.len(), 1, "{svc}: one record for the new flow");
+            let e = got[0];
+            assert_eq!(
+                (e.service, e.backend, e.outcome, e.family, u16::from_be(e.sport_be)),
+                (
+                    slot(&fx, svc),
+                    fx.mm.backend_id(svc, backend).unwrap(),
+                    FLOW_FORWARDED,
+                    FAMILY_V4,
+                    41000
+                ),
+                "{svc}"
+            );
+            assert_eq!(e.src[..4], [198, 18, 6, 1]);
+            let ack = Frame::tcp(client, 41000, ip(vip), 80, TCP_ACK).build();
+            assert_eq!(run_frame(&mut fx, &ack).0, XDP_REDIRECT);
+            assert!(
+                drain(&mut ring).is_empty(),
+                "{svc}: an established flow's packet is not logged"
+            );
+        }
+        // "empty" (logged, no backends): the drop.
+        let syn = Frame::tcp(client, 41001, ip("198.19.0.40"), 80, TCP_SYN).build();
+        assert_eq!(run_frame(&mut fx, &syn).0, XDP_DROP);
+        let got = drain(&mut ring);
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].service, got[0].outcome), (slot(&fx, "empty"), FLOW_NO_BACKEND));
+        // dsr3: logs off.
+        let syn = Frame::tcp(client, 41002, ip("198.19.0.32"), 80, TCP_SYN).build();
+        assert_eq!(run_frame(&mut fx, &syn).0, XDP_REDIRECT);
+        assert!(drain(&mut ring).is_empty(), "a service without logs");
+        // natpool, one new flow in four, picked at random.
+        for i in 0..800u16 {
+            let syn = Frame::tcp(client, 20000 + i, ip("198.19.0.60"), 80, TCP_SYN).build();
+            assert_eq!(run_frame(&mut fx, &syn).0, XDP_REDIRECT);
+        }
+        let n = drain(&mut ring).len();
+        assert!((130..=270).contains(&n), "{n} of 800 new flows logged with sample = 4");
     })
     .unwrap();
 }

@@ -19,7 +19,7 @@ use lb_common::{maps, ServiceStats};
 
 use super::{
     bpf::{flatten, load_with, read_outcomes, read_stats, xdp_program, DataPlaneError},
-    events,
+    events, flow_log,
     map_manager::{self, service_key, MapManager},
     pins::PinDir,
     sync::{directory::Directory, FlowSync, SyncError},
@@ -199,6 +199,9 @@ pub struct DataPlane {
     debug: bool,
     /// The maps' indexes by address, for the flow sync.
     directory: Arc<RwLock<Directory>>,
+    /// What flow log records name, and their reader.
+    flow_names: Arc<RwLock<flow_log::Names>>,
+    _flow_log: Option<flow_log::Reader>,
 }
 
 impl DataPlane {
@@ -243,6 +246,8 @@ impl DataPlane {
                 return Err(e);
             }
         };
+        let flow_names = Arc::default();
+        let flow_log = flow_log::Reader::start(&mut ebpf, Arc::clone(&flow_names))?;
         let prog = xdp_program(&mut ebpf)?;
         let dp = |ebpf, mode, link, keep, maps, vips| DataPlane {
             ebpf,
@@ -256,6 +261,8 @@ impl DataPlane {
             events: None,
             debug: false,
             directory: Arc::default(),
+            flow_names,
+            _flow_log: flow_log,
         };
         if let Some(saved) = saved {
             let adopt = |e: &dyn std::fmt::Display| DataPlaneError::Adopt {
@@ -351,6 +358,7 @@ impl DataPlane {
         let applied = self.maps.apply(&mut self.ebpf, cfg, states, &default_snat);
         // Also after a failure: the maps may be partly changed.
         *self.directory.write().expect("directory lock") = self.maps.directory(cfg);
+        *self.flow_names.write().expect("names lock") = flow_log::Names::of(&self.maps, cfg);
         applied
     }
 

@@ -108,6 +108,16 @@ fn free_index(used: impl Iterator<Item = u32>, limit: u32, what: &'static str) -
     })
 }
 
+/// The flow log rate the program compares a random number with: 0 off,
+/// else one new flow in `sample`.
+fn log_rate(enabled: bool, sample: u32) -> u32 {
+    if enabled {
+        u32::MAX / sample.max(1)
+    } else {
+        0
+    }
+}
+
 /// Which backends take new flows: the normal ones that are up, not drained,
 /// with weight > 0, else (HAProxy's backup rule) such backups.
 pub fn eligible<'a>(svc: &'a Service, states: &BackendStates) -> Vec<&'a Backend> {
@@ -251,10 +261,17 @@ impl MapManager {
         // 3. Services: their rings, then their table entries.
         let mut entries = Vec::new();
         let mut snats_used = HashSet::new();
+        let mut rates = Vec::new();
         for (key, svc) in wanted {
             let (value, snat) = self.apply_service(ebpf, key, svc, states, default_snat)?;
             entries.push((key, value));
             snats_used.extend(snat);
+            rates.push((value.id, log_rate(svc.log.enabled, svc.log.sample)));
+        }
+        // Before the table names a new service.
+        let mut sample: Array<&mut MapData, u32> = map_of(ebpf, maps::LOG_SAMPLE)?;
+        for (slot, r) in rates {
+            sample.set(slot, r, 0).map_err(|e| map_err(maps::LOG_SAMPLE, &e))?;
         }
         let unused: Vec<(IpAddr, u32)> = self
             .snats

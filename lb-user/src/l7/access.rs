@@ -6,7 +6,7 @@
 use std::{
     net::SocketAddr,
     pin::Pin,
-    sync::{atomic::Ordering::Relaxed, Arc},
+    sync::atomic::Ordering::Relaxed,
     task::{Context, Poll},
     time::{Instant, SystemTime},
 };
@@ -290,21 +290,4 @@ pub(super) fn no_request(
         queue: [0, 0],
         request: None,
     })));
-}
-
-/// Keeps a service's count of open client connections (HAProxy's
-/// `feconn`) while a connection is open.
-pub struct FrontConn(Arc<super::counters::ServiceCounters>);
-
-impl FrontConn {
-    pub fn new(counters: Arc<super::counters::ServiceCounters>) -> FrontConn {
-        counters.conns.fetch_add(1, Relaxed);
-        FrontConn(counters)
-    }
-}
-
-impl Drop for FrontConn {
-    fn drop(&mut self) {
-        self.0.conns.fetch_sub(1, Relaxed);
-    }
 }

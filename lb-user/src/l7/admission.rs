@@ -14,7 +14,10 @@ use std::{
 
 use tokio::sync::Notify;
 
-use super::service::{Service, States};
+use super::{
+    counters::ServiceCounters,
+    service::{Service, States},
+};
 
 /// Set when this process hands its listeners to a new one: keep-alive
 /// connections close after their current response, idle ones at once.
@@ -137,9 +140,26 @@ pub struct Accepted {
     pub current: Arc<RwLock<Arc<Service>>>,
     pub states: States,
     pub slot: Slot,
-    pub front: super::access::FrontConn,
+    pub front: FrontConn,
     /// A request came on it (else closing it is a null connection).
     pub served: bool,
+}
+
+/// Keeps a service's count of open client connections (HAProxy's
+/// `feconn`) while a connection is open.
+pub struct FrontConn(Arc<ServiceCounters>);
+
+impl FrontConn {
+    pub fn new(counters: Arc<ServiceCounters>) -> FrontConn {
+        counters.conns.fetch_add(1, Relaxed);
+        FrontConn(counters)
+    }
+}
+
+impl Drop for FrontConn {
+    fn drop(&mut self) {
+        self.0.conns.fetch_sub(1, Relaxed);
+    }
 }
 
 #[cfg(test)]

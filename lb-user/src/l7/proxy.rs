@@ -12,8 +12,7 @@ use std::{
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use super::{
-    access::FrontConn,
-    admission::{Accepted, Gate, GateSnapshot},
+    admission::{Accepted, FrontConn, Gate, GateSnapshot},
     appsession::Table,
     peers, serve,
     service::{Kept, Service, ServiceTls, States},

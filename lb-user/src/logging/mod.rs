@@ -16,7 +16,24 @@ use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr};
 
 pub use daemon::DaemonLayer;
 pub use record::{FlowOutcome, FlowRecord, HttpRecord, RequestLine};
-pub use writer::{configure, dropped, enabled, flush, push, sent, Entry};
+pub use writer::{configure, count_dropped, dropped, enabled, flush, push, sent};
+
+/// One thing to log.
+pub enum Entry {
+    Http(Box<HttpRecord>),
+    Flow(Box<FlowRecord>),
+    /// A daemon message: to the syslog sinks only.
+    Daemon(Severity, String),
+}
+
+impl Entry {
+    fn severity(&self) -> Severity {
+        match self {
+            Entry::Http(_) | Entry::Flow(_) => Severity::Info,
+            Entry::Daemon(s, _) => *s,
+        }
+    }
+}
 
 /// Where lines go (`global.log`).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use super::{record::Clock, writer::Entry, Framing, Setup, Severity, SinkAddr};
+use super::{record::Clock, Entry, Framing, Setup, Severity, SinkAddr};
 
 /// HAProxy's default line length: longer lines are cut (the request line
 /// is last, so what is cut is the end of the URI).

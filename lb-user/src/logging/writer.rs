@@ -10,11 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{
-    record::{FlowRecord, HttpRecord},
-    sink::Sinks,
-    Setup, Severity,
-};
+use super::{sink::Sinks, Entry, Setup, Severity};
 
 /// Lines waiting at most; past this they are dropped (and counted).
 const CAPACITY: usize = 8192;
@@ -23,23 +19,6 @@ const CAPACITY: usize = 8192;
 /// batches and a request does not pay a wake-up.
 const BATCH: usize = 256;
 const LINGER: Duration = Duration::from_millis(5);
-
-/// One thing to log.
-pub enum Entry {
-    Http(Box<HttpRecord>),
-    Flow(Box<FlowRecord>),
-    /// A daemon message: to the syslog sinks only.
-    Daemon(Severity, String),
-}
-
-impl Entry {
-    fn severity(&self) -> Severity {
-        match self {
-            Entry::Http(_) | Entry::Flow(_) => Severity::Info,
-            Entry::Daemon(s, _) => *s,
-        }
-    }
-}
 
 struct Queue {
     lines: Vec<Entry>,
@@ -127,6 +106,14 @@ pub fn push(entry: Entry) {
 /// Lines dropped: the queue was full, or a sink did not take them.
 pub fn dropped() -> u64 {
     LOGGER.get().map_or(0, |l| l.dropped.load(Relaxed))
+}
+
+/// Counts lines lost before they reached the queue (the data path's
+/// flow records, for one).
+pub fn count_dropped(n: u64) {
+    if let Some(l) = LOGGER.get() {
+        l.dropped.fetch_add(n, Relaxed);
+    }
 }
 
 /// Lines sent to a sink (counted once per sink).
