@@ -345,6 +345,19 @@ fn json_lines_rfc5424_framing_dontlognull_and_a_sink_changed_by_reload() {
     moved.wait("/moved");
     std::thread::sleep(Duration::from_millis(100));
     assert!(!from_udp.all().iter().any(|l| l.contains("/moved")));
+
+    // log_level = "warning": access lines (info) stop, the daemon's
+    // warnings still come (local0.warning).
+    let cfg = l.cfg.replace("log_format", "log_level = \"warning\"\nlog_format");
+    l.reload(&cfg);
+    c.get("/quiet", &[]).unwrap();
+    l.set_state("s1", "drain");
+    let warned = moved.wait("backend s1 of service site");
+    assert!(warned.starts_with("<132>1 "), "{warned}");
+    assert!(
+        !moved.all().iter().any(|l| l.contains("/quiet")),
+        "an info line below the level"
+    );
 }
 
 #[test]
