@@ -83,6 +83,343 @@ enum Cmd {
         #[command(subcommand)]
         op: DebugOp,
     },
+    /// Services through the runtime config API (written back to the file).
+    Service {
+        #[command(subcommand)]
+        op: ServiceOp,
+    },
+    /// Backends of a service (or of one of its groups) through the config API.
+    Backend {
+        #[command(subcommand)]
+        op: BackendOp,
+    },
+    /// Routing rules of an http service through the config API.
+    Route {
+        #[command(subcommand)]
+        op: RouteOp,
+    },
+}
+
+/// Where a config API write goes.
+#[derive(clap::Args)]
+struct WriteTo {
+    #[arg(long, default_value = config::DEFAULT_ADMIN)]
+    admin: SocketAddr,
+    /// Refuse unless the running config is this version (`xlb status`).
+    #[arg(long)]
+    config_version: Option<u64>,
+    /// Stage the write in this transaction instead of applying it.
+    #[arg(long)]
+    transaction: Option<String>,
+}
+
+impl WriteTo {
+    fn query(&self, index: Option<usize>) -> String {
+        let mut q = Vec::new();
+        if let Some(v) = self.config_version {
+            q.push(format!("version={v}"));
+        }
+        if let Some(t) = &self.transaction {
+            q.push(format!("transaction_id={t}"));
+        }
+        if let Some(i) = index {
+            q.push(format!("index={i}"));
+        }
+        if q.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", q.join("&"))
+        }
+    }
+}
+
+/// `KEY=VALUE` settings: VALUE as JSON when it is (numbers, true, lists),
+/// else as a string.
+fn settings(set: &[String]) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let mut m = serde_json::Map::new();
+    for s in set {
+        let Some((k, v)) = s.split_once('=') else {
+            bail!("--set {s:?}: KEY=VALUE");
+        };
+        let v = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_string()));
+        m.insert(k.to_string(), v);
+    }
+    Ok(m)
+}
+
+#[derive(Subcommand)]
+enum ServiceOp {
+    /// One service (or all) as JSON, as the config file has it.
+    Show {
+        name: Option<String>,
+        #[arg(long, default_value = config::DEFAULT_ADMIN)]
+        admin: SocketAddr,
+    },
+    /// A new service; other keys with --set KEY=VALUE (e.g. balance=source).
+    Add {
+        name: String,
+        #[arg(long)]
+        vip: String,
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        mode: String,
+        #[arg(long = "set")]
+        set: Vec<String>,
+        #[command(flatten)]
+        to: WriteTo,
+    },
+    Remove {
+        name: String,
+        #[command(flatten)]
+        to: WriteTo,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackendOp {
+    /// A new backend; other keys with --set KEY=VALUE (e.g. cookie=s1).
+    Add {
+        service: String,
+        name: String,
+        address: String,
+        #[arg(long)]
+        weight: Option<u32>,
+        /// In this backend group of the service.
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long = "set")]
+        set: Vec<String>,
+        #[command(flatten)]
+        to: WriteTo,
+    },
+    Remove {
+        service: String,
+        name: String,
+        #[arg(long)]
+        group: Option<String>,
+        #[command(flatten)]
+        to: WriteTo,
+    },
+    /// Changes keys of a backend in the file (address, weight, ...).
+    Set {
+        service: String,
+        name: String,
+        #[arg(long)]
+        address: Option<String>,
+        #[arg(long)]
+        weight: Option<u32>,
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long = "set")]
+        set: Vec<String>,
+        #[command(flatten)]
+        to: WriteTo,
+    },
+}
+
+#[derive(Subcommand)]
+enum RouteOp {
+    /// A routing rule to a backend group, at --index (default: last).
+    Add {
+        service: String,
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        path_beg: Vec<String>,
+        #[arg(long)]
+        path_end: Vec<String>,
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        index: Option<usize>,
+        #[command(flatten)]
+        to: WriteTo,
+    },
+    /// The rule at INDEX (0: the first).
+    Remove {
+        service: String,
+        index: usize,
+        #[command(flatten)]
+        to: WriteTo,
+    },
+}
+
+/// Sends a config API request; prints and returns what came back.
+fn config_api(
+    admin: SocketAddr,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<String> {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let (code, out) = runtime()?.block_on(client::request_with(admin, method, path, body.into()))?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    if !code.is_success() {
+        let msg = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(str::to_string))
+            .unwrap_or(text);
+        bail!("{} {}", code.as_u16(), msg.trim_end());
+    }
+    Ok(text)
+}
+
+fn backends_path(service: &str, group: &Option<String>) -> String {
+    match group {
+        Some(g) => format!("/api/v1/services/{service}/groups/{g}/backends"),
+        None => format!("/api/v1/services/{service}/backends"),
+    }
+}
+
+fn config_cmd(cmd: Cmd) -> anyhow::Result<()> {
+    use serde_json::{json, Value};
+    let (admin, method, path, body) = match cmd {
+        Cmd::Service {
+            op: ServiceOp::Show { name, admin },
+        } => {
+            let path = format!("/api/v1/services{}", name.map(|n| format!("/{n}")).unwrap_or_default());
+            (admin, Method::GET, path, None)
+        }
+        Cmd::Service {
+            op:
+                ServiceOp::Add {
+                    name,
+                    vip,
+                    port,
+                    mode,
+                    set,
+                    to,
+                },
+        } => {
+            let mut b = settings(&set)?;
+            for (k, v) in [
+                ("name", json!(name)),
+                ("vip", json!(vip)),
+                ("port", json!(port)),
+                ("mode", json!(mode)),
+            ] {
+                b.insert(k.into(), v);
+            }
+            let path = format!("/api/v1/services{}", to.query(None));
+            (to.admin, Method::POST, path, Some(Value::Object(b)))
+        }
+        Cmd::Service {
+            op: ServiceOp::Remove { name, to },
+        } => (
+            to.admin,
+            Method::DELETE,
+            format!("/api/v1/services/{name}{}", to.query(None)),
+            None,
+        ),
+        Cmd::Backend {
+            op:
+                BackendOp::Add {
+                    service,
+                    name,
+                    address,
+                    weight,
+                    group,
+                    set,
+                    to,
+                },
+        } => {
+            let mut b = settings(&set)?;
+            b.insert("name".into(), json!(name));
+            b.insert("address".into(), json!(address));
+            if let Some(w) = weight {
+                b.insert("weight".into(), json!(w));
+            }
+            let path = format!("{}{}", backends_path(&service, &group), to.query(None));
+            (to.admin, Method::POST, path, Some(Value::Object(b)))
+        }
+        Cmd::Backend {
+            op:
+                BackendOp::Remove {
+                    service,
+                    name,
+                    group,
+                    to,
+                },
+        } => (
+            to.admin,
+            Method::DELETE,
+            format!("{}/{name}{}", backends_path(&service, &group), to.query(None)),
+            None,
+        ),
+        Cmd::Backend {
+            op:
+                BackendOp::Set {
+                    service,
+                    name,
+                    address,
+                    weight,
+                    group,
+                    set,
+                    to,
+                },
+        } => {
+            // What the file has, with the given keys changed.
+            let at = format!("{}/{name}", backends_path(&service, &group));
+            let now: Value = serde_json::from_str(&config_api(to.admin, Method::GET, &at, None)?)?;
+            let mut b = now.as_object().cloned().unwrap_or_default();
+            b.extend(settings(&set)?);
+            if let Some(a) = address {
+                b.insert("address".into(), json!(a));
+            }
+            if let Some(w) = weight {
+                b.insert("weight".into(), json!(w));
+            }
+            (
+                to.admin,
+                Method::PUT,
+                format!("{at}{}", to.query(None)),
+                Some(Value::Object(b)),
+            )
+        }
+        Cmd::Route {
+            op:
+                RouteOp::Add {
+                    service,
+                    group,
+                    path_beg,
+                    path_end,
+                    host,
+                    index,
+                    to,
+                },
+        } => {
+            let mut b = serde_json::Map::new();
+            b.insert("backend_group".into(), json!(group));
+            if !path_beg.is_empty() {
+                b.insert("path_beg".into(), json!(path_beg));
+            }
+            if !path_end.is_empty() {
+                b.insert("path_end".into(), json!(path_end));
+            }
+            if let Some(h) = host {
+                b.insert("host".into(), json!(h));
+            }
+            let path = format!("/api/v1/services/{service}/routes{}", to.query(index));
+            (to.admin, Method::POST, path, Some(Value::Object(b)))
+        }
+        Cmd::Route {
+            op: RouteOp::Remove { service, index, to },
+        } => (
+            to.admin,
+            Method::DELETE,
+            format!("/api/v1/services/{service}/routes/{index}{}", to.query(None)),
+            None,
+        ),
+        _ => unreachable!("config_cmd takes the config API's commands"),
+    };
+    let out = config_api(admin, method.clone(), &path, body)?;
+    if method == Method::DELETE {
+        println!("removed");
+    } else {
+        println!("{}", out.trim_end());
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -210,6 +547,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
+        Cmd::Service { .. } | Cmd::Backend { .. } | Cmd::Route { .. } => config_cmd(cmd),
         Cmd::Run {
             config,
             iface,

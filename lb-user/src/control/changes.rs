@@ -1,12 +1,40 @@
-//! Runtime changes to backends (state, weight), one at a time or grouped
-//! in transactions, each bumping the config version; a write made against
-//! a stale version is refused.
+//! Runtime changes: to backends (state, weight), and to the config itself
+//! through the config API (edits of the file, applied like a reload and
+//! written back), one at a time or grouped in transactions, each bumping
+//! the config version; a write made against a stale version is refused.
+
+use std::path::Path;
+
+use serde_json::Value as Json;
+use toml_edit::DocumentMut;
 
 use super::{
     daemon::{Daemon, RunError},
+    resources::{self, Edit},
     transaction::{Change, Transaction},
 };
-use crate::{config, model::AdminState};
+use crate::{
+    config::{self, Config},
+    model::AdminState,
+};
+
+/// Writes `new` over the config file atomically (a temporary file renamed
+/// over it, with the file's permissions), the text it had kept as
+/// `FILE.bak`.
+fn write_config(path: &Path, old: &str, new: &str) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    std::fs::write(path.with_file_name(format!("{name}.bak")), old)?;
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, new)?;
+    if let Ok(m) = std::fs::metadata(path) {
+        std::fs::set_permissions(&tmp, m.permissions())?;
+    }
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
 
 impl Daemon {
     /// `xlb server set-state`: ready, drain (no new flows, existing ones
@@ -33,6 +61,81 @@ impl Daemon {
 
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// The config file's text.
+    fn file_text(&self) -> Result<String, RunError> {
+        std::fs::read_to_string(&self.path).map_err(|cause| RunError::File {
+            path: self.path.clone(),
+            cause,
+        })
+    }
+
+    fn document(&self, text: &str) -> Result<DocumentMut, RunError> {
+        text.parse::<DocumentMut>().map_err(|e| RunError::File {
+            path: self.path.clone(),
+            cause: std::io::Error::other(e.to_string()),
+        })
+    }
+
+    /// The config API's view of a resource (from the file).
+    pub fn resource(&self, path: &[String]) -> Result<Json, RunError> {
+        let mut doc = self.document(&self.file_text()?)?;
+        Ok(resources::get(&mut doc, path)?)
+    }
+
+    /// `edits` applied to `text`, and the config that makes (what `xlb
+    /// check` would say of it).
+    fn edited(&self, text: &str, edits: &[Edit]) -> Result<(String, Config), RunError> {
+        let mut doc = self.document(text)?;
+        for e in edits {
+            resources::apply(&mut doc, e)?;
+        }
+        let new = doc.to_string();
+        let cfg = config::parse(&self.path, &new).map_err(RunError::Invalid)?;
+        Ok((new, cfg))
+    }
+
+    /// Config API writes: applied together like a reload (other services
+    /// undisturbed), then written back to the file. Nothing changes if
+    /// any is refused. Returns the new version.
+    pub fn edit_config(&mut self, edits: &[Edit]) -> Result<u64, RunError> {
+        let old = self.file_text()?;
+        let (new, cfg) = self.edited(&old, edits)?;
+        self.apply_text(&old, &new, cfg, edits.len())
+    }
+
+    /// Runs `cfg` (made from `new`) and writes `new` over the file.
+    fn apply_text(&mut self, old: &str, new: &str, cfg: Config, edits: usize) -> Result<u64, RunError> {
+        self.switch_to(cfg)?;
+        if let Err(cause) = write_config(&self.path, old, new) {
+            // The running config must stay what the file says.
+            if let Ok(before) = config::parse(&self.path, old) {
+                if let Err(e) = self.switch_to(before) {
+                    tracing::error!("restoring the running config after a failed write: {e}");
+                }
+            }
+            return Err(RunError::File {
+                path: self.path.clone(),
+                cause,
+            });
+        }
+        tracing::info!(version = self.version, edits, "config changed through the API");
+        Ok(self.version)
+    }
+
+    /// Stages a config API write in transaction `id`, if it makes a valid
+    /// config with the writes staged before it.
+    pub fn stage_edit(&mut self, id: &str, edit: Edit) -> Result<(), RunError> {
+        let base = match &self.transactions.get(id)?.staged {
+            Some(t) => t.clone(),
+            None => self.file_text()?,
+        };
+        let (new, _) = self.edited(&base, std::slice::from_ref(&edit))?;
+        let t = self.transactions.get_mut(id)?;
+        t.edits.push(edit);
+        t.staged = Some(new);
+        Ok(())
     }
 
     /// Refuses a write made against another version than the running one.
@@ -134,7 +237,24 @@ impl Daemon {
     pub fn commit_transaction(&mut self, id: &str) -> Result<u64, RunError> {
         let t = self.transactions.take(id)?;
         self.check_version(Some(t.version))?;
-        self.commit(&t.changes)
+        if t.edits.is_empty() {
+            return self.commit(&t.changes);
+        }
+        for c in &t.changes {
+            self.validate(c)?;
+        }
+        // Staged on the file as it was at this version: what it is now.
+        let old = self.file_text()?;
+        let new = t.staged.clone().unwrap_or_else(|| old.clone());
+        let cfg = config::parse(&self.path, &new).map_err(RunError::Invalid)?;
+        let version = self.apply_text(&old, &new, cfg, t.edits.len())?;
+        if t.changes.is_empty() {
+            return Ok(version);
+        }
+        // One version for the whole: the changes go with the edits'.
+        self.commit(&t.changes)?;
+        self.version = version;
+        Ok(version)
     }
 
     pub fn delete_transaction(&mut self, id: &str) -> Result<(), RunError> {

@@ -68,6 +68,16 @@ pub enum RunError {
     SyncWithoutDataPlane,
     #[error("starting the flow sync")]
     Sync(#[source] SyncError),
+    #[error(transparent)]
+    Edit(#[from] super::resources::EditError),
+    #[error("the change makes an invalid config:\n{}", .0.iter().map(|e| e.reason.clone()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<config::ConfigError>),
+    #[error("the config file {path}")]
+    File {
+        path: PathBuf,
+        #[source]
+        cause: std::io::Error,
+    },
 }
 
 pub struct Daemon {
@@ -353,6 +363,12 @@ impl Daemon {
     /// Re-reads the config file; a bad file leaves everything as it was.
     pub fn reload(&mut self) -> Result<(), RunError> {
         let cfg = config::load(&self.path)?;
+        self.switch_to(cfg)
+    }
+
+    /// Runs `cfg` instead of the running config: all of it, or (on an
+    /// error) nothing of it.
+    pub(super) fn switch_to(&mut self, cfg: Config) -> Result<(), RunError> {
         let (mut now, mut then) = (cfg.global.clone(), self.cfg.global.clone());
         // These apply at once.
         (now.admin_auth, now.maxconn, now.log) = (None, 0, Default::default());

@@ -42,6 +42,13 @@ pub struct Transaction {
     pub id: String,
     pub version: u64,
     pub changes: Vec<Change>,
+    /// Writes of the config API (`/api/v1/services/...`), in order.
+    #[serde(default)]
+    pub edits: Vec<super::resources::Edit>,
+    /// The config file's text with `edits` applied (each was checked on
+    /// it), so that staging the next one does not replay them all.
+    #[serde(skip)]
+    pub staged: Option<String>,
 }
 
 /// The open transactions of a daemon, by sequence number (oldest first).
@@ -79,6 +86,8 @@ impl Transactions {
             id: format!("{:x}-{}", self.epoch, self.next),
             version,
             changes: Vec::new(),
+            edits: Vec::new(),
+            staged: None,
         };
         self.open.insert(self.next, t.clone());
         self.next += 1;

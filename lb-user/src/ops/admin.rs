@@ -18,7 +18,7 @@ use hyper::{
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::Semaphore};
 
-use super::{metrics, stats_page};
+use super::{config_api, metrics, stats_page};
 use crate::{
     config::StatsCfg,
     control::{
@@ -66,7 +66,11 @@ async fn route(shared: Shared, req: Request<hyper::body::Incoming>) -> Resp {
             return unauthorized("xlb admin");
         }
     }
-    let mut resp = api(shared.clone(), &path, req).await;
+    let mut resp = if path.starts_with("/api/v1/") {
+        config_api::handle(shared.clone(), req).await
+    } else {
+        api(shared.clone(), &path, req).await
+    };
     if path.starts_with("/api/") {
         // Every answer tells the config version it saw (or made).
         let v = shared.lock().await.version();
