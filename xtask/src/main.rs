@@ -1,5 +1,6 @@
 //! `cargo xtask`: toolchain bootstrap, eBPF build, running, tests.
 
+mod bench_api;
 mod bench_l7;
 mod bench_log;
 mod bench_tls;
@@ -195,11 +196,14 @@ fn main() -> Result<()> {
                 };
                 return bench_l7::run(&build::xlb(&obj, true)?, &opts);
             }
+            if which == "api" {
+                return bench_api::run(&build::xlb(&obj, true)?);
+            }
             if which == "ha" {
                 return ha::bench(&build::xlb(&obj, true)?, rounds.max(1));
             }
             if which != "l4" {
-                bail!("unknown benchmark {which:?} (available: l4, l7, tls, log, ha)");
+                bail!("unknown benchmark {which:?} (available: l4, l7, tls, log, api, ha)");
             }
             let floor = obj.with_file_name("bench-floor");
             run(cargo()

@@ -23,9 +23,10 @@ const TOOLCHAIN_PKGS: &[&str] = &[
 /// What the lab and the tests run: iproute2 (ip netns), ethtool (offloads),
 /// util-linux (setpriv, for the no-capability test), procps (sysctl),
 /// iputils-ping (neighbour warm-up in the benchmark), keepalived (the HA
-/// pair), curl (keepalived's track script asks /healthz with it), bird2
-/// (the BGP example is parse-checked), haproxy (the PROXY protocol tests
-/// talk to the real one on both sides).
+/// pair), curl (keepalived's track script asks /healthz with it; the
+/// config API tests script it), bird2 (the BGP example is parse-checked),
+/// haproxy (the PROXY protocol tests talk to the real one on both sides;
+/// halog reads the access logs), chromium (the stats page in a browser).
 const LAB_PKGS: &[&str] = &[
     "iproute2",
     "ethtool",
@@ -36,6 +37,7 @@ const LAB_PKGS: &[&str] = &[
     "curl",
     "bird2",
     "haproxy",
+    "chromium",
 ];
 
 pub const DEBIAN_TOOLCHAIN: &str = "debian-web";

@@ -61,6 +61,9 @@ pub struct ServiceStatus {
     #[serde(default)]
     pub http: Option<ServiceSnapshot>,
     pub backends: Vec<BackendStatus>,
+    /// http: the routing rules in order, as `path_beg /api/ -> group`.
+    #[serde(default)]
+    pub routes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -212,6 +215,7 @@ impl Daemon {
                     bytes: st.bytes,
                     new_flows: st.new_flows,
                     http,
+                    routes: s.routes.iter().map(route_text).collect(),
                     backends: s
                         .backends
                         .iter()
@@ -263,4 +267,19 @@ impl Daemon {
             log_dropped: crate::logging::dropped(),
         }
     }
+}
+
+/// A routing rule as the status shows it.
+fn route_text(r: &crate::config::Route) -> String {
+    let mut parts = Vec::new();
+    if !r.path_beg.is_empty() {
+        parts.push(format!("path_beg {}", r.path_beg.join(" ")));
+    }
+    if !r.path_end.is_empty() {
+        parts.push(format!("path_end {}", r.path_end.join(" ")));
+    }
+    if let Some(h) = &r.host {
+        parts.push(format!("host {}", h.0.as_str()));
+    }
+    format!("{} -> {}", parts.join(", "), r.group)
 }

@@ -115,8 +115,11 @@ pub fn html(st: &Status, uri: &str, admin: bool, notice: Option<&str>) -> String
     );
     let _ = writeln!(
         o,
-        "<h1>xlb statistics</h1><p>config: {} &middot; <a href=\"{u};csv\">CSV</a></p>",
+        "<h1>xlb statistics</h1><p>config: {} &middot; version <span id=\"version\">{}</span> &middot; \
+         <a href=\"{u};csv\">CSV</a> &middot; changed through <code>/api/v1/</code> \
+         (<a href=\"/api/v1/openapi.json\">OpenAPI</a>)</p>",
         html_escape(&st.config),
+        st.version,
         u = html_escape(uri)
     );
     if let Some(n) = notice {
@@ -182,6 +185,13 @@ pub fn html(st: &Status, uri: &str, admin: bool, notice: Option<&str>) -> String
             );
         }
         o.push_str("</table>\n");
+        if !s.routes.is_empty() {
+            o.push_str("<p>routes, in order:</p><ol class=\"routes\">");
+            for r in &s.routes {
+                let _ = write!(o, "<li>{}</li>", html_escape(r));
+            }
+            o.push_str("</ol>\n");
+        }
         if let Some(h) = &s.http {
             let _ = writeln!(
                 o,
