@@ -326,3 +326,57 @@ fn new_flows_of_a_logged_l4_service_reach_syslog() {
     assert!(dropped.contains(&format!(": {client}:")), "{dropped}");
     xlb.stop().unwrap();
 }
+
+/// The runtime config API adds an L4 service: the XDP program gets its
+/// service entry and ring, connections to its VIP reach its backends, and
+/// the service already running keeps its own. Removed, it stops
+/// forwarding.
+#[test]
+fn an_l4_service_added_and_removed_through_the_config_api() {
+    lab::require_root!();
+    let lab = Lab::new(&LabSpec {
+        backends: 2,
+        client_addrs: 4,
+    })
+    .unwrap();
+    let _servers = start_servers(&lab, 8080, false);
+    let backends = [("be0", 0, 1), ("be1", 1, 1)];
+    let path = temp_file("api-l4.toml", &config("nat", 8080, &backends)).unwrap();
+    let xlb = XlbProcess::start(&lab.xlb.ns, &path, &[]).unwrap();
+    let client: std::net::IpAddr = lab.client.addrs[0].into();
+    assert_eq!(hello(&lab, client), predict(&backends, client));
+    let vip2 = vip(VIP_N + 1);
+    let body = serde_json::json!({
+        "name": "web2", "vip": vip2.to_string(), "port": 80, "mode": "nat",
+        "health": {"kind": "none"},
+        "backend": [{"name": "only", "address": format!("{}:8080", lab.backends[1].ip)}]
+    });
+    let curl = |method: &str, path: &str, body: Option<&serde_json::Value>| {
+        let mut c = lab.xlb.ns.cmd("curl");
+        c.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method]);
+        if let Some(b) = body {
+            c.args(["--data-binary", &b.to_string()]);
+        }
+        let out = c.arg(format!("http://127.0.0.1:9900/api/v1{path}")).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(curl("POST", "/services", Some(&body)), "201");
+    let to_web2 = |c: std::net::IpAddr| {
+        lab::servers::tcp_hello(
+            &lab.client.ns,
+            SocketAddr::new(c, 0),
+            SocketAddr::new(vip2.into(), 80),
+            Duration::from_millis(1500),
+        )
+    };
+    for c in &lab.client.addrs {
+        assert_eq!(to_web2((*c).into()).unwrap(), lab.backends[1].role, "web2 from {c}");
+    }
+    assert_eq!(hello(&lab, client), predict(&backends, client), "web undisturbed");
+    let st = status(&lab);
+    assert_eq!(st["services"].as_array().map(Vec::len), Some(2));
+    assert_eq!(curl("DELETE", "/services/web2", None), "204");
+    assert!(to_web2(client).is_err(), "a removed service forwards nothing");
+    assert_eq!(hello(&lab, client), predict(&backends, client));
+    xlb.stop().unwrap();
+}
