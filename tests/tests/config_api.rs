@@ -310,7 +310,7 @@ fn a_thousand_backends_in_one_transaction() {
     let started = Instant::now();
     // One curl process for the thousand requests (keep-alive).
     let mut c = l.ns.cmd("curl");
-    c.args([
+    let each = [
         "-s",
         "-o",
         "/dev/null",
@@ -320,22 +320,12 @@ fn a_thousand_backends_in_one_transaction() {
         AUTH,
         "-H",
         "content-type: application/json",
-    ]);
+    ];
     for i in 0..1000 {
         if i > 0 {
             c.arg("--next");
-            c.args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}\n",
-                "-u",
-                AUTH,
-                "-H",
-                "content-type: application/json",
-            ]);
         }
+        c.args(each);
         let body = json!({"name": format!("m{i}"), "address": format!("127.0.{}.{}:80", 1 + i / 250, 1 + i % 250)});
         c.args(["--data-binary", &body.to_string()]);
         c.arg(format!(
