@@ -133,8 +133,8 @@ fn a_data_plane_api_walk_through_ends_in_traffic_through_the_new_service() {
     let (code, r, _) = curl(
         &l,
         "POST",
-        "/services/shop/routes?index=0",
-        Some(&json!({"path_beg": ["/only/"], "backend_group": "api"})),
+        "/services/shop/routes",
+        Some(&json!({"index": 0, "path_beg": ["/only/"], "backend_group": "api"})),
     );
     assert_eq!(code, 201, "{r}");
     let (_, routes, _) = curl(&l, "GET", "/services/shop/routes", None);
@@ -205,6 +205,10 @@ fn a_bad_change_is_refused_and_changes_nothing() {
         (json!({"name": "x", "address": "127.0.0.1:9400", "wieght": 3}), "wieght"),
         (
             json!({"name": "x", "address": "127.0.0.1:9400", "weight": 100000}),
+            "weight",
+        ),
+        (
+            json!({"name": "x", "address": "127.0.0.1:9400", "weight": "heavy"}),
             "weight",
         ),
     ] {

@@ -92,7 +92,21 @@ impl Daemon {
             resources::apply(&mut doc, e)?;
         }
         let new = doc.to_string();
-        let cfg = config::parse(&self.path, &new).map_err(RunError::Invalid)?;
+        let cfg = config::parse(&self.path, &new).map_err(|errs| {
+            // The line numbers are of a text the client never saw: the
+            // line itself names the key.
+            let lines: Vec<&str> = new.lines().collect();
+            RunError::Invalid(
+                errs.into_iter()
+                    .map(|mut e| {
+                        if let Some(l) = e.line.checked_sub(1).and_then(|i| lines.get(i)) {
+                            e.reason = format!("{} (at `{}`)", e.reason, l.trim());
+                        }
+                        e
+                    })
+                    .collect(),
+            )
+        })?;
         Ok((new, cfg))
     }
 

@@ -185,11 +185,24 @@ async fn services(shared: &Shared, method: &Method, path: &[String], p: &Params,
         Method::DELETE => Verb::Delete,
         _ => return fail(StatusCode::METHOD_NOT_ALLOWED, "GET, POST, PUT or DELETE"),
     };
+    let mut index = p.index;
     let body = if verb == Verb::Delete {
         None
     } else {
         match serde_json::from_slice::<Json>(body) {
-            Ok(v @ Json::Object(_)) => Some(v),
+            Ok(Json::Object(mut m)) => {
+                // A new route's place may come in its body too (as the Data
+                // Plane API's switching rules have it).
+                if verb == Verb::Post && path.last().is_some_and(|s| s == "routes") {
+                    if let Some(i) = m.remove("index") {
+                        match i.as_u64() {
+                            Some(i) => index = Some(i as usize),
+                            None => return fail(StatusCode::BAD_REQUEST, "index: a number"),
+                        }
+                    }
+                }
+                Some(Json::Object(m))
+            }
             Ok(_) => return fail(StatusCode::BAD_REQUEST, "the body must be a JSON object"),
             Err(e) => return fail(StatusCode::BAD_REQUEST, format!("the body is not JSON: {e}")),
         }
@@ -197,7 +210,7 @@ async fn services(shared: &Shared, method: &Method, path: &[String], p: &Params,
     let edit = Edit {
         verb,
         path: path.to_vec(),
-        index: p.index,
+        index,
         body,
     };
     let mut d = shared.lock().await;
@@ -226,7 +239,7 @@ async fn services(shared: &Shared, method: &Method, path: &[String], p: &Params,
                         .ok()
                         .and_then(|v| v.as_array().map(Vec::len))
                         .unwrap_or(1);
-                    at.push(p.index.unwrap_or(n.saturating_sub(1)).to_string());
+                    at.push(index.unwrap_or(n.saturating_sub(1)).to_string());
                 }
                 (_, Some(name)) => at.push(name.to_string()),
                 _ => {}
