@@ -231,6 +231,18 @@ fn httplog_lines_reach_udp_and_unix_syslog_field_for_field() {
     // A cookie for no server: invalid, a new one inserted.
     c.get("/bogus", &["Cookie: SRV=nobody"]).unwrap();
     assert_eq!(parse(&from_udp.wait("GET /bogus ")).term, "--II");
+    // The bytes are those the client received, head included.
+    {
+        use std::io::{Read, Write};
+        let mut s = l.ns.enter(|| TcpStream::connect(vip())).unwrap().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /exact?chunked HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        let f = parse(&from_udp.wait("GET /exact?chunked "));
+        assert_eq!(f.bytes, got.len() as u64, "{}", String::from_utf8_lossy(&got));
+    }
     // A quote in the target is encoded as HAProxy does.
     c.get("/q%22?a=%22", &[]).unwrap();
     from_udp.wait("GET /q%22?a=%22 HTTP/1.1");
@@ -277,7 +289,7 @@ fn httplog_lines_reach_udp_and_unix_syslog_field_for_field() {
         .output()
         .expect("halog (Debian's haproxy)");
     let by_status = String::from_utf8_lossy(&out.stdout);
-    for want in ["200 4", "400 2", "503 1"] {
+    for want in ["200 5", "400 2", "503 1"] {
         assert!(by_status.lines().any(|l| l == want), "halog -st: {by_status}\n{text}");
     }
     let _ = std::fs::remove_file(&file);

@@ -155,15 +155,32 @@ impl<'a> Access<'a> {
             request: Some(request),
         };
         let start = self.arrival.at;
-        resp.map(|body| {
+        let sent = Sent::default();
+        let mut resp = resp.map(|body| {
             http_body_util::BodyExt::boxed(Logged {
                 body,
                 rec: Some(Box::new(rec)),
                 start,
                 ended: false,
                 failed: false,
+                sent: sent.clone(),
             })
-        })
+        });
+        resp.extensions_mut().insert(sent);
+        resp
+    }
+}
+
+/// The bytes the HTTP/1 writer put on the wire for a response (head,
+/// chunk framing and body), for its access line; the writer takes it from
+/// the response's extensions. Without it (HTTP/2) the line counts the head
+/// as HTTP/1.1 would send it, and the body.
+#[derive(Clone, Default)]
+pub struct Sent(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl Sent {
+    pub fn add(&self, n: usize) {
+        self.0.fetch_add(n as u64, Relaxed);
     }
 }
 
@@ -203,6 +220,7 @@ struct Logged {
     ended: bool,
     /// The backend's side of the body broke.
     failed: bool,
+    sent: Sent,
 }
 
 impl hyper::body::Body for Logged {
@@ -238,6 +256,10 @@ impl Drop for Logged {
     fn drop(&mut self) {
         let Some(mut rec) = self.rec.take() else { return };
         rec.timers[4] = ms(self.start, Instant::now());
+        let written = self.sent.0.load(Relaxed);
+        if written > 0 {
+            rec.bytes = written;
+        }
         let complete = self.ended || self.body.is_end_stream();
         if !complete && rec.term[0] == b'-' {
             // Cut in the data: by the backend, or the client left.

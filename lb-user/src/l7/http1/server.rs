@@ -469,7 +469,10 @@ async fn respond<W: AsyncWrite + Unpin>(
     keep_alive: &mut bool,
     t: Duration,
 ) -> Result<(), ()> {
-    let (parts, mut body) = resp.into_parts();
+    let (mut parts, mut body) = resp.into_parts();
+    // Declared after the body, so dropped (and counted) before it: the
+    // body's access line reads the count.
+    let mut counted = Counted(parts.extensions.remove::<access::Sent>(), 0);
     let status = parts.status;
     let headers = &parts.headers;
     let exact = body.size_hint().exact();
@@ -514,7 +517,7 @@ async fn respond<W: AsyncWrite + Unpin>(
     }
     out.extend_from_slice(b"\r\n");
     if how == Out::None {
-        return write_all(write, &out, t).await.then_some(()).ok_or(());
+        return counted.write(write, &out, t).await.then_some(()).ok_or(());
     }
     let mut sent = false;
     loop {
@@ -522,7 +525,7 @@ async fn respond<W: AsyncWrite + Unpin>(
         let frame = match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
             Poll::Ready(f) => f,
             Poll::Pending => {
-                if !write_all(write, &out, t).await {
+                if !counted.write(write, &out, t).await {
                     return Err(());
                 }
                 out.clear();
@@ -540,7 +543,7 @@ async fn respond<W: AsyncWrite + Unpin>(
                 if !sent {
                     out = bad_gateway();
                 }
-                let _ = write_all(write, &out, t).await;
+                let _ = counted.write(write, &out, t).await;
                 return Err(());
             }
             Some(Ok(f)) => match f.into_data() {
@@ -551,7 +554,7 @@ async fn respond<W: AsyncWrite + Unpin>(
         match how {
             Out::Chunked => framing::put_chunk(&mut out, &data),
             _ if data.len() >= WRITE_DIRECT => {
-                if !write_all(write, &out, t).await || !write_all(write, &data, t).await {
+                if !counted.write(write, &out, t).await || !counted.write(write, &data, t).await {
                     return Err(());
                 }
                 out.clear();
@@ -560,7 +563,7 @@ async fn respond<W: AsyncWrite + Unpin>(
             _ => out.extend_from_slice(&data),
         }
         if out.len() >= WRITE_DIRECT {
-            if !write_all(write, &out, t).await {
+            if !counted.write(write, &out, t).await {
                 return Err(());
             }
             out.clear();
@@ -570,7 +573,28 @@ async fn respond<W: AsyncWrite + Unpin>(
     if how == Out::Chunked {
         out.extend_from_slice(framing::LAST_CHUNK);
     }
-    write_all(write, &out, t).await.then_some(()).ok_or(())
+    counted.write(write, &out, t).await.then_some(()).ok_or(())
+}
+
+/// What a response's writes sent, handed to its access line on drop.
+struct Counted(Option<access::Sent>, usize);
+
+impl Counted {
+    async fn write<W: AsyncWrite + Unpin>(&mut self, write: &mut W, bytes: &[u8], t: Duration) -> bool {
+        let ok = write_all(write, bytes, t).await;
+        if ok {
+            self.1 += bytes.len();
+        }
+        ok
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(s) = &self.0 {
+            s.add(self.1);
+        }
+    }
 }
 
 /// Writes and flushes all of `bytes` within the client timeout (most
