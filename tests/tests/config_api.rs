@@ -292,6 +292,54 @@ fn a_restart_runs_the_config_the_api_wrote() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("409"));
 
     cli(&["backend", "remove", "site", "s3", "--config-version", &v.to_string()]);
+    // A service with a group and a route, staged in a transaction, then
+    // committed and taken apart again.
+    let (_, t, _) = curl(&l, "POST", "/transactions", None);
+    let id = t["id"].as_str().unwrap().to_string();
+    cli(&[
+        "service",
+        "add",
+        "extra",
+        "--vip",
+        "127.0.0.1",
+        "--port",
+        "8082",
+        "--mode",
+        "http",
+        "--transaction",
+        &id,
+    ]);
+    cli(&["backend", "add", "extra", "x1", "127.0.0.1:9250", "--transaction", &id]);
+    let (code, _, _) = curl(
+        &l,
+        "POST",
+        &format!("/services/extra/groups?transaction_id={id}"),
+        Some(&json!({"name": "g", "backend": [{"name": "g1", "address": "127.0.0.1:9250"}]})),
+    );
+    assert_eq!(code, 202);
+    cli(&[
+        "route",
+        "add",
+        "extra",
+        "--group",
+        "g",
+        "--path-beg",
+        "/g/",
+        "--transaction",
+        &id,
+    ]);
+    assert_eq!(curl(&l, "PUT", &format!("/transactions/{id}"), None).0, 200);
+    assert_eq!(
+        get(&l.ns, "127.0.0.1:8082".parse().unwrap(), "/g/x", &[])
+            .unwrap()
+            .backend(),
+        "s2",
+        "the route's group (its server is the s2 one)"
+    );
+    cli(&["route", "remove", "extra", "0"]);
+    assert_eq!(curl(&l, "GET", "/services/extra/routes", None).1, json!([]));
+    cli(&["service", "remove", "extra"]);
+    assert_eq!(curl(&l, "GET", "/services/extra", None).0, 404);
 
     // Restarted on the file: the same config.
     l.xlb.signal(libc::SIGTERM);
