@@ -423,3 +423,39 @@ fn a_sink_that_stops_reading_loses_lines_counted_while_requests_flow() {
     assert!(status.contains("log lines:") && status.contains(" dropped"), "{status}");
     let _ = std::fs::remove_file(&path);
 }
+
+/// A failed TLS handshake is logged as HAProxy logs it
+/// (`CLIENT [DATE] FRONTEND~/1: SSL handshake failure`), and a request
+/// over TLS names the frontend with its `~`.
+#[test]
+fn tls_handshake_failures_and_tls_requests() {
+    lab::require_root!();
+    let dir = std::env::temp_dir().join(format!("xlb-tests-{}/pki-log", std::process::id()));
+    let pki = lab::tls::Pki::new(&dir);
+    let cert = pki.issue("site.pem", &["site.test"]);
+    let service = format!("[service.tls]\ncerts = [{:?}]\n", cert.display().to_string());
+    let l = L7::run(&Spec {
+        global: "log = \"udp://127.0.0.1:5514\"\n",
+        service: &service,
+        backends: &[Be("s1", "")],
+        ..Spec::default()
+    });
+    let from_udp = udp_sink(&l, 5514);
+    // Plain HTTP to the TLS port.
+    let (mut plain, me) = client(&l);
+    let _ = plain.raw("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    let line = from_udp.wait(&format!("{me} "));
+    assert!(line.ends_with("] site~/1: SSL handshake failure\n"), "{line}");
+    // A real TLS request.
+    let mut tls = lab::tls::connect(&l.ns, vip(), &pki.client(&["http/1.1"]), "site.test").unwrap();
+    std::io::Write::write_all(
+        &mut tls,
+        b"GET /secure HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut tls, &mut got);
+    let f = parse(&from_udp.wait("GET /secure "));
+    assert_eq!((f.frontend.as_str(), f.status), ("site~", 200));
+    assert_eq!(f.bytes, got.len() as u64, "the bytes before encryption");
+}

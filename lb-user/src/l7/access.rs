@@ -21,7 +21,7 @@ use super::{
     body::{Body, BoxError},
     service::Service,
 };
-use crate::logging::{self, Entry, HttpRecord, RequestLine, Severity};
+use crate::logging::{self, ConnRecord, Entry, HttpRecord, RequestLine, Severity};
 
 /// When a request began: its first byte.
 #[derive(Clone, Copy)]
@@ -276,6 +276,22 @@ pub(super) fn null_connection(conn: &admission::Accepted, opened: Arrival, statu
         let svc = conn.current.read().expect("service lock").clone();
         no_request(&svc, conn.peer, opened, status, *term, true);
     }
+}
+
+/// A connection refused before HTTP: a failed TLS handshake, a missing
+/// or malformed PROXY header (not logged with `dontlognull`, as
+/// HAProxy's log of empty handshakes is not).
+pub(super) fn refused(svc: &Service, peer: SocketAddr, opened: Arrival, what: &'static str) {
+    if !on(svc) || svc.cfg.log.dontlognull {
+        return;
+    }
+    logging::push(Entry::Refused(Box::new(ConnRecord {
+        client: peer,
+        date: opened.date,
+        frontend: svc.log_name.clone(),
+        tls: svc.tls.is_some(),
+        what,
+    })));
 }
 
 /// A connection that never got as far as a request: a bad or incomplete

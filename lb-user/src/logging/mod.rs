@@ -15,13 +15,16 @@ mod writer;
 use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr};
 
 pub use daemon::DaemonLayer;
-pub use record::{FlowOutcome, FlowRecord, HttpRecord, RequestLine};
+pub use record::{ConnRecord, FlowOutcome, FlowRecord, HttpRecord, RequestLine};
 pub use writer::{configure, count_dropped, dropped, enabled, flush, push, sent};
 
 /// One thing to log.
 pub enum Entry {
     Http(Box<HttpRecord>),
     Flow(Box<FlowRecord>),
+    /// A connection that failed before HTTP (a TLS handshake, a PROXY
+    /// header), as HAProxy logs it.
+    Refused(Box<ConnRecord>),
     /// A daemon message: to the syslog sinks only.
     Daemon(Severity, String),
 }
@@ -29,7 +32,7 @@ pub enum Entry {
 impl Entry {
     fn severity(&self) -> Severity {
         match self {
-            Entry::Http(_) | Entry::Flow(_) => Severity::Info,
+            Entry::Http(_) | Entry::Flow(_) | Entry::Refused(_) => Severity::Info,
             Entry::Daemon(s, _) => *s,
         }
     }

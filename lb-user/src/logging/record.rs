@@ -72,6 +72,25 @@ pub struct FlowRecord {
     pub outcome: FlowOutcome,
 }
 
+/// A client connection that failed before any HTTP: HAProxy's
+/// `CLIENT [DATE] FRONTEND/1: WHAT` (e.g. `SSL handshake failure`).
+pub struct ConnRecord {
+    pub client: SocketAddr,
+    pub date: SystemTime,
+    pub frontend: Arc<str>,
+    pub tls: bool,
+    pub what: &'static str,
+}
+
+impl ConnRecord {
+    pub(super) fn write(&self, out: &mut String, clock: &mut Clock) {
+        let _ = write!(out, "{}:{} [", ip(&self.client), self.client.port());
+        clock.date(out, self.date);
+        let tilde = if self.tls { "~" } else { "" };
+        let _ = write!(out, "] {}{tilde}/1: {}", self.frontend, self.what);
+    }
+}
+
 /// Broken-down local time, cached for the current second (the writer
 /// formats many lines of the same second).
 #[derive(Default)]

@@ -118,6 +118,10 @@ impl Sinks {
                     r.write(&mut body, &mut self.clock);
                     Severity::Info
                 }
+                Entry::Refused(r) => {
+                    r.write(&mut body, &mut self.clock);
+                    Severity::Info
+                }
                 Entry::Daemon(s, m) => {
                     body.push_str(m);
                     *s
