@@ -115,7 +115,7 @@ impl Server {
     }
 
     /// The most HTTP requests it handled at once (from the end of the
-    /// request head to the end of its answer).
+    /// request head until its answer is sent).
     pub fn peak(&self) -> usize {
         self.load.peak.load(Ordering::SeqCst)
     }
@@ -306,7 +306,7 @@ fn serve_http<S: Read + Write>(
         if let Some(sni) = &sni {
             seen.push(format!("tls-sni: {sni}"));
         }
-        let _handling = Handling::new(load);
+        let handling = Handling::new(load);
         let mut body = vec![0; content_length];
         reader.read_exact(&mut body)?;
         if chunked {
@@ -381,6 +381,10 @@ fn serve_http<S: Read + Write>(
             _ if head_only => format!("{head}Content-Length: {}\r\n\r\n", reply.len()),
             _ => format!("{head}Content-Length: {}\r\n\r\n{reply}", reply.len()),
         };
+        // Done before the answer leaves: a proxy that frees the place on
+        // the answer's last byte may send the next request before this
+        // thread runs again.
+        drop(handling);
         reader.get_mut().write_all(out.as_bytes())?;
         reader.get_mut().flush()?;
         if close || framing == "drop" || one {

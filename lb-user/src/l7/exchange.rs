@@ -23,6 +23,7 @@ use super::{
         client::ExchangeError,
         framing::{self, Decode},
     },
+    parking,
     persistence::{finish_cookie, learn_session, persistence},
     pool::{Origin, SendError},
     queue::Held,
@@ -282,8 +283,8 @@ pub(super) async fn handle(
     counters.active.fetch_add(1, Ordering::Relaxed);
     // An upgrade must not ask the backend to close.
     let keep = http.connection == ConnectionMode::KeepAlive || upgrade;
-    let sent = tokio::time::timeout(
-        http.timeout_server,
+    let sent = tokio::time::timeout_at(
+        parking::coarse(http.timeout_server),
         svc.pools[target].send(conn, req, http.timeout_connect, keep, &origin),
     )
     .await;
