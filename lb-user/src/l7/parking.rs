@@ -33,6 +33,21 @@ pub const PARK_AFTER: Duration = Duration::from_millis(200);
 
 /// What idle deadlines are rounded up to.
 const GRAIN: Duration = Duration::from_millis(50);
+/// The pacemaker's period: shorter than any timeout the proxy sets.
+const PACE: Duration = Duration::from_millis(100);
+
+/// Keeps a timer due within [`PACE`] on a serving thread, so that the
+/// proxy's timers (all longer) never become the runtime's earliest: each
+/// one that did made tokio wake its own driver, an eventfd write and an
+/// extra epoll round (measured: one every nine keep-alive requests with
+/// the deadlines on the grid alone). Ten wake-ups a second when idle.
+pub async fn pacemaker() {
+    let mut tick = tokio::time::interval(PACE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+    }
+}
 
 /// The deadline `d` from now, rounded up to a multiple of [`GRAIN`]. A
 /// timer that becomes the runtime's earliest makes tokio wake its own
