@@ -37,6 +37,11 @@ impl Arrival {
             date: SystemTime::now(),
         }
     }
+
+    /// Now, if `svc` logs (the clocks are not read for nothing).
+    pub fn if_logged(svc: &Service) -> Option<Arrival> {
+        on(svc).then(Arrival::now)
+    }
 }
 
 /// Milliseconds between two instants, as the timers show them.
@@ -53,9 +58,8 @@ fn on(svc: &Service) -> bool {
 pub(super) struct Access<'a> {
     svc: &'a Service,
     peer: SocketAddr,
-    arrival: Arrival,
     /// None: not logged.
-    request: Option<RequestLine>,
+    request: Option<(RequestLine, Arrival)>,
     /// TR, Tw, Tc, Tr (-1 until reached).
     pub timers: [i64; 4],
     /// The pool (0, or a group) the request went to.
@@ -68,12 +72,16 @@ pub(super) struct Access<'a> {
 }
 
 impl<'a> Access<'a> {
-    pub(super) fn new<B>(svc: &'a Service, peer: SocketAddr, arrival: Arrival, req: &Request<B>) -> Access<'a> {
-        let request = on(svc).then(|| RequestLine {
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            version: req.version(),
+    pub(super) fn new<B>(svc: &'a Service, peer: SocketAddr, arrival: Option<Arrival>, req: &Request<B>) -> Access<'a> {
+        let request = on(svc).then(|| {
+            let line = RequestLine {
+                method: req.method().clone(),
+                uri: req.uri().clone(),
+                version: req.version(),
+            };
+            (line, arrival.unwrap_or_else(Arrival::now))
         });
+        let tr = request.as_ref().map_or(-1, |(_, a)| ms(a.at, Instant::now()));
         let cookie = match (&request, &svc.cfg.log.capture_cookie) {
             (Some(_), Some(name)) => {
                 let values = req
@@ -88,14 +96,26 @@ impl<'a> Access<'a> {
         Access {
             svc,
             peer,
-            arrival,
             request,
-            timers: [ms(arrival.at, Instant::now()), -1, -1, -1],
+            timers: [tr, -1, -1, -1],
             pool: 0,
             retries: 0,
             redispatched: false,
             queue: [0, 0],
             cookie,
+        }
+    }
+
+    /// Now, if the request is logged (its timers need it).
+    pub(super) fn clock(&self) -> Option<Instant> {
+        self.request.as_ref().map(|_| Instant::now())
+    }
+
+    /// Sets timer `i` (Tw 1, Tc 2, Tr 3) to the time between two clock
+    /// readings.
+    pub(super) fn time(&mut self, i: usize, from: Option<Instant>, to: Option<Instant>) {
+        if let (Some(f), Some(t)) = (from, to) {
+            self.timers[i] = ms(f, t);
         }
     }
 
@@ -110,7 +130,7 @@ impl<'a> Access<'a> {
         cookie: Option<(char, char)>,
         resp: Response<Body>,
     ) -> Response<Body> {
-        let Some(request) = self.request else {
+        let Some((request, arrival)) = self.request else {
             return resp;
         };
         let svc = self.svc;
@@ -133,7 +153,7 @@ impl<'a> Access<'a> {
         let rec = HttpRecord {
             format: svc.cfg.log.format,
             client: self.peer,
-            date: self.arrival.date,
+            date: arrival.date,
             frontend: svc.log_name.clone(),
             tls: svc.tls.is_some(),
             backend: svc.pool_names[self.pool].clone(),
@@ -154,7 +174,7 @@ impl<'a> Access<'a> {
             queue: self.queue,
             request: Some(request),
         };
-        let start = self.arrival.at;
+        let start = arrival.at;
         let sent = Sent::default();
         let mut resp = resp.map(|body| {
             http_body_util::BodyExt::boxed(Logged {
@@ -271,7 +291,7 @@ impl Drop for Logged {
 
 /// A connection closed or timed out before its first request: a null
 /// connection (not logged with `dontlognull`).
-pub(super) fn null_connection(conn: &admission::Accepted, opened: Arrival, status: StatusCode, term: &[u8; 2]) {
+pub(super) fn null_connection(conn: &admission::Accepted, opened: Option<Arrival>, status: StatusCode, term: &[u8; 2]) {
     if !conn.served {
         let svc = conn.current.read().expect("service lock").clone();
         no_request(&svc, conn.peer, opened, status, *term, true);
@@ -281,10 +301,11 @@ pub(super) fn null_connection(conn: &admission::Accepted, opened: Arrival, statu
 /// A connection refused before HTTP: a failed TLS handshake, a missing
 /// or malformed PROXY header (not logged with `dontlognull`, as
 /// HAProxy's log of empty handshakes is not).
-pub(super) fn refused(svc: &Service, peer: SocketAddr, opened: Arrival, what: &'static str) {
+pub(super) fn refused(svc: &Service, peer: SocketAddr, opened: Option<Arrival>, what: &'static str) {
     if !on(svc) || svc.cfg.log.dontlognull {
         return;
     }
+    let opened = opened.unwrap_or_else(Arrival::now);
     logging::push(Entry::Refused(Box::new(ConnRecord {
         client: peer,
         date: opened.date,
@@ -300,7 +321,7 @@ pub(super) fn refused(svc: &Service, peer: SocketAddr, opened: Arrival, what: &'
 pub(super) fn no_request(
     svc: &Service,
     peer: SocketAddr,
-    arrival: Arrival,
+    arrival: Option<Arrival>,
     status: StatusCode,
     term: [u8; 2],
     null: bool,
@@ -308,6 +329,7 @@ pub(super) fn no_request(
     if !on(svc) || (null && svc.cfg.log.dontlognull) {
         return;
     }
+    let arrival = arrival.unwrap_or_else(Arrival::now);
     let counters = &svc.counters;
     logging::push(Entry::Http(Box::new(HttpRecord {
         format: svc.cfg.log.format,

@@ -15,7 +15,7 @@ use hyper::{
 };
 
 use super::{
-    access::{ms, Access, Arrival},
+    access::{Access, Arrival},
     balance::Key,
     body::Body,
     counters::bump,
@@ -146,7 +146,7 @@ pub(super) async fn handle(
     states: States,
     peer: SocketAddr,
     req: Request<Body>,
-    arrival: Arrival,
+    arrival: Option<Arrival>,
 ) -> Response<Body> {
     bump(&svc.counters.requests);
     let http = &svc.cfg.http;
@@ -222,9 +222,9 @@ pub(super) async fn handle(
         }
     };
     // A place at the server (maxconn), waiting in the queue if need be.
-    let queued_at = Instant::now();
+    let queued_at = log.clock();
     let placed = svc.place(&st, pool, target, p.target.is_some(), &key).await;
-    log.timers[1] = ms(queued_at, Instant::now());
+    log.time(1, queued_at, log.clock());
     let Some(mut permit) = placed else {
         bump(&svc.counters.no_server);
         let r = local(StatusCode::SERVICE_UNAVAILABLE, "no server available: queue timeout\n");
@@ -243,7 +243,7 @@ pub(super) async fn handle(
     // Connect, with retries; the last one goes elsewhere with redispatch.
     let attempts = 1 + http.retries;
     let mut failed = Vec::new();
-    let connecting = Instant::now();
+    let connecting = log.clock();
     let conn = loop {
         let name = svc.pools[target].name_for(req.headers());
         match svc.pools[target].checkout(http.timeout_connect, name, &origin).await {
@@ -276,8 +276,8 @@ pub(super) async fn handle(
             }
         }
     };
-    let sending = Instant::now();
-    log.timers[2] = ms(connecting, sending);
+    let sending = log.clock();
+    log.time(2, connecting, sending);
     let counters = &svc.slots[target].counters;
     bump(&counters.requests);
     counters.active.fetch_add(1, Ordering::Relaxed);
@@ -313,7 +313,7 @@ pub(super) async fn handle(
             return log.finish(Some(target), *b"sH", flags('N'), r);
         }
     };
-    log.timers[3] = ms(sending, Instant::now());
+    log.time(3, sending, log.clock());
     counters.response(resp.status().as_u16());
     let mut resp = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         // The backend switched: its connection goes to the client's side,

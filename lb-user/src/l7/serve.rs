@@ -36,7 +36,7 @@ pub async fn serve(mut stream: TcpStream, mut conn: Accepted) {
             svc.cfg.http.accept_proxy,
         )
     };
-    let opened = Arrival::now();
+    let opened = Arrival::if_logged(&conn.current.read().expect("service lock"));
     if accept_proxy {
         match proxy_protocol::read(&mut stream, t_first).await {
             Ok(source) => conn.peer = source.unwrap_or(conn.peer),
@@ -84,7 +84,13 @@ fn on_heap(f: impl Future<Output = ()> + Send + 'static) -> Pin<Box<dyn Future<O
 
 /// The TLS handshake (within the time a request head has to arrive), then
 /// h2 or HTTP/1 by ALPN.
-async fn serve_tls(stream: TcpStream, conn: Accepted, acceptor: TlsAcceptor, t_first: Duration, opened: Arrival) {
+async fn serve_tls(
+    stream: TcpStream,
+    conn: Accepted,
+    acceptor: TlsAcceptor,
+    t_first: Duration,
+    opened: Option<Arrival>,
+) {
     let done = timeout(t_first, acceptor.accept(stream)).await;
     let counters = conn.current.read().expect("service lock").counters.clone();
     let Ok(Ok(tls)) = done else {
@@ -118,7 +124,7 @@ async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream: S,
         let svc = current.read().expect("service lock").clone();
         let req = req.map(boxed);
         let states = states.clone();
-        async move { Ok::<_, Infallible>(handle(svc, states, peer, req, Arrival::now()).await) }
+        async move { Ok::<_, Infallible>(handle(svc, states, peer, req, None).await) }
     });
     let conn = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())

@@ -127,7 +127,7 @@ pub async fn serve<S: Transport>(stream: S, mut conn: Accepted) {
     let peer = conn.peer;
     let (read, mut write) = stream.split();
     let mut rx = Rx::new(read);
-    let opened = Arrival::now();
+    let opened = Arrival::if_logged(&conn.current.read().expect("service lock"));
     let null = |conn: &Accepted, status, term| access::null_connection(conn, opened, status, term);
     loop {
         let svc = conn.current.read().expect("service lock").clone();
@@ -162,7 +162,7 @@ pub async fn serve<S: Transport>(stream: S, mut conn: Accepted) {
                 }
             }
         }
-        let arrival = Arrival::now();
+        let arrival = Arrival::if_logged(&svc);
         let next = match next_request(&mut rx, http.timeout_http_request, http.max_header_bytes).await {
             Ok(Some(n)) => n,
             Ok(None) => return null(&conn, StatusCode::BAD_REQUEST, b"CR"),
@@ -214,7 +214,7 @@ async fn exchange<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin>(
     svc: Arc<Service>,
     states: &States,
     peer: SocketAddr,
-    arrival: Arrival,
+    arrival: Option<Arrival>,
 ) -> (Rx<R>, After) {
     let (t_client, mode) = (svc.cfg.http.timeout_client, svc.cfg.http.connection);
     if next.expect_continue
