@@ -23,11 +23,11 @@ use super::{
         client::ExchangeError,
         framing::{self, Decode},
     },
-    parking,
     persistence::{finish_cookie, learn_session, persistence},
     pool::{Origin, SendError},
     queue::Held,
     service::{Service, States, Via},
+    timers,
     tunnel::Tunnel,
 };
 use crate::config::{ConnectionMode, HttpCfg};
@@ -284,7 +284,7 @@ pub(super) async fn handle(
     // An upgrade must not ask the backend to close.
     let keep = http.connection == ConnectionMode::KeepAlive || upgrade;
     let sent = tokio::time::timeout_at(
-        parking::coarse(http.timeout_server),
+        timers::coarse(http.timeout_server),
         svc.pools[target].send(conn, req, http.timeout_connect, keep, &origin),
     )
     .await;

@@ -12,7 +12,7 @@
 //!   entry: `serve`; plain or TLS under HTTP/1: `transport`
 //! - the PROXY protocol both ways: `proxy_protocol`; maxconn: `queue`
 //! - upgraded (WebSocket) connections joined to their backend: `tunnel`
-//! - threads and idle connections: `workers`, `parking`; backend
+//! - threads and idle connections: `workers`, `parking`, `timers`; backend
 //!   connections: `pool`; counters: `counters`
 
 mod access;
@@ -33,6 +33,7 @@ pub mod proxy_protocol;
 mod queue;
 mod serve;
 pub mod service;
+mod timers;
 mod transport;
 mod tunnel;
 pub mod workers;

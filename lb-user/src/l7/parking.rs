@@ -31,36 +31,6 @@ use super::{
 /// calls and a new task), so connections busier than this never park.
 pub const PARK_AFTER: Duration = Duration::from_millis(200);
 
-/// What idle deadlines are rounded up to.
-const GRAIN: Duration = Duration::from_millis(50);
-/// The pacemaker's period: shorter than any timeout the proxy sets.
-const PACE: Duration = Duration::from_millis(100);
-
-/// Keeps a timer due within [`PACE`] on a serving thread, so that the
-/// proxy's timers (all longer) never become the runtime's earliest: each
-/// one that did made tokio wake its own driver, an eventfd write and an
-/// extra epoll round (measured: one every nine keep-alive requests with
-/// the deadlines on the grid alone). Ten wake-ups a second when idle.
-pub async fn pacemaker() {
-    let mut tick = tokio::time::interval(PACE);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tick.tick().await;
-    }
-}
-
-/// The deadline `d` from now, rounded up to a multiple of [`GRAIN`]. A
-/// timer that becomes the runtime's earliest makes tokio wake its own
-/// driver (an eventfd write, measured once every three keep-alive
-/// requests); idle timers that share a few deadlines rarely do.
-pub fn coarse(d: Duration) -> tokio::time::Instant {
-    static BASE: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
-    let base = *BASE.get_or_init(tokio::time::Instant::now);
-    let at = tokio::time::Instant::now() + d - base;
-    let grain = GRAIN.as_nanos();
-    let rounded = at.as_nanos().div_ceil(grain) * grain;
-    base + Duration::from_nanos(rounded as u64)
-}
 /// Parked connections between two returns of freed memory to the system.
 const TRIM_AFTER: usize = 32;
 /// How often the lot closes the connections whose client timeout passed.

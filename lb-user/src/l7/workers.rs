@@ -43,11 +43,11 @@ pub fn start(threads: usize) -> std::io::Result<()> {
         others.push(rt.handle().clone());
         std::thread::Builder::new().name(format!("xlb-l7-{i}")).spawn(move || {
             INDEX.with(|c| c.set(i));
-            rt.block_on(super::parking::pacemaker());
+            rt.block_on(super::timers::pacemaker());
         })?;
     }
     if Handle::try_current().is_ok() {
-        tokio::spawn(super::parking::pacemaker());
+        tokio::spawn(super::timers::pacemaker());
     }
     let _ = WORKERS.set(Workers {
         others,

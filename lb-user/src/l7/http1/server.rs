@@ -41,6 +41,7 @@ use crate::l7::{
     exchange::handle,
     parking::{self, PARK_AFTER},
     service::{Service, States},
+    timers,
     transport::{Asleep, Transport},
     tunnel::{self, Tunnel},
 };
@@ -138,7 +139,7 @@ pub async fn serve<S: Transport>(stream: S, mut conn: Accepted) {
             // A draining process closes them instead (a request that comes
             // first is answered, with `Connection: close`).
             let first = t_idle.min(PARK_AFTER);
-            match tokio::time::timeout_at(parking::coarse(first), idle::<S>(&mut rx)).await {
+            match tokio::time::timeout_at(timers::coarse(first), idle::<S>(&mut rx)).await {
                 Ok(Ok(0) | Err(_)) => return null(&conn, StatusCode::BAD_REQUEST, b"CR"),
                 Ok(Ok(_)) => {}
                 Err(_) if t_idle <= first || admission::draining() => {
@@ -154,7 +155,7 @@ pub async fn serve<S: Transport>(stream: S, mut conn: Accepted) {
                     let read;
                     (read, write) = stream.split();
                     rx = Rx::new(read);
-                    match tokio::time::timeout_at(parking::coarse(t_idle - first), idle::<S>(&mut rx)).await {
+                    match tokio::time::timeout_at(timers::coarse(t_idle - first), idle::<S>(&mut rx)).await {
                         Ok(Ok(1..)) => {}
                         Ok(_) => return null(&conn, StatusCode::BAD_REQUEST, b"CR"),
                         Err(_) => return null(&conn, StatusCode::REQUEST_TIMEOUT, b"cR"),
