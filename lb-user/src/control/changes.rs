@@ -3,7 +3,7 @@
 //! written back), one at a time or grouped in transactions, each bumping
 //! the config version; a write made against a stale version is refused.
 
-use std::path::Path;
+use std::{os::unix::fs::PermissionsExt, path::Path};
 
 use serde_json::Value as Json;
 use toml_edit::DocumentMut;
@@ -26,13 +26,24 @@ fn write_config(path: &Path, old: &str, new: &str) -> std::io::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    std::fs::write(path.with_file_name(format!("{name}.bak")), old)?;
+    // Both copies get the file's permissions first: it may hold
+    // credentials (admin_auth, [stats] auth).
+    let perms = std::fs::metadata(path)?.permissions();
+    let write = |p: &Path, text: &str| -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(perms.mode() & 0o777)
+            .open(p)?;
+        std::fs::set_permissions(p, perms.clone())?;
+        std::io::Write::write_all(&mut f, text.as_bytes())?;
+        f.sync_all()
+    };
+    write(&path.with_file_name(format!("{name}.bak")), old)?;
     let tmp = path.with_file_name(format!(".{name}.tmp"));
-    std::fs::write(&tmp, new)?;
-    if let Ok(m) = std::fs::metadata(path) {
-        std::fs::set_permissions(&tmp, m.permissions())?;
-    }
-    std::fs::File::open(&tmp)?.sync_all()?;
+    write(&tmp, new)?;
     std::fs::rename(&tmp, path)
 }
 
@@ -254,13 +265,26 @@ impl Daemon {
         if t.edits.is_empty() {
             return self.commit(&t.changes);
         }
-        for c in &t.changes {
-            self.validate(c)?;
-        }
         // Staged on the file as it was at this version: what it is now.
         let old = self.file_text()?;
         let new = t.staged.clone().unwrap_or_else(|| old.clone());
         let cfg = config::parse(&self.path, &new).map_err(RunError::Invalid)?;
+        // The state and weight changes must name backends of the new
+        // config, or nothing is applied.
+        for c in &t.changes {
+            self.validate(c)?;
+            let (service, backend) = c.target();
+            let known = cfg
+                .services
+                .iter()
+                .any(|s| s.name == service && s.backends.iter().any(|b| b.name == backend));
+            if !known {
+                return Err(RunError::NoSuchBackend {
+                    service: service.into(),
+                    backend: backend.into(),
+                });
+            }
+        }
         let version = self.apply_text(&old, &new, cfg, t.edits.len())?;
         if t.changes.is_empty() {
             return Ok(version);

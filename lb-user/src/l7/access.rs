@@ -74,11 +74,7 @@ pub(super) struct Access<'a> {
 impl<'a> Access<'a> {
     pub(super) fn new<B>(svc: &'a Service, peer: SocketAddr, arrival: Option<Arrival>, req: &Request<B>) -> Access<'a> {
         let request = on(svc).then(|| {
-            let line = RequestLine {
-                method: req.method().clone(),
-                uri: req.uri().clone(),
-                version: req.version(),
-            };
+            let line = RequestLine::new(req.method(), req.uri(), req.version());
             (line, arrival.unwrap_or_else(Arrival::now))
         });
         let tr = request.as_ref().map_or(-1, |(_, a)| ms(a.at, Instant::now()));

@@ -16,8 +16,32 @@ use super::LineFormat;
 /// A request's line as it came (`<BADREQ>` when there was none).
 pub struct RequestLine {
     pub method: Method,
-    pub uri: Uri,
+    /// The target as text, cut to what a line can show: a clone of the
+    /// request's `Uri` would keep its whole read buffer alive while the
+    /// line waits in the queue.
+    pub target: Box<str>,
     pub version: Version,
+}
+
+/// Longest target kept for a line (syslog lines are cut at 1 KiB).
+pub const MAX_TARGET: usize = 1024;
+
+impl RequestLine {
+    pub fn new(method: &Method, uri: &Uri, version: Version) -> RequestLine {
+        let mut target = uri.to_string();
+        if target.len() > MAX_TARGET {
+            let mut end = MAX_TARGET;
+            while !target.is_char_boundary(end) {
+                end -= 1;
+            }
+            target.truncate(end);
+        }
+        RequestLine {
+            method: method.clone(),
+            target: target.into_boxed_str(),
+            version,
+        }
+    }
 }
 
 /// One HTTP request, as it is logged at its end.
@@ -215,7 +239,7 @@ impl RequestLine {
         };
         encoded(out, self.method.as_str());
         out.push(' ');
-        encoded(out, &self.uri.to_string());
+        encoded(out, &self.target);
         out.push(' ');
         out.push_str(version);
     }
@@ -262,16 +286,13 @@ impl HttpRecord {
     fn httplog(&self, out: &mut String, clock: &mut Clock) {
         self.head(out, clock);
         let [tr, tw, tc, tres, ta] = self.timers;
-        let [cc, cs] = &self.cookies;
-        let _ = write!(
-            out,
-            "{tr}/{tw}/{tc}/{tres}/{ta} {} {} {} {} {} ",
-            self.status,
-            self.bytes,
-            cc.as_deref().unwrap_or("-"),
-            cs.as_deref().unwrap_or("-"),
-            String::from_utf8_lossy(&self.term),
-        );
+        let _ = write!(out, "{tr}/{tw}/{tc}/{tres}/{ta} {} {} ", self.status, self.bytes);
+        // Escaped as the request line: a space would shift the fields.
+        for c in &self.cookies {
+            encoded(out, c.as_deref().unwrap_or("-"));
+            out.push(' ');
+        }
+        let _ = write!(out, "{} ", String::from_utf8_lossy(&self.term));
         self.counters(out);
         out.push_str(" \"");
         match &self.request {
@@ -404,11 +425,11 @@ mod tests {
             retries: 0,
             redispatched: false,
             queue: [0, 0],
-            request: Some(RequestLine {
-                method: Method::GET,
-                uri: "/a\"b?x=1".parse().unwrap_or_else(|_| Uri::from_static("/a")),
-                version: Version::HTTP_11,
-            }),
+            request: Some(RequestLine::new(
+                &Method::GET,
+                &"/a?x=1".parse().unwrap(),
+                Version::HTTP_11,
+            )),
         }
     }
 
