@@ -3,7 +3,8 @@
 //! service, its backend group, their servers and a routing rule, ending in
 //! traffic through them; versions (two writers, one 409); a bad change
 //! refused with nothing changed; a restart on the written file; 1,000
-//! backends in one transaction; and the CLI over it.
+//! backends in one transaction; the CLI over it; a file edited by hand and
+//! not reloaded refused (409); runtime weights kept across API writes.
 
 use std::{net::SocketAddr, time::Instant};
 
@@ -396,4 +397,77 @@ fn a_thousand_backends_in_one_transaction() {
     );
     let (_, list, _) = curl(&l, "GET", "/services/site/backends", None);
     assert_eq!(list.as_array().map(Vec::len), Some(1001));
+}
+
+/// `xlb ARGS` with the admin credentials; panics unless it succeeds.
+fn xlb_cli(l: &L7, args: &[&str]) -> String {
+    let out =
+        l.ns.cmd(lab::xlb::xlb_binary())
+            .args(args)
+            .env("XLB_ADMIN_AUTH", AUTH)
+            .output()
+            .unwrap();
+    assert!(
+        out.status.success(),
+        "xlb {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn weight_of(l: &L7, backend: &str) -> Value {
+    let status: Value = serde_json::from_str(&xlb_cli(l, &["status", "--json"])).unwrap();
+    let backends = status["services"][0]["backends"].as_array().unwrap().clone();
+    backends.into_iter().find(|b| b["name"] == backend).unwrap()["weight"].clone()
+}
+
+#[test]
+fn hand_edits_not_reloaded_are_refused_and_runtime_weights_stay() {
+    lab::require_root!();
+    let l = lab();
+    xlb_cli(&l, &["server", "set-weight", "site", "s1", "7"]);
+    let (code, out, _) = curl(
+        &l,
+        "POST",
+        "/services/site/backends",
+        Some(&json!({"name": "s2", "address": "127.0.0.1:9260"})),
+    );
+    assert_eq!(code, 201, "{out}");
+    assert_eq!(weight_of(&l, "s1"), 7, "an API write keeps the weight set at runtime");
+    // An operator edits the file and does not reload: the API refuses to
+    // write over it, or to take it up unseen.
+    let edited = std::fs::read_to_string(&l.cfg_path).unwrap() + "\n# hand edit\n";
+    std::fs::write(&l.cfg_path, &edited).unwrap();
+    let v = version(&l);
+    let body = json!({"name": "s3", "address": "127.0.0.1:9261"});
+    let (code, out, _) = curl(&l, "POST", "/services/site/backends", Some(&body));
+    assert_eq!(code, 409, "{out}");
+    assert!(
+        out["message"].as_str().unwrap().contains("changed since xlb loaded it"),
+        "{out}"
+    );
+    let (_, t, _) = curl(&l, "POST", "/transactions", None);
+    let id = t["id"].as_str().unwrap();
+    let (code, _, _) = curl(
+        &l,
+        "POST",
+        &format!("/services/site/backends?transaction_id={id}"),
+        Some(&body),
+    );
+    assert_eq!(code, 409, "staging on a hand-edited file");
+    assert_eq!(
+        std::fs::read_to_string(&l.cfg_path).unwrap(),
+        edited,
+        "the hand edit kept"
+    );
+    assert_eq!(version(&l), v);
+    // Reloaded, the edit is what runs, and writes go through on top of it.
+    xlb_cli(&l, &["reload"]);
+    let (code, out, _) = curl(&l, "POST", "/services/site/backends", Some(&body));
+    assert_eq!(code, 201, "{out}");
+    let text = std::fs::read_to_string(&l.cfg_path).unwrap();
+    assert!(
+        text.contains("# hand edit") && text.contains("127.0.0.1:9261"),
+        "{text}"
+    );
 }

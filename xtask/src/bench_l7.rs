@@ -101,6 +101,28 @@ impl Proc {
         ticks as f64 / hz
     }
 
+    /// Moves the process's threads named `comm` to `cpu`; how many moved.
+    pub fn pin_threads(&self, comm: &str, cpu: u32) -> usize {
+        let dir = format!("/proc/{}/task", self.child.id());
+        let mut moved = 0;
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let named = std::fs::read_to_string(entry.path().join("comm")).is_ok_and(|c| c.trim_end() == comm);
+            let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse::<i32>().ok()) else {
+                continue;
+            };
+            if named {
+                // SAFETY: a cpu_set_t on the stack, filled by the libc macros' equivalents.
+                let ok = unsafe {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(cpu as usize, &mut set);
+                    libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+                };
+                moved += usize::from(ok);
+            }
+        }
+        moved
+    }
+
     /// Resident memory in KiB (taskset execs the program: same pid).
     pub fn rss_kib(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))

@@ -9,4 +9,4 @@ mod validate;
 
 pub use keys::accepted_keys;
 pub use model::*;
-pub use validate::{dynamic_cookie, load, parse, parse_duration, ConfigError, LoadError};
+pub use validate::{dynamic_cookie, load, load_text, parse, parse_duration, ConfigError, LoadError};

@@ -90,11 +90,17 @@ struct BackendCtx<'a> {
 
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, LoadError> {
+    load_text(path).map(|(cfg, _)| cfg)
+}
+
+/// Reads and validates a config file; the config and the text it came from.
+pub fn load_text(path: &Path) -> Result<(Config, String), LoadError> {
     let text = std::fs::read_to_string(path).map_err(|cause| LoadError::Read {
         path: path.to_owned(),
         cause,
     })?;
-    parse(path, &text).map_err(LoadError::Invalid)
+    let cfg = parse(path, &text).map_err(LoadError::Invalid)?;
+    Ok((cfg, text))
 }
 
 /// Validates config text; `path` is only used in error messages.

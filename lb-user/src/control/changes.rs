@@ -3,7 +3,7 @@
 //! written back), one at a time or grouped in transactions, each bumping
 //! the config version; a write made against a stale version is refused.
 
-use std::{os::unix::fs::PermissionsExt, path::Path};
+use std::{collections::HashMap, os::unix::fs::PermissionsExt, path::Path};
 
 use serde_json::Value as Json;
 use toml_edit::DocumentMut;
@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     config::{self, Config},
-    model::AdminState,
+    model::{AdminState, BackendRef},
 };
 
 /// Writes `new` over the config file atomically (a temporary file renamed
@@ -74,12 +74,18 @@ impl Daemon {
         self.version
     }
 
-    /// The config file's text.
-    fn file_text(&self) -> Result<String, RunError> {
-        std::fs::read_to_string(&self.path).map_err(|cause| RunError::File {
+    /// The config file's text to edit: the one running. A file edited by
+    /// hand and not reloaded is refused rather than taken up unseen (or
+    /// overwritten).
+    fn running_text(&self) -> Result<String, RunError> {
+        let text = std::fs::read_to_string(&self.path).map_err(|cause| RunError::File {
             path: self.path.clone(),
             cause,
-        })
+        })?;
+        if text != self.loaded {
+            return Err(RunError::FileChanged(self.path.clone()));
+        }
+        Ok(text)
     }
 
     fn document(&self, text: &str) -> Result<DocumentMut, RunError> {
@@ -89,9 +95,9 @@ impl Daemon {
         })
     }
 
-    /// The config API's view of a resource (from the file).
+    /// The config API's view of a resource (of the running config's file).
     pub fn resource(&self, path: &[String]) -> Result<Json, RunError> {
-        let mut doc = self.document(&self.file_text()?)?;
+        let mut doc = self.document(&self.loaded)?;
         Ok(resources::get(&mut doc, path)?)
     }
 
@@ -125,28 +131,51 @@ impl Daemon {
     /// undisturbed), then written back to the file. Nothing changes if
     /// any is refused. Returns the new version.
     pub fn edit_config(&mut self, edits: &[Edit]) -> Result<u64, RunError> {
-        let old = self.file_text()?;
+        let old = self.running_text()?;
         let (new, cfg) = self.edited(&old, edits)?;
         self.apply_text(&old, &new, cfg, edits.len())
     }
 
     /// Runs `cfg` (made from `new`) and writes `new` over the file.
     fn apply_text(&mut self, old: &str, new: &str, cfg: Config, edits: usize) -> Result<u64, RunError> {
+        // Unlike a reload, an API write keeps the weights set at runtime.
+        let kept = self.weights.clone();
         self.switch_to(cfg)?;
-        if let Err(cause) = write_config(&self.path, old, new) {
+        let written = write_config(&self.path, old, new);
+        if written.is_err() {
             // The running config must stay what the file says.
             if let Ok(before) = config::parse(&self.path, old) {
                 if let Err(e) = self.switch_to(before) {
                     tracing::error!("restoring the running config after a failed write: {e}");
                 }
             }
+        }
+        self.keep_weights(kept);
+        if let Err(cause) = written {
             return Err(RunError::File {
                 path: self.path.clone(),
                 cause,
             });
         }
+        self.loaded = new.to_string();
         tracing::info!(version = self.version, edits, "config changed through the API");
         Ok(self.version)
+    }
+
+    /// Runtime weights back after a config switch, for the backends that
+    /// are still there.
+    fn keep_weights(&mut self, kept: HashMap<BackendRef, u32>) {
+        self.weights = kept
+            .into_iter()
+            .filter(|((s, b), _)| self.check_backend(s, b).is_ok())
+            .collect();
+        if !self.weights.is_empty() {
+            if let Err(e) = self.apply_changes(true) {
+                tracing::warn!("runtime weights dropped after a config API write: {e}");
+                self.weights.clear();
+                let _ = self.apply_changes(true);
+            }
+        }
     }
 
     /// Stages a config API write in transaction `id`, if it makes a valid
@@ -154,10 +183,12 @@ impl Daemon {
     pub fn stage_edit(&mut self, id: &str, edit: Edit) -> Result<(), RunError> {
         let base = match &self.transactions.get(id)?.staged {
             Some(t) => t.clone(),
-            None => self.file_text()?,
+            None => self.running_text()?,
         };
+        self.transactions.get(id)?.room(None)?;
         let (new, _) = self.edited(&base, std::slice::from_ref(&edit))?;
         let t = self.transactions.get_mut(id)?;
+        t.room(Some(&new))?;
         t.edits.push(edit);
         t.staged = Some(new);
         Ok(())
@@ -253,7 +284,9 @@ impl Daemon {
     /// Adds a valid change to an open transaction.
     pub fn stage(&mut self, id: &str, change: Change) -> Result<(), RunError> {
         self.validate(&change)?;
-        self.transactions.get_mut(id)?.changes.push(change);
+        let t = self.transactions.get_mut(id)?;
+        t.room(None)?;
+        t.changes.push(change);
         Ok(())
     }
 
@@ -266,7 +299,7 @@ impl Daemon {
             return self.commit(&t.changes);
         }
         // Staged on the file as it was at this version: what it is now.
-        let old = self.file_text()?;
+        let old = self.running_text()?;
         let new = t.staged.clone().unwrap_or_else(|| old.clone());
         let cfg = config::parse(&self.path, &new).map_err(RunError::Invalid)?;
         // The state and weight changes must name backends of the new

@@ -60,6 +60,8 @@ pub enum RunError {
     StaleVersion { given: u64, current: u64 },
     #[error(transparent)]
     NoSuchTransaction(#[from] NoSuchTransaction),
+    #[error(transparent)]
+    TransactionFull(#[from] super::transaction::TransactionFull),
     #[error("no XDP data path runs here (an http-only config, or no interface)")]
     NoDataPlane,
     #[error("service {0:?} has no appsession table (no such http service, or no [service.appsession])")]
@@ -72,6 +74,10 @@ pub enum RunError {
     Edit(#[from] super::resources::EditError),
     #[error("the change makes an invalid config:\n{}", .0.iter().map(|e| e.reason.clone()).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<config::ConfigError>),
+    #[error(
+        "the config file {0} changed since xlb loaded it: reload it (`xlb reload`) or undo the edit, then write again"
+    )]
+    FileChanged(PathBuf),
     #[error("the config file {path}")]
     File {
         path: PathBuf,
@@ -83,6 +89,9 @@ pub enum RunError {
 pub struct Daemon {
     pub(super) path: PathBuf,
     pub(super) cfg: Config,
+    /// The file's text that `cfg` came from: the config API edits only
+    /// that, never hand edits that were not reloaded.
+    pub(super) loaded: String,
     pub(super) dp: Option<DataPlane>,
     /// Backends that failed their health checks.
     pub(super) down: HashSet<BackendRef>,
@@ -118,7 +127,7 @@ impl Daemon {
         inherited: HashMap<SocketAddr, std::net::TcpListener>,
         takeover: bool,
     ) -> Result<Self, RunError> {
-        let cfg = config::load(&path)?;
+        let (cfg, loaded) = config::load_text(&path)?;
         logging::configure(cfg.global.log.clone());
         if cfg.global.nonlocal_bind {
             vip::enable_nonlocal_bind();
@@ -145,6 +154,7 @@ impl Daemon {
         let mut d = Self {
             path,
             cfg,
+            loaded,
             dp,
             down: HashSet::new(),
             admin: HashMap::new(),
@@ -362,8 +372,10 @@ impl Daemon {
 
     /// Re-reads the config file; a bad file leaves everything as it was.
     pub fn reload(&mut self) -> Result<(), RunError> {
-        let cfg = config::load(&self.path)?;
-        self.switch_to(cfg)
+        let (cfg, text) = config::load_text(&self.path)?;
+        self.switch_to(cfg)?;
+        self.loaded = text;
+        Ok(())
     }
 
     /// Runs `cfg` instead of the running config: all of it, or (on an

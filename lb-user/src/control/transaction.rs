@@ -36,6 +36,16 @@ impl Change {
 #[error("no open transaction {0:?} (committed, deleted, or from an earlier run)")]
 pub struct NoSuchTransaction(pub String);
 
+/// Writes one transaction holds at most, and the size its staged config
+/// may reach: a client that stages without end must not grow the daemon
+/// without bound (each staged write is also checked on the whole text).
+pub const MAX_WRITES: usize = 10_000;
+pub const MAX_STAGED_BYTES: usize = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+#[error("transaction {0:?} is full ({MAX_WRITES} writes, or a staged config of {mib} MiB): commit it and open another", mib = MAX_STAGED_BYTES >> 20)]
+pub struct TransactionFull(pub String);
+
 /// Changes staged on top of config version `version`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transaction {
@@ -74,6 +84,18 @@ impl Default for Transactions {
             next: 1,
             open: BTreeMap::new(),
         }
+    }
+}
+
+impl Transaction {
+    /// Refuses a write that would take the transaction over its limits;
+    /// `staged`: its config text with that write.
+    pub fn room(&self, staged: Option<&str>) -> Result<(), TransactionFull> {
+        let writes = self.changes.len() + self.edits.len();
+        if writes >= MAX_WRITES || staged.is_some_and(|t| t.len() > MAX_STAGED_BYTES) {
+            return Err(TransactionFull(self.id.clone()));
+        }
+        Ok(())
     }
 }
 
@@ -140,6 +162,25 @@ mod tests {
         assert!(t.take(&ids[3]).is_ok() && t.get(&ids[3]).is_err());
         let other_run = format!("0-{}", ids[4].rsplit('-').next().unwrap());
         assert!(t.get(&other_run).is_err() && t.get(&ids[4]).is_ok());
+    }
+
+    #[test]
+    fn a_transaction_takes_writes_up_to_its_limits() {
+        let mut t = Transactions::default().open(1);
+        let c = Change::Weight {
+            service: "web".into(),
+            backend: "a".into(),
+            weight: 1,
+        };
+        assert!(t.room(Some("x")).is_ok());
+        t.changes = vec![c; MAX_WRITES - 1];
+        assert!(t.room(None).is_ok());
+        assert!(
+            t.room(Some(&"x".repeat(MAX_STAGED_BYTES + 1))).is_err(),
+            "staged text too large"
+        );
+        t.changes.push(t.changes[0].clone());
+        assert!(t.room(None).is_err(), "full at {MAX_WRITES} writes");
     }
 
     #[test]

@@ -303,6 +303,7 @@ pub(super) fn refused(svc: &Service, peer: SocketAddr, opened: Option<Arrival>, 
     }
     let opened = opened.unwrap_or_else(Arrival::now);
     logging::push(Entry::Refused(Box::new(ConnRecord {
+        format: svc.cfg.log.format,
         client: peer,
         date: opened.date,
         frontend: svc.log_name.clone(),

@@ -70,7 +70,7 @@ pub async fn serve(mut stream: TcpStream, mut conn: Accepted) {
         Ok(Ok(n)) => !b"PRI ".starts_with(&first[..n]),
     };
     if http1 {
-        on_heap(downstream::serve(stream, conn)).await;
+        on_heap(downstream::serve(stream, conn, opened)).await;
     } else {
         on_heap(serve_h2(stream, conn)).await;
     }
@@ -106,7 +106,7 @@ async fn serve_tls(
     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
         on_heap(serve_h2(tls, conn)).await;
     } else {
-        downstream::serve(tls, conn).await;
+        downstream::serve(tls, conn, opened).await;
     }
 }
 

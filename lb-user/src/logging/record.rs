@@ -99,6 +99,7 @@ pub struct FlowRecord {
 /// A client connection that failed before any HTTP: HAProxy's
 /// `CLIENT [DATE] FRONTEND/1: WHAT` (e.g. `SSL handshake failure`).
 pub struct ConnRecord {
+    pub format: LineFormat,
     pub client: SocketAddr,
     pub date: SystemTime,
     pub frontend: Arc<str>,
@@ -108,9 +109,22 @@ pub struct ConnRecord {
 
 impl ConnRecord {
     pub(super) fn write(&self, out: &mut String, clock: &mut Clock) {
+        let tilde = if self.tls { "~" } else { "" };
+        if self.format == LineFormat::Json {
+            // The fields an HTTP line names the same way, and the message.
+            out.push_str("{\"client_ip\":");
+            json_str(out, &ip(&self.client));
+            let _ = write!(out, ",\"client_port\":{},\"accept_date\":\"", self.client.port());
+            clock.date(out, self.date);
+            out.push_str("\",\"frontend_name\":");
+            json_str(out, &format!("{}{tilde}", self.frontend));
+            out.push_str(",\"message\":");
+            json_str(out, self.what);
+            out.push('}');
+            return;
+        }
         let _ = write!(out, "{}:{} [", ip(&self.client), self.client.port());
         clock.date(out, self.date);
-        let tilde = if self.tls { "~" } else { "" };
         let _ = write!(out, "] {}{tilde}/1: {}", self.frontend, self.what);
     }
 }
@@ -473,6 +487,30 @@ mod tests {
         assert_eq!(v["termination_state"], "--NI");
         assert_eq!(v["captured_request_cookie"], "-");
         assert_eq!(v["http_request"].as_str().unwrap().split(' ').next(), Some("GET"));
+    }
+
+    #[test]
+    fn refused_connections_in_both_forms() {
+        let mut r = ConnRecord {
+            format: LineFormat::Httplog,
+            client: "198.18.0.9:40000".parse().unwrap(),
+            date: UNIX_EPOCH,
+            frontend: "web".into(),
+            tls: true,
+            what: "SSL handshake failure",
+        };
+        let mut out = String::new();
+        r.write(&mut out, &mut Clock::default());
+        assert!(out.starts_with("198.18.0.9:40000 ["), "{out}");
+        assert!(out.ends_with("] web~/1: SSL handshake failure"), "{out}");
+        r.format = LineFormat::Json;
+        out.clear();
+        r.write(&mut out, &mut Clock::default());
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["client_ip"], "198.18.0.9");
+        assert_eq!(v["client_port"], 40000);
+        assert_eq!(v["frontend_name"], "web~");
+        assert_eq!(v["message"], "SSL handshake failure");
     }
 
     #[test]

@@ -103,9 +103,11 @@ impl Sinks {
             ),
         };
         let raw_sinks = self.sinks.iter().any(|s| !s.addr.syslog());
-        // What each line says, and its syslog form.
+        let syslog_sinks = self.sinks.iter().any(|s| s.addr.syslog());
+        // What each line says, and its syslog form (each only if a sink
+        // takes it).
         let mut raw = Vec::with_capacity(if raw_sinks { batch.len() } else { 0 });
-        let mut framed = Vec::with_capacity(batch.len());
+        let mut framed = Vec::with_capacity(if syslog_sinks { batch.len() } else { 0 });
         let mut body = String::new();
         for e in batch {
             body.clear();
@@ -127,14 +129,16 @@ impl Sinks {
                     *s
                 }
             };
-            let pri = u32::from(setup.facility.0) * 8 + severity as u32;
-            let mut line = Vec::with_capacity(body.len() + stamp.len() + 8);
-            let _ = write!(line, "<{pri}>");
-            line.extend_from_slice(stamp.as_bytes());
-            let room = MAX_LINE.saturating_sub(line.len() + 1);
-            line.extend_from_slice(cut(&body, room).as_bytes());
-            line.push(b'\n');
-            framed.push(line);
+            if syslog_sinks {
+                let pri = u32::from(setup.facility.0) * 8 + severity as u32;
+                let mut line = Vec::with_capacity(body.len() + stamp.len() + 8);
+                let _ = write!(line, "<{pri}>");
+                line.extend_from_slice(stamp.as_bytes());
+                let room = MAX_LINE.saturating_sub(line.len() + 1);
+                line.extend_from_slice(cut(&body, room).as_bytes());
+                line.push(b'\n');
+                framed.push(line);
+            }
             if raw_sinks {
                 raw.push((!matches!(e, Entry::Daemon(..))).then(|| {
                     let mut l = Vec::with_capacity(body.len() + 1);
@@ -148,37 +152,28 @@ impl Sinks {
         for sink in &mut self.sinks {
             if let Conn::Closed(since) = sink.conn {
                 if since.elapsed() < RETRY {
-                    lost += framed.len() as u64;
+                    lost += batch.len() as u64;
                     continue;
                 }
                 sink.conn = open(&sink.addr).unwrap_or(Conn::Closed(Instant::now()));
             }
-            let (s, l) = match &sink.conn {
+            let (s, l, err) = match &sink.conn {
                 Conn::Udp(u) => send_all(u.as_raw_fd(), &framed),
                 Conn::Unix(u) => send_all(u.as_raw_fd(), &framed),
                 Conn::Stdout => write_lines(&mut io::stdout().lock(), &raw),
                 Conn::Stderr => write_lines(&mut io::stderr().lock(), &raw),
-                Conn::Closed(_) => (0, framed.len() as u64),
+                Conn::Closed(_) => (0, batch.len() as u64, None),
             };
             sent += s;
             lost += l;
-            // A syslog daemon that went away (restarted): open again.
-            if l > 0 && matches!(sink.conn, Conn::Unix(_)) && !is_alive(&sink.conn) {
+            // A syslog daemon that went away (restarted) says so on a send
+            // to its socket: open again.
+            let gone = matches!(err, Some(libc::ECONNREFUSED | libc::ENOTCONN));
+            if gone && matches!(sink.conn, Conn::Unix(_)) {
                 sink.conn = Conn::Closed(Instant::now());
             }
         }
         (sent, lost)
-    }
-}
-
-/// A unix datagram socket whose peer is gone says so on the next send.
-fn is_alive(c: &Conn) -> bool {
-    match c {
-        Conn::Unix(u) => !matches!(
-            u.send(b"").map_err(|e| e.raw_os_error()),
-            Err(Some(libc::ECONNREFUSED | libc::ENOTCONN))
-        ),
-        _ => true,
     }
 }
 
@@ -208,8 +203,9 @@ fn hostname() -> String {
 
 /// Sends each message as one datagram, in batches; a message the socket
 /// refuses (a full receiver, nobody listening) is lost and counted.
-fn send_all(fd: i32, msgs: &[Vec<u8>]) -> (u64, u64) {
-    let (mut sent, mut lost) = (0u64, 0u64);
+/// (sent, lost, the last error).
+fn send_all(fd: i32, msgs: &[Vec<u8>]) -> (u64, u64, Option<i32>) {
+    let (mut sent, mut lost, mut last) = (0u64, 0u64, None);
     let mut i = 0;
     let mut retried = false;
     while i < msgs.len() {
@@ -242,6 +238,7 @@ fn send_all(fd: i32, msgs: &[Vec<u8>]) -> (u64, u64) {
             continue;
         }
         let err = io::Error::last_os_error().raw_os_error();
+        last = err;
         // A refused UDP send reports the ICMP error of an earlier
         // datagram (nobody listened then): this one was not sent, and
         // may well be now.
@@ -258,10 +255,10 @@ fn send_all(fd: i32, msgs: &[Vec<u8>]) -> (u64, u64) {
         lost += 1;
         i += 1;
     }
-    (sent, lost)
+    (sent, lost, last)
 }
 
-fn write_lines(out: &mut impl Write, lines: &[Option<Vec<u8>>]) -> (u64, u64) {
+fn write_lines(out: &mut impl Write, lines: &[Option<Vec<u8>>]) -> (u64, u64, Option<i32>) {
     let mut all = Vec::new();
     let mut n = 0;
     for l in lines.iter().flatten() {
@@ -269,8 +266,8 @@ fn write_lines(out: &mut impl Write, lines: &[Option<Vec<u8>>]) -> (u64, u64) {
         n += 1;
     }
     match out.write_all(&all).and_then(|()| out.flush()) {
-        Ok(()) => (n, 0),
-        Err(_) => (0, n),
+        Ok(()) => (n, 0, None),
+        Err(e) => (0, n, e.raw_os_error()),
     }
 }
 
@@ -293,12 +290,26 @@ mod tests {
         let conn = open(&SinkAddr::Unix(dir.clone())).unwrap();
         let Conn::Unix(tx) = &conn else { panic!() };
         let msgs: Vec<Vec<u8>> = (0..5000).map(|i| format!("line {i}").into_bytes()).collect();
-        let (sent, lost) = send_all(tx.as_raw_fd(), &msgs);
+        let (sent, lost, _) = send_all(tx.as_raw_fd(), &msgs);
         assert_eq!(sent + lost, 5000);
         assert!(sent > 0 && lost > 0, "sent {sent} lost {lost}");
         let mut buf = [0u8; 64];
         let n = rx.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"line 0");
         let _ = std::fs::remove_file(&dir);
+    }
+
+    #[test]
+    fn a_syslog_daemon_gone_is_told_by_the_send_itself() {
+        let dir = std::env::temp_dir().join(format!("xlb-sink-gone-{}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let rx = UnixDatagram::bind(&dir).unwrap();
+        let conn = open(&SinkAddr::Unix(dir.clone())).unwrap();
+        let Conn::Unix(tx) = &conn else { panic!() };
+        drop(rx);
+        let _ = std::fs::remove_file(&dir);
+        let (sent, lost, err) = send_all(tx.as_raw_fd(), &[b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!((sent, lost), (0, 2));
+        assert!(matches!(err, Some(libc::ECONNREFUSED | libc::ENOTCONN)), "{err:?}");
     }
 }

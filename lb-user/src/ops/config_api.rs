@@ -46,9 +46,11 @@ fn error(e: RunError) -> Resp {
         RunError::Edit(EditError::NotFound(_)) | RunError::NoSuchTransaction(_) | RunError::NoSuchBackend { .. } => {
             StatusCode::NOT_FOUND
         }
-        RunError::Edit(EditError::Exists(_)) | RunError::StaleVersion { .. } | RunError::Proxy(_) => {
-            StatusCode::CONFLICT
-        }
+        RunError::Edit(EditError::Exists(_))
+        | RunError::StaleVersion { .. }
+        | RunError::FileChanged(_)
+        | RunError::TransactionFull(_)
+        | RunError::Proxy(_) => StatusCode::CONFLICT,
         RunError::Edit(EditError::Method(..)) => StatusCode::METHOD_NOT_ALLOWED,
         RunError::Edit(EditError::Invalid(_)) | RunError::Invalid(_) | RunError::Config(_) | RunError::Weight(_) => {
             StatusCode::BAD_REQUEST
