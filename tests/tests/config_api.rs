@@ -426,17 +426,24 @@ fn hand_edits_not_reloaded_are_refused_and_runtime_weights_stay() {
     lab::require_root!();
     let l = lab();
     xlb_cli(&l, &["server", "set-weight", "site", "s1", "7"]);
-    let (code, out, _) = curl(
-        &l,
-        "POST",
-        "/services/site/backends",
-        Some(&json!({"name": "s2", "address": "127.0.0.1:9260"})),
-    );
-    assert_eq!(code, 201, "{out}");
+    // Two writes in a row: each starts from what the one before wrote.
+    for (name, port) in [("s2", 9260), ("s4", 9262)] {
+        let body = json!({"name": name, "address": format!("127.0.0.1:{port}")});
+        let (code, out, _) = curl(&l, "POST", "/services/site/backends", Some(&body));
+        assert_eq!(code, 201, "{out}");
+    }
     assert_eq!(weight_of(&l, "s1"), 7, "an API write keeps the weight set at runtime");
+    // A transaction staged while the file is as loaded.
+    let (_, t, _) = curl(&l, "POST", "/transactions", None);
+    let staged = t["id"].as_str().unwrap().to_string();
+    let body = json!({"name": "s5", "address": "127.0.0.1:9263"});
+    let path = format!("/services/site/backends?transaction_id={staged}");
+    assert_eq!(curl(&l, "POST", &path, Some(&body)).0, 202);
     // An operator edits the file and does not reload: the API refuses to
     // write over it, or to take it up unseen.
-    let edited = std::fs::read_to_string(&l.cfg_path).unwrap() + "\n# hand edit\n";
+    let edited = std::fs::read_to_string(&l.cfg_path)
+        .unwrap()
+        .replace("127.0.0.1:9262", "127.0.0.1:9264");
     std::fs::write(&l.cfg_path, &edited).unwrap();
     let v = version(&l);
     let body = json!({"name": "s3", "address": "127.0.0.1:9261"});
@@ -455,19 +462,33 @@ fn hand_edits_not_reloaded_are_refused_and_runtime_weights_stay() {
         Some(&body),
     );
     assert_eq!(code, 409, "staging on a hand-edited file");
+    let (code, _, _) = curl(&l, "PUT", &format!("/transactions/{staged}"), None);
+    assert_eq!(code, 409, "a commit over a hand-edited file");
+    assert_eq!(curl(&l, "GET", &format!("/transactions/{staged}"), None).0, 200, "kept");
     assert_eq!(
         std::fs::read_to_string(&l.cfg_path).unwrap(),
         edited,
         "the hand edit kept"
     );
     assert_eq!(version(&l), v);
-    // Reloaded, the edit is what runs, and writes go through on top of it.
+    let (_, s4, _) = curl(&l, "GET", "/services/site/backends/s4", None);
+    assert_eq!(s4["address"], "127.0.0.1:9262", "GET shows what runs: {s4}");
+    // Reloaded, the edit is what runs, writes go through on top of it,
+    // and the file's weights are back.
     xlb_cli(&l, &["reload"]);
+    assert_eq!(weight_of(&l, "s1"), 1, "a reload sets the file's weights");
     let (code, out, _) = curl(&l, "POST", "/services/site/backends", Some(&body));
     assert_eq!(code, 201, "{out}");
     let text = std::fs::read_to_string(&l.cfg_path).unwrap();
     assert!(
-        text.contains("# hand edit") && text.contains("127.0.0.1:9261"),
+        text.contains("127.0.0.1:9264") && text.contains("127.0.0.1:9261"),
         "{text}"
     );
+    // A write that changes a backend's weight wins over its runtime one.
+    xlb_cli(&l, &["server", "set-weight", "site", "s1", "5"]);
+    let (_, mut s1, _) = curl(&l, "GET", "/services/site/backends/s1", None);
+    s1["weight"] = json!(3);
+    let (code, out, _) = curl(&l, "PUT", "/services/site/backends/s1", Some(&s1));
+    assert_eq!(code, 200, "{out}");
+    assert_eq!(weight_of(&l, "s1"), 3);
 }

@@ -138,19 +138,24 @@ impl Daemon {
 
     /// Runs `cfg` (made from `new`) and writes `new` over the file.
     fn apply_text(&mut self, old: &str, new: &str, cfg: Config, edits: usize) -> Result<u64, RunError> {
-        // Unlike a reload, an API write keeps the weights set at runtime.
+        // Unlike a reload, an API write keeps the weights set at runtime,
+        // of the backends it leaves as they were.
         let kept = self.weights.clone();
+        let before_cfg = self.cfg.clone();
         self.switch_to(cfg)?;
         let written = write_config(&self.path, old, new);
         if written.is_err() {
             // The running config must stay what the file says.
-            if let Ok(before) = config::parse(&self.path, old) {
-                if let Err(e) = self.switch_to(before) {
-                    tracing::error!("restoring the running config after a failed write: {e}");
-                }
+            let restored = config::parse(&self.path, old)
+                .map_err(RunError::Invalid)
+                .and_then(|before| self.switch_to(before));
+            if let Err(e) = restored {
+                tracing::error!("restoring the running config after a failed write: {e}");
+                // What runs is `new`: writes wait for a reload.
+                self.loaded = new.to_string();
             }
         }
-        self.keep_weights(kept);
+        self.keep_weights(kept, &before_cfg);
         if let Err(cause) = written {
             return Err(RunError::File {
                 path: self.path.clone(),
@@ -162,12 +167,19 @@ impl Daemon {
         Ok(self.version)
     }
 
-    /// Runtime weights back after a config switch, for the backends that
-    /// are still there.
-    fn keep_weights(&mut self, kept: HashMap<BackendRef, u32>) {
+    /// Runtime weights back after a config switch from `before`, for the
+    /// backends still there with the same address and file weight.
+    fn keep_weights(&mut self, kept: HashMap<BackendRef, u32>, before: &Config) {
+        let find = |cfg: &Config, (s, b): &BackendRef| {
+            cfg.services
+                .iter()
+                .find(|x| &x.name == s)
+                .and_then(|x| x.backends.iter().find(|y| &y.name == b))
+                .map(|y| (y.address, y.weight))
+        };
         self.weights = kept
             .into_iter()
-            .filter(|((s, b), _)| self.check_backend(s, b).is_ok())
+            .filter(|(r, _)| find(&self.cfg, r).is_some_and(|now| Some(now) == find(before, r)))
             .collect();
         if !self.weights.is_empty() {
             if let Err(e) = self.apply_changes(true) {
@@ -181,14 +193,16 @@ impl Daemon {
     /// Stages a config API write in transaction `id`, if it makes a valid
     /// config with the writes staged before it.
     pub fn stage_edit(&mut self, id: &str, edit: Edit) -> Result<(), RunError> {
+        self.transactions.get(id)?.room(0)?;
         let base = match &self.transactions.get(id)?.staged {
             Some(t) => t.clone(),
             None => self.running_text()?,
         };
-        self.transactions.get(id)?.room(None)?;
         let (new, _) = self.edited(&base, std::slice::from_ref(&edit))?;
+        let bytes = edit.body.as_ref().map_or(0, |b| b.to_string().len());
         let t = self.transactions.get_mut(id)?;
-        t.room(Some(&new))?;
+        t.room(new.len() + t.edit_bytes + bytes)?;
+        t.edit_bytes += bytes;
         t.edits.push(edit);
         t.staged = Some(new);
         Ok(())
@@ -285,7 +299,7 @@ impl Daemon {
     pub fn stage(&mut self, id: &str, change: Change) -> Result<(), RunError> {
         self.validate(&change)?;
         let t = self.transactions.get_mut(id)?;
-        t.room(None)?;
+        t.room(0)?;
         t.changes.push(change);
         Ok(())
     }
@@ -293,6 +307,10 @@ impl Daemon {
     /// Commits a transaction; one opened on an older version is dropped
     /// unapplied (someone else changed the config since).
     pub fn commit_transaction(&mut self, id: &str) -> Result<u64, RunError> {
+        // A file edited by hand: refused, the transaction left as it is.
+        if !self.transaction(id)?.edits.is_empty() {
+            self.running_text()?;
+        }
         let t = self.transactions.take(id)?;
         self.check_version(Some(t.version))?;
         if t.edits.is_empty() {

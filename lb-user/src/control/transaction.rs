@@ -37,13 +37,14 @@ impl Change {
 pub struct NoSuchTransaction(pub String);
 
 /// Writes one transaction holds at most, and the size its staged config
-/// may reach: a client that stages without end must not grow the daemon
-/// without bound (each staged write is also checked on the whole text).
+/// and writes may reach together: a client that stages without end must
+/// not grow the daemon without bound (each staged write is also checked
+/// on the whole text).
 pub const MAX_WRITES: usize = 10_000;
 pub const MAX_STAGED_BYTES: usize = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
-#[error("transaction {0:?} is full ({MAX_WRITES} writes, or a staged config of {mib} MiB): commit it and open another", mib = MAX_STAGED_BYTES >> 20)]
+#[error("transaction {0:?} is full ({MAX_WRITES} writes, or {mib} MiB staged): commit it and open another", mib = MAX_STAGED_BYTES >> 20)]
 pub struct TransactionFull(pub String);
 
 /// Changes staged on top of config version `version`.
@@ -59,6 +60,9 @@ pub struct Transaction {
     /// it), so that staging the next one does not replay them all.
     #[serde(skip)]
     pub staged: Option<String>,
+    /// The size of the writes' bodies.
+    #[serde(skip)]
+    pub edit_bytes: usize,
 }
 
 /// The open transactions of a daemon, by sequence number (oldest first).
@@ -88,11 +92,10 @@ impl Default for Transactions {
 }
 
 impl Transaction {
-    /// Refuses a write that would take the transaction over its limits;
-    /// `staged`: its config text with that write.
-    pub fn room(&self, staged: Option<&str>) -> Result<(), TransactionFull> {
-        let writes = self.changes.len() + self.edits.len();
-        if writes >= MAX_WRITES || staged.is_some_and(|t| t.len() > MAX_STAGED_BYTES) {
+    /// Refuses one more write when the transaction is full; `bytes`: what
+    /// it would then hold (staged text and bodies).
+    pub fn room(&self, bytes: usize) -> Result<(), TransactionFull> {
+        if self.changes.len() + self.edits.len() >= MAX_WRITES || bytes > MAX_STAGED_BYTES {
             return Err(TransactionFull(self.id.clone()));
         }
         Ok(())
@@ -110,6 +113,7 @@ impl Transactions {
             changes: Vec::new(),
             edits: Vec::new(),
             staged: None,
+            edit_bytes: 0,
         };
         self.open.insert(self.next, t.clone());
         self.next += 1;
@@ -172,15 +176,12 @@ mod tests {
             backend: "a".into(),
             weight: 1,
         };
-        assert!(t.room(Some("x")).is_ok());
+        assert!(t.room(1).is_ok());
         t.changes = vec![c; MAX_WRITES - 1];
-        assert!(t.room(None).is_ok());
-        assert!(
-            t.room(Some(&"x".repeat(MAX_STAGED_BYTES + 1))).is_err(),
-            "staged text too large"
-        );
+        assert!(t.room(MAX_STAGED_BYTES).is_ok());
+        assert!(t.room(MAX_STAGED_BYTES + 1).is_err(), "too large");
         t.changes.push(t.changes[0].clone());
-        assert!(t.room(None).is_err(), "full at {MAX_WRITES} writes");
+        assert!(t.room(0).is_err(), "full at {MAX_WRITES} writes");
     }
 
     #[test]

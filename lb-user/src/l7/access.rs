@@ -287,10 +287,10 @@ impl Drop for Logged {
 
 /// A connection closed or timed out before its first request: a null
 /// connection (not logged with `dontlognull`).
-pub(super) fn null_connection(conn: &admission::Accepted, opened: Option<Arrival>, status: StatusCode, term: &[u8; 2]) {
+pub(super) fn null_connection(conn: &admission::Accepted, status: StatusCode, term: &[u8; 2]) {
     if !conn.served {
         let svc = conn.current.read().expect("service lock").clone();
-        no_request(&svc, conn.peer, opened, status, *term, true);
+        no_request(&svc, conn.peer, conn.opened, status, *term, true);
     }
 }
 

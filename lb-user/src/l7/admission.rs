@@ -143,6 +143,9 @@ pub struct Accepted {
     pub front: FrontConn,
     /// A request came on it (else closing it is a null connection).
     pub served: bool,
+    /// When it came (if its service logs): null-connection lines date
+    /// from the accept, not from a TLS handshake or a parking.
+    pub opened: Option<super::access::Arrival>,
 }
 
 /// Keeps a service's count of open client connections (HAProxy's

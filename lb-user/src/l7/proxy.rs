@@ -248,6 +248,7 @@ async fn accept_loop(
             slot,
             front: FrontConn::new(current.read().expect("service lock").counters.clone()),
             served: false,
+            opened: None,
         };
         // Handed over as a plain socket: it joins the reactor of the thread
         // that serves it.

@@ -36,7 +36,7 @@ pub async fn serve(mut stream: TcpStream, mut conn: Accepted) {
             svc.cfg.http.accept_proxy,
         )
     };
-    let opened = Arrival::if_logged(&conn.current.read().expect("service lock"));
+    conn.opened = Arrival::if_logged(&conn.current.read().expect("service lock"));
     if accept_proxy {
         match proxy_protocol::read(&mut stream, t_first).await {
             Ok(source) => conn.peer = source.unwrap_or(conn.peer),
@@ -46,7 +46,7 @@ pub async fn serve(mut stream: TcpStream, mut conn: Accepted) {
                 access::refused(
                     &svc,
                     conn.peer,
-                    opened,
+                    conn.opened,
                     "Received something which does not look like a PROXY protocol header",
                 );
                 tracing::debug!(service = %svc.cfg.name, peer = %conn.peer, "PROXY protocol: {e}");
@@ -58,19 +58,19 @@ pub async fn serve(mut stream: TcpStream, mut conn: Accepted) {
     // the task held room for the largest (TLS, h2) and, measured with
     // 10,000 busy clients, 16 KiB a connection against 12 boxed.
     if let Some(acceptor) = tls {
-        on_heap(serve_tls(stream, conn, acceptor, t_first, opened)).await;
+        on_heap(serve_tls(stream, conn, acceptor, t_first)).await;
         return;
     }
     // h2c with prior knowledge opens with "PRI * HTTP/2.0", a method no
     // HTTP/1 request uses.
     let mut first = [0u8; 4];
     let http1 = match timeout(t_first, stream.peek(&mut first)).await {
-        Ok(Ok(0)) | Ok(Err(_)) => return access::null_connection(&conn, opened, StatusCode::BAD_REQUEST, b"CR"),
-        Err(_) => return access::null_connection(&conn, opened, StatusCode::REQUEST_TIMEOUT, b"cR"),
+        Ok(Ok(0)) | Ok(Err(_)) => return access::null_connection(&conn, StatusCode::BAD_REQUEST, b"CR"),
+        Err(_) => return access::null_connection(&conn, StatusCode::REQUEST_TIMEOUT, b"cR"),
         Ok(Ok(n)) => !b"PRI ".starts_with(&first[..n]),
     };
     if http1 {
-        on_heap(downstream::serve(stream, conn, opened)).await;
+        on_heap(downstream::serve(stream, conn)).await;
     } else {
         on_heap(serve_h2(stream, conn)).await;
     }
@@ -84,19 +84,13 @@ fn on_heap(f: impl Future<Output = ()> + Send + 'static) -> Pin<Box<dyn Future<O
 
 /// The TLS handshake (within the time a request head has to arrive), then
 /// h2 or HTTP/1 by ALPN.
-async fn serve_tls(
-    stream: TcpStream,
-    conn: Accepted,
-    acceptor: TlsAcceptor,
-    t_first: Duration,
-    opened: Option<Arrival>,
-) {
+async fn serve_tls(stream: TcpStream, conn: Accepted, acceptor: TlsAcceptor, t_first: Duration) {
     let done = timeout(t_first, acceptor.accept(stream)).await;
     let counters = conn.current.read().expect("service lock").counters.clone();
     let Ok(Ok(tls)) = done else {
         bump(&counters.tls_failed);
         let svc = conn.current.read().expect("service lock").clone();
-        access::refused(&svc, conn.peer, opened, "SSL handshake failure");
+        access::refused(&svc, conn.peer, conn.opened, "SSL handshake failure");
         return;
     };
     bump(&counters.tls_handshakes);
@@ -106,7 +100,7 @@ async fn serve_tls(
     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
         on_heap(serve_h2(tls, conn)).await;
     } else {
-        downstream::serve(tls, conn, opened).await;
+        downstream::serve(tls, conn).await;
     }
 }
 

@@ -111,7 +111,8 @@ impl ConnRecord {
     pub(super) fn write(&self, out: &mut String, clock: &mut Clock) {
         let tilde = if self.tls { "~" } else { "" };
         if self.format == LineFormat::Json {
-            // The fields an HTTP line names the same way, and the message.
+            // Named as in the other lines (the date: the accept's, as in
+            // flow lines), and the message.
             out.push_str("{\"client_ip\":");
             json_str(out, &ip(&self.client));
             let _ = write!(out, ",\"client_port\":{},\"accept_date\":\"", self.client.port());
@@ -511,6 +512,7 @@ mod tests {
         assert_eq!(v["client_port"], 40000);
         assert_eq!(v["frontend_name"], "web~");
         assert_eq!(v["message"], "SSL handshake failure");
+        assert!(v["accept_date"].as_str().unwrap().ends_with(":00.000"), "{v}");
     }
 
     #[test]

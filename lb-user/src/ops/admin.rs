@@ -96,8 +96,12 @@ fn error(e: RunError) -> Resp {
         | RunError::NoSessions(_)
         | RunError::NoSuchTransaction(_)
         | RunError::NoDataPlane => StatusCode::NOT_FOUND,
-        // A stale version, or a port another process holds: nothing changed.
-        RunError::StaleVersion { .. } | RunError::Proxy(_) => StatusCode::CONFLICT,
+        // A stale version, a port another process holds, a config file
+        // edited by hand, a full transaction: nothing changed.
+        RunError::StaleVersion { .. }
+        | RunError::Proxy(_)
+        | RunError::FileChanged(_)
+        | RunError::TransactionFull(_) => StatusCode::CONFLICT,
         RunError::Config(_) => StatusCode::UNPROCESSABLE_ENTITY,
         RunError::Weight(_) => StatusCode::BAD_REQUEST,
         _ => StatusCode::INTERNAL_SERVER_ERROR,

@@ -118,20 +118,17 @@ enum After {
 /// Serves a parked connection that woke up, on a task of its own.
 fn resume<S: Transport>(asleep: Asleep, conn: Accepted) {
     if let Some(stream) = S::wake(asleep) {
-        // Its null-connection lines date from its wake-up.
-        let opened = Arrival::if_logged(&conn.current.read().expect("service lock"));
-        tokio::spawn(serve(stream, conn, opened));
+        tokio::spawn(serve(stream, conn));
     }
 }
 
 /// Serves one HTTP/1 client connection until it closes, times out, errs
-/// or is parked. `opened`: when the connection came (before any TLS
-/// handshake), for the lines of connections that send no request.
-pub async fn serve<S: Transport>(stream: S, mut conn: Accepted, opened: Option<Arrival>) {
+/// or is parked.
+pub async fn serve<S: Transport>(stream: S, mut conn: Accepted) {
     let peer = conn.peer;
     let (read, mut write) = stream.split();
     let mut rx = Rx::new(read);
-    let null = |conn: &Accepted, status, term| access::null_connection(conn, opened, status, term);
+    let null = |conn: &Accepted, status, term| access::null_connection(conn, status, term);
     loop {
         let svc = conn.current.read().expect("service lock").clone();
         let http = &svc.cfg.http;
