@@ -8,7 +8,7 @@ use std::{
     pin::Pin,
     sync::atomic::Ordering::Relaxed,
     task::{Context, Poll},
-    time::{Instant, SystemTime},
+    time::Instant,
 };
 
 use hyper::{
@@ -23,21 +23,9 @@ use super::{
 };
 use crate::logging::{self, ConnRecord, Entry, HttpRecord, RequestLine, Severity};
 
-/// When a request began: its first byte.
-#[derive(Clone, Copy)]
-pub struct Arrival {
-    pub at: Instant,
-    pub date: SystemTime,
-}
+pub use super::admission::Arrival;
 
 impl Arrival {
-    pub fn now() -> Arrival {
-        Arrival {
-            at: Instant::now(),
-            date: SystemTime::now(),
-        }
-    }
-
     /// Now, if `svc` logs (the clocks are not read for nothing).
     pub fn if_logged(svc: &Service) -> Option<Arrival> {
         on(svc).then(Arrival::now)

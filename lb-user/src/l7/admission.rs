@@ -145,7 +145,24 @@ pub struct Accepted {
     pub served: bool,
     /// When it came (if its service logs): null-connection lines date
     /// from the accept, not from a TLS handshake or a parking.
-    pub opened: Option<super::access::Arrival>,
+    pub opened: Option<Arrival>,
+}
+
+/// When a connection or a request came (a request: its first byte).
+/// Here, not in `access`, which imports this module.
+#[derive(Clone, Copy)]
+pub struct Arrival {
+    pub at: std::time::Instant,
+    pub date: std::time::SystemTime,
+}
+
+impl Arrival {
+    pub fn now() -> Arrival {
+        Arrival {
+            at: std::time::Instant::now(),
+            date: std::time::SystemTime::now(),
+        }
+    }
 }
 
 /// Keeps a service's count of open client connections (HAProxy's
