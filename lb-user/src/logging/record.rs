@@ -113,12 +113,14 @@ impl ConnRecord {
         if self.format == LineFormat::Json {
             // Named as in the other lines (the date: the accept's, as in
             // flow lines), and the message.
-            out.push_str("{\"client_ip\":");
-            json_str(out, &ip(&self.client));
-            let _ = write!(out, ",\"client_port\":{},\"accept_date\":\"", self.client.port());
-            clock.date(out, self.date);
-            out.push_str("\",\"frontend_name\":");
-            json_str(out, &format!("{}{tilde}", self.frontend));
+            json_head(
+                out,
+                clock,
+                &self.client,
+                "accept_date",
+                self.date,
+                &format!("{}{tilde}", self.frontend),
+            );
             out.push_str(",\"message\":");
             json_str(out, self.what);
             out.push('}');
@@ -230,6 +232,24 @@ fn encoded(out: &mut String, s: &str) {
     }
 }
 
+/// The opening fields of every JSON line: `{"client_ip":...,
+/// "client_port":...,"<date_key>":"...","frontend_name":...` (no closing).
+fn json_head(
+    out: &mut String,
+    clock: &mut Clock,
+    client: &SocketAddr,
+    date_key: &str,
+    date: SystemTime,
+    frontend: &str,
+) {
+    out.push_str("{\"client_ip\":");
+    json_str(out, &ip(client));
+    let _ = write!(out, ",\"client_port\":{},\"{date_key}\":\"", client.port());
+    clock.date(out, date);
+    out.push_str("\",\"frontend_name\":");
+    json_str(out, frontend);
+}
+
 fn json_str(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
@@ -331,12 +351,8 @@ impl HttpRecord {
     }
 
     fn json(&self, out: &mut String, clock: &mut Clock) {
-        out.push_str("{\"client_ip\":");
-        json_str(out, &ip(&self.client));
-        let _ = write!(out, ",\"client_port\":{},\"request_date\":\"", self.client.port());
-        clock.date(out, self.date);
-        out.push_str("\",\"frontend_name\":");
-        json_str(out, &format!("{}{}", self.frontend, if self.tls { "~" } else { "" }));
+        let frontend = format!("{}{}", self.frontend, if self.tls { "~" } else { "" });
+        json_head(out, clock, &self.client, "request_date", self.date, &frontend);
         out.push_str(",\"backend_name\":");
         json_str(out, &self.backend);
         out.push_str(",\"server_name\":");
@@ -393,12 +409,7 @@ impl FlowRecord {
             FlowOutcome::NoPort => "RC",
         };
         if self.format == LineFormat::Json {
-            out.push_str("{\"client_ip\":");
-            json_str(out, &ip(&self.client));
-            let _ = write!(out, ",\"client_port\":{},\"accept_date\":\"", self.client.port());
-            clock.date(out, self.date);
-            out.push_str("\",\"frontend_name\":");
-            json_str(out, &self.service);
+            json_head(out, clock, &self.client, "accept_date", self.date, &self.service);
             out.push_str(",\"backend_name\":");
             json_str(out, &self.service);
             out.push_str(",\"server_name\":");
@@ -513,6 +524,26 @@ mod tests {
         assert_eq!(v["frontend_name"], "web~");
         assert_eq!(v["message"], "SSL handshake failure");
         assert!(v["accept_date"].as_str().unwrap().ends_with(":00.000"), "{v}");
+    }
+
+    #[test]
+    fn flow_lines_in_json() {
+        let r = FlowRecord {
+            format: LineFormat::Json,
+            client: "198.18.0.9:40000".parse().unwrap(),
+            date: UNIX_EPOCH,
+            service: "web".into(),
+            backend: None,
+            outcome: FlowOutcome::NoBackend,
+        };
+        let mut out = String::new();
+        r.write(&mut out, &mut Clock::default());
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["client_port"], 40000);
+        assert!(v["accept_date"].is_string());
+        assert_eq!(v["frontend_name"], "web");
+        assert_eq!(v["server_name"], "<NOSRV>");
+        assert_eq!(v["termination_state"], "SC");
     }
 
     #[test]
