@@ -150,6 +150,8 @@ pub struct TlsResult {
     resumed: f64,
     resumed_share: f64,
     keep_alive: Load,
+    /// The slowest and fastest round's keep-alive req/s.
+    keep_alive_range: (f64, f64),
     failed: u64,
     idle_bytes: f64,
 }
@@ -159,7 +161,9 @@ pub struct TlsResult {
 pub fn round(name: &'static str, p: &Proc, opts: &Opts, cpu: Option<u32>, memory: bool) -> Result<TlsResult> {
     let (full, _, f1) = handshakes(false, opts.duration, cpu).with_context(|| format!("{name}: full handshakes"))?;
     let (resumed, share, f2) = handshakes(true, opts.duration, cpu).with_context(|| format!("{name}: resumed"))?;
-    let keep_alive = wrk_url(opts, cpu, opts.duration, &format!("https://{TLS_PROXY}/"))?;
+    let before = p.cpu_secs();
+    let keep_alive = wrk_url(opts, cpu, opts.duration, &format!("https://{TLS_PROXY}/"))?
+        .with_cpu(p.cpu_secs() - before, opts.duration);
     let idle_bytes = if memory { idle_cost(p, opts.idle)? } else { 0.0 };
     eprintln!(
         "bench l7 tls: {name}: {full:.0} full handshakes/s, {resumed:.0} resumed/s ({:.0}% resumed), {:.0} req/s keep-alive",
@@ -171,6 +175,7 @@ pub fn round(name: &'static str, p: &Proc, opts: &Opts, cpu: Option<u32>, memory
         full,
         resumed,
         resumed_share: share,
+        keep_alive_range: (keep_alive.rps, keep_alive.rps),
         keep_alive,
         failed: f1 + f2,
         idle_bytes,
@@ -186,6 +191,9 @@ pub fn combine(name: &'static str, rounds: Vec<TlsResult>) -> TlsResult {
         resumed: mid(&|r| r.resumed),
         resumed_share: mid(&|r| r.resumed_share),
         keep_alive: crate::bench_l7::median(rounds.iter().map(|r| r.keep_alive.clone()).collect()),
+        keep_alive_range: rounds.iter().fold((f64::INFINITY, 0.0), |(lo, hi), r| {
+            (lo.min(r.keep_alive.rps), hi.max(r.keep_alive.rps))
+        }),
         failed: rounds.iter().map(|r| r.failed).sum(),
         idle_bytes: rounds.iter().map(|r| r.idle_bytes).fold(0.0, f64::max),
     }
@@ -202,25 +210,29 @@ pub fn render(opts: &Opts, r: &[TlsResult]) -> String {
          the certificate not verified (the client's CPU goes to handshakes), a new connection per request \
          (`Connection: close`), {} s per run; *resumed*: the clients keep their tickets. Keep-alive: wrk over \
          HTTPS, {} connections. *Idle TLS conn*: RSS growth per idle TLS connection ({} connections, one \
-         request each). Medians of {} rounds.\n",
+         request each). *CPU us a request*: the proxy's own CPU time (user + system, from /proc) per keep-alive \
+         request, which does not depend on what else bounds the run. Medians of {} rounds.\n",
         opts.duration, opts.connections, opts.idle, opts.rounds
     );
     let _ = writeln!(
         o,
-        "| proxy | full handshakes/s | resumed handshakes/s | resumed share | keep-alive req/s | p50 ms | p99 ms | failed | idle TLS conn |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| proxy | full handshakes/s | resumed handshakes/s | resumed share | keep-alive req/s (min-max) | p50 ms | p99 ms | CPU us a request | failed | idle TLS conn |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for x in r {
         let _ = writeln!(
             o,
-            "| {} | {:.0} | {:.0} | {:.0}% | {:.0} | {:.3} | {:.3} | {} | {:.1} KiB |",
+            "| {} | {:.0} | {:.0} | {:.0}% | {:.0} ({:.0}-{:.0}) | {:.3} | {:.3} | {:.1} | {} | {:.1} KiB |",
             x.name,
             x.full,
             x.resumed,
             x.resumed_share * 100.0,
             x.keep_alive.rps,
+            x.keep_alive_range.0,
+            x.keep_alive_range.1,
             x.keep_alive.p50_ms,
             x.keep_alive.p99_ms,
+            x.keep_alive.cpu_us,
             x.failed + x.keep_alive.errors,
             x.idle_bytes / 1024.0
         );
@@ -232,11 +244,12 @@ pub fn render(opts: &Opts, r: &[TlsResult]) -> String {
         let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
         let _ = writeln!(
             o,
-            "\nxlb / HAProxy: full handshakes {:.2}x, resumed {:.2}x, keep-alive req/s {:.2}x, p99 {:.2}x, idle TLS memory {:.2}x.",
+            "\nxlb / HAProxy: full handshakes {:.2}x, resumed {:.2}x, keep-alive req/s {:.2}x, p99 {:.2}x, CPU a keep-alive request {:.2}x, idle TLS memory {:.2}x.",
             ratio(x.full, h.full),
             ratio(x.resumed, h.resumed),
             ratio(x.keep_alive.rps, h.keep_alive.rps),
             ratio(x.keep_alive.p99_ms, h.keep_alive.p99_ms),
+            ratio(x.keep_alive.cpu_us, h.keep_alive.cpu_us),
             ratio(x.idle_bytes, h.idle_bytes)
         );
     }

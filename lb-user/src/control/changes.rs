@@ -3,7 +3,7 @@
 //! written back), one at a time or grouped in transactions, each bumping
 //! the config version; a write made against a stale version is refused.
 
-use std::{collections::HashMap, os::unix::fs::PermissionsExt, path::Path};
+use std::{os::unix::fs::PermissionsExt, path::Path};
 
 use serde_json::Value as Json;
 use toml_edit::DocumentMut;
@@ -139,24 +139,32 @@ impl Daemon {
     /// Runs `cfg` (made from `new`) and writes `new` over the file.
     fn apply_text(&mut self, old: &str, new: &str, cfg: Config, edits: usize) -> Result<u64, RunError> {
         // Unlike a reload, an API write keeps the weights set at runtime,
-        // of the backends it leaves as they were.
-        let kept = self.weights.clone();
-        let before_cfg = self.cfg.clone();
-        self.switch_to(cfg)?;
-        let written = write_config(&self.path, old, new);
-        if written.is_err() {
+        // of the backends it leaves as they were (same address, same
+        // weight in the file).
+        let find = |cfg: &Config, (s, b): &BackendRef| {
+            cfg.services
+                .iter()
+                .find(|x| &x.name == s)
+                .and_then(|x| x.backends.iter().find(|y| &y.name == b))
+                .map(|y| (y.address, y.weight))
+        };
+        let before = self.weights.clone();
+        let kept = before
+            .iter()
+            .filter(|(r, _)| find(&cfg, r).is_some_and(|now| Some(now) == find(&self.cfg, r)))
+            .map(|(r, w)| (r.clone(), *w))
+            .collect();
+        self.switch_to(cfg, kept)?;
+        if let Err(cause) = write_config(&self.path, old, new) {
             // The running config must stay what the file says.
             let restored = config::parse(&self.path, old)
                 .map_err(RunError::Invalid)
-                .and_then(|before| self.switch_to(before));
+                .and_then(|was| self.switch_to(was, before));
             if let Err(e) = restored {
                 tracing::error!("restoring the running config after a failed write: {e}");
                 // What runs is `new`: writes wait for a reload.
                 self.loaded = new.to_string();
             }
-        }
-        self.keep_weights(kept, &before_cfg);
-        if let Err(cause) = written {
             return Err(RunError::File {
                 path: self.path.clone(),
                 cause,
@@ -165,29 +173,6 @@ impl Daemon {
         self.loaded = new.to_string();
         tracing::info!(version = self.version, edits, "config changed through the API");
         Ok(self.version)
-    }
-
-    /// Runtime weights back after a config switch from `before`, for the
-    /// backends still there with the same address and file weight.
-    fn keep_weights(&mut self, kept: HashMap<BackendRef, u32>, before: &Config) {
-        let find = |cfg: &Config, (s, b): &BackendRef| {
-            cfg.services
-                .iter()
-                .find(|x| &x.name == s)
-                .and_then(|x| x.backends.iter().find(|y| &y.name == b))
-                .map(|y| (y.address, y.weight))
-        };
-        self.weights = kept
-            .into_iter()
-            .filter(|(r, _)| find(&self.cfg, r).is_some_and(|now| Some(now) == find(before, r)))
-            .collect();
-        if !self.weights.is_empty() {
-            if let Err(e) = self.apply_changes(true) {
-                tracing::warn!("runtime weights dropped after a config API write: {e}");
-                self.weights.clear();
-                let _ = self.apply_changes(true);
-            }
-        }
     }
 
     /// Stages a config API write in transaction `id`, if it makes a valid

@@ -335,15 +335,7 @@ impl Daemon {
 
     /// The config with the runtime weights applied.
     pub(super) fn effective(&self) -> Config {
-        let mut cfg = self.cfg.clone();
-        for s in &mut cfg.services {
-            for b in &mut s.backends {
-                if let Some(w) = self.weights.get(&(s.name.clone(), b.name.clone())) {
-                    b.weight = *w;
-                }
-            }
-        }
-        cfg
+        weighted(&self.cfg, &self.weights)
     }
 
     /// The weight in effect: set at runtime, else the file's.
@@ -373,14 +365,17 @@ impl Daemon {
     /// Re-reads the config file; a bad file leaves everything as it was.
     pub fn reload(&mut self) -> Result<(), RunError> {
         let (cfg, text) = config::load_text(&self.path)?;
-        self.switch_to(cfg)?;
+        self.switch_to(cfg, HashMap::new())?;
         self.loaded = text;
         Ok(())
     }
 
-    /// Runs `cfg` instead of the running config: all of it, or (on an
-    /// error) nothing of it.
-    pub(super) fn switch_to(&mut self, cfg: Config) -> Result<(), RunError> {
+    /// Runs `cfg` instead of the running config, with the runtime
+    /// `weights` in place of its own (a reload keeps none): all of it, or
+    /// (on an error) nothing of it.
+    pub(super) fn switch_to(&mut self, cfg: Config, weights: HashMap<BackendRef, u32>) -> Result<(), RunError> {
+        // What the tables are built from; `cfg` stays what the file says.
+        let run = weighted(&cfg, &weights);
         let (mut now, mut then) = (cfg.global.clone(), self.cfg.global.clone());
         // These apply at once.
         (now.admin_auth, now.maxconn, now.log) = (None, 0, Default::default());
@@ -420,7 +415,7 @@ impl Daemon {
             }
         };
         let applied = match &mut self.dp {
-            Some(dp) => dp.apply(&cfg, &Self::states(&down, &admin)),
+            Some(dp) => dp.apply(&run, &Self::states(&down, &admin)),
             None => Ok(()),
         };
         if let Err(e) = applied {
@@ -430,7 +425,7 @@ impl Daemon {
             undo_vips(self);
             return Err(e.into());
         }
-        self.proxy.commit(bound, &cfg);
+        self.proxy.commit(bound, &run);
         if cfg.global.log != self.cfg.global.log {
             logging::configure(cfg.global.log.clone());
         }
@@ -442,7 +437,7 @@ impl Daemon {
         self.cfg = cfg;
         self.down = down;
         self.admin = admin;
-        self.weights.clear();
+        self.weights = weights;
         self.version += 1;
         self.restart_checks();
         self.persist();
@@ -536,4 +531,17 @@ impl Drop for Daemon {
 
 pub fn shared(daemon: Daemon) -> Shared {
     Arc::new(tokio::sync::Mutex::new(daemon))
+}
+
+/// `cfg` with the runtime `weights` in place of the file's.
+fn weighted(cfg: &Config, weights: &HashMap<BackendRef, u32>) -> Config {
+    let mut cfg = cfg.clone();
+    for s in &mut cfg.services {
+        for b in &mut s.backends {
+            if let Some(w) = weights.get(&(s.name.clone(), b.name.clone())) {
+                b.weight = *w;
+            }
+        }
+    }
+    cfg
 }
