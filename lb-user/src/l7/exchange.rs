@@ -77,15 +77,23 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     if found[0] {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
+        // Removed by their text: a name looked up as `&str` is not copied
+        // into a HeaderName of its own (most messages say `keep-alive`).
+        // Nor is a list made for the usual one Connection line.
+        let mut values = headers.get_all(header::CONNECTION).iter();
+        let first = values.next().cloned();
+        let rest: Vec<HeaderValue> = values.cloned().collect();
+        for t in first
             .iter()
+            .chain(&rest)
             .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
-            .filter(|n| n != header::HOST)
-            .collect();
-        for n in named {
-            headers.remove(n);
+        {
+            match std::str::from_utf8(t.trim_ascii()) {
+                Ok(name) if !name.is_empty() && !name.eq_ignore_ascii_case("host") => {
+                    headers.remove(name);
+                }
+                _ => {}
+            }
         }
     }
     for (h, _) in HOP_BY_HOP.iter().zip(found).filter(|(_, f)| *f) {
@@ -410,5 +418,32 @@ pub(super) fn finish_response(svc: &Service, resp: &mut Response<Body>) {
     }
     if svc.cfg.http.connection == ConnectionMode::Close {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_lines_name_headers_to_drop_but_host() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, X-A"),
+            ("connection", " x-b ,close"),
+            ("connection", "Host"),
+            ("x-a", "1"),
+            ("x-b", "2"),
+            ("x-c", "3"),
+            ("host", "example.com"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["host", "x-c"]);
     }
 }

@@ -8,7 +8,7 @@
 
 use std::{
     future::poll_fn,
-    io,
+    io::{self, Write as _},
     net::SocketAddr,
     pin::Pin,
     sync::{Arc, Mutex},
@@ -499,7 +499,8 @@ async fn respond<W: AsyncWrite + Unpin>(
     } else if headers.contains_key(header::CONTENT_LENGTH) {
         Out::Raw
     } else if let Some(n) = exact {
-        add(&mut out, "content-length", n.to_string().as_bytes());
+        // Formatted in place: no string of its own for every response.
+        let _ = write!(out, "content-length: {n}\r\n");
         Out::Raw
     } else if http10 {
         Out::UntilClose
