@@ -218,15 +218,14 @@ impl Load {
 /// wrk with `conns` connections against the proxy `p` for the run's
 /// duration, with the proxy's CPU use.
 pub fn measured(p: &Proc, opts: &Opts, conns: u32, cpu: Option<u32>, cookie: Option<&str>) -> Result<Load> {
+    measured_at(p, opts, conns, cpu, &format!("http://{PROXY}/"), cookie)
+}
+
+/// As [`measured`], against `url`.
+fn measured_at(p: &Proc, opts: &Opts, conns: u32, cpu: Option<u32>, url: &str, cookie: Option<&str>) -> Result<Load> {
     let before = p.cpu_secs();
     let header = cookie.map(|v| format!("Cookie: SERVERID={v}"));
-    let l = run_wrk(
-        conns,
-        cpu,
-        opts.duration,
-        &format!("http://{PROXY}/"),
-        header.as_deref(),
-    )?;
+    let l = run_wrk(conns, cpu, opts.duration, url, header.as_deref())?;
     Ok(l.with_cpu(p.cpu_secs() - before, opts.duration))
 }
 
@@ -261,9 +260,9 @@ fn parse_ms(s: &str) -> Option<f64> {
     num.parse::<f64>().ok().map(|n| n * scale)
 }
 
-/// wrk against `url` (returning clients of s1).
-pub fn wrk_url(opts: &Opts, cpu: Option<u32>, duration: u64, url: &str) -> Result<Load> {
-    run_wrk(opts.connections, cpu, duration, url, Some("Cookie: SERVERID=s1"))
+/// wrk against `url` (returning clients of s1), as [`measured`].
+pub fn wrk_url(p: &Proc, opts: &Opts, cpu: Option<u32>, url: &str) -> Result<Load> {
+    measured_at(p, opts, opts.connections, cpu, url, Some("s1"))
 }
 
 fn run_wrk(conns: u32, cpu: Option<u32>, duration: u64, url: &str, header: Option<&str>) -> Result<Load> {
@@ -302,7 +301,7 @@ fn run_wrk(conns: u32, cpu: Option<u32>, duration: u64, url: &str, header: Optio
 }
 
 /// The lowest and highest of `v`.
-fn spread(v: impl Iterator<Item = f64>) -> (f64, f64) {
+pub fn spread(v: impl Iterator<Item = f64>) -> (f64, f64) {
     v.fold((f64::MAX, 0.0), |(lo, hi), x| (lo.min(x), hi.max(x)))
 }
 

@@ -24,7 +24,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use rustls::{pki_types::ServerName, ClientConfig, ClientConnection, HandshakeKind, StreamOwned};
 
-use crate::bench_l7::{idle_growth, median_of, pin_this_thread, wrk_url, Load, Opts, Proc};
+use crate::bench_l7::{idle_growth, median_of, pin_this_thread, spread, wrk_url, Load, Opts, Proc};
 
 pub const TLS_PROXY: &str = "127.0.0.1:18443";
 /// Threads of the handshake clients.
@@ -161,9 +161,7 @@ pub struct TlsResult {
 pub fn round(name: &'static str, p: &Proc, opts: &Opts, cpu: Option<u32>, memory: bool) -> Result<TlsResult> {
     let (full, _, f1) = handshakes(false, opts.duration, cpu).with_context(|| format!("{name}: full handshakes"))?;
     let (resumed, share, f2) = handshakes(true, opts.duration, cpu).with_context(|| format!("{name}: resumed"))?;
-    let before = p.cpu_secs();
-    let keep_alive = wrk_url(opts, cpu, opts.duration, &format!("https://{TLS_PROXY}/"))?
-        .with_cpu(p.cpu_secs() - before, opts.duration);
+    let keep_alive = wrk_url(p, opts, cpu, &format!("https://{TLS_PROXY}/"))?;
     let idle_bytes = if memory { idle_cost(p, opts.idle)? } else { 0.0 };
     eprintln!(
         "bench l7 tls: {name}: {full:.0} full handshakes/s, {resumed:.0} resumed/s ({:.0}% resumed), {:.0} req/s keep-alive",
@@ -191,9 +189,7 @@ pub fn combine(name: &'static str, rounds: Vec<TlsResult>) -> TlsResult {
         resumed: mid(&|r| r.resumed),
         resumed_share: mid(&|r| r.resumed_share),
         keep_alive: crate::bench_l7::median(rounds.iter().map(|r| r.keep_alive.clone()).collect()),
-        keep_alive_range: rounds.iter().fold((f64::INFINITY, 0.0), |(lo, hi), r| {
-            (lo.min(r.keep_alive.rps), hi.max(r.keep_alive.rps))
-        }),
+        keep_alive_range: spread(rounds.iter().map(|r| r.keep_alive.rps)),
         failed: rounds.iter().map(|r| r.failed).sum(),
         idle_bytes: rounds.iter().map(|r| r.idle_bytes).fold(0.0, f64::max),
     }
