@@ -1,12 +1,14 @@
 //! The access-log runs of `cargo xtask bench l7` (alone: `cargo xtask
 //! bench log`): xlb with its access log off, xlb with httplog lines to a
-//! UDP syslog sink, and HAProxy with `option httplog` to the same sink,
-//! under the same keep-alive load. The sink (a thread here, on the load
-//! generator's CPU) counts the lines it receives.
+//! UDP syslog sink, and HAProxy without and with `option httplog` to the
+//! same sink, under the same keep-alive load. The sink (a thread here, on
+//! the load generator's CPU) counts the lines it receives. A last run
+//! measures what the datagrams alone cost the sending CPU.
 
 use std::{
     fmt::Write as _,
     net::UdpSocket,
+    os::fd::AsRawFd,
     path::Path,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
@@ -23,9 +25,10 @@ use crate::bench_l7::{measured, median, pin_this_thread, wait_http, Load, Opts, 
 /// Where both proxies send their lines.
 pub const SINK: &str = "127.0.0.1:15514";
 
-/// A UDP syslog receiver that counts lines until dropped.
+/// A UDP syslog receiver that counts lines (and their bytes) until dropped.
 struct Sink {
     lines: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
 
@@ -33,18 +36,23 @@ impl Sink {
     fn start(cpu: Option<u32>) -> Result<Sink> {
         let sock = UdpSocket::bind(SINK).context("binding the syslog sink")?;
         sock.set_read_timeout(Some(Duration::from_millis(100)))?;
-        let (lines, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
-        let (l, s) = (lines.clone(), stop.clone());
+        let (lines, bytes, stop) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (l, b, s) = (lines.clone(), bytes.clone(), stop.clone());
         thread::spawn(move || {
             pin_this_thread(cpu);
             let mut buf = [0u8; 2048];
             while !s.load(Relaxed) {
-                if sock.recv(&mut buf).is_ok() {
+                if let Ok(n) = sock.recv(&mut buf) {
                     l.fetch_add(1, Relaxed);
+                    b.fetch_add(n as u64, Relaxed);
                 }
             }
         });
-        Ok(Sink { lines, stop })
+        Ok(Sink { lines, bytes, stop })
     }
 }
 
@@ -92,6 +100,13 @@ pub fn run(dir: &Path, xlb: &str, opts: &Opts, proxy_cpu: Option<u32>, load_cpu:
             lines_per_request: Vec::new(),
         },
         Run {
+            name: "haproxy, log off",
+            cmd: vec!["haproxy".into(), "-db".into(), "-f".into(), conf("haproxy.cfg")],
+            writer_moved: false,
+            loads: Vec::new(),
+            lines_per_request: Vec::new(),
+        },
+        Run {
             name: "haproxy, httplog to syslog",
             cmd: vec!["haproxy".into(), "-db".into(), "-f".into(), conf("haproxy-log.cfg")],
             writer_moved: false,
@@ -100,6 +115,9 @@ pub fn run(dir: &Path, xlb: &str, opts: &Opts, proxy_cpu: Option<u32>, load_cpu:
         },
     ];
     let sink = Sink::start(load_cpu)?;
+    // xlb's lines seen at the sink, and their bytes: the floor's datagrams
+    // are as long.
+    let mut line_bytes = (0u64, 0u64);
     for round in 0..opts.rounds {
         for r in &mut runs {
             let args: Vec<&str> = r.cmd.iter().map(String::as_str).collect();
@@ -115,11 +133,15 @@ pub fn run(dir: &Path, xlb: &str, opts: &Opts, proxy_cpu: Option<u32>, load_cpu:
             // each first request, as in the main runs).
             measured(&p, &Opts { duration: 1, ..*opts }, opts.connections, load_cpu, None)?;
             thread::sleep(Duration::from_millis(200));
-            let before = sink.lines.load(Relaxed);
+            let (before, bytes_before) = (sink.lines.load(Relaxed), sink.bytes.load(Relaxed));
             let load = measured(&p, opts, opts.connections, load_cpu, None)?;
             // The writer sends within milliseconds; give it a moment.
             thread::sleep(Duration::from_millis(300));
             let lines = sink.lines.load(Relaxed) - before;
+            if r.name.starts_with("xlb") {
+                line_bytes.0 += lines;
+                line_bytes.1 += sink.bytes.load(Relaxed) - bytes_before;
+            }
             let requests = load.rps * opts.duration as f64;
             r.lines_per_request.push(lines as f64 / requests.max(1.0));
             eprintln!(
@@ -134,6 +156,9 @@ pub fn run(dir: &Path, xlb: &str, opts: &Opts, proxy_cpu: Option<u32>, load_cpu:
         }
     }
     let rps: Vec<f64> = runs.iter().map(|r| median(r.loads.clone()).rps).collect();
+    let len = (line_bytes.1 / line_bytes.0.max(1)).max(1) as usize;
+    let floor = datagram_floor(len, proxy_cpu)?;
+    let off_cpu = median(runs[0].loads.clone()).cpu_us;
     let mut o = String::new();
     let _ = writeln!(
         o,
@@ -181,7 +206,71 @@ pub fn run(dir: &Path, xlb: &str, opts: &Opts, proxy_cpu: Option<u32>, load_cpu:
          **{:.2}x** (target >= 1x)",
         rps[2] / rps[0],
         rps[1] / rps[0],
-        rps[1] / rps[3]
+        rps[1] / rps[4]
+    );
+    let _ = writeln!(
+        o,
+        "- HAProxy with logging on / off: {:.2}x\n\nThe least a datagram a line costs here: a bare loop on CPU 0 \
+         sending datagrams of {len} bytes (the mean of xlb's lines above) to the same sink, {FLOOR_BATCH} a \
+         `sendmmsg` call, spends **{floor:.2} us** of its CPU a datagram (the kernel's UDP send and, on \
+         loopback, the receive). With xlb's {off_cpu:.1} us a request without logs, a sender that did nothing \
+         but that one datagram a request would run at {:.2}x of log-off at best on a saturated CPU; the \
+         0.97x target needs a line to cost under {:.2} us in all.",
+        rps[4] / rps[3],
+        off_cpu / (off_cpu + floor),
+        off_cpu * (1.0 / 0.97 - 1.0)
     );
     Ok(o)
+}
+
+/// Datagrams a `sendmmsg` call in [`datagram_floor`], as xlb's writer.
+const FLOOR_BATCH: usize = 64;
+
+/// CPU time of datagrams alone: a thread on `cpu` sends datagrams of `len`
+/// bytes to the sink, [`FLOOR_BATCH`] a `sendmmsg` call at about the
+/// logging runs' rate, and its CPU time is divided by what it sent
+/// (microseconds a datagram).
+fn datagram_floor(len: usize, cpu: Option<u32>) -> Result<f64> {
+    const CALLS: usize = 2000;
+    thread::spawn(move || -> Result<f64> {
+        pin_this_thread(cpu);
+        let sock = UdpSocket::bind("127.0.0.1:0")?;
+        sock.connect(SINK)?;
+        sock.set_nonblocking(true)?;
+        let line = vec![b'x'; len];
+        let mut iov: Vec<libc::iovec> = (0..FLOOR_BATCH)
+            .map(|_| libc::iovec {
+                iov_base: line.as_ptr() as *mut _,
+                iov_len: line.len(),
+            })
+            .collect();
+        // SAFETY: mmsghdr is plain data; zero is an empty header.
+        let mut msgs: Vec<libc::mmsghdr> = (0..FLOOR_BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
+        for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
+            m.msg_hdr.msg_iov = v;
+            m.msg_hdr.msg_iovlen = 1;
+        }
+        let start = thread_cpu_us();
+        let mut sent = 0u64;
+        for _ in 0..CALLS {
+            // SAFETY: the headers point at `iov`, which points at `line`;
+            // all outlive the call.
+            let n = unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), FLOOR_BATCH as u32, 0) };
+            sent += n.max(0) as u64;
+            // ~40,000 datagrams a second, as the logging runs send them.
+            thread::sleep(Duration::from_micros(1600));
+        }
+        anyhow::ensure!(sent > 0, "the floor run sent nothing");
+        Ok((thread_cpu_us() - start) / sent as f64)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the floor thread panicked"))?
+}
+
+/// This thread's CPU time (user + system), in microseconds.
+fn thread_cpu_us() -> f64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 * 1e6 + t.tv_nsec as f64 / 1e3
 }
