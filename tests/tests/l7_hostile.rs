@@ -547,6 +547,21 @@ fn slow_and_greedy_clients() {
     assert!(answer.starts_with("HTTP/1.1 408 "), "trickled head: {answer:?}");
     assert!(backend.take().is_empty(), "nothing reached the backend");
 
+    // HTTP/2 (h2c, prior knowledge) is held to the same limit: a
+    // connection that sends no request, only PINGs, is closed (GOAWAY,
+    // then the end) once timeout_http_request has passed.
+    let mut h2 = connect(&l);
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    while !closed && started.elapsed() < Duration::from_secs(5) {
+        closed =
+            h2.write_all(b"\0\0\x08\x06\0\0\0\0\0pingping").is_err() || drain(&mut h2, Duration::from_millis(300)).1;
+    }
+    assert!(closed, "an idle h2 connection that only pings is closed");
+    drop(h2);
+
     // A flood of headers: 431, whether by count or by size.
     let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
     let big = format!("X-Big: {}\r\n", "b".repeat(9000));

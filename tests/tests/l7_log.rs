@@ -75,7 +75,8 @@ struct HttpLog {
     backend: String,
     server: String,
     timers: [i64; 5],
-    status: u16,
+    /// -1: the client got no answer.
+    status: i32,
     bytes: u64,
     cookies: (String, String),
     term: String,
@@ -86,7 +87,7 @@ struct HttpLog {
 
 fn parse(line: &str) -> HttpLog {
     let re = regex::Regex::new(
-        r#"^<(\d+)>[A-Z][a-z]{2} [ 123]\d \d\d:\d\d:\d\d xlb\[(\d+)\]: (\S+) \[(\d\d/[A-Z][a-z]{2}/\d{4}:\d\d:\d\d:\d\d\.\d{3})\] (\S+) (\S+)/(\S+) (-?\d+)/(-?\d+)/(-?\d+)/(-?\d+)/(\d+) (\d{3}) (\d+) (\S+) (\S+) (\S{4}) (\d+/\d+/\d+/\d+/\+?\d+) (\d+/\d+) "(.*)"\n?$"#,
+        r#"^<(\d+)>[A-Z][a-z]{2} [ 123]\d \d\d:\d\d:\d\d xlb\[(\d+)\]: (\S+) \[(\d\d/[A-Z][a-z]{2}/\d{4}:\d\d:\d\d:\d\d\.\d{3})\] (\S+) (\S+)/(\S+) (-?\d+)/(-?\d+)/(-?\d+)/(-?\d+)/(\d+) (-1|\d{3}) (\d+) (\S+) (\S+) (\S{4}) (\d+/\d+/\d+/\d+/\+?\d+) (\d+/\d+) "(.*)"\n?$"#,
     )
     .unwrap();
     let c = re
@@ -103,7 +104,7 @@ fn parse(line: &str) -> HttpLog {
         backend: s(6),
         server: s(7),
         timers: [n(8), n(9), n(10), n(11), n(12)],
-        status: n(13) as u16,
+        status: n(13) as i32,
         bytes: n(14) as u64,
         cookies: (s(15), s(16)),
         term: s(17),
@@ -170,9 +171,9 @@ fn httplog_lines_reach_udp_and_unix_syslog_field_for_field() {
         ..Spec::default()
     });
     let from_udp = udp_sink(&l, 5514);
-    // The daemon's own message, at its severity: local2.warning.
+    // The daemon's own message, at HAProxy's severity: local2.alert.
     let down = from_unix.wait("backend s3 of service site is DOWN");
-    assert!(down.starts_with("<148>"), "{down}");
+    assert!(down.starts_with("<145>"), "{down}");
     let began = SystemTime::now();
 
     // A new client, a slow answer: a cookie inserted, the timers add up.
@@ -208,13 +209,17 @@ fn httplog_lines_reach_udp_and_unix_syslog_field_for_field() {
         f.bytes,
         r.body.len()
     );
-    assert_eq!(f.cookies, ("-".into(), format!("SRV={server}")), "captured cookies");
+    // The response's cookie is the server's (none), not the one inserted.
+    assert_eq!(f.cookies, ("-".into(), "-".into()), "captured cookies");
     assert_eq!(f.term, "--NI", "no cookie, one inserted");
+    // Connections open on the process and the service; at the service's
+    // servers, none but this one, which its own line leaves out.
     assert!(
-        f.conns.iter().take(4).all(|n| n.parse::<u64>().unwrap() >= 1),
+        f.conns[..2].iter().all(|n| n.parse::<u64>().unwrap() >= 1),
         "{:?}",
         f.conns
     );
+    assert_eq!(f.conns[2..4], ["0", "0"], "{:?}", f.conns);
     assert_eq!(f.conns[4], "0", "no retries");
     assert_eq!(f.queue, "0/0");
     assert_eq!(f.request, "GET /first?sleep=150 HTTP/1.1");
@@ -228,6 +233,10 @@ fn httplog_lines_reach_udp_and_unix_syslog_field_for_field() {
     assert_eq!(f.term, "--VN");
     assert_eq!(f.cookies.0, format!("SRV={server}"));
     assert_eq!(f.client, me, "the same connection");
+    // A cookie the application sets itself is the one captured.
+    c.get("/own?cookie=SRV:app", &[&format!("Cookie: SRV={server}")])
+        .unwrap();
+    assert_eq!(parse(&from_udp.wait("GET /own?")).cookies.1, "SRV=app");
     // A cookie for no server: invalid, a new one inserted.
     c.get("/bogus", &["Cookie: SRV=nobody"]).unwrap();
     assert_eq!(parse(&from_udp.wait("GET /bogus ")).term, "--II");
@@ -289,7 +298,7 @@ fn httplog_lines_reach_udp_and_unix_syslog_field_for_field() {
         .output()
         .expect("halog (Debian's haproxy)");
     let by_status = String::from_utf8_lossy(&out.stdout);
-    for want in ["200 5", "400 2", "503 1"] {
+    for want in ["200 6", "400 2", "503 1"] {
         assert!(by_status.lines().any(|l| l == want), "halog -st: {by_status}\n{text}");
     }
     let _ = std::fs::remove_file(&file);
@@ -370,6 +379,69 @@ fn json_lines_rfc5424_framing_dontlognull_and_a_sink_changed_by_reload() {
         !moved.all().iter().any(|l| l.contains("/quiet")),
         "an info line below the level"
     );
+}
+
+/// The queue's fields as HAProxy fills them (the place a request had,
+/// from 1; `<NOSRV>` for one that waited for any server and gave up), and
+/// request bodies that end badly: a client that leaves in its body (-1,
+/// `CD`), a broken chunked body (400, `PD`).
+#[test]
+fn queue_places_queue_timeouts_and_bodies_that_end_badly() {
+    lab::require_root!();
+    let l = L7::run(&Spec {
+        global: "log = \"udp://127.0.0.1:5514\"\n",
+        service: "[service.http]\ntimeout_queue = \"1500ms\"\n",
+        backends: &[Be("s1", "maxconn = 1")],
+        ..Spec::default()
+    });
+    let lines = udp_sink(&l, 5514);
+    let status = |path: &str| get(&l.ns, vip(), path, &[]).unwrap().status;
+    // One request holds the server; two wait behind it, in this order.
+    std::thread::scope(|s| {
+        let hold = s.spawn(|| status("/hold?sleep=700"));
+        std::thread::sleep(Duration::from_millis(200));
+        let first = s.spawn(|| status("/first"));
+        std::thread::sleep(Duration::from_millis(200));
+        let second = s.spawn(|| status("/second"));
+        let all = [hold, first, second].map(|h| h.join().unwrap());
+        assert_eq!(all, [200; 3]);
+    });
+    let f = parse(&lines.wait("GET /hold?"));
+    assert_eq!((f.queue.as_str(), f.timers[1]), ("0/0", 0), "{f:?}");
+    let f = parse(&lines.wait("GET /first "));
+    assert!(f.queue == "0/1" && f.timers[1] >= 200, "{f:?}");
+    assert_eq!(parse(&lines.wait("GET /second ")).queue, "0/2");
+    // Longer than timeout_queue: 503, and no server named.
+    std::thread::scope(|s| {
+        let hold = s.spawn(|| status("/hold?sleep=2500"));
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(status("/late"), 503);
+        assert_eq!(hold.join().unwrap(), 200);
+    });
+    let f = parse(&lines.wait("GET /late "));
+    assert_eq!(
+        (f.status, f.server.as_str(), f.term.as_str(), f.queue.as_str()),
+        (503, "<NOSRV>", "sQ--", "0/1"),
+        "{f:?}"
+    );
+    assert!(f.timers[1] >= 1400, "{f:?}");
+
+    // A client that sends 5 bytes of a 100-byte body and leaves.
+    let (mut c, _) = client(&l);
+    c.send("POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nhello")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    drop(c);
+    let f = parse(&lines.wait("POST /upload "));
+    assert_eq!((f.status, f.bytes, &f.term[..2]), (-1, 0, "CD"), "{f:?}");
+    // A chunk that is not one.
+    let (mut c, _) = client(&l);
+    let r = c
+        .raw("POST /broken HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n")
+        .unwrap();
+    assert_eq!(r.status, 400);
+    let f = parse(&lines.wait("POST /broken "));
+    assert_eq!((f.status, &f.term[..2]), (400, "PD"), "{f:?}");
 }
 
 #[test]

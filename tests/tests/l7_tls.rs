@@ -298,6 +298,14 @@ fn certificates_are_checked_and_a_reload_serves_new_ones_to_new_connections() {
             "the open connection still works"
         );
     }
+
+    // TLS turned off by a reload: the open TLS connection is still TLS
+    // and tells the backends so; a new one is plain.
+    let plain = l.cfg.replace(&tls_section(&[&shop], ""), "");
+    assert_ne!(plain, l.cfg);
+    l.reload(&plain);
+    assert_eq!(old.get("/", &[]).unwrap().seen("x-forwarded-proto"), ["https"]);
+    assert_eq!(l.get("/", &[]).seen("x-forwarded-proto"), ["http"]);
 }
 
 #[test]

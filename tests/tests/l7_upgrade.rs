@@ -239,6 +239,9 @@ fn a_seamless_upgrade_under_load_refuses_nothing_and_keeps_open_websockets() {
     let stop = AtomicBool::new(false);
     let (failed, answered, mut new) = std::thread::scope(|s| {
         let clients = s.spawn(|| load(&l, &stop));
+        // A request in flight when the new process takes over: answered,
+        // with `Connection: close` (the old process is leaving).
+        let in_flight = s.spawn(|| l.client().get("/in-flight?sleep=3000", &[]).unwrap());
         std::thread::sleep(Duration::from_millis(500));
         // The new process takes over while the clients keep going.
         let new = lab::XlbProcess::start(&l.ns, &l.cfg_path, &["--cleanup", "--sf", "--drain-timeout", "20s"])
@@ -246,6 +249,8 @@ fn a_seamless_upgrade_under_load_refuses_nothing_and_keeps_open_websockets() {
         std::thread::sleep(Duration::from_millis(1000));
         stop.store(true, Ordering::Relaxed);
         let (failed, answered) = clients.join().unwrap();
+        let r = in_flight.join().unwrap();
+        assert_eq!((r.status, r.header("connection")), (200, Some("close")), "{r:?}");
         (failed, answered, new)
     });
     assert!(

@@ -73,6 +73,18 @@ pub fn dynamic_cookie(key: &str, addr: SocketAddr) -> String {
         .collect()
 }
 
+/// What is wrong with a service, group or backend name, if anything: as
+/// HAProxy's proxy and server names, letters, digits and `-_.:` only
+/// (names go into log lines, metrics labels and URLs unquoted: a space or
+/// a newline there would forge fields or lines).
+fn bad_name(what: &str, name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some(format!("{what} name is empty"));
+    }
+    let ok = |c: char| c.is_ascii_alphanumeric() || "-_.:".contains(c);
+    (!name.chars().all(ok)).then(|| format!("{what} name {name:?}: only letters, digits, '-', '_', '.' and ':'"))
+}
+
 /// A token as RFC 6265 allows for cookie names.
 fn valid_cookie_name(name: &str) -> bool {
     !name.is_empty()
@@ -328,8 +340,8 @@ impl Validator<'_> {
 
     fn service(&mut self, rs: RawService) -> Option<Service> {
         let name = rs.name.get_ref().clone();
-        if name.is_empty() {
-            self.at(&rs.name, "service name is empty".into());
+        if let Some(e) = bad_name("service", &name) {
+            self.at(&rs.name, e);
         }
         let vip = rs.vip.get_ref().parse::<IpAddr>().map_err(|_| {
             self.at(&rs.vip, format!("vip {:?} is not an IP address", rs.vip.get_ref()));
@@ -411,8 +423,8 @@ impl Validator<'_> {
             let gname = g.get_ref().name.get_ref();
             if rs.mode != Mode::Http {
                 self.at(g, "[[service.group]] applies to mode \"http\" only".into());
-            } else if gname.is_empty() {
-                self.at(&g.get_ref().name, "group name is empty".into());
+            } else if let Some(e) = bad_name("group", gname) {
+                self.at(&g.get_ref().name, e);
             } else if groups.contains(gname) {
                 self.at(
                     &g.get_ref().name,
@@ -665,6 +677,9 @@ impl Validator<'_> {
     ) -> Option<Backend> {
         let name = ctx.service;
         let bname = rb.name.get_ref().clone();
+        if let Some(e) = bad_name("backend", &bname) {
+            self.at(&rb.name, e);
+        }
         if backends.iter().any(|b: &Backend| b.name == bname) {
             self.at(
                 &rb.name,
@@ -1094,6 +1109,30 @@ mod tests {
         assert!(parse_duration("367d").is_err());
         assert!(parse_duration("99999999999999999999h").is_err());
         assert!(parse_duration("9999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn names_that_would_break_log_lines_are_refused_at_their_line() {
+        let cfg = |service: &str, backend: &str| {
+            format!(
+                "[[service]]\nname = {service:?}\nvip = \"198.18.0.10\"\nport = 80\nmode = \"http\"\n\
+                 [[service.backend]]\nname = {backend:?}\naddress = \"198.18.1.10:8080\"\n"
+            )
+        };
+        assert_eq!(errors(&cfg("shop-1.eu:web_2", "a.b-c:d_e")), Vec::<String>::new());
+        let e = errors(&cfg("my shop", "a"));
+        assert!(
+            e.len() == 1 && e[0].starts_with("x.toml:2:") && e[0].contains("service name \"my shop\""),
+            "{e:?}"
+        );
+        let e = errors(&cfg("shop\n127.0.0.1:1 [01/Jan/2026:00:00:00.000] fake", "a"));
+        assert!(e.len() == 1 && e[0].contains("only letters, digits"), "{e:?}");
+        let e = errors(&cfg("shop", "a b/c"));
+        assert!(
+            e.len() == 1 && e[0].starts_with("x.toml:7:") && e[0].contains("backend name"),
+            "{e:?}"
+        );
+        assert!(errors(&cfg("shop", ""))[0].contains("backend name is empty"));
     }
 
     #[test]

@@ -455,13 +455,33 @@ impl Daemon {
         if !changed {
             return;
         }
-        let state = if c.up { "UP" } else { "DOWN" };
-        tracing::warn!(
-            "backend {} of service {} is {state}: {}",
-            c.backend,
-            c.service,
-            c.reason
-        );
+        // Syslog severities as HAProxy's: a server down is an alert, back
+        // up a notice, a backend left with none an emergency.
+        if c.up {
+            tracing::warn!(
+                syslog = "notice",
+                "backend {} of service {} is UP: {}",
+                c.backend,
+                c.service,
+                c.reason
+            );
+        } else {
+            tracing::warn!(
+                syslog = "alert",
+                "backend {} of service {} is DOWN: {}",
+                c.backend,
+                c.service,
+                c.reason
+            );
+            let usable = |b: &&crate::config::Backend| {
+                let r = (c.service.clone(), b.name.clone());
+                !self.down.contains(&r) && self.admin.get(&r) != Some(&AdminState::Maint)
+            };
+            let service = self.cfg.services.iter().find(|s| s.name == c.service);
+            if service.is_some_and(|s| !s.backends.iter().any(|b| usable(&b))) {
+                tracing::error!(syslog = "emerg", "service {} has no server available!", c.service);
+            }
+        }
         if let Err(e) = self.apply() {
             tracing::error!("rebuilding the tables after a health change failed: {e}");
         }

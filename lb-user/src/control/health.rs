@@ -118,7 +118,8 @@ async fn http_check<S: AsyncRead + AsyncWrite + Unpin>(
     );
     s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
     s.flush().await.map_err(|e| e.to_string())?;
-    // The status line; for expect_body, the answer up to the close.
+    // The status line; for expect_body, the answer up to the end of its
+    // body (its length, its last chunk, or the close).
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -130,7 +131,11 @@ async fn http_check<S: AsyncRead + AsyncWrite + Unpin>(
         };
         buf.extend_from_slice(&chunk[..got]);
         let line_done = buf.windows(2).any(|w| w == b"\r\n");
-        if got == 0 || buf.len() >= MAX_ANSWER || (line_done && c.expect_body.is_none()) {
+        let enough = match &c.expect_body {
+            None => line_done,
+            Some(_) => body_complete(&buf),
+        };
+        if got == 0 || buf.len() >= MAX_ANSWER || enough {
             break;
         }
     }
@@ -162,6 +167,46 @@ async fn http_check<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     Ok(())
+}
+
+/// The answer in `buf` holds its whole body: as long as its
+/// Content-Length, or up to its last chunk (without either, only the close
+/// ends it).
+fn body_complete(buf: &[u8]) -> bool {
+    let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let (head, body) = (String::from_utf8_lossy(&buf[..at]).to_ascii_lowercase(), &buf[at + 4..]);
+    let field = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+    };
+    if field("transfer-encoding:").is_some_and(|v| v.contains("chunked")) {
+        return last_chunk_read(body);
+    }
+    field("content-length:")
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|n| body.len() >= n)
+}
+
+/// A chunked body is whole: its zero-size chunk and the empty line after
+/// its trailers have come.
+fn last_chunk_read(mut rest: &[u8]) -> bool {
+    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+        let size = String::from_utf8_lossy(&rest[..eol]);
+        let Ok(n) = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16) else {
+            return false;
+        };
+        let after = &rest[eol + 2..];
+        if n == 0 {
+            return after.starts_with(b"\r\n") || after.windows(4).any(|w| w == b"\r\n\r\n");
+        }
+        if after.len() < n + 2 {
+            return false;
+        }
+        rest = &after[n + 2..];
+    }
+    false
 }
 
 /// A chunked body's data (as far as it goes).
@@ -310,6 +355,9 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (seen_tx, mut seen) = mpsc::channel(8);
         tokio::spawn(async move {
+            // Connections kept open, as by a server that ignores
+            // `Connection: close`: the check ends with the body.
+            let mut held = Vec::new();
             for answer in [
                 "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
                 "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
@@ -325,7 +373,9 @@ mod tests {
                     .await
                     .unwrap();
                 let _ = s.write_all(answer.as_bytes()).await;
+                held.push(s);
             }
+            std::future::pending::<()>().await;
         });
         let mut h = health(1, 1);
         let mut c = HttpCheck {

@@ -46,6 +46,8 @@ fn on(svc: &Service) -> bool {
 pub(super) struct Access<'a> {
     svc: &'a Service,
     peer: SocketAddr,
+    /// The client's connection is TLS.
+    tls: bool,
     /// None: not logged.
     request: Option<(RequestLine, Arrival)>,
     /// TR, Tw, Tc, Tr (-1 until reached).
@@ -54,13 +56,26 @@ pub(super) struct Access<'a> {
     pub pool: usize,
     pub retries: u32,
     pub redispatched: bool,
-    /// Requests ahead of it in the server's and the service's queue.
-    pub queue: [u64; 2],
-    cookie: Option<Box<str>>,
+    /// Its place in the server's or the service's queue (0: did not wait).
+    queue: [u64; 2],
+    /// The server it holds a place at (counted in the server's and the
+    /// service's connections, which its own line leaves out, as HAProxy
+    /// logs after the server's connection is released).
+    pub placed: Option<usize>,
+    /// The client went away before its response (in its request body):
+    /// logged with status -1 and nothing sent, as HAProxy logs it.
+    pub client_gone: bool,
+    /// The captured cookie of the request, and of the server's response.
+    cookies: [Option<Box<str>>; 2],
 }
 
 impl<'a> Access<'a> {
-    pub(super) fn new<B>(svc: &'a Service, peer: SocketAddr, arrival: Option<Arrival>, req: &Request<B>) -> Access<'a> {
+    pub(super) fn new<B>(
+        svc: &'a Service,
+        (peer, tls): (SocketAddr, bool),
+        arrival: Option<Arrival>,
+        req: &Request<B>,
+    ) -> Access<'a> {
         let request = on(svc).then(|| {
             let line = RequestLine::new(req.method(), req.uri(), req.version());
             (line, arrival.unwrap_or_else(Arrival::now))
@@ -80,14 +95,40 @@ impl<'a> Access<'a> {
         Access {
             svc,
             peer,
+            tls,
             request,
             timers: [tr, -1, -1, -1],
             pool: 0,
             retries: 0,
             redispatched: false,
             queue: [0, 0],
-            cookie,
+            placed: None,
+            client_gone: false,
+            cookies: [cookie, None],
         }
+    }
+
+    /// The request waited in a queue, at `place`: its server's
+    /// (`tied`, HAProxy's srv_queue) or the service's (backend_queue).
+    pub(super) fn queued(&mut self, tied: bool, place: u64) {
+        self.queue = if tied { [place, 0] } else { [0, place] };
+    }
+
+    /// Captures the cookie the server set, as it set it: before the
+    /// persistence cookie is inserted or rewritten (HAProxy's `%CS`).
+    pub(super) fn server_cookie<B>(&mut self, resp: &Response<B>) {
+        let (Some(_), Some(name)) = (&self.request, &self.svc.cfg.log.capture_cookie) else {
+            return;
+        };
+        self.cookies[1] = resp
+            .headers()
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|v| {
+                let (k, rest) = v.split_once('=')?;
+                (k.trim() == name).then(|| captured(name, rest.split(';').next().unwrap_or("")))
+            });
     }
 
     /// Now, if the request is logged (its timers need it).
@@ -108,62 +149,29 @@ impl<'a> Access<'a> {
     /// letters of the termination state; `cookie`: the persistence
     /// cookie flags (request, response), when cookie persistence applies.
     pub(super) fn finish(
-        self,
+        mut self,
         server: Option<usize>,
         term: [u8; 2],
         cookie: Option<(char, char)>,
         resp: Response<Body>,
     ) -> Response<Body> {
-        let Some((request, arrival)) = self.request else {
+        let (c, s) = cookie.unwrap_or(('-', '-'));
+        let gone = self.client_gone;
+        let status = (!gone).then(|| resp.status().as_u16());
+        let bytes = if gone { 0 } else { head_bytes(&resp) };
+        let Some((rec, start)) = self.record(server, [term[0], term[1], c as u8, s as u8], status, bytes) else {
             return resp;
         };
-        let svc = self.svc;
-        let (c, s) = cookie.unwrap_or(('-', '-'));
-        let counters = &svc.counters;
-        let srv_conn = server.map_or(0, |t| svc.slots[t].counters.busy.load(Relaxed) as u64);
-        let set_cookie = match &svc.cfg.log.capture_cookie {
-            Some(name) => resp
-                .headers()
-                .get_all(header::SET_COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .find_map(|v| {
-                    let (k, rest) = v.split_once('=')?;
-                    (k.trim() == name).then(|| captured(name, rest.split(';').next().unwrap_or("")))
-                }),
-            None => None,
-        };
-        let [tr, tw, tc, tres] = self.timers;
-        let rec = HttpRecord {
-            format: svc.cfg.log.format,
-            client: self.peer,
-            date: arrival.date,
-            frontend: svc.log_name.clone(),
-            tls: svc.tls.is_some(),
-            backend: svc.pool_names[self.pool].clone(),
-            server: server.map(|t| svc.slots[t].name.clone()),
-            timers: [tr, tw, tc, tres, -1],
-            status: resp.status().as_u16(),
-            bytes: head_bytes(&resp),
-            cookies: [self.cookie, set_cookie],
-            term: [term[0], term[1], c as u8, s as u8],
-            conns: [
-                admission::open_now(),
-                counters.conns.load(Relaxed),
-                beconn(svc),
-                srv_conn,
-            ],
-            retries: self.retries,
-            redispatched: self.redispatched,
-            queue: self.queue,
-            request: Some(request),
-        };
-        let start = arrival.at;
+        if gone {
+            // Now: nothing of the answer reaches the client.
+            push_now(rec, start);
+            return resp;
+        }
         let sent = Sent::default();
         let mut resp = resp.map(|body| {
             http_body_util::BodyExt::boxed(Logged {
                 body,
-                rec: Some(Box::new(rec)),
+                rec: Some(rec),
                 start,
                 ended: false,
                 failed: false,
@@ -173,6 +181,71 @@ impl<'a> Access<'a> {
         resp.extensions_mut().insert(sent);
         resp
     }
+
+    /// The line (taken once), and when its request came.
+    fn record(
+        &mut self,
+        server: Option<usize>,
+        term: [u8; 4],
+        status: Option<u16>,
+        bytes: u64,
+    ) -> Option<(Box<HttpRecord>, Instant)> {
+        let (request, arrival) = self.request.take()?;
+        let svc = self.svc;
+        let counters = &svc.counters;
+        let me = u64::from(self.placed.is_some());
+        let srv_conn = server.map_or(0, |t| {
+            (svc.slots[t].counters.busy.load(Relaxed) as u64).saturating_sub(me)
+        });
+        let [tr, tw, tc, tres] = self.timers;
+        let rec = HttpRecord {
+            format: svc.cfg.log.format,
+            client: self.peer,
+            date: arrival.date,
+            frontend: svc.log_name.clone(),
+            tls: self.tls,
+            backend: svc.pool_names[self.pool].clone(),
+            server: server.map(|t| svc.slots[t].name.clone()),
+            timers: [tr, tw, tc, tres, -1],
+            status,
+            bytes,
+            cookies: std::mem::take(&mut self.cookies),
+            term,
+            conns: [
+                admission::open_now(),
+                counters.conns.load(Relaxed),
+                beconn(svc).saturating_sub(me),
+                srv_conn,
+            ],
+            retries: self.retries,
+            redispatched: self.redispatched,
+            queue: self.queue,
+            request: Some(request),
+        };
+        Some((Box::new(rec), arrival.at))
+    }
+}
+
+impl Drop for Access<'_> {
+    /// A request its client gave up before its answer (an HTTP/2 stream
+    /// reset drops the handler): logged as HAProxy does, by where it was:
+    /// `CQ` in the queue, `CC` connecting, `CH` waiting for the answer.
+    fn drop(&mut self) {
+        let phase = match self.timers {
+            [_, -1, _, _] => b"CQ",
+            [_, _, -1, _] => b"CC",
+            _ => b"CH",
+        };
+        if let Some((rec, start)) = self.record(self.placed, [phase[0], phase[1], b'-', b'-'], None, 0) {
+            push_now(rec, start);
+        }
+    }
+}
+
+/// Queues a line whose request has ended.
+fn push_now(mut rec: Box<HttpRecord>, start: Instant) {
+    rec.timers[4] = ms(start, Instant::now());
+    logging::push(Entry::Http(rec));
 }
 
 /// The bytes the HTTP/1 writer put on the wire for a response (head,
@@ -325,7 +398,7 @@ pub(super) fn no_request(
         backend: svc.log_name.clone(),
         server: None,
         timers: [-1, -1, -1, -1, ms(arrival.at, Instant::now())],
-        status: status.as_u16(),
+        status: Some(status.as_u16()),
         bytes: 0,
         cookies: [None, None],
         term: [term[0], term[1], b'-', b'-'],

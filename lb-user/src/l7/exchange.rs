@@ -21,7 +21,7 @@ use super::{
     counters::bump,
     http1::{
         client::ExchangeError,
-        framing::{self, Decode},
+        framing::{self, Decode, MalformedBody},
     },
     persistence::{finish_cookie, learn_session, persistence},
     pool::{Origin, SendError},
@@ -153,6 +153,7 @@ pub(super) async fn handle(
     svc: Arc<Service>,
     states: States,
     peer: SocketAddr,
+    tls: bool,
     req: Request<Body>,
     arrival: Option<Arrival>,
 ) -> Response<Body> {
@@ -171,7 +172,7 @@ pub(super) async fn handle(
             };
         }
     }
-    let mut log = Access::new(&svc, peer, arrival, &req);
+    let mut log = Access::new(&svc, (peer, tls), arrival, &req);
     // (HTTP/1 heads are held to the limit as they are read; this is for
     // HTTP/2's.)
     let head_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
@@ -231,19 +232,27 @@ pub(super) async fn handle(
     };
     // A place at the server (maxconn), waiting in the queue if need be.
     let queued_at = log.clock();
-    let placed = svc.place(&st, pool, target, p.target.is_some(), &key).await;
+    let tied = p.target.is_some();
+    let placed = svc.place(&st, pool, target, tied, &key).await;
     log.time(1, queued_at, log.clock());
-    let Some(mut permit) = placed else {
-        bump(&svc.counters.no_server);
-        let r = local(StatusCode::SERVICE_UNAVAILABLE, "no server available: queue timeout\n");
-        return log.finish(Some(target), *b"sQ", flags('N'), r);
+    let mut permit = match placed {
+        Ok(permit) => permit,
+        Err(place) => {
+            // As HAProxy: a request that waited for its own server names
+            // it; one that waited for any names none.
+            log.queued(tied, place);
+            bump(&svc.counters.no_server);
+            let r = local(StatusCode::SERVICE_UNAVAILABLE, "no server available: queue timeout\n");
+            return log.finish(tied.then_some(target), *b"sQ", flags('N'), r);
+        }
     };
-    if let Some(ahead) = permit.ahead {
-        log.queue = if p.target.is_some() { [ahead, 0] } else { [0, ahead] };
-    }
     let mut target = permit.backend;
+    log.placed = Some(target);
+    if let Some(place) = permit.place {
+        log.queued(tied, place);
+    }
 
-    let upgrade = prepare_request(&svc, peer, &mut req);
+    let upgrade = prepare_request(&svc, peer, tls, &mut req);
     let origin = Origin {
         client: peer,
         dst: SocketAddr::new(svc.cfg.vip, svc.cfg.port),
@@ -257,7 +266,9 @@ pub(super) async fn handle(
         match svc.pools[target].checkout(http.timeout_connect, name, &origin).await {
             Ok(s) => break s,
             Err(e) => {
-                tracing::warn!(service = %svc.cfg.name, backend = %svc.cfg.backends[target].name, "{e}");
+                // Counted (and shown by the stats); HAProxy does not log
+                // each attempt either.
+                tracing::debug!(service = %svc.cfg.name, backend = %svc.cfg.backends[target].name, "{e}");
                 bump(&svc.slots[target].counters.connect_errors);
                 failed.push(target);
                 if failed.len() as u32 >= attempts {
@@ -270,12 +281,18 @@ pub(super) async fn handle(
                     if let Some(t) = balancer.pick(&svc.slots, &svc.eligible(&st, pool, &failed), &key) {
                         // The place moves with the request.
                         drop(permit);
-                        let Some(moved) = svc.place(&st, pool, t, true, &key).await else {
-                            bump(&svc.counters.no_server);
-                            return log.finish(Some(t), *b"sQ", flags('N'), local_503());
+                        let moved = match svc.place(&st, pool, t, true, &key).await {
+                            Ok(moved) => moved,
+                            Err(place) => {
+                                log.placed = None;
+                                log.queued(true, place);
+                                bump(&svc.counters.no_server);
+                                return log.finish(Some(t), *b"sQ", flags('N'), local_503());
+                            }
                         };
                         permit = moved;
                         target = t;
+                        log.placed = Some(t);
                         via = Via::Redispatch;
                         log.redispatched = true;
                         bump(&svc.slots[target].counters.redispatches);
@@ -299,7 +316,8 @@ pub(super) async fn handle(
     counters.active.fetch_sub(1, Ordering::Relaxed);
     let resp = match sent {
         Ok(Ok(r)) => r,
-        // The client's body broke its framing (or the client went away).
+        // The client's body broke its framing (HAProxy: PD), or the
+        // client went away in it (CD).
         Ok(Err(SendError::Exchange {
             cause: ExchangeError::RequestBody(e),
             ..
@@ -307,10 +325,14 @@ pub(super) async fn handle(
             tracing::debug!(service = %svc.cfg.name, "request body: {e}");
             bump(&svc.counters.refused);
             let r = local(StatusCode::BAD_REQUEST, "bad request body\n");
+            if e.is::<MalformedBody>() {
+                return log.finish(Some(target), *b"PD", flags('N'), r);
+            }
+            log.client_gone = true;
             return log.finish(Some(target), *b"CD", flags('N'), r);
         }
         Ok(Err(e @ SendError::Exchange { .. })) | Ok(Err(e @ SendError::Connect { .. })) => {
-            tracing::warn!(service = %svc.cfg.name, "{e}");
+            tracing::debug!(service = %svc.cfg.name, "{e}");
             counters.response(502);
             let r = local(StatusCode::BAD_GATEWAY, "bad gateway\n");
             return log.finish(Some(target), *b"SH", flags('N'), r);
@@ -337,6 +359,7 @@ pub(super) async fn handle(
         resp.map(|b| Held::new(b, permit).boxed())
     };
     learn_session(&svc, p.session.as_deref(), target, &resp, now_i);
+    log.server_cookie(&resp);
     let via_cookie = via == Via::Cookie;
     let set = if svc.cookie_pools[pool] {
         finish_cookie(&svc, &method, target, via_cookie, p.parsed.as_ref(), now, &mut resp)
@@ -354,7 +377,7 @@ pub(super) fn local_503() -> Response<Body> {
 /// Origin-form URI and Host (from HTTP/2's authority), HTTP/1.1 towards the
 /// backend, hop-by-hop headers dropped (but an HTTP/1.1 client's upgrade
 /// request: true), X-Forwarded-Proto set, X-Forwarded-For added.
-pub(super) fn prepare_request(svc: &Service, peer: SocketAddr, req: &mut Request<Body>) -> bool {
+pub(super) fn prepare_request(svc: &Service, peer: SocketAddr, tls: bool, req: &mut Request<Body>) -> bool {
     let upgrade = upgrade_asked(req);
     if req.headers().get(header::HOST).is_none() {
         if let Some(a) = req
@@ -378,7 +401,7 @@ pub(super) fn prepare_request(svc: &Service, peer: SocketAddr, req: &mut Request
         req.headers_mut().insert(header::UPGRADE, protocols.clone());
     }
     // Always xlb's own: a client's value is replaced, never passed on.
-    let proto = HeaderValue::from_static(if svc.tls.is_some() { "https" } else { "http" });
+    let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
     req.headers_mut().insert(X_FORWARDED_PROTO, proto);
     let http = &svc.cfg.http;
     let except = http.forwardfor_except.is_some_and(|c| c.contains(peer.ip()));

@@ -73,8 +73,9 @@ pub struct Permit {
     queue: Option<Arc<Queue>>,
     counters: Arc<[Arc<BackendCounters>]>,
     pub backend: usize,
-    /// Requests that were ahead of it in the queue, if it waited.
-    pub ahead: Option<u64>,
+    /// Its place in the queue when it came (1: first), if it waited:
+    /// HAProxy's `srv_queue`/`backend_queue` log fields.
+    pub place: Option<u64>,
 }
 
 impl Drop for Permit {
@@ -120,7 +121,7 @@ impl Queue {
             queue: Some(self.clone()),
             counters: limits.counters.clone(),
             backend: i,
-            ahead: None,
+            place: None,
         })
     }
 
@@ -130,8 +131,8 @@ impl Queue {
     }
 
     /// Waits for a place at a server `wants` accepts, up to `within`.
-    /// None: the time is up.
-    pub async fn wait(self: &Arc<Queue>, limits: &Limits, wants: Wants, within: Duration) -> Option<Permit> {
+    /// Err: the time is up, with the place in the queue the request had.
+    pub async fn wait(self: &Arc<Queue>, limits: &Limits, wants: Wants, within: Duration) -> Result<Permit, u64> {
         let rx = {
             let mut waiting = self.waiting.lock().expect("queue lock");
             // Under the lock: a place freed since the caller looked is
@@ -141,7 +142,7 @@ impl Queue {
                 Wants::Any(v) => self.take_now(limits, v),
             };
             if let Some(p) = now {
-                return Some(p);
+                return Ok(p);
             }
             let (tx, rx) = oneshot::channel();
             let counters = limits.counters.clone();
@@ -156,12 +157,12 @@ impl Queue {
         let got = tokio::time::timeout(within, rx).await;
         match got {
             Ok(Ok(mut p)) => {
-                p.ahead = Some(n - 1);
-                Some(p)
+                p.place = Some(n);
+                Ok(p)
             }
             _ => {
                 c.queue_timeouts.fetch_add(1, Relaxed);
-                None
+                Err(n)
             }
         }
     }
@@ -181,7 +182,7 @@ impl Queue {
                 queue: Some(self.clone()),
                 counters: w.counters.clone(),
                 backend: j,
-                ahead: None,
+                place: None,
             };
             match w.tx.send(permit) {
                 Ok(()) => return,
@@ -265,20 +266,21 @@ mod tests {
         let for1 = tokio::spawn(async move {
             q1.wait(&l1, Wants::One(1), Duration::from_secs(5))
                 .await
-                .map(|p| p.backend)
+                .map(|p| (p.backend, p.place))
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         let any = tokio::spawn(async move {
             q2.wait(&l2, Wants::Any(vec![0, 1]), Duration::from_secs(5))
                 .await
-                .map(|p| p.backend)
+                .map(|p| (p.backend, p.place))
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(q.counters.queued.load(Relaxed), 2);
         drop(a); // server 0 frees: only the second waiter can use it
-        assert_eq!(any.await.unwrap(), Some(0));
+                 // Each logs the place it had in the queue (HAProxy counts from 1).
+        assert_eq!(any.await.unwrap(), Ok((0, Some(2))));
         drop(b);
-        assert_eq!(for1.await.unwrap(), Some(1));
+        assert_eq!(for1.await.unwrap(), Ok((1, Some(1))));
         assert_eq!(
             l.counters[0].busy.load(Relaxed) + l.counters[1].busy.load(Relaxed),
             0,
@@ -306,7 +308,7 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(held);
-        assert_eq!(waiter.await.unwrap(), Some(0));
+        assert_eq!(waiter.await.unwrap(), Ok(0));
         assert_eq!(old.counters[1].busy.load(Relaxed), 0);
     }
 
@@ -315,7 +317,10 @@ mod tests {
         let q = Queue::new(Default::default());
         let l = limits(&[1]);
         let p = q.take_now(&l, &[0]).unwrap();
-        assert!(q.wait(&l, Wants::One(0), Duration::from_millis(30)).await.is_none());
+        assert_eq!(
+            q.wait(&l, Wants::One(0), Duration::from_millis(30)).await.err(),
+            Some(1)
+        );
         assert_eq!(q.counters.snapshot(0).queue_timeouts, 1);
         drop(p);
         assert_eq!(l.counters[0].busy.load(Relaxed), 0);

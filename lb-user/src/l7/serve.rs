@@ -3,10 +3,22 @@
 //! HTTP/2 by hyper's (chosen by ALPN over TLS; by its preface, h2c with
 //! prior knowledge, over plain TCP).
 
-use std::{convert::Infallible, future::Future, pin::Pin, time::Duration};
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
 
 use http_body_util::BodyExt;
-use hyper::{server::conn::http2, service::service_fn, StatusCode};
+use hyper::{
+    body::{Bytes, Frame, SizeHint},
+    server::conn::http2,
+    service::service_fn,
+    StatusCode,
+};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -72,7 +84,7 @@ pub async fn serve(mut stream: TcpStream, mut conn: Accepted) {
     if http1 {
         on_heap(downstream::serve(stream, conn)).await;
     } else {
-        on_heap(serve_h2(stream, conn)).await;
+        on_heap(serve_h2(stream, conn, false)).await;
     }
 }
 
@@ -98,13 +110,13 @@ async fn serve_tls(stream: TcpStream, conn: Accepted, acceptor: TlsAcceptor, t_f
         bump(&counters.tls_resumed);
     }
     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-        on_heap(serve_h2(tls, conn)).await;
+        on_heap(serve_h2(tls, conn, true)).await;
     } else {
         downstream::serve(tls, conn).await;
     }
 }
 
-async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream: S, conn: Accepted) {
+async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream: S, conn: Accepted, tls: bool) {
     // The slot is held until the connection ends.
     let Accepted {
         peer,
@@ -114,23 +126,117 @@ async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream: S,
         front: _front,
         ..
     } = conn;
+    let (t_first, t_idle, t_client) = {
+        let http = &current.read().expect("service lock").cfg.http;
+        (
+            http.timeout_http_request,
+            http.timeout_http_keep_alive,
+            http.timeout_client,
+        )
+    };
+    let streams = Arc::new(Streams::default());
+    let counted = streams.clone();
     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let svc = current.read().expect("service lock").clone();
         let req = req.map(boxed);
         let states = states.clone();
-        async move { Ok::<_, Infallible>(handle(svc, states, peer, req, None).await) }
+        let open = Open::new(&counted);
+        async move {
+            let resp = handle(svc, states, peer, tls, req, None).await;
+            Ok::<_, Infallible>(resp.map(|body| Answering { body, _open: open }))
+        }
     });
     let conn = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
-    // A leaving process sends GOAWAY: streams in flight finish, the
-    // client opens new ones elsewhere.
-    tokio::select! {
-        _ = conn.as_mut() => return,
-        _ = admission::drained() => conn.as_mut().graceful_shutdown(),
+    // Idle as HTTP/1's connections are: closed (GOAWAY) when no request
+    // came within `timeout_http_request` of the start, or within
+    // `timeout_http_keep_alive` of the last answer; frames that are not
+    // requests (PING, SETTINGS) do not keep a connection. A leaving
+    // process sends GOAWAY too: streams in flight finish, the client
+    // opens new ones elsewhere.
+    let started = Instant::now();
+    let idle = loop {
+        let (idle_since, limit) = match streams.idle_since() {
+            None => (Instant::now(), t_idle),
+            Some(None) => (started, t_first),
+            Some(Some(at)) => (at, t_idle),
+        };
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = admission::drained() => break false,
+            _ = tokio::time::sleep_until((idle_since + limit).into()) => {
+                if streams.idle_since().is_some_and(|at| at.unwrap_or(started) + limit <= Instant::now()) {
+                    break true;
+                }
+            }
+        }
+    };
+    conn.as_mut().graceful_shutdown();
+    if idle {
+        // Nothing in flight: a client that does not read its GOAWAY is
+        // not waited for long.
+        let _ = timeout(t_client, conn).await;
+    } else {
+        let _ = conn.await;
     }
-    let _ = conn.await;
+}
+
+/// The requests of an HTTP/2 connection: how many are being answered, and
+/// when the last answer was made.
+#[derive(Default)]
+struct Streams(Mutex<(usize, Option<Instant>)>);
+
+impl Streams {
+    /// None while requests are being answered; else since when it has
+    /// been idle (None inside: no request yet).
+    fn idle_since(&self) -> Option<Option<Instant>> {
+        let (open, last) = *self.0.lock().expect("streams lock");
+        (open == 0).then_some(last)
+    }
+}
+
+/// A response body that counts its request as being answered until it
+/// ends (or the client resets the stream).
+struct Answering {
+    body: Body,
+    _open: Open,
+}
+
+impl hyper::body::Body for Answering {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A request being answered; counted until dropped.
+struct Open(Arc<Streams>);
+
+impl Open {
+    fn new(streams: &Arc<Streams>) -> Open {
+        streams.0.lock().expect("streams lock").0 += 1;
+        Open(streams.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        let mut s = self.0 .0.lock().expect("streams lock");
+        s.0 -= 1;
+        s.1 = Some(Instant::now());
+    }
 }
 
 fn boxed(body: hyper::body::Incoming) -> Body {

@@ -275,8 +275,8 @@ impl Service {
     /// A place at a server under `maxconn` for a request of `pool`: at
     /// `target` if it has room; else a persistent request (`tied`) waits
     /// for its server, and a balanced one goes to another eligible server
-    /// with room, or waits for the first that frees. None: it waited
-    /// `timeout_queue`.
+    /// with room, or waits for the first that frees. Err: it waited
+    /// `timeout_queue`, with the place in the queue it had.
     pub(super) async fn place(
         &self,
         st: &[u8],
@@ -284,9 +284,9 @@ impl Service {
         target: usize,
         tied: bool,
         key: &Key<'_>,
-    ) -> Option<Permit> {
+    ) -> Result<Permit, u64> {
         if let Some(p) = self.queue.take_now(&self.limits, &[target]) {
-            return Some(p);
+            return Ok(p);
         }
         let within = self.cfg.http.timeout_queue;
         if tied {
@@ -298,7 +298,7 @@ impl Service {
             .pick(&self.slots, &room, key)
             .and_then(|t| self.queue.take_now(&self.limits, &[t]))
         {
-            return Some(p);
+            return Ok(p);
         }
         self.queue.wait(&self.limits, Wants::Any(eligible), within).await
     }

@@ -25,6 +25,9 @@ pub type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + Sized + 'static {
     type Read: AsyncRead + Unpin + Send + 'static;
     type Write: AsyncWrite + Unpin + Send + 'static;
+    /// The client's connection is TLS (X-Forwarded-Proto, the log's `~`:
+    /// the connection's, whatever a reload since made of its service).
+    const TLS: bool;
 
     /// Halves that read and write at the same time.
     fn split(self) -> (Self::Read, Self::Write);
@@ -55,6 +58,7 @@ pub enum Asleep {
 impl Transport for TcpStream {
     type Read = OwnedReadHalf;
     type Write = OwnedWriteHalf;
+    const TLS: bool = false;
 
     fn split(self) -> (OwnedReadHalf, OwnedWriteHalf) {
         self.into_split()
@@ -87,6 +91,7 @@ impl Transport for TcpStream {
 impl Transport for TlsStream {
     type Read = ReadHalf<TlsStream>;
     type Write = WriteHalf<TlsStream>;
+    const TLS: bool = true;
 
     fn split(self) -> (Self::Read, Self::Write) {
         tokio::io::split(self)

@@ -26,6 +26,9 @@ fn severity(level: &Level) -> Severity {
 struct Text {
     message: String,
     fields: String,
+    /// A `syslog = "alert"` field: the severity for syslog when the
+    /// tracing level cannot say it (alert, notice, emerg...).
+    severity: Option<Severity>,
 }
 
 impl tracing::field::Visit for Text {
@@ -40,6 +43,8 @@ impl tracing::field::Visit for Text {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
             self.message.push_str(value);
+        } else if field.name() == "syslog" {
+            self.severity = value.parse().ok();
         } else {
             let _ = write!(self.fields, " {}={value}", field.name());
         }
@@ -48,12 +53,12 @@ impl tracing::field::Visit for Text {
 
 impl<S: Subscriber> tracing_subscriber::Layer<S> for DaemonLayer {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        let sev = severity(event.metadata().level());
+        let mut text = Text::default();
+        event.record(&mut text);
+        let sev = text.severity.unwrap_or_else(|| severity(event.metadata().level()));
         if !writer::enabled(sev, true) {
             return;
         }
-        let mut text = Text::default();
-        event.record(&mut text);
         text.message.push_str(&text.fields);
         // One message, one line.
         let line = text.message.replace('\n', " | ");

@@ -58,7 +58,8 @@ pub struct HttpRecord {
     pub server: Option<Arc<str>>,
     /// TR, Tw, Tc, Tr, Ta in ms; -1: not reached.
     pub timers: [i64; 5],
-    pub status: u16,
+    /// None: the client got none (it went away first), logged as -1.
+    pub status: Option<u16>,
     /// Bytes sent to the client, headers included.
     pub bytes: u64,
     /// The captured request and response cookie (`name=value`).
@@ -71,7 +72,7 @@ pub struct HttpRecord {
     pub retries: u32,
     /// The last retry went to another server.
     pub redispatched: bool,
-    /// Requests ahead of this one in the server's and the service's queue.
+    /// Its place in the server's or the service's queue (0: did not wait).
     pub queue: [u64; 2],
     pub request: Option<RequestLine>,
 }
@@ -267,6 +268,11 @@ fn json_str(out: &mut String, s: &str) {
 
 impl RequestLine {
     fn write(&self, out: &mut String) {
+        self.write_cut(out, usize::MAX);
+    }
+
+    /// With the target cut to at most `keep` bytes.
+    fn write_cut(&self, out: &mut String, keep: usize) {
         let version = match self.version {
             Version::HTTP_10 => "HTTP/1.0",
             Version::HTTP_2 => "HTTP/2.0",
@@ -274,7 +280,11 @@ impl RequestLine {
         };
         encoded(out, self.method.as_str());
         out.push(' ');
-        encoded(out, &self.target);
+        let mut end = keep.min(self.target.len());
+        while !self.target.is_char_boundary(end) {
+            end -= 1;
+        }
+        encoded(out, &self.target[..end]);
         out.push(' ');
         out.push_str(version);
     }
@@ -291,6 +301,10 @@ impl HttpRecord {
 
     fn server(&self) -> &str {
         self.server.as_deref().unwrap_or("<NOSRV>")
+    }
+
+    fn status(&self) -> i32 {
+        self.status.map_or(-1, i32::from)
     }
 
     fn retries(&self) -> String {
@@ -321,7 +335,7 @@ impl HttpRecord {
     fn httplog(&self, out: &mut String, clock: &mut Clock) {
         self.head(out, clock);
         let [tr, tw, tc, tres, ta] = self.timers;
-        let _ = write!(out, "{tr}/{tw}/{tc}/{tres}/{ta} {} {} ", self.status, self.bytes);
+        let _ = write!(out, "{tr}/{tw}/{tc}/{tres}/{ta} {} {} ", self.status(), self.bytes);
         // Escaped as the request line: a space would shift the fields.
         for c in &self.cookies {
             encoded(out, c.as_deref().unwrap_or("-"));
@@ -350,7 +364,29 @@ impl HttpRecord {
         self.counters(out);
     }
 
+    /// A JSON line within `max` bytes (a syslog line's room): what is cut
+    /// is the request's target, inside its string, so that the line stays
+    /// valid JSON.
+    pub(super) fn json_within(&self, out: &mut String, clock: &mut Clock, max: usize) {
+        let start = out.len();
+        let mut keep = self.request.as_ref().map_or(0, |r| r.target.len());
+        loop {
+            out.truncate(start);
+            self.json_cut(out, clock, keep);
+            let len = out.len() - start;
+            if len <= max || keep == 0 {
+                return;
+            }
+            // Each byte of the target takes at least one in the line.
+            keep = keep.saturating_sub(len - max);
+        }
+    }
+
     fn json(&self, out: &mut String, clock: &mut Clock) {
+        self.json_cut(out, clock, usize::MAX);
+    }
+
+    fn json_cut(&self, out: &mut String, clock: &mut Clock, keep: usize) {
         let frontend = format!("{}{}", self.frontend, if self.tls { "~" } else { "" });
         json_head(out, clock, &self.client, "request_date", self.date, &frontend);
         out.push_str(",\"backend_name\":");
@@ -361,7 +397,8 @@ impl HttpRecord {
         let _ = write!(
             out,
             ",\"TR\":{tr},\"Tw\":{tw},\"Tc\":{tc},\"Tr\":{tres},\"Ta\":{ta},\"status_code\":{},\"bytes_read\":{}",
-            self.status, self.bytes
+            self.status(),
+            self.bytes
         );
         for (name, c) in ["captured_request_cookie", "captured_response_cookie"]
             .iter()
@@ -381,7 +418,7 @@ impl HttpRecord {
         );
         let mut line = String::new();
         match &self.request {
-            Some(r) => r.write(&mut line),
+            Some(r) => r.write_cut(&mut line, keep),
             None => line.push_str("<BADREQ>"),
         }
         json_str(out, &line);
@@ -443,7 +480,7 @@ mod tests {
             backend: "web".into(),
             server: Some("s1".into()),
             timers: [0, 0, 1, 5, 7],
-            status: 200,
+            status: Some(200),
             bytes: 512,
             cookies: [None, Some("SRV=s1".into())],
             term: *b"--NI",
@@ -499,6 +536,30 @@ mod tests {
         assert_eq!(v["termination_state"], "--NI");
         assert_eq!(v["captured_request_cookie"], "-");
         assert_eq!(v["http_request"].as_str().unwrap().split(' ').next(), Some("GET"));
+    }
+
+    #[test]
+    fn a_long_json_line_is_cut_inside_its_request_and_stays_json() {
+        let mut r = record();
+        r.format = LineFormat::Json;
+        let target = format!("/long?{}", "a%22b".repeat(300));
+        r.request = Some(RequestLine::new(
+            &Method::GET,
+            &target.parse().unwrap(),
+            Version::HTTP_11,
+        ));
+        r.status = None;
+        let mut whole = String::new();
+        r.write(&mut whole, &mut Clock::default());
+        assert!(whole.len() > 1000);
+        for max in [1000, 700, 500] {
+            let mut out = String::new();
+            r.json_within(&mut out, &mut Clock::default(), max);
+            assert!(out.len() <= max && out.len() > max - 10, "{} for {max}", out.len());
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert!(v["http_request"].as_str().unwrap().starts_with("GET /long?a"), "{out}");
+            assert_eq!(v["status_code"], -1, "no answer: -1, as HAProxy");
+        }
     }
 
     #[test]

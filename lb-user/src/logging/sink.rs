@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use super::{record::Clock, Entry, Framing, Setup, Severity, SinkAddr};
+use super::{record::Clock, Entry, Framing, LineFormat, Setup, Severity, SinkAddr};
 
 /// HAProxy's default line length: longer lines are cut (the request line
 /// is last, so what is cut is the end of the URI).
@@ -109,11 +109,19 @@ impl Sinks {
         let mut raw = Vec::with_capacity(if raw_sinks { batch.len() } else { 0 });
         let mut framed = Vec::with_capacity(if syslog_sinks { batch.len() } else { 0 });
         let mut body = String::new();
+        // What a syslog line has for its message after `<PRI>` (at most 5
+        // bytes), the stamp and its newline.
+        let room = MAX_LINE - (stamp.len() + 6);
         for e in batch {
             body.clear();
             let severity = match e {
                 Entry::Http(r) => {
                     r.write(&mut body, &mut self.clock);
+                    if syslog_sinks && body.len() > room && r.format == LineFormat::Json {
+                        // Cut inside the JSON, not through it.
+                        body.clear();
+                        r.json_within(&mut body, &mut self.clock, room);
+                    }
                     Severity::Info
                 }
                 Entry::Flow(r) => {

@@ -220,6 +220,12 @@ pub fn field_line(line: &[u8]) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// A body that broke its own framing (a bad chunk), as opposed to a peer
+/// that went away in it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct MalformedBody(pub BoxError);
+
 /// Why a message's framing headers cannot be trusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FramingError {

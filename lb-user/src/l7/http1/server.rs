@@ -181,7 +181,7 @@ pub async fn serve<S: Transport>(stream: S, mut conn: Accepted) {
         };
         conn.served = true;
         let after;
-        (rx, after) = exchange(rx, &mut write, next, svc, &conn.states, peer, arrival).await;
+        (rx, after) = exchange(rx, &mut write, next, svc, &conn.states, (peer, S::TLS), arrival).await;
         match after {
             After::KeepAlive => {}
             After::Close => return,
@@ -213,7 +213,7 @@ async fn exchange<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin>(
     next: Incoming,
     svc: Arc<Service>,
     states: &States,
-    peer: SocketAddr,
+    (peer, tls): (SocketAddr, bool),
     arrival: Option<Arrival>,
 ) -> (Rx<R>, After) {
     let (t_client, mode) = (svc.cfg.http.timeout_client, svc.cfg.http.connection);
@@ -225,16 +225,24 @@ async fn exchange<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin>(
     }
     let head_method = next.req.method() == Method::HEAD;
     let http10 = next.req.version() == Version::HTTP_10;
-    let mut keep_alive = next.keep_alive && !next.ambiguous && mode != ConnectionMode::Close && !admission::draining();
+    let mut keep_alive = next.keep_alive && !next.ambiguous && mode != ConnectionMode::Close;
     let mut body_read = true;
     let resp = if next.body == Decode::Done {
-        handle(svc, states.clone(), peer, next.req.map(|()| Body::default()), arrival).await
+        handle(
+            svc,
+            states.clone(),
+            peer,
+            tls,
+            next.req.map(|()| Body::default()),
+            arrival,
+        )
+        .await
     } else {
         // The body reads the socket while the handler runs; the reading
         // side comes back when the handler is done with it.
         let slot = Arc::new(Mutex::new(Some((rx, next.body))));
         let body = ClientBody(slot.clone()).boxed();
-        let resp = handle(svc, states.clone(), peer, next.req.map(|()| body), arrival).await;
+        let resp = handle(svc, states.clone(), peer, tls, next.req.map(|()| body), arrival).await;
         let (back, left) = slot.lock().expect("body lock").take().expect("taken only here");
         rx = back;
         // A body the handler did not read whole (it refused the request):
@@ -243,6 +251,9 @@ async fn exchange<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin>(
         keep_alive &= body_read;
         resp
     };
+    // A process that began to drain while the handler ran: this answer
+    // is the connection's last.
+    keep_alive &= !admission::draining();
     let mut resp = resp;
     let tunnel = match resp.status() {
         StatusCode::SWITCHING_PROTOCOLS => resp.extensions_mut().remove::<Tunnel>(),
@@ -420,7 +431,7 @@ impl<R: AsyncRead + Unpin> hyper::body::Body for ClientBody<R> {
                 Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                 Ok(None) if *decode == Decode::Done => return Poll::Ready(None),
                 Ok(None) => {}
-                Err(e) => return Poll::Ready(Some(Err(e))),
+                Err(e) => return Poll::Ready(Some(Err(framing::MalformedBody(e).into()))),
             }
             match std::task::ready!(rx.poll_fill(cx)) {
                 Ok(0) => return Poll::Ready(Some(Err("the client closed in the request body".into()))),
