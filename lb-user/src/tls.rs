@@ -42,6 +42,8 @@ pub enum TlsError {
     NoCertificate { path: PathBuf },
     #[error("{}: no private key in it (PEM \"PRIVATE KEY\", \"EC PRIVATE KEY\" or \"RSA PRIVATE KEY\")", path.display())]
     NoKey { path: PathBuf },
+    #[error("{}: the private key is encrypted: xlb reads it unencrypted (e.g. `openssl pkey -in KEY -out PLAIN`), with the file readable by root only", path.display())]
+    EncryptedKey { path: PathBuf },
     #[error("{}: the private key cannot be used: {source}", path.display())]
     Key {
         path: PathBuf,
@@ -52,6 +54,8 @@ pub enum TlsError {
     Mismatch { path: PathBuf },
     #[error("{}: the certificate cannot be parsed: {reason}", path.display())]
     Certificate { path: PathBuf, reason: String },
+    #[error("{}: an X.509 v{version} certificate: xlb (rustls) takes v3 only (issue it with extensions, e.g. `openssl x509 -req -extfile` giving a subjectAltName)", path.display())]
+    NotV3 { path: PathBuf, version: u32 },
     #[error("{}: the certificate expired at {not_after}", path.display())]
     Expired { path: PathBuf, not_after: String },
     #[error("{}: the certificate is not valid before {not_before}", path.display())]
@@ -118,6 +122,11 @@ impl CertFile {
         let pem = read(path)?;
         let chain = certificates(path, &pem)?;
         let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+            rustls::pki_types::pem::Error::NoItemsFound
+                if memchr::memmem::find(&pem, b"ENCRYPTED PRIVATE KEY").is_some() =>
+            {
+                TlsError::EncryptedKey { path: path.to_owned() }
+            }
             rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoKey { path: path.to_owned() },
             source => TlsError::Pem {
                 path: path.to_owned(),
@@ -163,6 +172,13 @@ fn leaf_facts(path: &Path, der: &CertificateDer<'_>) -> Result<(Vec<String>, i64
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
+    if cert.version() != x509_parser::x509::X509Version::V3 {
+        // rustls (webpki) takes v3 only; say so rather than blame the key.
+        return Err(TlsError::NotV3 {
+            path: path.to_owned(),
+            version: cert.version().0 + 1,
+        });
+    }
     let validity = cert.validity();
     if validity.not_after.timestamp() < now {
         return Err(TlsError::Expired {

@@ -159,7 +159,7 @@ fn httplog_lines_reach_udp_and_unix_syslog_field_for_field() {
     let service = format!(
         "[service.cookie]\nname = \"SRV\"\nmode = \"insert\"\n[service.log]\ncapture_cookie = \"SRV\"\n{HEALTH}"
     );
-    let l = L7::run(&Spec {
+    let mut l = L7::run(&Spec {
         global: &global,
         service: &service,
         backends: &[
@@ -302,6 +302,13 @@ fn httplog_lines_reach_udp_and_unix_syslog_field_for_field() {
         assert!(by_status.lines().any(|l| l == want), "halog -st: {by_status}\n{text}");
     }
     let _ = std::fs::remove_file(&file);
+
+    // The last servers fail their checks: the service has none left, an
+    // emergency as HAProxy logs it (local2.emerg).
+    l.stop_server("s1");
+    l.stop_server("s2");
+    let none = from_unix.wait("service site has no server available!");
+    assert!(none.starts_with("<144>"), "{none}");
     let _ = std::fs::remove_file(&path);
 }
 
@@ -384,7 +391,8 @@ fn json_lines_rfc5424_framing_dontlognull_and_a_sink_changed_by_reload() {
 /// The queue's fields as HAProxy fills them (the place a request had,
 /// from 1; `<NOSRV>` for one that waited for any server and gave up), and
 /// request bodies that end badly: a client that leaves in its body (-1,
-/// `CD`), a broken chunked body (400, `PD`).
+/// `CD`), a broken chunked body (400, `PD`); an HTTP/2 request reset
+/// before its answer (-1, `CH`).
 #[test]
 fn queue_places_queue_timeouts_and_bodies_that_end_badly() {
     lab::require_root!();
@@ -442,6 +450,36 @@ fn queue_places_queue_timeouts_and_bodies_that_end_badly() {
     assert_eq!(r.status, 400);
     let f = parse(&lines.wait("POST /broken "));
     assert_eq!((f.status, &f.term[..2]), (400, "PD"), "{f:?}");
+
+    // An HTTP/2 client (h2c) that resets its request while the server
+    // prepares the answer: -1, `CH`.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tcp = l.ns.enter(|| TcpStream::connect(vip())).unwrap().unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        let tcp = tokio::net::TcpStream::from_std(tcp).unwrap();
+        let io = hyper_util::rt::TokioIo::new(tcp);
+        let (mut send, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = hyper::Request::get("http://site.test/reset?sleep=1500")
+            .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+            .unwrap();
+        let gave_up = tokio::time::timeout(Duration::from_millis(300), send.send_request(req)).await;
+        assert!(gave_up.is_err(), "no answer yet");
+        // The reset goes out with the connection's next frames.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    });
+    let f = parse(&lines.wait("/reset?sleep=1500 HTTP/2.0"));
+    assert_eq!(
+        (f.status, f.bytes, &f.term[..2], f.server.as_str()),
+        (-1, 0, "CH", "s1"),
+        "{f:?}"
+    );
 }
 
 #[test]

@@ -141,4 +141,22 @@ fn proxy_headers_in_from_haproxy_and_out_to_haproxy() {
     assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
     let status: serde_json::Value = serde_json::from_str(&l.xlb(&["status", "--json"])).unwrap();
     assert_eq!(status["services"][0]["http"]["proxy_refused"], 1);
+
+    // Each refusal logged in HAProxy's words: no header, a connection
+    // closed before one, a header that is one but broken.
+    let logged = |what: &str| {
+        let until = std::time::Instant::now() + Duration::from_secs(3);
+        while !l.xlb.log().contains(what) {
+            assert!(std::time::Instant::now() < until, "{what:?} in {}", l.xlb.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    logged("/1: Received something which does not look like a PROXY protocol header");
+    drop(l.ns.enter(|| std::net::TcpStream::connect(vip())).unwrap().unwrap());
+    logged("/1: Connection closed while waiting for PROXY protocol header");
+    let mut bad = l.ns.enter(|| std::net::TcpStream::connect(vip())).unwrap().unwrap();
+    bad.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    std::io::Write::write_all(&mut bad, b"PROXY TCP4 300.0.0.1 127.0.0.1 1000 8080\r\n").unwrap();
+    let _ = bad.read_to_end(&mut got);
+    logged("/1: Received an invalid PROXY protocol header");
 }

@@ -231,11 +231,22 @@ fn certificates_are_checked_and_a_reload_serves_new_ones_to_new_connections() {
     let missing = pki.dir.join("missing.pem");
     let keyless = pki.dir.join("keyless.pem");
     std::fs::write(&keyless, &shop_pem[..key_at(&shop_pem)]).unwrap();
+    // (What is in the block does not matter: its label says it all.)
+    let encrypted = pki.dir.join("encrypted.pem");
+    std::fs::write(
+        &encrypted,
+        format!(
+            "{}-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
+            &shop_pem[..key_at(&shop_pem)]
+        ),
+    )
+    .unwrap();
     for (file, reason) in [
         (&expired, "expired"),
         (&mismatched, "does not match"),
         (&missing, "cannot read"),
         (&keyless, "no private key"),
+        (&encrypted, "the private key is encrypted"),
     ] {
         let cfg = format!(
             "[[service]]\nname = \"site\"\nvip = \"127.0.0.1\"\nport = 8443\nmode = \"http\"\n{}[[service.backend]]\nname = \"a\"\naddress = \"127.0.0.1:9001\"\n",

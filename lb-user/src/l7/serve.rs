@@ -55,12 +55,19 @@ pub async fn serve(mut stream: TcpStream, mut conn: Accepted) {
             Err(e) => {
                 let svc = conn.current.read().expect("service lock").clone();
                 bump(&svc.counters.proxy_refused);
-                access::refused(
-                    &svc,
-                    conn.peer,
-                    conn.opened,
-                    "Received something which does not look like a PROXY protocol header",
-                );
+                // HAProxy's words for each case.
+                let what = match e.kind() {
+                    std::io::ErrorKind::TimedOut => "Timeout while waiting for PROXY protocol header",
+                    std::io::ErrorKind::UnexpectedEof => "Connection closed while waiting for PROXY protocol header",
+                    std::io::ErrorKind::InvalidData => match e.get_ref().and_then(|e| e.downcast_ref()) {
+                        Some(proxy_protocol::ProxyHeaderError::Malformed(_)) => {
+                            "Received an invalid PROXY protocol header"
+                        }
+                        _ => "Received something which does not look like a PROXY protocol header",
+                    },
+                    _ => "Connection error while waiting for PROXY protocol header",
+                };
+                access::refused(&svc, conn.peer, conn.opened, what);
                 tracing::debug!(service = %svc.cfg.name, peer = %conn.peer, "PROXY protocol: {e}");
                 return;
             }

@@ -74,6 +74,9 @@ impl FromStr for SinkAddr {
     fn from_str(s: &str) -> Result<Self, String> {
         let udp = |a: &str| -> Result<SinkAddr, String> {
             if let Ok(sa) = a.parse::<SocketAddr>() {
+                if sa.port() == 0 {
+                    return Err(format!("log sink {s:?}: port 0 is no port to send to"));
+                }
                 return Ok(SinkAddr::Udp(sa));
             }
             // No port: syslog's.
@@ -233,7 +236,14 @@ mod tests {
         assert_eq!("unix:///dev/log".parse(), Ok(SinkAddr::Unix("/dev/log".into())));
         assert_eq!("/dev/log".parse(), Ok(SinkAddr::Unix("/dev/log".into())));
         assert_eq!("stdout".parse(), Ok(SinkAddr::Stdout));
-        for bad in ["tcp://127.0.0.1:514", "unix://dev/log", "localhost:514", "udp://", ""] {
+        for bad in [
+            "tcp://127.0.0.1:514",
+            "unix://dev/log",
+            "localhost:514",
+            "udp://",
+            "",
+            "udp://127.0.0.1:0",
+        ] {
             assert!(bad.parse::<SinkAddr>().is_err(), "{bad:?}");
         }
     }
