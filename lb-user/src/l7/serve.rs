@@ -164,17 +164,18 @@ async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream: S,
     // process sends GOAWAY too: streams in flight finish, the client
     // opens new ones elsewhere.
     let started = Instant::now();
+    // When an idle connection is closed; None while requests are answered.
+    let deadline = || match streams.idle_since()? {
+        None => Some(started + t_first),
+        Some(at) => Some(at + t_idle),
+    };
     let idle = loop {
-        let (idle_since, limit) = match streams.idle_since() {
-            None => (Instant::now(), t_idle),
-            Some(None) => (started, t_first),
-            Some(Some(at)) => (at, t_idle),
-        };
+        let wake = deadline().unwrap_or_else(|| Instant::now() + t_idle);
         tokio::select! {
             _ = conn.as_mut() => return,
             _ = admission::drained() => break false,
-            _ = tokio::time::sleep_until((idle_since + limit).into()) => {
-                if streams.idle_since().is_some_and(|at| at.unwrap_or(started) + limit <= Instant::now()) {
+            _ = tokio::time::sleep_until(wake.into()) => {
+                if deadline().is_some_and(|d| d <= Instant::now()) {
                     break true;
                 }
             }
