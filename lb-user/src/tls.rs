@@ -176,7 +176,7 @@ fn leaf_facts(path: &Path, der: &CertificateDer<'_>) -> Result<(Vec<String>, i64
         // rustls (webpki) takes v3 only; say so rather than blame the key.
         return Err(TlsError::NotV3 {
             path: path.to_owned(),
-            version: cert.version().0 + 1,
+            version: cert.version().0.saturating_add(1),
         });
     }
     let validity = cert.validity();

@@ -241,7 +241,7 @@ fn a_seamless_upgrade_under_load_refuses_nothing_and_keeps_open_websockets() {
         let clients = s.spawn(|| load(&l, &stop));
         // A request in flight when the new process takes over: answered,
         // with `Connection: close` (the old process is leaving).
-        let in_flight = s.spawn(|| l.client().get("/in-flight?sleep=3000", &[]).unwrap());
+        let in_flight = s.spawn(|| l.client().get("/in-flight?sleep=4000", &[]).unwrap());
         std::thread::sleep(Duration::from_millis(500));
         // The new process takes over while the clients keep going.
         let new = lab::XlbProcess::start(&l.ns, &l.cfg_path, &["--cleanup", "--sf", "--drain-timeout", "20s"])

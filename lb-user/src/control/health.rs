@@ -201,10 +201,10 @@ fn last_chunk_read(mut rest: &[u8]) -> bool {
         if n == 0 {
             return after.starts_with(b"\r\n") || after.windows(4).any(|w| w == b"\r\n\r\n");
         }
-        if after.len() < n + 2 {
+        let Some(end) = n.checked_add(2).filter(|end| *end <= after.len()) else {
             return false;
-        }
-        rest = &after[n + 2..];
+        };
+        rest = &after[end..];
     }
     false
 }

@@ -236,7 +236,10 @@ impl Drop for Access<'_> {
             [_, _, -1, _] => b"CC",
             _ => b"CH",
         };
-        if let Some((rec, start)) = self.record(self.placed, [phase[0], phase[1], b'-', b'-'], None, 0) {
+        // The handler's permit (declared after this) is gone already: the
+        // server's count no longer has this request to leave out.
+        let server = self.placed.take();
+        if let Some((rec, start)) = self.record(server, [phase[0], phase[1], b'-', b'-'], None, 0) {
             push_now(rec, start);
         }
     }

@@ -280,11 +280,11 @@ pub(super) async fn handle(
                 if http.redispatch && failed.len() as u32 == attempts - 1 {
                     if let Some(t) = balancer.pick(&svc.slots, &svc.eligible(&st, pool, &failed), &key) {
                         // The place moves with the request.
+                        log.placed = None;
                         drop(permit);
                         let moved = match svc.place(&st, pool, t, true, &key).await {
                             Ok(moved) => moved,
                             Err(place) => {
-                                log.placed = None;
                                 log.queued(true, place);
                                 bump(&svc.counters.no_server);
                                 return log.finish(Some(t), *b"sQ", flags('N'), local_503());

@@ -112,15 +112,17 @@ impl Sinks {
         // What a syslog line has for its message after `<PRI>` (at most 5
         // bytes), the stamp and its newline.
         let room = MAX_LINE - (stamp.len() + 6);
+        // A JSON line cut for syslog (the raw sinks get it whole).
+        let mut json_cut = String::new();
         for e in batch {
             body.clear();
+            json_cut.clear();
             let severity = match e {
                 Entry::Http(r) => {
                     r.write(&mut body, &mut self.clock);
                     if syslog_sinks && body.len() > room && r.format == LineFormat::Json {
                         // Cut inside the JSON, not through it.
-                        body.clear();
-                        r.json_within(&mut body, &mut self.clock, room);
+                        r.json_within(&mut json_cut, &mut self.clock, room);
                     }
                     Severity::Info
                 }
@@ -143,7 +145,8 @@ impl Sinks {
                 let _ = write!(line, "<{pri}>");
                 line.extend_from_slice(stamp.as_bytes());
                 let room = MAX_LINE.saturating_sub(line.len() + 1);
-                line.extend_from_slice(cut(&body, room).as_bytes());
+                let message = if json_cut.is_empty() { &body } else { &json_cut };
+                line.extend_from_slice(cut(message, room).as_bytes());
                 line.push(b'\n');
                 framed.push(line);
             }
