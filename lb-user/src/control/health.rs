@@ -161,7 +161,7 @@ async fn http_check<S: AsyncRead + AsyncWrite + Unpin>(
             let l = l.to_ascii_lowercase();
             l.starts_with("transfer-encoding:") && l.contains("chunked")
         });
-        let body = if chunked { dechunk(body) } else { body.to_vec() };
+        let body = if chunked { dechunk(body).0 } else { body.to_vec() };
         if !body.windows(want.len()).any(|w| w == want.as_bytes()) {
             return Err(format!("status {status}, but the body does not contain {want:?}"));
         }
@@ -182,35 +182,16 @@ fn body_complete(buf: &[u8]) -> bool {
             .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
     };
     if field("transfer-encoding:").is_some_and(|v| v.contains("chunked")) {
-        return last_chunk_read(body);
+        return dechunk(body).1;
     }
     field("content-length:")
         .and_then(|v| v.parse::<usize>().ok())
         .is_some_and(|n| body.len() >= n)
 }
 
-/// A chunked body is whole: its zero-size chunk and the empty line after
-/// its trailers have come.
-fn last_chunk_read(mut rest: &[u8]) -> bool {
-    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
-        let size = String::from_utf8_lossy(&rest[..eol]);
-        let Ok(n) = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16) else {
-            return false;
-        };
-        let after = &rest[eol + 2..];
-        if n == 0 {
-            return after.starts_with(b"\r\n") || after.windows(4).any(|w| w == b"\r\n\r\n");
-        }
-        let Some(end) = n.checked_add(2).filter(|end| *end <= after.len()) else {
-            return false;
-        };
-        rest = &after[end..];
-    }
-    false
-}
-
-/// A chunked body's data (as far as it goes).
-fn dechunk(mut rest: &[u8]) -> Vec<u8> {
+/// A chunked body's data (as far as it goes), and whether it is whole: its
+/// zero-size chunk and the empty line after its trailers have come.
+fn dechunk(mut rest: &[u8]) -> (Vec<u8>, bool) {
     let mut out = Vec::new();
     while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
         let size = String::from_utf8_lossy(&rest[..eol]);
@@ -218,13 +199,19 @@ fn dechunk(mut rest: &[u8]) -> Vec<u8> {
             break;
         };
         let data = &rest[eol + 2..];
-        out.extend_from_slice(&data[..n.min(data.len())]);
-        if n == 0 || data.len() < n {
-            break;
+        if n == 0 {
+            return (
+                out,
+                data.starts_with(b"\r\n") || data.windows(4).any(|w| w == b"\r\n\r\n"),
+            );
         }
-        rest = data[n..].strip_prefix(b"\r\n").unwrap_or(&data[n..]);
+        out.extend_from_slice(&data[..n.min(data.len())]);
+        let Some(end) = n.checked_add(2).filter(|end| *end <= data.len()) else {
+            break;
+        };
+        rest = &data[end..];
     }
-    out
+    (out, false)
 }
 
 /// The rise/fall state machine of one backend.
