@@ -75,11 +75,11 @@ impl Proc {
         Ok(Proc { child })
     }
 
-    /// CPU seconds (user + system) used so far by the process and its
-    /// children (nginx's workers), from /proc.
-    pub fn cpu_secs(&self) -> f64 {
+    /// CPU seconds used so far by the process and its children (nginx's
+    /// workers), from /proc: user and system (kernel) time.
+    pub fn cpu_split(&self) -> (f64, f64) {
         let pid = self.child.id();
-        let mut ticks = 0u64;
+        let (mut user, mut sys) = (0u64, 0u64);
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
                 continue;
@@ -92,13 +92,14 @@ impl Proc {
             let own = head.split_whitespace().next().and_then(|p| p.parse::<u32>().ok()) == Some(pid);
             let child = f.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid);
             if own || child {
-                ticks += f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-                    + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                user += field(11);
+                sys += field(12);
             }
         }
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        ticks as f64 / hz
+        (user as f64 / hz, sys as f64 / hz)
     }
 
     /// Moves the process's threads named `comm` to `cpu`; how many moved.
@@ -204,6 +205,8 @@ pub struct Load {
     /// 1e6 / cpu_us, whatever bounds the run).
     pub cpu_share: f64,
     pub cpu_us: f64,
+    /// Of `cpu_us`, the kernel's (system time: the socket calls).
+    pub sys_us: f64,
 }
 
 impl Load {
@@ -212,6 +215,13 @@ impl Load {
         self.cpu_share = cpu / secs as f64;
         self.cpu_us = cpu * 1e6 / (self.rps * secs as f64).max(1.0);
         self
+    }
+
+    /// As [`Load::with_cpu`], with the kernel's part of it.
+    fn with_split(self, (user, sys): (f64, f64), secs: u64) -> Load {
+        let mut l = self.with_cpu(user + sys, secs);
+        l.sys_us = sys * 1e6 / (l.rps * secs as f64).max(1.0);
+        l
     }
 }
 
@@ -223,10 +233,11 @@ pub fn measured(p: &Proc, opts: &Opts, conns: u32, cpu: Option<u32>, cookie: Opt
 
 /// As [`measured`], against `url`.
 fn measured_at(p: &Proc, opts: &Opts, conns: u32, cpu: Option<u32>, url: &str, cookie: Option<&str>) -> Result<Load> {
-    let before = p.cpu_secs();
+    let before = p.cpu_split();
     let header = cookie.map(|v| format!("Cookie: SERVERID={v}"));
     let l = run_wrk(conns, cpu, opts.duration, url, header.as_deref())?;
-    Ok(l.with_cpu(p.cpu_secs() - before, opts.duration))
+    let after = p.cpu_split();
+    Ok(l.with_split((after.0 - before.0, after.1 - before.1), opts.duration))
 }
 
 /// Pins the calling thread to `cpu` (the load generator's).
@@ -318,6 +329,7 @@ pub fn median(mut v: Vec<Load>) -> Load {
         errors: v.iter().map(|l| l.errors).sum(),
         cpu_share: mid(&mut v, |l| l.cpu_share),
         cpu_us: mid(&mut v, |l| l.cpu_us),
+        sys_us: mid(&mut v, |l| l.sys_us),
     }
 }
 
@@ -746,18 +758,42 @@ fn render(opts: &Opts, cpus: usize, r: &[Result1]) -> String {
     let _ = writeln!(
         o,
         "\nThe proxy's own CPU during the runs (user + system time from /proc, nginx's workers included): its \
-         share of its one CPU, and CPU time per request, which does not depend on what else bounds the run.\n\n\
-         | proxy | new clients CPU | us/request | returning CPU | us/request |\n|---|---:|---:|---:|---:|"
+         share of its one CPU, and CPU time per request, which does not depend on what else bounds the run; \
+         *kernel*: the part of it spent in the kernel (system time: the socket reads and writes, and on loopback \
+         the TCP work of the receiving side too).\n\n\
+         | proxy | new clients CPU | us/request | kernel | returning CPU | us/request | kernel |\n\
+         |---|---:|---:|---:|---:|---:|---:|"
     );
     for x in r {
         let _ = writeln!(
             o,
-            "| {} | {:.0}% | {:.1} | {:.0}% | {:.1} |",
+            "| {} | {:.0}% | {:.1} | {:.1} | {:.0}% | {:.1} | {:.1} |",
             x.name,
             x.new_clients.cpu_share * 100.0,
             x.new_clients.cpu_us,
+            x.new_clients.sys_us,
             x.returning.cpu_share * 100.0,
-            x.returning.cpu_us
+            x.returning.cpu_us,
+            x.returning.sys_us
+        );
+    }
+    if let (Some(xlb), Some(h)) = (
+        r.iter().find(|x| x.name == "xlb"),
+        r.iter().find(|x| x.name == "haproxy"),
+    ) {
+        // With the kernel's part as measured, what 1.2x HAProxy's rate
+        // (on the same CPU) leaves for xlb's own code.
+        let user = |l: &Load| l.cpu_us - l.sys_us;
+        let budget = h.returning.cpu_us / 1.2 - xlb.returning.sys_us;
+        let _ = writeln!(
+            o,
+            "\nReturning clients: xlb's own code (user time) takes {:.1} us a request, HAProxy's {:.1} us; the \
+             kernel {:.1} and {:.1} us. To serve 1.2x HAProxy's requests on the same CPU, with the kernel's part as it is, \
+             xlb's own code would have {budget:.1} us a request.",
+            user(&xlb.returning),
+            user(&h.returning),
+            xlb.returning.sys_us,
+            h.returning.sys_us
         );
     }
     if let Some(xlb) = r.iter().find(|x| x.name == "xlb") {

@@ -207,18 +207,19 @@ pub fn render(opts: &Opts, r: &[TlsResult]) -> String {
          (`Connection: close`), {} s per run; *resumed*: the clients keep their tickets. Keep-alive: wrk over \
          HTTPS, {} connections. *Idle TLS conn*: RSS growth per idle TLS connection ({} connections, one \
          request each). *CPU us a request*: the proxy's own CPU time (user + system, from /proc) per keep-alive \
-         request, which does not depend on what else bounds the run. Medians of {} rounds.\n",
+         request, which does not depend on what else bounds the run, and *kernel* the part of it spent in the kernel \
+         (system time). Medians of {} rounds.\n",
         opts.duration, opts.connections, opts.idle, opts.rounds
     );
     let _ = writeln!(
         o,
-        "| proxy | full handshakes/s | resumed handshakes/s | resumed share | keep-alive req/s (min-max) | p50 ms | p99 ms | CPU us a request | failed | idle TLS conn |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| proxy | full handshakes/s | resumed handshakes/s | resumed share | keep-alive req/s (min-max) | p50 ms | p99 ms | CPU us a request | kernel | failed | idle TLS conn |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for x in r {
         let _ = writeln!(
             o,
-            "| {} | {:.0} | {:.0} | {:.0}% | {:.0} ({:.0}-{:.0}) | {:.3} | {:.3} | {:.1} | {} | {:.1} KiB |",
+            "| {} | {:.0} | {:.0} | {:.0}% | {:.0} ({:.0}-{:.0}) | {:.3} | {:.3} | {:.1} | {:.1} | {} | {:.1} KiB |",
             x.name,
             x.full,
             x.resumed,
@@ -229,6 +230,7 @@ pub fn render(opts: &Opts, r: &[TlsResult]) -> String {
             x.keep_alive.p50_ms,
             x.keep_alive.p99_ms,
             x.keep_alive.cpu_us,
+            x.keep_alive.sys_us,
             x.failed + x.keep_alive.errors,
             x.idle_bytes / 1024.0
         );
@@ -247,6 +249,18 @@ pub fn render(opts: &Opts, r: &[TlsResult]) -> String {
             ratio(x.keep_alive.p99_ms, h.keep_alive.p99_ms),
             ratio(x.keep_alive.cpu_us, h.keep_alive.cpu_us),
             ratio(x.idle_bytes, h.idle_bytes)
+        );
+        let user = |l: &Load| l.cpu_us - l.sys_us;
+        let _ = writeln!(
+            o,
+            "\nA keep-alive request: xlb's own code (user time) {:.1} us, HAProxy's {:.1} us; the kernel {:.1} and \
+             {:.1} us. To serve 1.1x HAProxy's keep-alive requests on the same CPU, with the kernel's part as it \
+             is, xlb's own code would have {:.1} us a request.",
+            user(&x.keep_alive),
+            user(&h.keep_alive),
+            x.keep_alive.sys_us,
+            h.keep_alive.sys_us,
+            h.keep_alive.cpu_us / 1.1 - x.keep_alive.sys_us
         );
     }
     o

@@ -162,34 +162,36 @@ pub fn unprefix(header: &str, name: &str) -> String {
         .join("; ")
 }
 
-fn attributes(cfg: &CookieCfg) -> String {
-    let mut a = String::from("; path=/");
-    if let Some(d) = &cfg.domain {
-        a += &format!("; domain={d}");
-    }
-    if cfg.httponly {
-        a += "; HttpOnly";
-    }
-    if cfg.secure {
-        a += "; Secure";
-    }
-    a
-}
-
 /// The `Set-Cookie` value xlb inserts for a server (`NAME=VALUE[|last[|first]]`
 /// and attributes); a server without a cookie value clears the cookie.
+/// Made in one string: it is made for every response that inserts it.
 pub fn insert(cfg: &CookieCfg, server_cookie: Option<&str>, now: u64, first: Option<u64>) -> String {
+    use std::fmt::Write as _;
     let Some(v) = server_cookie else {
         return format!("{}=; Expires=Thu, 01-Jan-1970 00:00:01 GMT; path=/", cfg.name);
     };
-    let mut value = v.to_string();
+    let mut out = String::with_capacity(cfg.name.len() + v.len() + 64);
+    out.push_str(&cfg.name);
+    out.push('=');
+    out.push_str(v);
     if cfg.maxidle.is_some() || cfg.maxlife.is_some() {
-        value += &format!("|{}", encode_date(now));
+        let _ = write!(out, "|{}", encode_date(now));
         if cfg.maxlife.is_some() {
-            value += &format!("|{}", encode_date(first.unwrap_or(now)));
+            let _ = write!(out, "|{}", encode_date(first.unwrap_or(now)));
         }
     }
-    format!("{}={value}{}", cfg.name, attributes(cfg))
+    out.push_str("; path=/");
+    if let Some(d) = &cfg.domain {
+        out.push_str("; domain=");
+        out.push_str(d);
+    }
+    if cfg.httponly {
+        out.push_str("; HttpOnly");
+    }
+    if cfg.secure {
+        out.push_str("; Secure");
+    }
+    out
 }
 
 /// Whether a valid cookie's dates need refreshing (they move in 4 s steps).

@@ -35,6 +35,7 @@ use super::{
     exchange::handle,
     http1::server as downstream,
     proxy_protocol,
+    transport::TlsTcp,
 };
 
 /// Serves one client connection, HTTP/1.1 or HTTP/2, with or without TLS
@@ -104,7 +105,7 @@ fn on_heap(f: impl Future<Output = ()> + Send + 'static) -> Pin<Box<dyn Future<O
 /// The TLS handshake (within the time a request head has to arrive), then
 /// h2 or HTTP/1 by ALPN.
 async fn serve_tls(stream: TcpStream, conn: Accepted, acceptor: TlsAcceptor, t_first: Duration) {
-    let done = timeout(t_first, acceptor.accept(stream)).await;
+    let done = timeout(t_first, acceptor.accept(TlsTcp(stream))).await;
     let counters = conn.current.read().expect("service lock").counters.clone();
     let Ok(Ok(tls)) = done else {
         bump(&counters.tls_failed);

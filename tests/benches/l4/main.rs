@@ -96,7 +96,7 @@ fn bench_config() -> String {
     c
 }
 
-fn floor_obj() -> PathBuf {
+pub(crate) fn floor_obj() -> PathBuf {
     std::env::var_os("XLB_BENCH_FLOOR_OBJ")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target/ebpf/bpfel-unknown-none/release/bench-floor"))
