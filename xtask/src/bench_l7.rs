@@ -205,23 +205,20 @@ pub struct Load {
     /// 1e6 / cpu_us, whatever bounds the run).
     pub cpu_share: f64,
     pub cpu_us: f64,
-    /// Of `cpu_us`, the kernel's (system time: the socket calls).
+    /// `cpu_us` in user space (the proxy, its libraries) and in the
+    /// kernel (system time: the socket calls).
+    pub user_us: f64,
     pub sys_us: f64,
 }
 
 impl Load {
-    /// Adds the proxy's CPU use over the run (`cpu` seconds in `secs`).
-    pub fn with_cpu(mut self, cpu: f64, secs: u64) -> Load {
-        self.cpu_share = cpu / secs as f64;
-        self.cpu_us = cpu * 1e6 / (self.rps * secs as f64).max(1.0);
+    /// Adds the proxy's CPU use over the run (user and system seconds in
+    /// `secs`).
+    fn with_cpu(mut self, (user, sys): (f64, f64), secs: u64) -> Load {
+        let per_request = |t: f64| t * 1e6 / (self.rps * secs as f64).max(1.0);
+        self.cpu_share = (user + sys) / secs as f64;
+        (self.cpu_us, self.user_us, self.sys_us) = (per_request(user + sys), per_request(user), per_request(sys));
         self
-    }
-
-    /// As [`Load::with_cpu`], with the kernel's part of it.
-    fn with_split(self, (user, sys): (f64, f64), secs: u64) -> Load {
-        let mut l = self.with_cpu(user + sys, secs);
-        l.sys_us = sys * 1e6 / (l.rps * secs as f64).max(1.0);
-        l
     }
 }
 
@@ -237,7 +234,7 @@ fn measured_at(p: &Proc, opts: &Opts, conns: u32, cpu: Option<u32>, url: &str, c
     let header = cookie.map(|v| format!("Cookie: SERVERID={v}"));
     let l = run_wrk(conns, cpu, opts.duration, url, header.as_deref())?;
     let after = p.cpu_split();
-    Ok(l.with_split((after.0 - before.0, after.1 - before.1), opts.duration))
+    Ok(l.with_cpu((after.0 - before.0, after.1 - before.1), opts.duration))
 }
 
 /// Pins the calling thread to `cpu` (the load generator's).
@@ -329,6 +326,7 @@ pub fn median(mut v: Vec<Load>) -> Load {
         errors: v.iter().map(|l| l.errors).sum(),
         cpu_share: mid(&mut v, |l| l.cpu_share),
         cpu_us: mid(&mut v, |l| l.cpu_us),
+        user_us: mid(&mut v, |l| l.user_us),
         sys_us: mid(&mut v, |l| l.sys_us),
     }
 }
@@ -782,16 +780,16 @@ fn render(opts: &Opts, cpus: usize, r: &[Result1]) -> String {
         r.iter().find(|x| x.name == "haproxy"),
     ) {
         // With the kernel's part as measured, what 1.2x HAProxy's rate
-        // (on the same CPU) leaves for xlb's own code.
-        let user = |l: &Load| l.cpu_us - l.sys_us;
+        // (on the same CPU) leaves for xlb's user space.
         let budget = h.returning.cpu_us / 1.2 - xlb.returning.sys_us;
         let _ = writeln!(
             o,
-            "\nReturning clients: xlb's own code (user time) takes {:.1} us a request, HAProxy's {:.1} us; the \
+            "\nReturning clients (medians): xlb's user space (its code, tokio, libc) takes {:.1} us a request, \
+             HAProxy's {:.1} us; the \
              kernel {:.1} and {:.1} us. To serve 1.2x HAProxy's requests on the same CPU, with the kernel's part as it is, \
-             xlb's own code would have {budget:.1} us a request.",
-            user(&xlb.returning),
-            user(&h.returning),
+             xlb's user space would have {budget:.1} us a request.",
+            xlb.returning.user_us,
+            h.returning.user_us,
             xlb.returning.sys_us,
             h.returning.sys_us
         );
