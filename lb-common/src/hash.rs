@@ -14,8 +14,13 @@ fn mix(h: u32, k: u32) -> u32 {
 }
 
 #[inline(always)]
-fn finish(mut h: u32, len_bytes: u32) -> u32 {
-    h ^= len_bytes;
+fn finish(h: u32, len_bytes: u32) -> u32 {
+    fmix32(h ^ len_bytes)
+}
+
+/// MurmurHash3's finaliser: every input bit moves every output bit.
+#[inline(always)]
+pub fn fmix32(mut h: u32) -> u32 {
     h ^= h >> 16;
     h = h.wrapping_mul(0x85eb_ca6b);
     h ^= h >> 13;

@@ -17,6 +17,7 @@ use aya_ebpf::{
     maps::Array,
     programs::XdpContext,
 };
+use lb_common::hash::fmix32;
 use network_types::eth::EthHdr;
 
 /// Does nothing: the cost of running any XDP program.
@@ -48,25 +49,15 @@ pub fn floor_touch(ctx: XdpContext) -> u32 {
     swap_back(&ctx, |pkt| {
         let [a, b, c, d] = parse::addr_words(&pkt.src);
         let ports = (u32::from(pkt.sport_be) << 16) | u32::from(pkt.dport_be);
-        let line = mix(mix(a ^ b ^ c ^ d) ^ ports) >> (32 - LINE_BITS);
+        // Mixed both ways: a multiply alone only moves bits up, and the
+        // address and port bits that vary would cancel out.
+        let line = fmix32(fmix32(a ^ b ^ c ^ d) ^ ports) >> (32 - LINE_BITS);
         if let Some(l) = LINES.get_ptr(line) {
             // SAFETY: a map value, alive for the program run; volatile so
             // that the read is not left out.
             unsafe { core::ptr::read_volatile(l.cast::<u64>()) };
         }
     })
-}
-
-/// murmur3's finaliser: every input bit moves every output bit (a plain
-/// multiply only moves bits up, and the address and port bits that vary
-/// would cancel out).
-#[inline(always)]
-fn mix(mut h: u32) -> u32 {
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^ (h >> 16)
 }
 
 #[inline(always)]
