@@ -209,12 +209,15 @@ pub struct Load {
     /// kernel (system time: the socket calls).
     pub user_us: f64,
     pub sys_us: f64,
+    /// The load CPU's busy share during the run (near 1: the load, not the
+    /// proxy, may be what bounds it).
+    pub load_busy: f64,
 }
 
 impl Load {
     /// Adds the proxy's CPU use over the run (user and system seconds in
     /// `secs`).
-    fn with_cpu(mut self, (user, sys): (f64, f64), secs: u64) -> Load {
+    pub fn with_cpu(mut self, (user, sys): (f64, f64), secs: u64) -> Load {
         let per_request = |t: f64| t * 1e6 / (self.rps * secs as f64).max(1.0);
         self.cpu_share = (user + sys) / secs as f64;
         (self.cpu_us, self.user_us, self.sys_us) = (per_request(user + sys), per_request(user), per_request(sys));
@@ -230,11 +233,40 @@ pub fn measured(p: &Proc, opts: &Opts, conns: u32, cpu: Option<u32>, cookie: Opt
 
 /// As [`measured`], against `url`.
 fn measured_at(p: &Proc, opts: &Opts, conns: u32, cpu: Option<u32>, url: &str, cookie: Option<&str>) -> Result<Load> {
-    let before = p.cpu_split();
     let header = cookie.map(|v| format!("Cookie: SERVERID={v}"));
-    let l = run_wrk(conns, cpu, opts.duration, url, header.as_deref())?;
-    let after = p.cpu_split();
-    Ok(l.with_cpu((after.0 - before.0, after.1 - before.1), opts.duration))
+    measure(p, opts, cpu, || {
+        run_wrk(conns, cpu, opts.duration, url, header.as_deref())
+    })
+}
+
+/// `run` (a load of `opts.duration` seconds), with the proxy's CPU time
+/// and the load CPU's busy share over it.
+pub fn measure(p: &Proc, opts: &Opts, cpu: Option<u32>, run: impl FnOnce() -> Result<Load>) -> Result<Load> {
+    let (before, busy_before) = (p.cpu_split(), cpu_times(cpu));
+    let l = run()?;
+    let (after, busy_after) = (p.cpu_split(), cpu_times(cpu));
+    let mut l = l.with_cpu((after.0 - before.0, after.1 - before.1), opts.duration);
+    let total = (busy_after.1 - busy_before.1).max(1);
+    l.load_busy = (busy_after.0 - busy_before.0) as f64 / total as f64;
+    Ok(l)
+}
+
+/// Busy and total time of `cpu` (all CPUs for None) so far, in clock
+/// ticks, from /proc/stat.
+fn cpu_times(cpu: Option<u32>) -> (u64, u64) {
+    let name = cpu.map_or("cpu".to_string(), |n| format!("cpu{n}"));
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+    else {
+        return (0, 0);
+    };
+    let t: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let total: u64 = t.iter().take(8).sum();
+    // idle and iowait are not busy.
+    let idle = t.get(3).copied().unwrap_or(0) + t.get(4).copied().unwrap_or(0);
+    (total - idle, total)
 }
 
 /// Pins the calling thread to `cpu` (the load generator's).
@@ -328,6 +360,7 @@ pub fn median(mut v: Vec<Load>) -> Load {
         cpu_us: mid(&mut v, |l| l.cpu_us),
         user_us: mid(&mut v, |l| l.user_us),
         sys_us: mid(&mut v, |l| l.sys_us),
+        load_busy: mid(&mut v, |l| l.load_busy),
     }
 }
 

@@ -1,6 +1,7 @@
 //! `cargo xtask`: toolchain bootstrap, eBPF build, running, tests.
 
 mod bench_api;
+mod bench_keepalive;
 mod bench_l7;
 mod bench_log;
 mod bench_tls;

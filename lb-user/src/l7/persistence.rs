@@ -198,27 +198,34 @@ pub(super) fn finish_cookie(
             }
             if want {
                 let first = if via_cookie { parsed.and_then(|p| p.first) } else { None };
-                if let Ok(v) = HeaderValue::try_from(cookie::insert(c, server_cookie, now, first)) {
+                let value = match &svc.inserted[target] {
+                    Some(v) => Ok(v.clone()),
+                    None => HeaderValue::try_from(cookie::insert(c, server_cookie, now, first)),
+                };
+                if let Ok(v) = value {
                     headers.append(header::SET_COOKIE, v);
                     flag = if via_cookie { 'U' } else { 'I' };
                 }
                 if c.nocache && server_cookie.is_some() {
-                    let strs = |name| -> Vec<String> {
-                        headers
-                            .get_all(name)
-                            .iter()
-                            .filter_map(|v| v.to_str().ok().map(str::to_string))
-                            .collect()
-                    };
-                    let cc = strs(header::CACHE_CONTROL);
-                    let pragma = strs(header::PRAGMA);
+                    // One pass over the head for what caching depends on.
+                    let (mut cc, mut pragma, mut expires, mut validator) = (Vec::new(), Vec::new(), false, false);
+                    for (k, v) in resp.headers() {
+                        if k == header::CACHE_CONTROL {
+                            cc.extend(v.to_str().ok());
+                        } else if k == header::PRAGMA {
+                            pragma.extend(v.to_str().ok());
+                        } else {
+                            expires |= k == header::EXPIRES;
+                            validator |= k == header::ETAG || k == header::LAST_MODIFIED;
+                        }
+                    }
                     let cacheable = cookie::cacheable(
                         method.as_str(),
                         resp.status().as_u16(),
-                        &cc.iter().map(String::as_str).collect::<Vec<_>>(),
-                        &pragma.iter().map(String::as_str).collect::<Vec<_>>(),
-                        resp.headers().contains_key(header::EXPIRES),
-                        resp.headers().contains_key(header::ETAG) || resp.headers().contains_key(header::LAST_MODIFIED),
+                        &cc,
+                        &pragma,
+                        expires,
+                        validator,
                     );
                     if cacheable {
                         resp.headers_mut()

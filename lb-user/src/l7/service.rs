@@ -10,15 +10,17 @@ use std::{
 use super::{
     appsession::Table,
     balance::{Algo, Balancer, Key, Slot},
+    cookie,
     counters::{BackendCounters, BackendSnapshot, ServiceCounters, ServiceSnapshot},
     peers,
     pool::{Pool, Secure},
     queue::{Limits, Permit, Queue, Wants},
 };
+use hyper::header::HeaderValue;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::{
-    config::Service as ServiceCfg,
+    config::{CookieMode, Service as ServiceCfg},
     model::BackendStates,
     tls::{self, TlsError},
 };
@@ -53,6 +55,10 @@ pub struct Service {
     /// only if one of its servers has a cookie value (a group without any
     /// is like a HAProxy backend without a `cookie` line).
     pub(super) cookie_pools: Vec<bool>,
+    /// Per backend, the inserted cookie's Set-Cookie value when it does
+    /// not change with time (no maxidle, no maxlife): made once, not per
+    /// response.
+    pub(super) inserted: Vec<Option<HeaderValue>>,
     pub(super) counters: Arc<ServiceCounters>,
     pub(super) sessions: Option<Arc<Table>>,
     /// Where learned sessions go to the peers, if there are any.
@@ -140,6 +146,15 @@ impl Service {
             .enumerate()
             .map(|(p, m)| p == 0 || m.iter().any(|i| cfg.backends[*i].cookie.is_some()))
             .collect();
+        let timeless = cfg
+            .cookie
+            .as_ref()
+            .filter(|c| c.mode == CookieMode::Insert && c.maxidle.is_none() && c.maxlife.is_none());
+        let inserted = cfg
+            .backends
+            .iter()
+            .map(|b| HeaderValue::try_from(cookie::insert(timeless?, b.cookie.as_deref(), 0, None)).ok())
+            .collect();
         let sessions = cfg.appsession.as_ref().map(|a| {
             let (name, table) = kept
                 .tables
@@ -195,6 +210,7 @@ impl Service {
                 .collect(),
             members,
             cookie_pools,
+            inserted,
             log_name: cfg.name.as_str().into(),
             pool_names: std::iter::once(&cfg.name)
                 .chain(&cfg.groups)

@@ -22,7 +22,7 @@ use hyper::{
 use tokio::io::AsyncWriteExt;
 
 use super::{
-    framing::{self, Chunk, Decode, FramingError},
+    framing::{self, Chunk, Decode, FramingError, Seen},
     strict,
 };
 use crate::l7::{
@@ -32,8 +32,6 @@ use crate::l7::{
 
 /// A response head larger than this is refused (502).
 const MAX_HEAD: usize = 64 * 1024;
-/// Headers a response head may have.
-const MAX_HEADERS: usize = 128;
 /// Request body bytes gathered before a write.
 const WRITE_CHUNK: usize = 64 * 1024;
 /// Reads from a backend: the first buffer, and the step once an answer
@@ -271,7 +269,7 @@ type Parsed = (hyper::http::response::Parts, Decode, bool);
 
 /// A complete response head at the front of `buf`, taken out of it.
 fn parse_head(buf: &mut BytesMut, head_method: bool) -> Result<Option<Parsed>, ExchangeError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut slots = [httparse::EMPTY_HEADER; framing::MAX_HEADERS];
     let mut r = httparse::Response::new(&mut slots);
     let len = match r.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
@@ -293,9 +291,11 @@ fn parse_head(buf: &mut BytesMut, head_method: bool) -> Result<Option<Parsed>, E
     // Header values share the head's bytes.
     let spans = framing::header_spans(buf, r.headers);
     let head = buf.split_to(len).freeze();
-    let mut headers = framing::header_map(&head, spans).map_err(malformed)?;
-    let keep_alive = version == Version::HTTP_11 && !framing::lists(&headers, &header::CONNECTION, "close");
-    let (decode, length) = framing(&headers, status, head_method)?;
+    // Room for what persistence adds (Set-Cookie, Cache-Control).
+    let (mut headers, seen) = framing::header_map(&head, &spans, 2).map_err(malformed)?;
+    let keep_alive = version == Version::HTTP_11
+        && !(seen.may_have(&header::CONNECTION) && framing::lists(&headers, &header::CONNECTION, "close"));
+    let (decode, length) = framing(&headers, seen, status, head_method)?;
     // The client gets a body framed by xlb from what was decoded, never a
     // backend's length beside it; only HEAD and 304 answers keep theirs
     // (the length of a body not sent), as one value.
@@ -303,7 +303,8 @@ fn parse_head(buf: &mut BytesMut, head_method: bool) -> Result<Option<Parsed>, E
         Some(n) if head_method || status == StatusCode::NOT_MODIFIED => {
             headers.insert(header::CONTENT_LENGTH, n.into());
         }
-        _ => drop(headers.remove(header::CONTENT_LENGTH)),
+        _ if seen.may_have(&header::CONTENT_LENGTH) => drop(headers.remove(header::CONTENT_LENGTH)),
+        _ => {}
     }
     let reusable = keep_alive && decode != Decode::UntilClose;
     let mut parts = Response::new(()).into_parts().0;
@@ -322,10 +323,19 @@ pub fn parse_for_fuzz(buf: &mut BytesMut, head_method: bool) -> Result<Option<Re
 /// Content-Length. Lengths are checked even where no body follows;
 /// Transfer-Encoding beside Content-Length, or a coding xlb cannot
 /// re-frame, is refused.
-fn framing(headers: &HeaderMap, status: StatusCode, head_method: bool) -> Result<(Decode, Option<u64>), ExchangeError> {
+fn framing(
+    headers: &HeaderMap,
+    seen: Seen,
+    status: StatusCode,
+    head_method: bool,
+) -> Result<(Decode, Option<u64>), ExchangeError> {
     let malformed = |e: FramingError| ExchangeError::Malformed(e.to_string());
-    let length = framing::content_length(headers).map_err(malformed)?;
-    if headers.contains_key(header::TRANSFER_ENCODING) && length.is_some() {
+    let length = match seen.may_have(&header::CONTENT_LENGTH) {
+        true => framing::content_length(headers).map_err(malformed)?,
+        false => None,
+    };
+    let te = seen.may_have(&header::TRANSFER_ENCODING);
+    if te && length.is_some() {
         return Err(ExchangeError::Malformed("transfer-encoding with content-length".into()));
     }
     if head_method
@@ -335,7 +345,7 @@ fn framing(headers: &HeaderMap, status: StatusCode, head_method: bool) -> Result
     {
         return Ok((Decode::Done, length));
     }
-    let decode = match framing::chunked(headers).map_err(malformed)? {
+    let decode = match te && framing::chunked(headers).map_err(malformed)? {
         true => Decode::Chunked(Chunk::Size),
         false => framing::by_length(length),
     };
@@ -484,37 +494,44 @@ mod tests {
     fn response_framing() {
         let mut h = HeaderMap::new();
         assert_eq!(
-            framing(&h, StatusCode::OK, false).map(|f| f.0).unwrap(),
+            framing(&h, Seen::of(&h), StatusCode::OK, false).map(|f| f.0).unwrap(),
             Decode::UntilClose
         );
         assert_eq!(
-            framing(&h, StatusCode::NO_CONTENT, false).map(|f| f.0).unwrap(),
+            framing(&h, Seen::of(&h), StatusCode::NO_CONTENT, false)
+                .map(|f| f.0)
+                .unwrap(),
             Decode::Done
         );
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
         assert_eq!(
-            framing(&h, StatusCode::OK, false).map(|f| f.0).unwrap(),
+            framing(&h, Seen::of(&h), StatusCode::OK, false).map(|f| f.0).unwrap(),
             Decode::Length(12)
         );
         assert_eq!(
-            framing(&h, StatusCode::OK, true).map(|f| f.0).unwrap(),
+            framing(&h, Seen::of(&h), StatusCode::OK, true).map(|f| f.0).unwrap(),
             Decode::Done,
             "HEAD"
         );
         h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-        assert!(framing(&h, StatusCode::OK, false).map(|f| f.0).is_err(), "TE with CL");
         assert!(
-            framing(&h, StatusCode::NOT_MODIFIED, false).map(|f| f.0).is_err(),
+            framing(&h, Seen::of(&h), StatusCode::OK, false).map(|f| f.0).is_err(),
+            "TE with CL"
+        );
+        assert!(
+            framing(&h, Seen::of(&h), StatusCode::NOT_MODIFIED, false)
+                .map(|f| f.0)
+                .is_err(),
             "even without a body"
         );
         h.remove(header::CONTENT_LENGTH);
         assert!(matches!(
-            framing(&h, StatusCode::OK, false).map(|f| f.0),
+            framing(&h, Seen::of(&h), StatusCode::OK, false).map(|f| f.0),
             Ok(Decode::Chunked(_))
         ));
         h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("gzip"));
         assert!(
-            framing(&h, StatusCode::OK, false).map(|f| f.0).is_err(),
+            framing(&h, Seen::of(&h), StatusCode::OK, false).map(|f| f.0).is_err(),
             "a coding xlb cannot re-frame"
         );
     }

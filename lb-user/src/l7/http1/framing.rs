@@ -360,24 +360,93 @@ pub fn span(head: &[u8], part: &[u8]) -> Range<usize> {
     at..at + part.len()
 }
 
-/// Where each header's name and value sit in `head`, taken before the
-/// head leaves its buffer.
-pub fn header_spans(head: &[u8], headers: &[httparse::Header<'_>]) -> Vec<(Range<usize>, Range<usize>)> {
-    headers
-        .iter()
-        .map(|h| (span(head, h.name.as_bytes()), span(head, h.value)))
-        .collect()
+/// Header lines a message may have (hyper's limit is 100).
+pub const MAX_HEADERS: usize = 128;
+
+/// Where each header's name and value sit in a head, taken before the
+/// head leaves its buffer. The list is the thread's one spare, given back
+/// on drop: no allocation per message.
+pub struct Spans(Vec<[u32; 4]>);
+
+thread_local! {
+    static SPARE_SPANS: std::cell::Cell<Vec<[u32; 4]>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// The headers at `spans` of `head`, their values sharing its bytes.
-pub fn header_map(head: &Bytes, spans: Vec<(Range<usize>, Range<usize>)>) -> Result<HeaderMap, &'static str> {
-    let mut headers = HeaderMap::with_capacity(spans.len());
-    for (n, v) in spans {
-        let name = HeaderName::from_bytes(&head[n]).map_err(|_| "bad header name")?;
-        let value = HeaderValue::from_maybe_shared(head.slice(v)).map_err(|_| "bad header value")?;
+impl Drop for Spans {
+    fn drop(&mut self) {
+        SPARE_SPANS.set(std::mem::take(&mut self.0));
+    }
+}
+
+/// The spans of `headers` in `head`.
+pub fn header_spans(head: &[u8], headers: &[httparse::Header<'_>]) -> Spans {
+    let mut at = SPARE_SPANS.take();
+    at.clear();
+    at.extend(headers.iter().map(|h| {
+        let (n, v) = (span(head, h.name.as_bytes()), span(head, h.value));
+        // Heads are bounded far below 4 GiB.
+        [n.start as u32, n.end as u32, v.start as u32, v.end as u32]
+    }));
+    Spans(at)
+}
+
+/// The framing and connection headers a message was read with, noted as
+/// its map is built: a lookup is saved for each it does not have (most
+/// messages have none or one of them).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Seen(u8);
+
+const NOTED: [HeaderName; 4] = [
+    header::CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::CONTENT_LENGTH,
+    header::EXPECT,
+];
+
+impl Seen {
+    fn note(&mut self, name: &HeaderName) {
+        if let Some(i) = NOTED.iter().position(|n| n == name) {
+            self.0 |= 1 << i;
+        }
+    }
+
+    /// What `headers` have now.
+    pub fn of(headers: &HeaderMap) -> Seen {
+        let mut seen = Seen::default();
+        headers.keys().for_each(|k| seen.note(k));
+        seen
+    }
+
+    /// False only when the message, as read, had no `name` header.
+    pub fn may_have(self, name: &HeaderName) -> bool {
+        NOTED
+            .iter()
+            .position(|n| n == name)
+            .is_none_or(|i| self.0 & (1 << i) != 0)
+    }
+}
+
+/// The headers at `spans` of `head`, their values sharing its bytes, with
+/// room for `more`; and which framing headers they have.
+pub fn header_map(head: &Bytes, spans: &Spans, more: usize) -> Result<(HeaderMap, Seen), &'static str> {
+    let mut headers = HeaderMap::with_capacity(spans.0.len() + more);
+    let mut seen = Seen::default();
+    for [ns, ne, vs, ve] in &spans.0 {
+        let name = HeaderName::from_bytes(&head[*ns as usize..*ne as usize]).map_err(|_| "bad header name")?;
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(*vs as usize..*ve as usize)).map_err(|_| "bad header value")?;
+        seen.note(&name);
         headers.append(name, value);
     }
-    Ok(headers)
+    Ok((headers, seen))
+}
+
+/// [`declared`] for a message whose framing headers were noted.
+pub fn declared_seen(headers: &HeaderMap, seen: Seen) -> Result<Decode, FramingError> {
+    if !seen.may_have(&header::TRANSFER_ENCODING) && !seen.may_have(&header::CONTENT_LENGTH) {
+        return Ok(Decode::UntilClose);
+    }
+    declared(headers)
 }
 
 /// A comma-separated header (Connection) lists `token`.

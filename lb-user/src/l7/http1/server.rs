@@ -8,7 +8,7 @@
 
 use std::{
     future::poll_fn,
-    io::{self, Write as _},
+    io,
     net::SocketAddr,
     pin::Pin,
     sync::{Arc, Mutex},
@@ -46,8 +46,6 @@ use crate::l7::{
     tunnel::{self, Tunnel},
 };
 
-/// Headers a request may have (hyper's limit is 100).
-const MAX_HEADERS: usize = 128;
 /// What a request head is first read into.
 const HEAD_BUF: usize = 4096;
 /// Response body pieces at least this large are written as they are,
@@ -309,7 +307,7 @@ async fn next_request<R: AsyncRead + Unpin>(
 fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Incoming>, Refusal> {
     let too_large = Refusal(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too large");
     let bad = |why| Refusal(StatusCode::BAD_REQUEST, why);
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut slots = [httparse::EMPTY_HEADER; framing::MAX_HEADERS];
     let mut r = httparse::Request::new(&mut slots);
     let len = match r.parse(buf) {
         Ok(httparse::Status::Complete(n)) if n > max_head => return Err(too_large),
@@ -343,7 +341,8 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Incoming>, Refusa
     };
     let uri = Uri::from_maybe_shared(head.slice(target.clone())).map_err(|_| bad("bad request target"))?;
     let form = strict::target(&method, &head[target], &uri).map_err(|(s, why)| Refusal(s, why))?;
-    let mut headers = framing::header_map(&head, spans).map_err(bad)?;
+    // Room for what the proxy adds (X-Forwarded-For and -Proto).
+    let (mut headers, seen) = framing::header_map(&head, &spans, 4).map_err(bad)?;
     let mut hosts = headers.get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
         (Some(_), Some(_)) => return Err(bad("more than one Host")),
@@ -357,11 +356,11 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Incoming>, Refusa
         let host = HeaderValue::from_str(&authority).map_err(|_| bad("a malformed authority"))?;
         headers.insert(header::HOST, host);
     }
-    let has_te = headers.contains_key(header::TRANSFER_ENCODING);
+    let has_cl = seen.may_have(&header::CONTENT_LENGTH);
     // TE beside CL, or on HTTP/1.0 (RFC 9112 6.1): TE frames the body and
     // the connection closes after the answer.
-    let ambiguous = has_te && (headers.contains_key(header::CONTENT_LENGTH) || version == Version::HTTP_10);
-    let body = match framing::declared(&headers) {
+    let ambiguous = seen.may_have(&header::TRANSFER_ENCODING) && (has_cl || version == Version::HTTP_10);
+    let body = match framing::declared_seen(&headers, seen) {
         Ok(Decode::UntilClose) => Decode::Done,
         Ok(d) => d,
         Err(FramingError::Unsupported) => {
@@ -374,16 +373,21 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Incoming>, Refusa
         Decode::Chunked(_) => drop(headers.remove(header::CONTENT_LENGTH)),
         // One value, whatever list of equal ones came (`0, 0` included).
         Decode::Length(n) => drop(headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n))),
-        Decode::Done if headers.contains_key(header::CONTENT_LENGTH) => {
+        Decode::Done if has_cl => {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
         }
         _ => {}
     }
+    let connection = |token| seen.may_have(&header::CONNECTION) && framing::lists(&headers, &header::CONNECTION, token);
     let keep_alive = match version {
-        Version::HTTP_10 => framing::lists(&headers, &header::CONNECTION, "keep-alive"),
-        _ => !framing::lists(&headers, &header::CONNECTION, "close"),
+        Version::HTTP_10 => connection("keep-alive"),
+        _ => !connection("close"),
     };
-    let expect_continue = match headers.get(header::EXPECT) {
+    let expect = seen
+        .may_have(&header::EXPECT)
+        .then(|| headers.get(header::EXPECT))
+        .flatten();
+    let expect_continue = match expect {
         None => false,
         Some(v) if v.as_bytes().eq_ignore_ascii_case(b"100-continue") => true,
         Some(_) => return Err(Refusal(StatusCode::EXPECTATION_FAILED, "unsupported expectation")),
@@ -499,19 +503,24 @@ async fn respond<W: AsyncWrite + Unpin>(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
+    // What the head has, seen as it is written (no lookups).
+    let (mut has_date, mut has_length, mut has_connection) = (false, false, false);
     for (k, v) in headers {
+        has_date |= k == header::DATE;
+        has_length |= k == header::CONTENT_LENGTH;
+        has_connection |= k == header::CONNECTION;
         add(&mut out, k.as_str(), v.as_bytes());
     }
-    if !headers.contains_key(header::DATE) {
+    if !has_date {
         add(&mut out, "date", &date());
     }
     let how = if head_method || status.is_informational() || status == 204 || status == 304 {
         Out::None
-    } else if headers.contains_key(header::CONTENT_LENGTH) {
+    } else if has_length {
         Out::Raw
     } else if let Some(n) = exact {
-        // Formatted in place: no string of its own for every response.
-        let _ = write!(out, "content-length: {n}\r\n");
+        // Formatted on the stack: no string, no formatter, per response.
+        add(&mut out, "content-length", itoa::Buffer::new().format(n).as_bytes());
         Out::Raw
     } else if http10 {
         Out::UntilClose
@@ -519,8 +528,8 @@ async fn respond<W: AsyncWrite + Unpin>(
         add(&mut out, "transfer-encoding", b"chunked");
         Out::Chunked
     };
-    *keep_alive &= how != Out::UntilClose && !framing::lists(headers, &header::CONNECTION, "close");
-    if !headers.contains_key(header::CONNECTION) {
+    *keep_alive &= how != Out::UntilClose && !(has_connection && framing::lists(headers, &header::CONNECTION, "close"));
+    if !has_connection {
         match (*keep_alive, http10) {
             (false, _) => add(&mut out, "connection", b"close"),
             (true, true) => add(&mut out, "connection", b"keep-alive"),
