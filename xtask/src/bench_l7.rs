@@ -33,6 +33,7 @@ const BACKEND_MAXCONN: u32 = 1000;
 /// clients wait for it in the kernel's accept queue.
 const HAPROXY_MAXCONN: u32 = 9992;
 
+#[derive(Clone)]
 pub struct Opts {
     pub duration: u64,
     pub connections: u32,
@@ -648,6 +649,13 @@ pub fn run(xlb: &Path, opts: &Opts) -> Result<()> {
             }
         }
     }
+    // Keep-alive HTTPS once more, both proxies up and runs interleaved
+    // (the machine's speed drifts between rounds).
+    let ab = if opts.log_only {
+        None
+    } else {
+        Some(bench_tls::interleaved(&dir, &proxies[0].1, opts, proxy_cpu, load_cpu)?)
+    };
     let logs = if opts.tls_only {
         String::new()
     } else {
@@ -670,7 +678,7 @@ pub fn run(xlb: &Path, opts: &Opts) -> Result<()> {
         (
             format!(
                 "# HTTPS benchmark (`cargo xtask bench tls`)\n{}",
-                bench_tls::render(opts, &tls)
+                bench_tls::render(opts, &tls, ab.as_ref())
             ),
             "tls.md",
         )
@@ -692,7 +700,7 @@ pub fn run(xlb: &Path, opts: &Opts) -> Result<()> {
             })
             .collect();
         (
-            render(opts, cpus, &results) + &bench_tls::render(opts, &tls) + &logs,
+            render(opts, cpus, &results) + &bench_tls::render(opts, &tls, ab.as_ref()) + &logs,
             "l7.md",
         )
     };
