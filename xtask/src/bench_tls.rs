@@ -143,11 +143,7 @@ fn handshakes(resume: bool, secs: u64, cpu: Option<u32>) -> Result<(f64, f64, u6
 
 /// Keep-alive HTTPS from [`bench_keepalive`]'s client on the load CPU:
 /// returning clients of s1, as wrk's run.
-fn lean(p: &Proc, opts: &Opts, cpu: Option<u32>) -> Result<Load> {
-    lean_at(p, opts, cpu, TLS_PROXY)
-}
-
-fn lean_at(p: &Proc, opts: &Opts, cpu: Option<u32>, addr: &str) -> Result<Load> {
+fn lean(p: &Proc, opts: &Opts, cpu: Option<u32>, addr: &str) -> Result<Load> {
     let cfg = client(false);
     let request = format!("GET / HTTP/1.1\r\nHost: {addr}\r\nCookie: SERVERID=s1\r\n\r\n");
     measure(p, opts, cpu, || {
@@ -219,7 +215,7 @@ pub fn interleaved(
     let pairs = (2 * opts.rounds).max(2);
     let (mut xs, mut hs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..pairs {
-        let one = |p: &Proc, addr: &str| lean_at(p, &run_opts, cpu, addr);
+        let one = |p: &Proc, addr: &str| lean(p, &run_opts, cpu, addr);
         let (a, b) = if i % 2 == 0 {
             let a = one(&x, TLS_PROXY)?;
             (a, one(&h, AB_TLS)?)
@@ -273,7 +269,7 @@ pub fn round(name: &'static str, p: &Proc, opts: &Opts, cpu: Option<u32>, memory
     let (full, _, f1) = handshakes(false, opts.duration, cpu).with_context(|| format!("{name}: full handshakes"))?;
     let (resumed, share, f2) = handshakes(true, opts.duration, cpu).with_context(|| format!("{name}: resumed"))?;
     let keep_alive = wrk_url(p, opts, cpu, &format!("https://{TLS_PROXY}/"))?;
-    let lean = lean(p, opts, cpu).with_context(|| format!("{name}: keep-alive (lean client)"))?;
+    let lean = lean(p, opts, cpu, TLS_PROXY).with_context(|| format!("{name}: keep-alive (lean client)"))?;
     let idle_bytes = if memory { idle_cost(p, opts.idle)? } else { 0.0 };
     eprintln!(
         "bench l7 tls: {name}: {full:.0} full handshakes/s, {resumed:.0} resumed/s ({:.0}% resumed), keep-alive \
