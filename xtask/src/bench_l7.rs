@@ -549,7 +549,7 @@ pub fn run(xlb: &Path, opts: &Opts) -> Result<()> {
     let cpus = thread::available_parallelism().map_or(1, |n| n.get());
     // Proxies on CPU 0; wrk and the backends on CPU 1 (when there is one).
     let (proxy_cpu, load_cpu) = if cpus >= 2 { (Some(0), Some(1)) } else { (None, None) };
-    let own = [PROXY.to_string(), bench_tls::TLS_PROXY.to_string()];
+    let own = [PROXY, bench_tls::TLS_PROXY, bench_tls::AB_PLAIN, bench_tls::AB_TLS].map(String::from);
     for addr in own
         .into_iter()
         .chain(BACKENDS.iter().map(|(_, p)| format!("127.0.0.1:{p}")))

@@ -159,8 +159,8 @@ fn lean(p: &Proc, opts: &Opts, cpu: Option<u32>, addr: &str) -> Result<Load> {
 }
 
 /// Where HAProxy's TLS frontend listens while xlb runs beside it.
-const AB_TLS: &str = "127.0.0.1:18444";
-const AB_PLAIN: &str = "127.0.0.1:18081";
+pub const AB_TLS: &str = "127.0.0.1:18444";
+pub const AB_PLAIN: &str = "127.0.0.1:18081";
 
 /// The interleaved keep-alive runs: per pair, one run against each proxy.
 pub struct Interleaved {

@@ -410,7 +410,8 @@ impl Seen {
         }
     }
 
-    /// What `headers` have now.
+    /// What `headers` have now (for tests that build maps by hand).
+    #[cfg(test)]
     pub fn of(headers: &HeaderMap) -> Seen {
         let mut seen = Seen::default();
         headers.keys().for_each(|k| seen.note(k));
